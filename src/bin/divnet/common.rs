@@ -1,0 +1,88 @@
+//! What every subcommand shares: backend selection with a report, progress bars, timing.
+
+use std::time::Instant;
+
+use divnet::{Backend, BackendChoice};
+use indicatif::{ProgressBar, ProgressStyle};
+
+/// The error chain on one line: "outer: inner: innermost".
+pub fn one_line(e: &anyhow::Error) -> String {
+    let mut s = String::new();
+    for (i, cause) in e.chain().enumerate() {
+        let text = cause.to_string();
+        if i > 0 {
+            if s.contains(&text) {
+                continue;
+            }
+            s.push_str(": ");
+        }
+        s.push_str(&text);
+    }
+    s.replace('\n', " ")
+}
+
+/// `--backend auto|gpu|cpu` as clap sees it.
+#[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
+pub enum BackendArg {
+    /// The GPU if it is a real one, else the CPU.
+    #[default]
+    Auto,
+    /// The GPU (any adapter, software ones included); fail without one.
+    Gpu,
+    /// The CPU.
+    Cpu,
+}
+
+impl From<BackendArg> for BackendChoice {
+    fn from(a: BackendArg) -> Self {
+        match a {
+            BackendArg::Auto => BackendChoice::Auto,
+            BackendArg::Gpu => BackendChoice::Gpu,
+            BackendArg::Cpu => BackendChoice::Cpu,
+        }
+    }
+}
+
+/// Resolves the backend and tells the user on stderr which one runs, and why.
+pub fn select_backend(arg: BackendArg) -> anyhow::Result<Backend> {
+    let sel = Backend::select(arg.into())?;
+    eprintln!("backend: {}", sel.reason);
+    Ok(sel.backend)
+}
+
+/// A progress bar on stderr, hidden when stderr is not a terminal.
+pub fn progress_bar(len: u64, message: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{msg:>14} [{elapsed_precise}] {wide_bar} {pos}/{len} ({eta})",
+        )
+        .expect("static template")
+        .progress_chars("=> "),
+    );
+    bar.set_message(message.to_string());
+    bar
+}
+
+/// Times named stages and prints each as it ends ("  gram        0.123 s").
+#[derive(Default)]
+pub struct StageTimer {
+    stages: Vec<(String, f64)>,
+}
+
+impl StageTimer {
+    /// Runs `f` as stage `name`, prints and records its duration.
+    pub fn stage<T>(&mut self, name: &str, f: impl FnOnce() -> T) -> T {
+        let start = Instant::now();
+        let out = f();
+        let secs = start.elapsed().as_secs_f64();
+        eprintln!("  {name:<24} {secs:>9.3} s");
+        self.stages.push((name.to_string(), secs));
+        out
+    }
+
+    /// The recorded stages, in order, as (name, seconds).
+    pub fn stages(&self) -> &[(String, f64)] {
+        &self.stages
+    }
+}

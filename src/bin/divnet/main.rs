@@ -1,0 +1,59 @@
+//! The `divnet` command line: a thin layer over the library that parses arguments,
+//! reports progress and prints. Every error ends the process with one line and exit code 2.
+
+#[allow(dead_code)] // used as the commands land
+mod common;
+mod compress;
+mod compress_layer;
+mod demo;
+mod evaluate;
+mod kernel;
+mod sample;
+mod train;
+
+use clap::{Parser, Subcommand};
+
+/// Compress trained neural networks with Diversity Networks (Mariet & Sra, ICLR 2016):
+/// keep a diverse subset of each hidden layer's neurons, chosen by a determinantal point
+/// process over their activations, and fuse the dropped ones into the next layer.
+#[derive(Parser)]
+#[command(name = "divnet", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build the RBF kernel (or the Gram matrix) over a layer's neurons from activations.
+    Kernel(kernel::Args),
+    /// Draw neuron subsets from a k-DPP or DPP, or pick them by greedy MAP.
+    Sample(sample::Args),
+    /// Compress one layer: select neurons, fuse the dropped ones into the next layer.
+    CompressLayer(compress_layer::Args),
+    /// Compress every hidden layer of an MLP, each observed through the compressed ones before it.
+    Compress(compress::Args),
+    /// Accuracy and loss of an MLP on labelled data.
+    Evaluate(evaluate::Args),
+    /// Train an MLP (the demo's reference network, or fine-tune a compressed one).
+    Train(train::Args),
+    /// Reproduce the paper's findings on the shipped Fashion-MNIST network.
+    Demo(demo::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Kernel(a) => kernel::run(a),
+        Command::Sample(a) => sample::run(a),
+        Command::CompressLayer(a) => compress_layer::run(a),
+        Command::Compress(a) => compress::run(a),
+        Command::Evaluate(a) => evaluate::run(a),
+        Command::Train(a) => train::run(a),
+        Command::Demo(a) => demo::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("divnet: error: {}", common::one_line(&e));
+        std::process::exit(2);
+    }
+}

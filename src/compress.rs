@@ -1,0 +1,1 @@
+//! The layer-by-layer compression pipeline (issue 5).

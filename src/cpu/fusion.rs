@@ -1,0 +1,1 @@
+//! Owned by the fusion work (issue 4).

@@ -1,0 +1,1 @@
+//! Owned by the kernels work (issue 2).

@@ -1,0 +1,1 @@
+//! DPP engine on the host (issue 3).

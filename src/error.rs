@@ -1,0 +1,65 @@
+//! The crate's error type: every failure carries what went wrong and, for files, which file.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in divnet.
+///
+/// The `Display` form is one line, fit to print after `divnet: error: `.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The operating system refused a read or write of `path`.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file being read or written.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file exists but its contents are malformed or not what was asked for.
+    #[error("{}: {message}", path.display())]
+    Format {
+        /// The offending file.
+        path: PathBuf,
+        /// What is wrong with it, and what was expected.
+        message: String,
+    },
+    /// An argument or an in-memory input is out of range or inconsistent.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// No usable GPU adapter (or none matching `WGPU_ADAPTER_NAME` / `WGPU_BACKEND`).
+    #[error("no GPU adapter: {0}")]
+    NoAdapter(String),
+    /// The GPU reported an error: out of memory, device lost, validation, a limit too small.
+    #[error("GPU: {0}")]
+    Gpu(String),
+    /// A numerical failure that input validation could not foresee.
+    #[error("numerical: {0}")]
+    Numerical(String),
+}
+
+impl Error {
+    /// An [`Error::Io`] for `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    /// An [`Error::Format`] for `path`.
+    pub fn format(path: impl Into<PathBuf>, message: impl Into<String>) -> Self {
+        Error::Format {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
+    /// An [`Error::InvalidInput`].
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Error::InvalidInput(message.into())
+    }
+}
+
+/// `Result` with divnet's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,4 @@
+//! File formats: npy, safetensors, IDX, JSON index lists, and atomic writes for all outputs.
+
+pub mod atomic;
+pub mod npy;

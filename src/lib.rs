@@ -1,0 +1,31 @@
+//! # divnet
+//!
+//! Compress trained neural networks with Diversity Networks (Mariet & Sra, ICLR 2016):
+//! keep a diverse subset of each hidden layer's neurons, drawn from a determinantal point
+//! process over their activations, and fuse the dropped neurons into the next layer by
+//! least squares.
+//!
+//! The crate is organised by algorithm:
+//! - [`kernel`]: Gram accumulation and the RBF kernel over neurons, on the GPU ([`gpu`]) or
+//!   the CPU ([`cpu`]), chosen by a [`Backend`];
+//! - [`dpp`]: eigendecomposition, k-DPP and DPP sampling, greedy MAP;
+//! - [`fusion`]: the least-squares reweighting of the next layer;
+//! - [`model`]: MLPs, forward pass, training; [`io`]: npy, safetensors, IDX;
+//! - [`compress`]: the layer-by-layer pipeline.
+
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod compress;
+pub mod cpu;
+pub mod dpp;
+pub mod error;
+pub mod fusion;
+pub mod gpu;
+pub mod io;
+pub mod kernel;
+pub mod model;
+
+pub use backend::{Backend, BackendChoice, BackendSelection};
+pub use error::{Error, Result};
+pub use gpu::GpuContext;

@@ -1,0 +1,1 @@
+//! MLP description, forward pass and training (issue 5).
