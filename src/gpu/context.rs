@@ -167,8 +167,10 @@ impl GpuContext {
     /// `max_storage_buffer_binding_size` and `max_buffer_size`, and of the cap set with
     /// [`GpuContext::with_max_block_bytes`]. Rounded down to a multiple of 256.
     pub fn max_binding_bytes(&self) -> u64 {
-        let device =
-            (self.limits.max_storage_buffer_binding_size as u64).min(self.limits.max_buffer_size);
+        let device = self
+            .limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size);
         let capped = self.max_block_bytes.map_or(device, |c| c.min(device));
         capped / 256 * 256
     }
