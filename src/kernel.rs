@@ -45,3 +45,56 @@ impl std::str::FromStr for Beta {
         }
     }
 }
+
+// ---- TEMPORARY contract stubs (replaced by the kernels branch) ----
+use crate::Backend;
+/// stub
+#[derive(Clone, Copy, Debug)]
+pub enum ActivationRows<'a> {
+    /// stub
+    F32(&'a [f32]),
+    /// stub
+    F16(&'a [half::f16]),
+}
+/// stub
+pub struct GramAccumulator;
+impl GramAccumulator {
+    /// stub
+    pub fn new(_b: &Backend, _n: usize) -> Result<Self> { unimplemented!() }
+    /// stub
+    pub fn push(&mut self, _rows: ActivationRows<'_>) -> Result<()> { unimplemented!() }
+    /// stub
+    pub fn samples(&self) -> usize { unimplemented!() }
+    /// stub
+    pub fn finish(self) -> Result<GramStats> { unimplemented!() }
+}
+/// stub
+pub struct DistanceAccumulator;
+impl DistanceAccumulator {
+    /// stub
+    pub fn new(_b: &Backend, _n: usize) -> Result<Self> { unimplemented!() }
+    /// stub
+    pub fn push(&mut self, _rows: ActivationRows<'_>) -> Result<()> { unimplemented!() }
+    /// stub
+    pub fn finish(self) -> Result<Distances> { unimplemented!() }
+}
+/// stub
+pub struct Distances {
+    /// stub
+    pub squared: Mat<f64>,
+    /// stub
+    pub samples: usize,
+}
+/// stub
+pub struct RbfKernel {
+    /// stub
+    pub matrix: Mat<f64>,
+    /// stub
+    pub beta: f64,
+    /// stub
+    pub eps: f64,
+}
+/// stub
+pub fn rbf_from_distances(_d: &Distances, _beta: Beta, _eps: f64) -> Result<RbfKernel> { unimplemented!() }
+/// stub
+pub fn rbf_kernel(_b: &Backend, _rows: ActivationRows<'_>, _n: usize, _beta: Beta, _eps: f64) -> Result<RbfKernel> { unimplemented!() }

@@ -1,4 +1,6 @@
 //! File formats: npy, safetensors, IDX, JSON index lists, and atomic writes for all outputs.
 
 pub mod atomic;
+pub mod data;
 pub mod npy;
+pub mod safetensors;
