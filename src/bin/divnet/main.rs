@@ -6,6 +6,7 @@ mod common;
 mod compress;
 mod compress_layer;
 mod demo;
+mod plots;
 mod evaluate;
 mod kernel;
 mod sample;
