@@ -318,3 +318,121 @@ fn bad_inputs_are_errors() {
         assert!(rbf_kernel(&backend, ActivationRows::F32(&one), 1, Beta::Paper, -1.0).is_err());
     }
 }
+
+mod cli {
+    use std::path::Path;
+    use std::process::Command;
+
+    use divnet::io::npy::{read_npy, write_npy};
+
+    use super::*;
+
+    fn divnet(args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_divnet"))
+            .args(args)
+            .output()
+            .expect("runs the binary")
+    }
+
+    fn run_kernel(input: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+        let mut args = vec![
+            "kernel",
+            "--activations",
+            input.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        divnet(&args)
+    }
+
+    #[test]
+    fn writes_rbf_and_gram() {
+        let dir = tempfile::tempdir().unwrap();
+        let (m, n) = (120, 9);
+        let a = random(m, n, 0.0, 1.0, 21);
+        let input = dir.path().join("acts.npy");
+        write_npy(&input, &[m, n], &a).unwrap();
+        let d = ref_dist(&a, m, n);
+        let mut choices = vec!["cpu"];
+        if test_context().is_some() {
+            choices.push("gpu");
+        }
+        for backend in choices {
+            let out = dir.path().join(format!("l_{backend}.npy"));
+            let o = run_kernel(
+                &input,
+                &out,
+                &["--beta", "median", "--eps", "0.001", "--backend", backend],
+            );
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            assert!(o.status.success(), "{backend}: {stderr}");
+            assert!(stderr.contains("backend:"), "names the backend: {stderr}");
+            assert!(stderr.contains("rbf kernel"), "times the stages: {stderr}");
+            let got = read_npy(&out).unwrap();
+            assert_eq!(got.shape, vec![n, n]);
+            let got = got.to_f64();
+            let want = ref_rbf(&d, n, m, Beta::Median, 1e-3);
+            let err = got
+                .iter()
+                .zip(&want)
+                .fold(0.0f64, |w, (x, y)| w.max((x - y).abs()));
+            assert!(err <= 1e-5, "{backend}: max |L - L_f64| = {err:e}");
+
+            let out = dir.path().join(format!("g_{backend}.npy"));
+            let o = run_kernel(&input, &out, &["--kind", "gram", "--backend", backend]);
+            assert!(o.status.success());
+            let got = read_npy(&out).unwrap().to_f64();
+            let (g, _) = ref_gram(&a, m, n);
+            let err = got
+                .iter()
+                .zip(&g)
+                .fold(0.0f64, |w, (x, y)| w.max((x - y).abs()));
+            assert!(err <= 1e-6 * max_abs(&g), "{backend}: gram error {err:e}");
+        }
+    }
+
+    #[test]
+    fn bad_inputs_fail_cleanly() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |name: &str| dir.path().join(name);
+        std::fs::write(p("text.npy"), b"this is not an npy file").unwrap();
+        write_npy(&p("vector.npy"), &[6], &[1.0f32; 6]).unwrap();
+        write_npy(&p("nan.npy"), &[2, 2], &[1.0f32, f32::NAN, 0.0, 1.0]).unwrap();
+        write_npy(&p("ints.npy"), &[2, 2], &[1i64, 2, 3, 4]).unwrap();
+        write_npy::<f32>(&p("no_rows.npy"), &[0, 3], &[]).unwrap();
+        write_npy::<f32>(&p("no_cols.npy"), &[3, 0], &[]).unwrap();
+        write_npy(&p("same.npy"), &[4, 2], &[1.0f32; 8]).unwrap();
+        let cases: [(&str, &[&str]); 8] = [
+            ("missing.npy", &[]),
+            ("text.npy", &[]),
+            ("vector.npy", &[]),
+            ("nan.npy", &[]),
+            ("ints.npy", &[]),
+            ("no_rows.npy", &[]),
+            ("no_cols.npy", &[]),
+            // Identical neurons: the median heuristic has no scale.
+            ("same.npy", &["--beta", "median"]),
+        ];
+        for (name, extra) in cases {
+            let out = p(&format!("out_{name}"));
+            let mut args = extra.to_vec();
+            args.extend(["--backend", "cpu"]);
+            let o = run_kernel(&p(name), &out, &args);
+            let stderr = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(2), "{name}: {stderr}");
+            let last = stderr.lines().last().unwrap_or("");
+            assert!(
+                last.starts_with("divnet: error:") && last.contains(name),
+                "{name}: error line names the file: {stderr}"
+            );
+            assert!(!out.exists(), "{name}: no output left behind");
+        }
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|f| f.starts_with("out_") || f.contains(".tmp"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+}
