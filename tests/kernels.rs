@@ -299,6 +299,36 @@ fn gpu_resident_buffers() {
 }
 
 #[test]
+fn application_owned_device() {
+    if test_context().is_none() {
+        return;
+    }
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter =
+        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+            .unwrap();
+    // Default (downlevel-safe) limits, not the adapter's: divnet must read what it was given.
+    let (device, queue) =
+        pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).unwrap();
+    let (m, n) = (257, 70);
+    let a = random(m, n, 0.1, 1.0, 17);
+    let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("app rows"),
+        size: (a.len() * 4) as u64,
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    queue.write_buffer(&buffer, 0, bytemuck::cast_slice(&a));
+    let ctx = GpuContext::from_device(device, queue);
+    let g = gram_from_buffer(&ctx, &buffer, RowFormat::F32, m, n).unwrap();
+    check_gram(&g, &a, m, n, "application device");
+    let l = rbf_from_buffer(&ctx, &buffer, RowFormat::F32, m, n, Beta::Paper, 1e-6).unwrap();
+    let want = ref_rbf(&ref_dist(&a, m, n), n, m, Beta::Paper, 1e-6);
+    assert!(max_abs_diff(&l.matrix, &want) <= 1e-5);
+}
+
+#[test]
 fn bad_inputs_are_errors() {
     for backend in backends(test_context()) {
         assert!(GramAccumulator::new(&backend, 0).is_err());
