@@ -2,3 +2,7 @@
 
 pub mod atomic;
 pub mod npy;
+pub mod data;
+pub mod idx;
+pub mod keep;
+pub mod safetensors;
