@@ -15,7 +15,9 @@ use crate::kernel::{
     GramStats, RbfKernel,
 };
 use crate::model::Mlp;
-use crate::select::{diversity, importance_scores, Diversity, LayerSelector, SelectionMethod, SelectionSize};
+use crate::select::{
+    diversity, importance_scores, Diversity, LayerSelector, SelectionMethod, SelectionSize,
+};
 
 /// Default `eps` added to the RBF kernel's diagonal so that L is positive definite.
 pub const DEFAULT_EPS: f64 = 1e-6;
@@ -44,11 +46,11 @@ impl KeepSpec {
             KeepSpec::Count(k) => Ok(SelectionSize::Exactly(k)),
             KeepSpec::Ratio(r) => {
                 if !(r > 0.0 && r <= 1.0) {
-                    return Err(Error::invalid(format!(
-                        "keep ratio {r} is not in (0, 1]"
-                    )));
+                    return Err(Error::invalid(format!("keep ratio {r} is not in (0, 1]")));
                 }
-                Ok(SelectionSize::Exactly(((r * n as f64).round() as usize).clamp(1, n)))
+                Ok(SelectionSize::Exactly(
+                    ((r * n as f64).round() as usize).clamp(1, n),
+                ))
             }
             KeepSpec::Drawn => Ok(SelectionSize::Drawn),
             KeepSpec::Indices(ref v) => Ok(SelectionSize::Exactly(v.len())),
@@ -297,12 +299,22 @@ pub fn compress_mlp(
         }
         let n = out.layers[layer].out_dim;
         let mut seconds = Vec::new();
-        let mut timed = |name: &str, t: Instant| seconds.push((name.to_string(), t.elapsed().as_secs_f64()));
+        let mut timed =
+            |name: &str, t: Instant| seconds.push((name.to_string(), t.elapsed().as_secs_f64()));
 
         let t = Instant::now();
         let given = matches!(spec, KeepSpec::Indices(_));
         let needs_kernel = !given && opts.method.needs_kernel();
-        let obs = observe_hidden_layer(backend, &out, x, m, layer, opts.chunk_rows, needs_kernel, progress)?;
+        let obs = observe_hidden_layer(
+            backend,
+            &out,
+            x,
+            m,
+            layer,
+            opts.chunk_rows,
+            needs_kernel,
+            progress,
+        )?;
         timed("observe", t);
 
         let t = Instant::now();
@@ -323,14 +335,20 @@ pub fn compress_mlp(
                 } else {
                     None
                 };
-                let selector = LayerSelector::new(n, kernel.as_ref().map(|k| &k.matrix), scores.as_deref());
-                selector.select(opts.method, spec.size(n)?, opts.seed.wrapping_add(layer as u64))?
+                let selector =
+                    LayerSelector::new(n, kernel.as_ref().map(|k| &k.matrix), scores.as_deref());
+                selector.select(
+                    opts.method,
+                    spec.size(n)?,
+                    opts.seed.wrapping_add(layer as u64),
+                )?
             }
         };
         timed("select", t);
 
         let t = Instant::now();
-        let (ridge, relative_error) = apply_selection(backend, &mut out, layer, &keep, &obs.stats, &opts.fusion)?;
+        let (ridge, relative_error) =
+            apply_selection(backend, &mut out, layer, &keep, &obs.stats, &opts.fusion)?;
         timed("fuse", t);
 
         reports.push(LayerReport {
@@ -339,7 +357,11 @@ pub fn compress_mlp(
             neurons_before: n,
             diversity: kernel.as_ref().map(|k| diversity(&k.matrix, &keep)),
             kept: keep,
-            method: if given { "given".into() } else { opts.method.name().into() },
+            method: if given {
+                "given".into()
+            } else {
+                opts.method.name().into()
+            },
             fusion: fusion_name(opts.fusion.mode).into(),
             beta: kernel.as_ref().map(|k| k.beta),
             ridge,

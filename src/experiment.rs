@@ -16,7 +16,9 @@ use crate::error::{Error, Result};
 use crate::fusion::{FusionMode, FusionOptions};
 use crate::kernel::{rbf_from_distances, Beta, GramStats, RbfKernel};
 use crate::model::{evaluate, train, Mlp, Optimizer, TrainConfig};
-use crate::select::{diversity, importance_scores, Diversity, LayerSelector, SelectionMethod, SelectionSize};
+use crate::select::{
+    diversity, importance_scores, Diversity, LayerSelector, SelectionMethod, SelectionSize,
+};
 
 /// The data the experiment runs on.
 pub struct ExperimentData<'a> {
@@ -165,14 +167,38 @@ pub struct ExperimentReport {
 
 /// The variants of findings (b) and (d), plus greedy MAP.
 pub const VARIANTS: [Variant; 8] = [
-    Variant { method: SelectionMethod::KDpp, fused: true },
-    Variant { method: SelectionMethod::KDpp, fused: false },
-    Variant { method: SelectionMethod::Random, fused: true },
-    Variant { method: SelectionMethod::Random, fused: false },
-    Variant { method: SelectionMethod::Importance, fused: true },
-    Variant { method: SelectionMethod::Importance, fused: false },
-    Variant { method: SelectionMethod::Greedy, fused: true },
-    Variant { method: SelectionMethod::Greedy, fused: false },
+    Variant {
+        method: SelectionMethod::KDpp,
+        fused: true,
+    },
+    Variant {
+        method: SelectionMethod::KDpp,
+        fused: false,
+    },
+    Variant {
+        method: SelectionMethod::Random,
+        fused: true,
+    },
+    Variant {
+        method: SelectionMethod::Random,
+        fused: false,
+    },
+    Variant {
+        method: SelectionMethod::Importance,
+        fused: true,
+    },
+    Variant {
+        method: SelectionMethod::Importance,
+        fused: false,
+    },
+    Variant {
+        method: SelectionMethod::Greedy,
+        fused: true,
+    },
+    Variant {
+        method: SelectionMethod::Greedy,
+        fused: false,
+    },
 ];
 
 /// A hidden layer as seen by selection: its statistics, kernel and importance scores.
@@ -236,7 +262,11 @@ impl<'a> Runner<'a> {
         let backend = self.backend;
         let mut net = self.data.model.clone();
         let fusion = FusionOptions {
-            mode: if variant.fused { FusionMode::Fuse } else { FusionMode::Prune },
+            mode: if variant.fused {
+                FusionMode::Fuse
+            } else {
+                FusionMode::Prune
+            },
             ..FusionOptions::default()
         };
         let mut touched = false;
@@ -266,8 +296,18 @@ impl<'a> Runner<'a> {
         Ok((e.accuracy, e.loss))
     }
 
-    fn curve(&mut self, scope: String, variant: Variant, layers: &[bool], progress: &mut dyn Progress) -> Result<Curve> {
-        let seeds = if variant.method.is_random() { self.cfg.seeds.max(1) } else { 1 };
+    fn curve(
+        &mut self,
+        scope: String,
+        variant: Variant,
+        layers: &[bool],
+        progress: &mut dyn Progress,
+    ) -> Result<Curve> {
+        let seeds = if variant.method.is_random() {
+            self.cfg.seeds.max(1)
+        } else {
+            1
+        };
         let mut points = Vec::new();
         for &k in &self.cfg.sizes.clone() {
             let sizes: Vec<Option<usize>> = layers.iter().map(|&on| on.then_some(k)).collect();
@@ -281,7 +321,13 @@ impl<'a> Runner<'a> {
                 progress.advance(1);
             }
             let (mean, std) = mean_std(&accuracies);
-            points.push(Point { kept: k, accuracies, mean, std, loss });
+            points.push(Point {
+                kept: k,
+                accuracies,
+                mean,
+                std,
+                loss,
+            });
         }
         Ok(Curve {
             scope,
@@ -323,7 +369,11 @@ pub fn run_experiment(
     if data.test.len() != data.test_labels.len() * d {
         return Err(Error::invalid("test inputs and labels disagree in length"));
     }
-    let narrowest = model.layers[..hidden].iter().map(|l| l.out_dim).min().unwrap_or(0);
+    let narrowest = model.layers[..hidden]
+        .iter()
+        .map(|l| l.out_dim)
+        .min()
+        .unwrap_or(0);
     if let Some(&k) = cfg.sizes.iter().find(|&&k| k == 0 || k > narrowest) {
         return Err(Error::invalid(format!(
             "cannot keep {k} neurons: the narrowest hidden layer has {narrowest}"
@@ -347,7 +397,11 @@ pub fn run_experiment(
     let mut diversity_points = Vec::new();
     let mut heatmaps = Vec::new();
     for &k in &cfg.sizes {
-        let mut point = DiversityPoint { kept: k, kdpp: Vec::new(), random: Vec::new() };
+        let mut point = DiversityPoint {
+            kept: k,
+            kdpp: Vec::new(),
+            random: Vec::new(),
+        };
         for seed in 0..cfg.seeds.max(1) {
             for (method, into) in [
                 (SelectionMethod::KDpp, &mut point.kdpp),
@@ -368,13 +422,23 @@ pub fn run_experiment(
     }
 
     // Findings (b), (c), (d).
-    let mut scopes: Vec<(String, Vec<bool>)> = vec![("all hidden layers".into(), vec![true; hidden])];
+    let mut scopes: Vec<(String, Vec<bool>)> =
+        vec![("all hidden layers".into(), vec![true; hidden])];
     if cfg.one_layer_at_a_time && hidden > 1 {
         for l in 0..hidden {
-            scopes.push((model.layers[l].name.clone(), (0..hidden).map(|i| i == l).collect()));
+            scopes.push((
+                model.layers[l].name.clone(),
+                (0..hidden).map(|i| i == l).collect(),
+            ));
         }
     }
-    let per_variant = |v: &Variant| if v.method.is_random() { cfg.seeds.max(1) } else { 1 };
+    let per_variant = |v: &Variant| {
+        if v.method.is_random() {
+            cfg.seeds.max(1)
+        } else {
+            1
+        }
+    };
     let total: u64 = scopes.len() as u64
         * VARIANTS.iter().map(per_variant).sum::<u64>()
         * cfg.sizes.len() as u64;
@@ -396,7 +460,9 @@ pub fn run_experiment(
             let (before, _) = runner.accuracy(&net)?;
             let rows = data.calibration_labels.len();
             if rows != m {
-                return Err(Error::invalid("calibration inputs and labels disagree in length"));
+                return Err(Error::invalid(
+                    "calibration inputs and labels disagree in length",
+                ));
             }
             let tc = TrainConfig {
                 epochs: 1,
@@ -406,7 +472,15 @@ pub fn run_experiment(
                 seed: 0,
             };
             progress.start("fine-tune", 1);
-            train(&mut net, data.calibration, m, data.calibration_labels, &tc, &mut |_, _| {}, &mut |_| {})?;
+            train(
+                &mut net,
+                data.calibration,
+                m,
+                data.calibration_labels,
+                &tc,
+                &mut |_, _| {},
+                &mut |_| {},
+            )?;
             progress.finish();
             let (after, _) = runner.accuracy(&net)?;
             Some(Finetune {

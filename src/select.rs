@@ -152,7 +152,12 @@ impl<'a> LayerSelector<'a> {
     }
 
     /// Sorted, distinct indices of the neurons to keep. `seed` drives the random methods.
-    pub fn select(&self, method: SelectionMethod, size: SelectionSize, seed: u64) -> Result<Vec<usize>> {
+    pub fn select(
+        &self,
+        method: SelectionMethod,
+        size: SelectionSize,
+        seed: u64,
+    ) -> Result<Vec<usize>> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let k = match (method, size) {
             (SelectionMethod::Dpp, SelectionSize::Drawn) => 0,

@@ -17,7 +17,11 @@ fn random_inputs(m: usize, d: usize, seed: u64) -> Vec<f32> {
 }
 
 fn max_rel_diff(a: &[f32], b: &[f32]) -> f64 {
-    let scale = a.iter().map(|x| x.abs() as f64).fold(0.0, f64::max).max(1e-12);
+    let scale = a
+        .iter()
+        .map(|x| x.abs() as f64)
+        .fold(0.0, f64::max)
+        .max(1e-12);
     a.iter()
         .zip(b)
         .map(|(x, y)| (*x as f64 - *y as f64).abs() / scale)
@@ -36,13 +40,17 @@ fn every_method_gives_consistent_shapes_and_names() {
     ] {
         let mut opts = CompressOptions::new(vec![KeepSpec::Count(5), KeepSpec::Count(4)]);
         opts.method = method;
-        let (out, report) = compress_mlp(&Backend::Cpu, &mlp, &x, 200, &opts, &mut NoProgress).unwrap();
+        let (out, report) =
+            compress_mlp(&Backend::Cpu, &mlp, &x, 200, &opts, &mut NoProgress).unwrap();
         let dims: Vec<(usize, usize)> = out.layers.iter().map(|l| (l.out_dim, l.in_dim)).collect();
         assert_eq!(dims, vec![(5, 6), (4, 5), (3, 4)], "{method}");
         for l in &out.layers {
             assert_eq!(l.weight.len(), l.out_dim * l.in_dim);
             assert_eq!(l.bias.len(), l.out_dim);
-            assert!(l.weight.iter().chain(&l.bias).all(|v| v.is_finite()), "{method}");
+            assert!(
+                l.weight.iter().chain(&l.bias).all(|v| v.is_finite()),
+                "{method}"
+            );
         }
         assert_eq!(report.layers.len(), 2);
         assert_eq!(report.layers[0].kept.len(), 5);
@@ -72,14 +80,23 @@ fn fusion_is_exact_for_a_reconstructible_layer_network_wide() {
     let opts = CompressOptions::new(vec![KeepSpec::Indices(vec![0, 1, 2, 3])]);
     let (out, report) = compress_mlp(&Backend::Cpu, &mlp, &x, 300, &opts, &mut NoProgress).unwrap();
     assert_eq!(out.layers[0].out_dim, 4);
-    assert!(report.layers[0].relative_error < 1e-5, "{}", report.layers[0].relative_error);
+    // The reported error comes from G (accumulated from f32 activations), so its floor is
+    // about the square root of f32 rounding; the network-level check below is the strict one.
+    assert!(
+        report.layers[0].relative_error < 1e-3,
+        "{}",
+        report.layers[0].relative_error
+    );
     let fresh = random_inputs(50, 5, 99);
     let diff = max_rel_diff(&mlp.forward(&fresh, 50), &out.forward(&fresh, 50));
     assert!(diff < 1e-4, "outputs differ by {diff}");
 
     // Pruning the same neurons instead loses what they carried.
     let mut prune = opts.clone();
-    prune.fusion = FusionOptions { mode: FusionMode::Prune, ..FusionOptions::default() };
+    prune.fusion = FusionOptions {
+        mode: FusionMode::Prune,
+        ..FusionOptions::default()
+    };
     let (pruned, _) = compress_mlp(&Backend::Cpu, &mlp, &x, 300, &prune, &mut NoProgress).unwrap();
     assert!(max_rel_diff(&mlp.forward(&fresh, 50), &pruned.forward(&fresh, 50)) > 1e-2);
 }
@@ -96,8 +113,11 @@ fn compressed_model_round_trips_through_safetensors_with_pytorch_names() {
     let path = dir.path().join("out.safetensors");
     write_safetensors(&path, &out.to_tensors(&template).unwrap()).unwrap();
     let back = read_safetensors(&path).unwrap();
-    let names: Vec<&str> = back.tensors.iter().map(|(n, _)| n.as_str()).collect();
-    let template_names: Vec<&str> = template.tensors.iter().map(|(n, _)| n.as_str()).collect();
+    // safetensors stores tensors sorted, so compare the sets of names.
+    let mut names: Vec<&str> = back.tensors.iter().map(|(n, _)| n.as_str()).collect();
+    let mut template_names: Vec<&str> = template.tensors.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort_unstable();
+    template_names.sort_unstable();
     assert_eq!(names, template_names);
     let reread = Mlp::from_tensors(&back, None, Activation::Tanh).unwrap();
     let dims: Vec<usize> = reread.layers.iter().map(|l| l.out_dim).collect();
@@ -161,7 +181,11 @@ fn experiment_runs_on_a_reduced_grid() {
         finetune_size: Some(6),
     };
     let r = run_experiment(&Backend::Cpu, &data, &cfg, &mut NoProgress).unwrap();
-    assert!(r.full_accuracy > 0.8, "toy network failed to train: {}", r.full_accuracy);
+    assert!(
+        r.full_accuracy > 0.8,
+        "toy network failed to train: {}",
+        r.full_accuracy
+    );
     assert_eq!(r.curves.len(), 3 * VARIANTS.len());
     for c in &r.curves {
         assert_eq!(c.points.len(), 2);

@@ -156,7 +156,12 @@ fn keep_specs(args: &Args, method: &mut SelectionMethod) -> anyhow::Result<Vec<K
         return Ok(vec![KeepSpec::Drawn]);
     }
     if let Some(k) = &args.keep {
-        return parse_list("-k", k, |s| s.parse::<usize>().ok().filter(|&k| k > 0).map(KeepSpec::Count));
+        return parse_list("-k", k, |s| {
+            s.parse::<usize>()
+                .ok()
+                .filter(|&k| k > 0)
+                .map(KeepSpec::Count)
+        });
     }
     if let Some(r) = &args.keep_ratio {
         return parse_list("--keep-ratio", r, |s| {

@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use anyhow::Context;
 use divnet::compress::{DEFAULT_CHUNK_ROWS, DEFAULT_EPS};
-use divnet::experiment::{mean_std, run_experiment, ExperimentConfig, ExperimentData, ExperimentReport};
+use divnet::experiment::{
+    mean_std, run_experiment, ExperimentConfig, ExperimentData, ExperimentReport,
+};
 use divnet::io::data::{read_inputs, read_labels};
 use divnet::io::safetensors::read_safetensors;
 use divnet::kernel::Beta;
@@ -20,8 +22,8 @@ const DATA_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/fashion-mnist"
 const MODEL: &str = "mlp-784-1000-1000-10.safetensors";
 const TEST_IMAGES: &str = "t10k-images-idx3-ubyte.gz";
 const TEST_LABELS: &str = "t10k-labels-idx1-ubyte.gz";
-const CALIBRATION_IMAGES: &str = "calibration-images-idx3-ubyte.gz";
-const CALIBRATION_LABELS: &str = "calibration-labels-idx1-ubyte.gz";
+const CALIBRATION_IMAGES: &str = "train-images-first5000-idx3-ubyte.gz";
+const CALIBRATION_LABELS: &str = "train-labels-first5000-idx1-ubyte.gz";
 
 /// Reproduce the paper's findings on the shipped Fashion-MNIST MLP (784-1000-1000-10).
 ///
@@ -67,7 +69,9 @@ pub struct Args {
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let start = Instant::now();
-    let sizes = parse_list("--sizes", &args.sizes, |s| s.parse::<usize>().ok().filter(|&k| k > 0))?;
+    let sizes = parse_list("--sizes", &args.sizes, |s| {
+        s.parse::<usize>().ok().filter(|&k| k > 0)
+    })?;
     let beta: Beta = args.beta.parse()?;
     let model_path = args.model.clone().unwrap_or_else(|| args.data.join(MODEL));
     let file = read_safetensors(&model_path)?;
@@ -89,9 +93,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.data.display()
     );
     let backend = select_backend(args.backend)?;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
 
-    let hundred = sizes.iter().copied().find(|&k| k == 100).or_else(|| sizes.last().copied());
+    let hundred = sizes
+        .iter()
+        .copied()
+        .find(|&k| k == 100)
+        .or_else(|| sizes.last().copied());
     let cfg = ExperimentConfig {
         heatmap_size: sizes.iter().copied().find(|&k| k == 50).unwrap_or(sizes[0]),
         sizes,
@@ -185,7 +194,10 @@ pub fn format_table(r: &ExperimentReport, seeds: u64) -> String {
         } else {
             format!("(c) test accuracy (%), only {scope} compressed")
         };
-        let _ = writeln!(s, "\n{title}; random methods: mean ± std over {seeds} seeds");
+        let _ = writeln!(
+            s,
+            "\n{title}; random methods: mean ± std over {seeds} seeds"
+        );
         let curves: Vec<_> = r.curves.iter().filter(|c| c.scope == *scope).collect();
         let _ = write!(s, "{:<22}", "neurons kept");
         for p in &curves[0].points {
@@ -218,7 +230,11 @@ pub fn format_table(r: &ExperimentReport, seeds: u64) -> String {
     let find = |method: SelectionMethod, fused: bool, k: usize| {
         r.curves
             .iter()
-            .find(|c| c.scope == "all hidden layers" && c.variant.method == method && c.variant.fused == fused)
+            .find(|c| {
+                c.scope == "all hidden layers"
+                    && c.variant.method == method
+                    && c.variant.fused == fused
+            })
             .and_then(|c| c.points.iter().find(|p| p.kept == k))
             .map(|p| p.mean * 100.0)
     };

@@ -6,9 +6,9 @@ mod common;
 mod compress;
 mod compress_layer;
 mod demo;
-mod plots;
 mod evaluate;
 mod kernel;
+mod plots;
 mod sample;
 mod train;
 

@@ -17,8 +17,15 @@ const COLORS: [RGBColor; 8] = [
     RGBColor(148, 103, 189),
 ];
 
-fn render(path: &Path, size: (u32, u32), draw: impl FnOnce(DrawingArea<BitMapBackend, plotters::coord::Shift>) -> anyhow::Result<()>) -> anyhow::Result<()> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("plot.png");
+fn render(
+    path: &Path,
+    size: (u32, u32),
+    draw: impl FnOnce(DrawingArea<BitMapBackend, plotters::coord::Shift>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("plot.png");
     let tmp = path.with_file_name(format!(".{name}.{}.tmp.png", std::process::id()));
     let result = (|| {
         let root = BitMapBackend::new(&tmp, size).into_drawing_area();
@@ -149,7 +156,12 @@ pub fn one_layer_plot(path: &Path, report: &ExperimentReport) -> anyhow::Result<
         let panels = root.split_evenly((1, scopes.len()));
         for (panel, scope) in panels.iter().zip(&scopes) {
             let curves: Vec<&Curve> = report.curves.iter().filter(|c| c.scope == *scope).collect();
-            accuracy_chart(panel, &format!("only {scope} compressed"), &curves, report.full_accuracy)?;
+            accuracy_chart(
+                panel,
+                &format!("only {scope} compressed"),
+                &curves,
+                report.full_accuracy,
+            )?;
         }
         Ok(())
     })?;
@@ -166,11 +178,17 @@ pub fn diversity_plot(path: &Path, heatmaps: &[Heatmap]) -> anyhow::Result<bool>
         let panels = root.split_evenly((1, heatmaps.len()));
         for (panel, h) in panels.iter().zip(heatmaps) {
             let k = h.size;
-            let off: Vec<f64> = (0..k * k).filter(|i| i / k != i % k).map(|i| h.values[i]).collect();
+            let off: Vec<f64> = (0..k * k)
+                .filter(|i| i / k != i % k)
+                .map(|i| h.values[i])
+                .collect();
             let mean = off.iter().sum::<f64>() / off.len().max(1) as f64;
             let mut chart = ChartBuilder::on(panel)
                 .caption(
-                    format!("{}: L_Y of {k} kept neurons (mean off-diag {mean:.3})", h.method),
+                    format!(
+                        "{}: L_Y of {k} kept neurons (mean off-diag {mean:.3})",
+                        h.method
+                    ),
                     ("sans-serif", 18),
                 )
                 .margin(10)
@@ -178,13 +196,20 @@ pub fn diversity_plot(path: &Path, heatmaps: &[Heatmap]) -> anyhow::Result<bool>
                 .y_label_area_size(35)
                 .build_cartesian_2d(0..k, 0..k)
                 .map_err(plot_err)?;
-            chart.configure_mesh().disable_mesh().draw().map_err(plot_err)?;
+            chart
+                .configure_mesh()
+                .disable_mesh()
+                .draw()
+                .map_err(plot_err)?;
             chart
                 .draw_series((0..k).flat_map(|i| {
                     (0..k).map(move |j| {
                         let v = h.values[i * k + j].clamp(0.0, 1.0);
                         let shade = (255.0 * (1.0 - v)) as u8;
-                        Rectangle::new([(j, k - 1 - i), (j + 1, k - i)], RGBColor(shade, shade, 255).filled())
+                        Rectangle::new(
+                            [(j, k - 1 - i), (j + 1, k - i)],
+                            RGBColor(shade, shade, 255).filled(),
+                        )
                     })
                 }))
                 .map_err(plot_err)?;
