@@ -71,6 +71,7 @@ fn accuracy_chart(
         .x_desc("neurons kept per compressed layer")
         .y_desc("test accuracy (%)")
         .x_label_formatter(&|x| format!("{x:.0}"))
+        .light_line_style(RGBColor(242, 242, 242))
         .draw()
         .map_err(plot_err)?;
     chart
