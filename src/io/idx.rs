@@ -65,13 +65,19 @@ fn parse_gz(bytes: &[u8]) -> std::result::Result<IdxArray, String> {
     let gz_err = |e: std::io::Error| format!("corrupt gzip data: {e}");
     let mut dec = MultiGzDecoder::new(bytes);
     // Magic (4 bytes), then up to 255 dimensions of 4 bytes: read the fixed part first.
+    // A corrupt stream is not a short one: only an early end of data means truncation.
+    let header_err = |e: std::io::Error| {
+        if e.kind() == std::io::ErrorKind::UnexpectedEof {
+            format!("truncated IDX header in the gzip data: {e}")
+        } else {
+            gz_err(e)
+        }
+    };
     let mut head = [0u8; 4];
-    dec.read_exact(&mut head)
-        .map_err(|e| format!("truncated IDX header in the gzip data: {e}"))?;
+    dec.read_exact(&mut head).map_err(header_err)?;
     let ndims = check_magic(&head)?;
     let mut dims_bytes = vec![0u8; 4 * ndims];
-    dec.read_exact(&mut dims_bytes)
-        .map_err(|e| format!("truncated IDX header in the gzip data: {e}"))?;
+    dec.read_exact(&mut dims_bytes).map_err(header_err)?;
     let mut header = head.to_vec();
     header.extend_from_slice(&dims_bytes);
     let (shape, _, count) = parse_header(&header)?;
