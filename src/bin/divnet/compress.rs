@@ -80,7 +80,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut method: SelectionMethod = args.select.parse()?;
     let keep = keep_specs(&args, &mut method)?;
     let file = read_safetensors(&args.model)?;
-    let mlp = Mlp::from_tensors(&file, args.layers.as_deref(), activation)?;
+    // The same errors as Mlp::load: a missing tensor or a broken chain names the model file.
+    let mlp =
+        Mlp::from_tensors(&file, args.layers.as_deref(), activation).map_err(|e| match e {
+            divnet::Error::InvalidInput(m) => divnet::Error::format(&args.model, m),
+            e => e,
+        })?;
     let inputs = divnet::io::data::read_inputs(&args.calibration)?;
     anyhow::ensure!(
         inputs.cols == mlp.input_dim(),
