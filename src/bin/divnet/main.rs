@@ -43,7 +43,10 @@ enum Command {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => usage_error(e),
+    };
     let result = match cli.command {
         Command::Kernel(a) => kernel::run(a),
         Command::Sample(a) => sample::run(a),
@@ -57,4 +60,29 @@ fn main() {
         eprintln!("divnet: error: {}", common::one_line(&e));
         std::process::exit(2);
     }
+}
+
+/// Help and version go to stdout as clap prints them; a usage error becomes the same single
+/// `divnet: error:` line (exit 2) as every other failure, so scripts see one format.
+fn usage_error(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let text = e.to_string();
+    let message: Vec<&str> = text
+        .lines()
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    let message = message.join(" ");
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
+    eprintln!("divnet: error: {message} (see divnet --help)");
+    std::process::exit(2);
 }
