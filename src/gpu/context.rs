@@ -29,6 +29,9 @@ pub struct GpuContext {
     limits: wgpu::Limits,
     max_block_bytes: Option<u64>,
     pipelines: Mutex<HashMap<&'static str, Arc<wgpu::ComputePipeline>>>,
+    /// The first uncaptured error or device loss on a device this context opened itself
+    /// (wgpu's default handler would panic): reported as [`Error::Gpu`] by the next operation.
+    fault: Arc<Mutex<Option<String>>>,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -91,6 +94,19 @@ impl GpuContext {
             .map_err(|e| Error::Gpu(format!("request_device on {}: {e}", info.name)))?;
         let mut ctx = Self::from_device(device, queue);
         ctx.adapter_info = Some(info);
+        // Only on our own device: an application's device keeps the handlers it chose.
+        let fault = ctx.fault.clone();
+        ctx.device
+            .on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+                let mut slot = fault.lock().unwrap_or_else(|p| p.into_inner());
+                slot.get_or_insert_with(|| e.to_string().replace('\n', " "));
+            }));
+        let fault = ctx.fault.clone();
+        ctx.device
+            .set_device_lost_callback(move |reason, message: String| {
+                let mut slot = fault.lock().unwrap_or_else(|p| p.into_inner());
+                slot.get_or_insert_with(|| format!("device lost ({reason:?}): {message}"));
+            });
         Ok(ctx)
     }
 
@@ -110,6 +126,7 @@ impl GpuContext {
             limits,
             max_block_bytes: None,
             pipelines: Mutex::new(HashMap::new()),
+            fault: Arc::new(Mutex::new(None)),
         }
     }
 
@@ -326,15 +343,32 @@ impl GpuContext {
 
     /// Waits until the device has finished all submitted work.
     pub fn poll_wait(&self) -> Result<()> {
+        self.check_fault()?;
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map(|_| ())
-            .map_err(|e| Error::Gpu(format!("waiting for the device: {e}")))
+            .map_err(|e| Error::Gpu(format!("waiting for the device: {e}")))?;
+        self.check_fault()
+    }
+
+    /// The recorded uncaptured error or device loss, if any, as an [`Error::Gpu`].
+    fn check_fault(&self) -> Result<()> {
+        let slot = self.fault.lock().unwrap_or_else(|p| p.into_inner());
+        match &*slot {
+            Some(e) => Err(Error::Gpu(e.clone())),
+            None => Ok(()),
+        }
     }
 
     /// Runs `make` inside out-of-memory and validation error scopes, so that a refused
     /// allocation or a binding over the limits becomes an [`Error::Gpu`] instead of a panic.
     pub fn checked<T>(&self, what: &str, make: impl FnOnce() -> T) -> Result<T> {
+        self.check_fault().map_err(|e| {
+            Error::Gpu(format!(
+                "{what}: {}",
+                e.to_string().trim_start_matches("GPU: ")
+            ))
+        })?;
         let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let validation = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let value = make();
