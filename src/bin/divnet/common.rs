@@ -50,6 +50,25 @@ pub fn select_backend(arg: BackendArg) -> anyhow::Result<Backend> {
     Ok(sel.backend)
 }
 
+/// Runs `work` on `backend`. When it fails on the GPU with a device error (out of memory, a
+/// lost device, a limit too small) and the user let divnet choose (`--backend auto`), says
+/// so on stderr and runs it again on the CPU; with `--backend gpu` the error stands.
+pub fn with_cpu_fallback<T>(
+    arg: BackendArg,
+    backend: &Backend,
+    mut work: impl FnMut(&Backend) -> divnet::Result<T>,
+) -> divnet::Result<T> {
+    match work(backend) {
+        Err(divnet::Error::Gpu(e))
+            if matches!(arg, BackendArg::Auto) && backend.gpu().is_some() =>
+        {
+            eprintln!("backend: the GPU failed ({e}); continuing on the CPU");
+            work(&Backend::Cpu)
+        }
+        other => other,
+    }
+}
+
 /// A progress bar on stderr, hidden when stderr is not a terminal.
 pub fn progress_bar(len: u64, message: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);

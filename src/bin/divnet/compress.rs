@@ -11,7 +11,9 @@ use divnet::kernel::Beta;
 use divnet::model::{Activation, Mlp};
 use divnet::select::SelectionMethod;
 
-use crate::common::{parse_list, select_backend, write_json, BackendArg, BarProgress};
+use crate::common::{
+    parse_list, select_backend, with_cpu_fallback, write_json, BackendArg, BarProgress,
+};
 
 /// Compress every hidden layer of an MLP read from safetensors (PyTorch state dict).
 ///
@@ -113,14 +115,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         seed: args.seed,
         chunk_rows: args.chunk_rows,
     };
-    let (compressed, report) = compress_mlp(
-        &backend,
-        &mlp,
-        &inputs.data,
-        inputs.rows,
-        &opts,
-        &mut BarProgress::default(),
-    )?;
+    let (compressed, report) = with_cpu_fallback(args.backend, &backend, |b| {
+        compress_mlp(
+            b,
+            &mlp,
+            &inputs.data,
+            inputs.rows,
+            &opts,
+            &mut BarProgress::default(),
+        )
+    })?;
     for l in &report.layers {
         eprintln!(
             "{:<8} {:>6} -> {:<6} {:<10} ridge {:.2e}  next-layer error {:.4}",

@@ -15,7 +15,9 @@ use divnet::kernel::Beta;
 use divnet::model::{Activation, Mlp};
 use divnet::select::SelectionMethod;
 
-use crate::common::{parse_list, select_backend, write_json, BackendArg, BarProgress};
+use crate::common::{
+    parse_list, select_backend, with_cpu_fallback, write_json, BackendArg, BarProgress,
+};
 use crate::plots;
 
 const DATA_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/fashion-mnist");
@@ -125,7 +127,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         test: &test.data,
         test_labels: &test_labels,
     };
-    let report = run_experiment(&backend, &data, &cfg, &mut BarProgress::default())?;
+    let report = with_cpu_fallback(args.backend, &backend, |b| {
+        run_experiment(b, &data, &cfg, &mut BarProgress::default())
+    })?;
 
     let table = format_table(&report, args.seeds);
     print!("{table}");

@@ -7,7 +7,7 @@ use anyhow::Context;
 use divnet::io::npy::{read_matrix, write_npy, NpyData};
 use divnet::kernel::{gram_stats, rbf_kernel, ActivationRows, Beta};
 
-use crate::common::{select_backend, BackendArg, StageTimer};
+use crate::common::{select_backend, with_cpu_fallback, BackendArg, StageTimer};
 
 /// Which n x n matrix to write.
 #[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
@@ -69,14 +69,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let matrix = match args.kind {
         Kind::Gram => {
             timer
-                .stage("gram", || gram_stats(&backend, rows, n))
+                .stage("gram", || {
+                    with_cpu_fallback(args.backend, &backend, |b| gram_stats(b, rows, n))
+                })
                 .with_context(|| what.clone())?
                 .gram
         }
         Kind::Rbf => {
             let l = timer
                 .stage("rbf kernel", || {
-                    rbf_kernel(&backend, rows, n, args.beta, args.eps)
+                    with_cpu_fallback(args.backend, &backend, |b| {
+                        rbf_kernel(b, rows, n, args.beta, args.eps)
+                    })
                 })
                 .with_context(|| what.clone())?;
             eprintln!("beta = {:e} ({:?}), eps = {:e}", l.beta, args.beta, l.eps);
