@@ -114,7 +114,12 @@ fn check_magic(head: &[u8]) -> std::result::Result<usize, String> {
         0x0C => Some("int32"),
         0x0D => Some("float32"),
         0x0E => Some("float64"),
-        _ => return Err(format!("not an IDX file (unknown data type 0x{:02X})", head[2])),
+        _ => {
+            return Err(format!(
+                "not an IDX file (unknown data type 0x{:02X})",
+                head[2]
+            ))
+        }
     };
     if let Some(t) = type_name {
         return Err(format!(

@@ -226,5 +226,7 @@ pub fn write_safetensors(path: &Path, file: &TensorFile) -> Result<()> {
         Error::InvalidInput(m) => Error::format(path, m),
         e => e,
     })?;
-    write_atomic(path, |w| w.write_all(&bytes).map_err(|e| Error::io(path, e)))
+    write_atomic(path, |w| {
+        w.write_all(&bytes).map_err(|e| Error::io(path, e))
+    })
 }

@@ -59,7 +59,9 @@ impl Activation {
             Self::Relu => x.max(0.0),
             Self::Tanh => x.tanh(),
             Self::Sigmoid => 1.0 / (1.0 + (-x).exp()),
-            Self::Gelu => (0.5 * x as f64 * (1.0 + erf(x as f64 / std::f64::consts::SQRT_2))) as f32,
+            Self::Gelu => {
+                (0.5 * x as f64 * (1.0 + erf(x as f64 / std::f64::consts::SQRT_2))) as f32
+            }
         }
     }
 
@@ -238,7 +240,10 @@ impl std::fmt::Display for Candidate {
 }
 
 fn list(c: &[&Candidate]) -> String {
-    c.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", ")
+    c.iter()
+        .map(|c| c.to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Finds up to two orderings of all candidates in which each layer's input width is the
@@ -513,11 +518,7 @@ fn explicit_order(file: &TensorFile, names: &[String]) -> Result<Vec<String>> {
     }
     let mut out: Vec<String> = Vec::with_capacity(names.len());
     for n in names {
-        let prefix = n
-            .strip_suffix(".weight")
-            .unwrap_or(n)
-            .trim()
-            .to_string();
+        let prefix = n.strip_suffix(".weight").unwrap_or(n).trim().to_string();
         if out.contains(&prefix) {
             return Err(Error::invalid(format!(
                 "layer {prefix} is listed twice in the layer order"

@@ -262,7 +262,8 @@ pub fn train(
                 }
                 if i > 0 {
                     let mut da = vec![0.0f32; b * layer.in_dim];
-                    let w = MatRef::from_row_major_slice(&layer.weight, layer.out_dim, layer.in_dim);
+                    let w =
+                        MatRef::from_row_major_slice(&layer.weight, layer.out_dim, layer.in_dim);
                     matmul(
                         MatMut::from_row_major_slice_mut(&mut da, b, layer.in_dim),
                         Accum::Replace,
@@ -281,8 +282,22 @@ pub fn train(
             step += 1;
             for (i, layer) in mlp.layers.iter_mut().enumerate() {
                 let s = &mut slots[i];
-                update(cfg, step, &mut layer.weight, &grad_w[i], &mut s.m_w, &mut s.v_w);
-                update(cfg, step, &mut layer.bias, &grad_b[i], &mut s.m_b, &mut s.v_b);
+                update(
+                    cfg,
+                    step,
+                    &mut layer.weight,
+                    &grad_w[i],
+                    &mut s.m_w,
+                    &mut s.v_w,
+                );
+                update(
+                    cfg,
+                    step,
+                    &mut layer.bias,
+                    &grad_b[i],
+                    &mut s.m_b,
+                    &mut s.v_b,
+                );
             }
             on_batch(epoch * batches + bi + 1, total);
         }
