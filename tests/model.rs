@@ -641,3 +641,26 @@ fn training_rejects_bad_settings() {
     let e = train(&mut mlp, &x, 30, &y, &wild, &mut |_, _| {}, &mut |_| {}).unwrap_err();
     assert!(matches!(e, Error::Numerical(_)), "{e:?}");
 }
+
+/// The shipped reference network loads with inferred layer order and keeps the test accuracy
+/// recorded in data/fashion-mnist/README.md (88.83%).
+#[test]
+fn shipped_reference_network_keeps_its_accuracy() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist");
+    let mlp = Mlp::load(
+        &root.join("mlp-784-1000-1000-10.safetensors"),
+        None,
+        Activation::Relu,
+    )
+    .unwrap();
+    assert_eq!(mlp.dims(), vec![784, 1000, 1000, 10]);
+    assert_eq!(prefixes(&mlp), ["fc1", "fc2", "fc3"]);
+    let x = divnet::io::data::read_inputs(&root.join("t10k-images-idx3-ubyte.gz")).unwrap();
+    let y = divnet::io::data::read_labels(&root.join("t10k-labels-idx1-ubyte.gz")).unwrap();
+    let ev = evaluate(&mlp, &x.data, x.rows, &y).unwrap();
+    assert!(
+        (ev.accuracy - 0.8883).abs() < 5e-4,
+        "accuracy {}",
+        ev.accuracy
+    );
+}
