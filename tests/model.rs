@@ -664,3 +664,70 @@ fn shipped_reference_network_keeps_its_accuracy() {
         ev.accuracy
     );
 }
+
+/// The GPU forward pass (lavapipe in CI) against the CPU one, with odd sizes that leave
+/// partial tiles everywhere, and with a small binding cap that forces several row chunks.
+#[test]
+fn gpu_forward_matches_cpu() {
+    use divnet::gpu::forward::GpuMlp;
+    let Some(ctx) = divnet::gpu::test_context() else {
+        return;
+    };
+    for (k, act) in ACTS.into_iter().enumerate() {
+        let mlp = Mlp::init(&[13, 20, 17, 5], act, 40 + k as u64);
+        let m = 37;
+        let x = random_x(m, 13, 41);
+        let reference = forward64(&mlp, &x, m);
+        let g = GpuMlp::upload(&ctx, &mlp).unwrap();
+        assert_close(
+            &g.hidden(&ctx, &x, m, 0).unwrap(),
+            &reference[0],
+            1e-5,
+            "gpu h0",
+        );
+        assert_close(
+            &g.hidden(&ctx, &x, m, 1).unwrap(),
+            &reference[1],
+            1e-5,
+            "gpu h1",
+        );
+        assert_close(
+            &g.forward(&ctx, &x, m).unwrap(),
+            &reference[2],
+            1e-5,
+            "gpu logits",
+        );
+        assert!(
+            g.hidden(&ctx, &x, m, 2).is_err(),
+            "the output layer is not hidden"
+        );
+    }
+    // Several k tiles, several column and row tiles.
+    let mlp = Mlp::init(&[150, 130, 70, 10], Activation::Relu, 3);
+    let x = random_x(150, 150, 4);
+    let g = GpuMlp::upload(&ctx, &mlp).unwrap();
+    let reference = forward64(&mlp, &x, 150);
+    assert_close(
+        &g.hidden(&ctx, &x, 150, 1).unwrap(),
+        &reference[1],
+        1e-4,
+        "gpu big h1",
+    );
+    // 2048-byte bindings: 25 rows of 20 floats per chunk, so 37 rows take two chunks.
+    let small = divnet::gpu::test_context()
+        .unwrap()
+        .with_max_block_bytes(2048);
+    let mlp = Mlp::init(&[13, 20, 17, 5], Activation::Tanh, 5);
+    let x = random_x(37, 13, 6);
+    let g = GpuMlp::upload(&small, &mlp).unwrap();
+    assert!(g.max_rows(&small, 1) < 37);
+    assert_close(
+        &g.hidden(&small, &x, 37, 1).unwrap(),
+        &forward64(&mlp, &x, 37)[1],
+        1e-5,
+        "chunked",
+    );
+    // A weight matrix over the binding limit is an error, not a panic.
+    let wide = Mlp::init(&[40, 40, 2], Activation::Relu, 1);
+    assert!(matches!(GpuMlp::upload(&small, &wide), Err(Error::Gpu(_))));
+}
