@@ -731,3 +731,140 @@ fn gpu_forward_matches_cpu() {
     let wide = Mlp::init(&[40, 40, 2], Activation::Relu, 1);
     assert!(matches!(GpuMlp::upload(&small, &wide), Err(Error::Gpu(_))));
 }
+
+/// `divnet train` and `divnet evaluate` end to end on a tiny npy problem, and their
+/// failures: exit code 2, one line naming the file, no output written.
+#[test]
+fn train_and_evaluate_commands() {
+    use std::process::Command;
+    let bin = env!("CARGO_BIN_EXE_divnet");
+    let dir = tempfile::tempdir().unwrap();
+    let (x, y) = blobs(120, 8);
+    let xp = dir.path().join("x.npy");
+    let yp = dir.path().join("y.npy");
+    divnet::io::npy::write_npy(&xp, &[120, 6], &x).unwrap();
+    let y64: Vec<i64> = y.iter().map(|&v| v as i64).collect();
+    divnet::io::npy::write_npy(&yp, &[120], &y64).unwrap();
+    let out = dir.path().join("m.safetensors");
+    let run = |args: &[&str]| Command::new(bin).args(args).output().unwrap();
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let o = run(&[
+        "train",
+        "--data",
+        &s(&xp),
+        "--labels",
+        &s(&yp),
+        "--hidden",
+        "12",
+        "--epochs",
+        "15",
+        "--batch-size",
+        "16",
+        "--lr",
+        "1e-2",
+        "--out",
+        &s(&out),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(log.contains("epoch  15/15"), "{log}");
+    let mlp = Mlp::load(&out, None, Activation::Relu).unwrap();
+    assert_eq!(mlp.dims(), vec![6, 12, 3]);
+    let want = evaluate(&mlp, &x, 120, &y).unwrap();
+    assert!(want.accuracy > 0.95, "{}", want.accuracy);
+    let o = run(&[
+        "evaluate",
+        "--model",
+        &s(&out),
+        "--data",
+        &s(&xp),
+        "--labels",
+        &s(&yp),
+    ]);
+    assert!(o.status.success());
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains(&format!("accuracy {:.4}", want.accuracy)),
+        "{text}"
+    );
+    // Fine-tuning keeps the names and shapes.
+    let tuned = dir.path().join("tuned.safetensors");
+    let o = run(&[
+        "train",
+        "--init",
+        &s(&out),
+        "--data",
+        &s(&xp),
+        "--labels",
+        &s(&yp),
+        "--epochs",
+        "1",
+        "--out",
+        &s(&tuned),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        Mlp::load(&tuned, None, Activation::Relu).unwrap().dims(),
+        vec![6, 12, 3]
+    );
+
+    // Failures: labels that do not match, a model that is not safetensors, a corrupt input.
+    let before = std::fs::read(&out).unwrap();
+    let short_y = dir.path().join("short.npy");
+    divnet::io::npy::write_npy(&short_y, &[5], &[0i64; 5]).unwrap();
+    let bad_x = dir.path().join("bad.npy");
+    std::fs::write(&bad_x, b"\x93NUMPY garbage").unwrap();
+    let cases: Vec<(Vec<String>, String)> = vec![
+        (
+            vec![
+                "train".into(),
+                "--data".into(),
+                s(&xp),
+                "--labels".into(),
+                s(&short_y),
+                "--out".into(),
+                s(&out),
+            ],
+            s(&short_y),
+        ),
+        (
+            vec![
+                "train".into(),
+                "--data".into(),
+                s(&bad_x),
+                "--labels".into(),
+                s(&yp),
+                "--out".into(),
+                s(&out),
+            ],
+            s(&bad_x),
+        ),
+        (
+            vec![
+                "evaluate".into(),
+                "--model".into(),
+                s(&xp),
+                "--data".into(),
+                s(&xp),
+                "--labels".into(),
+                s(&yp),
+            ],
+            s(&xp),
+        ),
+    ];
+    for (args, file) in cases {
+        let o = Command::new(bin).args(&args).output().unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        let last = err.lines().last().unwrap_or("");
+        assert!(
+            last.starts_with("divnet: error: ") && last.contains(&file),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        before,
+        "a failed run left the output untouched"
+    );
+}
