@@ -4,8 +4,9 @@
 //!
 //! - exit code 2;
 //! - exactly one stderr line starts with `divnet: error:`, it is the last line, and it names
-//!   the offending file (when a file is at fault) and the problem. Lines before it are the
-//!   progress and stage reports a command prints while it works;
+//!   the offending file (when a file is at fault) and the problem. When a file is at fault
+//!   it is the only line; otherwise (k too large, ...) the backend and stage reports that
+//!   the command printed while it worked may precede it;
 //! - no output file (nor a temporary one) is created;
 //! - an output path that already holds a file keeps it byte for byte.
 
@@ -37,6 +38,9 @@ struct Case {
     blame: Option<&'static str>,
     /// Words the error line must contain (case-insensitive), saying what is wrong.
     expect: &'static [&'static str],
+    /// The error comes after the command has started reporting its work (it is about the
+    /// data's contents, not about reading a file), so other lines may precede it.
+    late: bool,
 }
 
 fn case(
@@ -52,6 +56,7 @@ fn case(
         args: args.to_vec(),
         blame,
         expect,
+        late: false,
     }
 }
 
@@ -284,7 +289,8 @@ fn kernel_cases() -> Vec<Case> {
             npy_bytes(&[3, 2], &[1.0f32, 1.0, 2.0, 2.0, 0.5, 0.5]),
             &["median"],
         )
-        .with_args(|a| a.extend(["--beta", "median"])),
+        .with_args(|a| a.extend(["--beta", "median"]))
+        .late(),
         case(
             "activations file missing",
             vec![],
@@ -409,6 +415,7 @@ fn compress_args(
         args,
         blame: None,
         expect: &[],
+        late: false,
     }
 }
 
@@ -739,6 +746,11 @@ impl Case {
         f(&mut self.args);
         self
     }
+
+    fn late(mut self) -> Case {
+        self.late = true;
+        self
+    }
 }
 
 fn train_cases() -> Vec<Case> {
@@ -892,6 +904,14 @@ fn check_run(c: &Case, r: &Run, dir: &Path) -> Vec<String> {
             r.stderr
         ));
         return problems;
+    }
+    // A file that cannot be read, or holds the wrong thing, is found before any work starts:
+    // then the error line is all there is on stderr.
+    if c.blame.is_some() && !c.late && lines.len() != 1 {
+        problems.push(format!(
+            "a file error should be the only line on stderr; stderr was:\n{}",
+            r.stderr
+        ));
     }
     let line = errors[0];
     let lower = line.to_lowercase();

@@ -100,6 +100,21 @@ impl StageTimer {
         out
     }
 
+    /// [`StageTimer::stage`] for work that can fail: a failed stage prints nothing, so that
+    /// a run that fails while reading its inputs prints only its one error line.
+    pub fn try_stage<T, E>(
+        &mut self,
+        name: &str,
+        f: impl FnOnce() -> Result<T, E>,
+    ) -> Result<T, E> {
+        let start = Instant::now();
+        let out = f()?;
+        let secs = start.elapsed().as_secs_f64();
+        eprintln!("  {name:<24} {secs:>9.3} s");
+        self.stages.push((name.to_string(), secs));
+        Ok(out)
+    }
+
     /// The recorded stages, in order, as (name, seconds).
     pub fn stages(&self) -> &[(String, f64)] {
         &self.stages

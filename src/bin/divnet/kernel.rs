@@ -48,7 +48,7 @@ pub struct Args {
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut timer = StageTimer::default();
-    let a = timer.stage("read activations", || read_matrix(&args.activations))?;
+    let a = timer.try_stage("read activations", || read_matrix(&args.activations))?;
     let (m, n) = (a.shape[0], a.shape[1]);
     eprintln!(
         "activations: {m} samples x {n} neurons ({:?}) from {}",
