@@ -1155,3 +1155,34 @@ fn fuzz_corpus_and_mutated_seeds_never_panic() {
     }
     eprintln!("{inputs} inputs replayed");
 }
+
+/// One sample over 100000 neurons is a 200 KB file whose kernel needs an 80 GB matrix: the
+/// command must refuse it with the one-line error, not panic in the allocator. The child
+/// runs under `ulimit -v` (4 GB of address space) so that the refusal does not depend on
+/// this machine's memory or overcommit policy.
+#[test]
+fn layer_too_wide_for_memory_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let acts = tmp.path().join("wide.npy");
+    let row: Vec<f32> = (0..100_000).map(|i| (i % 7) as f32).collect();
+    divnet::io::npy::write_npy(&acts, &[1, 100_000], &row).unwrap();
+    let out = tmp.path().join("k.npy");
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -v 4000000 && exec \"$0\" kernel --backend cpu --activations \"$1\" --out \"$2\"")
+        .arg(BIN)
+        .arg(&acts)
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let last = stderr.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("divnet: error:")
+            && last.contains(&acts.display().to_string())
+            && last.contains("100000 neurons"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+}
