@@ -83,6 +83,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let mut dims = vec![inputs.cols];
             dims.extend(&args.hidden);
             dims.push(classes);
+            check_model_fits(&dims)?;
             (
                 Mlp::init(&dims, activation, args.seed),
                 TensorFile::default(),
@@ -144,5 +145,26 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.out.display(),
         start.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// A few characters of `--hidden` can ask for more parameters than memory holds; say so
+/// instead of letting the allocator abort the process (training needs about 4 copies:
+/// weights, gradients and Adam's two moments).
+fn check_model_fits(dims: &[usize]) -> anyhow::Result<()> {
+    let params = dims.windows(2).try_fold(0usize, |acc, d| {
+        d[0].checked_mul(d[1])
+            .and_then(|w| w.checked_add(d[1]))
+            .and_then(|p| acc.checked_add(p))
+    });
+    let fits = params
+        .and_then(|p| p.checked_mul(4))
+        .is_some_and(|floats| Vec::<f32>::new().try_reserve_exact(floats).is_ok());
+    if !fits {
+        anyhow::bail!(
+            "--hidden: a {dims:?} network has {} parameters, more than this machine can train",
+            params.map_or_else(|| "too many".to_string(), |p| p.to_string())
+        );
+    }
     Ok(())
 }
