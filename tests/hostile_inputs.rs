@@ -1186,3 +1186,35 @@ fn layer_too_wide_for_memory_is_an_error() {
     );
     assert!(!out.exists());
 }
+
+/// `--hidden 2000000000` asks for a network of 16e9 parameters from a few characters: an
+/// error naming the option, not an allocator abort (child under `ulimit -v`, as above).
+#[test]
+fn network_too_large_for_memory_is_an_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let x = tmp.path().join("x.npy");
+    let y = tmp.path().join("y.npy");
+    std::fs::write(&x, calibration(4)).unwrap();
+    std::fs::write(&y, good_labels()).unwrap();
+    let out = tmp.path().join("m.safetensors");
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(
+            "ulimit -v 4000000 && exec \"$0\" train --hidden 2000000000 --epochs 1 \
+             --data \"$1\" --labels \"$2\" --out \"$3\"",
+        )
+        .arg(BIN)
+        .arg(&x)
+        .arg(&y)
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let last = stderr.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("divnet: error: --hidden") && last.contains("parameters"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+}
