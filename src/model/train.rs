@@ -215,12 +215,14 @@ pub fn train(
     let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
     let mut order: Vec<usize> = (0..m).collect();
     let batches = m.div_ceil(cfg.batch_size);
-    let total = batches * cfg.epochs;
+    let total = batches.saturating_mul(cfg.epochs);
     let par = faer::get_global_parallelism();
     let mut step = 0i32;
-    let mut reports = Vec::with_capacity(cfg.epochs);
-    let mut xb: Vec<f32> = Vec::with_capacity(cfg.batch_size * d);
-    let mut yb: Vec<u32> = Vec::with_capacity(cfg.batch_size);
+    // Sized by the data, not by the settings: --batch-size or --epochs can be any number.
+    let batch_rows = cfg.batch_size.min(m);
+    let mut reports = Vec::with_capacity(cfg.epochs.min(1024));
+    let mut xb: Vec<f32> = Vec::with_capacity(batch_rows * d);
+    let mut yb: Vec<u32> = Vec::with_capacity(batch_rows);
     for epoch in 0..cfg.epochs {
         let start_time = Instant::now();
         order.shuffle(&mut rng);
