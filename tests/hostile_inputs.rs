@@ -1218,3 +1218,31 @@ fn network_too_large_for_memory_is_an_error() {
     );
     assert!(!out.exists());
 }
+
+/// A batch size far beyond the data (10^11) is one batch per epoch, not a request for
+/// 10^11 rows of buffer (that aborted the process).
+#[test]
+fn huge_batch_size_trains_on_the_data_there_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let x = tmp.path().join("x.npy");
+    let y = tmp.path().join("y.npy");
+    std::fs::write(&x, calibration(4)).unwrap();
+    std::fs::write(&y, good_labels()).unwrap();
+    let out = tmp.path().join("m.safetensors");
+    let output = Command::new("sh")
+        .arg("-c")
+        .arg(
+            "ulimit -v 4000000 && exec \"$0\" train --hidden 3 --epochs 2 \
+             --batch-size 100000000000 --data \"$1\" --labels \"$2\" --out \"$3\"",
+        )
+        .arg(BIN)
+        .arg(&x)
+        .arg(&y)
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let mlp = Mlp::load(&out, None, Activation::Relu).unwrap();
+    assert_eq!(mlp.dims(), vec![4, 3, 3]);
+}
