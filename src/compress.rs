@@ -162,7 +162,8 @@ pub fn observe_hidden_layer(
     } else {
         None
     };
-    let chunk_rows = chunk_rows.max(1);
+    // Never more rows than there are: keeps chunk_rows * d from overflowing.
+    let chunk_rows = chunk_rows.clamp(1, m);
     progress.start(&format!("observe {}", mlp.layers[layer].name), m as u64);
     for (rows, chunk) in x.chunks(chunk_rows * d).map(|c| (c.len() / d, c)) {
         let h = mlp.hidden(chunk, rows, layer);
