@@ -1246,3 +1246,38 @@ fn huge_batch_size_trains_on_the_data_there_is() {
     let mlp = Mlp::load(&out, None, Activation::Relu).unwrap();
     assert_eq!(mlp.dims(), vec![4, 3, 3]);
 }
+
+/// `--chunk-rows` beyond the data (up to u64::MAX) means one chunk, not an overflow panic.
+#[test]
+fn absurd_chunk_rows_compress_in_one_chunk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("m.safetensors");
+    let calib = tmp.path().join("c.npy");
+    std::fs::write(&model, good_model()).unwrap();
+    std::fs::write(&calib, calibration(4)).unwrap();
+    for rows in ["100000000000", "18446744073709551615"] {
+        let out = tmp.path().join(format!("out{}.safetensors", rows.len()));
+        let output = Command::new(BIN)
+            .args([
+                "compress",
+                "--backend",
+                "cpu",
+                "-k",
+                "2",
+                "--chunk-rows",
+                rows,
+            ])
+            .arg("--model")
+            .arg(&model)
+            .arg("--calibration")
+            .arg(&calib)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "--chunk-rows {rows}: {stderr}");
+        let mlp = Mlp::load(&out, None, Activation::Relu).unwrap();
+        assert_eq!(mlp.dims(), vec![4, 2, 2, 3]);
+    }
+}
