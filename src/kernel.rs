@@ -169,6 +169,7 @@ pub struct GramAccumulator {
 impl GramAccumulator {
     /// An empty accumulator for a layer of `n >= 1` neurons. Allocates no GPU memory yet.
     pub fn new(backend: &Backend, n: usize) -> Result<Self> {
+        ensure_host_matrix(n)?;
         let engine = match backend {
             Backend::Cpu => Engine::Cpu(CpuGram::new(n, Precision::F32)?),
             Backend::Gpu(ctx) => {
@@ -229,6 +230,7 @@ pub struct DistanceAccumulator {
 impl DistanceAccumulator {
     /// An empty accumulator for a layer of `n >= 1` neurons. Allocates no GPU memory yet.
     pub fn new(backend: &Backend, n: usize) -> Result<Self> {
+        ensure_host_matrix(n)?;
         let engine = match backend {
             Backend::Cpu => Engine::Cpu(CpuDistances::new(n)?),
             Backend::Gpu(ctx) => {
@@ -295,6 +297,24 @@ pub fn rbf_from_distances(d: &Distances, beta: Beta, eps: f64) -> Result<RbfKern
         }
     });
     Ok(RbfKernel { matrix, beta, eps })
+}
+
+/// Fails with an error when this process cannot allocate an n x n f64 matrix, before any
+/// work: a 200 KB file of one sample over 100000 neurons asks for 80 GB, and both backends
+/// end with such a matrix on the host, where a failed allocation would abort the process.
+fn ensure_host_matrix(n: usize) -> Result<()> {
+    let fits = n
+        .checked_mul(n)
+        .is_some_and(|len| Vec::<f64>::new().try_reserve_exact(len).is_ok());
+    if fits {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "a layer of {n} neurons needs {n} x {n} matrices of {:.1} GB each, more than this \
+             machine can allocate",
+            (n as f64) * (n as f64) * 8e-9
+        )))
+    }
 }
 
 /// `G = A^T A` and `s = A^T 1` of whole in-memory activations (`rows x n`).

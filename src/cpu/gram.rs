@@ -38,21 +38,10 @@ impl CpuGram {
         if n == 0 {
             return Err(Error::invalid("a layer needs at least one neuron (n = 0)"));
         }
-        // A 400 KB file of one sample over 100000 neurons asks for an 80 GB matrix: refuse
-        // it with an error instead of faer's panic on a failed allocation.
-        let mut lower = Mat::new();
-        lower.try_reserve(n, n).map_err(|_| {
-            Error::invalid(format!(
-                "a layer of {n} neurons needs {n} x {n} matrices of {:.1} GB each, more than \
-                 this machine can allocate",
-                (n as f64) * (n as f64) * 8e-9
-            ))
-        })?;
-        lower.resize_with(n, n, |_, _| 0.0);
         Ok(Self {
             n,
             precision,
-            lower,
+            lower: Mat::zeros(n, n),
             sums: vec![0.0; n],
             staged: Vec::new(),
             staged_rows: 0,
