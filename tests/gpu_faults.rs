@@ -288,3 +288,30 @@ fn gram_on_arc(ctx: std::sync::Arc<GpuContext>, m: usize, n: usize) -> divnet::R
     let a = acts(m, n);
     gram_stats(&Backend::Gpu(ctx), ActivationRows::F32(&a), n).map(|_| ())
 }
+
+/// A layer so wide that its n x n result cannot exist on the host (2^26 neurons: 32 PB, past
+/// any address space) is refused up front on both backends, with an error, before any work.
+#[test]
+fn result_too_large_for_the_host_is_an_error_on_both_backends() {
+    use divnet::kernel::{DistanceAccumulator, GramAccumulator};
+    let mut backends = vec![Backend::Cpu];
+    if let Some(ctx) = divnet::gpu::test_context() {
+        backends.push(Backend::Gpu(std::sync::Arc::new(ctx)));
+    }
+    let n = 1usize << 26;
+    for backend in backends {
+        let gram = GramAccumulator::new(&backend, n).map(|_| ());
+        let dist = DistanceAccumulator::new(&backend, n).map(|_| ());
+        for (what, r) in [("gram", gram), ("distances", dist)] {
+            match r {
+                Err(Error::InvalidInput(msg)) => {
+                    assert!(msg.contains("67108864 neurons"), "{msg}")
+                }
+                other => panic!(
+                    "{} {what}: expected an error, got {other:?}",
+                    backend.name()
+                ),
+            }
+        }
+    }
+}
