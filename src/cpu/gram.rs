@@ -1,1 +1,157 @@
-//! Owned by the kernels work (issue 2).
+//! The CPU twin of the Gram kernel: faer's triangular matrix product per row chunk (only
+//! the lower triangle, like BLAS syrk), chunk results added in f64.
+
+use faer::linalg::matmul::triangular::{matmul, BlockStructure};
+use faer::{Accum, Mat, MatRef, Par};
+
+use crate::error::{Error, Result};
+use crate::kernel::{ActivationRows, GramStats};
+
+/// Rows per chunk at most: bounds each f32 partial sum, as on the GPU.
+const CHUNK_ROWS: usize = 4096;
+/// Staged values at most before a product runs (16 MiB of f32).
+const CHUNK_ELEMS: usize = 1 << 22;
+
+/// The arithmetic of the per-chunk product.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Precision {
+    /// f32 products per chunk (BLAS speed), added in f64: the Gram for fusion.
+    F32,
+    /// f64 products throughout: the Gram that distances are derived from, where
+    /// `G_ii + G_jj - 2 G_ij` cancels for near-duplicate neurons and f32 would not do.
+    F64,
+}
+
+/// Streams row chunks into the lower triangle of `A^T A` (f64) and `A^T 1`.
+pub(crate) struct CpuGram {
+    n: usize,
+    precision: Precision,
+    lower: Mat<f64>,
+    sums: Vec<f64>,
+    staged: Vec<f32>,
+    staged_rows: usize,
+    samples: usize,
+}
+
+impl CpuGram {
+    pub(crate) fn new(n: usize, precision: Precision) -> Result<Self> {
+        if n == 0 {
+            return Err(Error::invalid("a layer needs at least one neuron (n = 0)"));
+        }
+        Ok(Self {
+            n,
+            precision,
+            lower: Mat::zeros(n, n),
+            sums: vec![0.0; n],
+            staged: Vec::new(),
+            staged_rows: 0,
+            samples: 0,
+        })
+    }
+
+    pub(crate) fn samples(&self) -> usize {
+        self.samples + self.staged_rows
+    }
+
+    pub(crate) fn push(&mut self, rows: ActivationRows<'_>) -> Result<()> {
+        let n = self.n;
+        let count = rows.row_count(n)?;
+        let limit = CHUNK_ROWS.min((CHUNK_ELEMS / n).max(1));
+        let mut r = 0;
+        while r < count {
+            let take = (limit - self.staged_rows).min(count - r);
+            let range = r * n..(r + take) * n;
+            match rows {
+                ActivationRows::F32(v) => self.staged.extend_from_slice(&v[range.clone()]),
+                ActivationRows::F16(v) => self
+                    .staged
+                    .extend(v[range.clone()].iter().map(|h| h.to_f32())),
+            }
+            let new = &self.staged[self.staged.len() - range.len()..];
+            for row in new.chunks_exact(n) {
+                for (s, &x) in self.sums.iter_mut().zip(row) {
+                    *s += x as f64;
+                }
+            }
+            self.staged_rows += take;
+            r += take;
+            if self.staged_rows == limit {
+                self.flush();
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) {
+        let (rows, n) = (self.staged_rows, self.n);
+        if rows == 0 {
+            return;
+        }
+        let a = MatRef::from_row_major_slice(&self.staged, rows, n);
+        let par = Par::rayon(0);
+        match self.precision {
+            Precision::F32 => {
+                let mut g = Mat::<f32>::zeros(n, n);
+                matmul(
+                    g.as_mut(),
+                    BlockStructure::TriangularLower,
+                    Accum::Replace,
+                    a.transpose(),
+                    BlockStructure::Rectangular,
+                    a,
+                    BlockStructure::Rectangular,
+                    1.0,
+                    par,
+                );
+                for j in 0..n {
+                    for i in j..n {
+                        self.lower[(i, j)] += g[(i, j)] as f64;
+                    }
+                }
+            }
+            Precision::F64 => {
+                let a64 = Mat::<f64>::from_fn(rows, n, |i, j| a[(i, j)] as f64);
+                matmul(
+                    self.lower.as_mut(),
+                    BlockStructure::TriangularLower,
+                    Accum::Add,
+                    a64.transpose(),
+                    BlockStructure::Rectangular,
+                    a64.as_ref(),
+                    BlockStructure::Rectangular,
+                    1.0,
+                    par,
+                );
+            }
+        }
+        self.samples += rows;
+        self.staged.clear();
+        self.staged_rows = 0;
+    }
+
+    /// The full symmetric `A^T A`, the column sums and m.
+    pub(crate) fn finish(mut self) -> (Mat<f64>, Vec<f64>, usize) {
+        self.flush();
+        let lower = &self.lower;
+        let g = Mat::from_fn(self.n, self.n, |i, j| {
+            if i >= j {
+                lower[(i, j)]
+            } else {
+                lower[(j, i)]
+            }
+        });
+        (g, self.sums, self.samples)
+    }
+}
+
+/// `G = A^T A` and `s = A^T 1` of whole in-memory activations (`rows x n`) on the CPU.
+pub fn gram_stats(rows: ActivationRows<'_>, n: usize) -> Result<GramStats> {
+    let mut acc = CpuGram::new(n, Precision::F32)?;
+    acc.push(rows)?;
+    let (gram, col_sums, samples) = acc.finish();
+    Ok(GramStats {
+        gram,
+        col_sums,
+        samples,
+    })
+}

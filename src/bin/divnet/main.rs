@@ -8,6 +8,7 @@ mod compress_layer;
 mod demo;
 mod evaluate;
 mod kernel;
+mod plots;
 mod sample;
 mod train;
 

@@ -1,0 +1,214 @@
+//! Sampling from the projection DPP spanned by chosen eigenvectors (the second phase of
+//! Kulesza & Taskar 2012, Alg. 1 and Alg. 8), in blocks so that the O(n k^2) work is
+//! matrix-matrix products.
+//!
+//! With V the n x k matrix of chosen eigenvectors (orthonormal columns) and v_i its rows,
+//! the chain rule gives: after choosing rows Y, item i comes next with probability
+//! proportional to `d_i = ||P v_i||^2`, P the projector onto the orthogonal complement (in
+//! R^k) of span{v_y : y in Y}. This is Alg. 1's "eliminate a column, then orthonormalise"
+//! without rewriting V: we keep an orthonormal basis Q of the span and `W = V Q` (so
+//! `d_i = ||v_i||^2 - ||W_i||^2`).
+//!
+//! Updating every d_i after each pick would read all of V per pick (memory-bound). Instead
+//! picks come in blocks of b: within a block, candidates are proposed from the d's as they
+//! were at the block's start (`d^s`) and accepted with probability `d^t_i / d^s_i`, where
+//! `d^t_i` (the exact current value) needs only the block's own picks: with
+//! `g_u = <P_s v_{i_u}, P_s v_i> = <v_{i_u}, v_i> - <W_{i_u}, W_i>` and L the Cholesky factor
+//! of the block picks' Gram matrix in that space, `d^t_i = d^s_i - ||L^-1 g||^2`. Rejection
+//! sampling makes this exact. With `b <= (k - s) / 2` at least half the proposals are
+//! accepted on average. At the block's end the picks are orthonormalised against Q by block
+//! Gram-Schmidt, twice (which keeps Q orthonormal to working precision), and `W`, `d` are
+//! updated with one n x k x b product.
+
+use faer::{linalg::matmul::matmul, Accum, Mat, MatRef, Par};
+use rand::Rng;
+
+/// Largest block of picks between two full updates.
+const MAX_BLOCK: usize = 64;
+
+/// Residuals at or below this are rounding: such a row lies in the span already chosen
+/// (the probability mass ignored is at most n * TINY).
+const TINY: f64 = 1e-12;
+
+/// Consecutive rejections after which the mass is taken to be lost to rounding.
+const MAX_REJECTIONS: usize = 100_000;
+
+/// Rows of `eigenvectors[:, cols]` drawn from the projection DPP: `cols.len()` sorted,
+/// distinct indices.
+pub(crate) fn sample_projection<R: Rng + ?Sized>(
+    eigenvectors: MatRef<'_, f64>,
+    cols: &[usize],
+    rng: &mut R,
+) -> Vec<usize> {
+    let n = eigenvectors.nrows();
+    let k = cols.len();
+    if k == 0 {
+        return Vec::new();
+    }
+    // Transposed so that each item's row (v_i, W_i) is contiguous.
+    let mut vt = Mat::<f64>::zeros(k, n);
+    for (j, &c) in cols.iter().enumerate() {
+        for (i, &x) in eigenvectors.col(c).iter().enumerate() {
+            vt[(j, i)] = x;
+        }
+    }
+    let mut wt = Mat::<f64>::zeros(k, n);
+    let mut q = Mat::<f64>::zeros(k, k);
+    let mut d: Vec<f64> = (0..n)
+        .map(|i| dot(vt.col_as_slice(i), vt.col_as_slice(i)))
+        .collect();
+    let mut is_chosen = vec![false; n];
+    let mut chosen = Vec::with_capacity(k);
+    let mut cdf = vec![0.0f64; n];
+    let mut chol = vec![0.0f64; MAX_BLOCK * MAX_BLOCK];
+    let mut a = vec![0.0f64; MAX_BLOCK];
+    let mut s = 0;
+    while s < k {
+        let b = k.saturating_sub(s).div_ceil(2).clamp(1, MAX_BLOCK);
+        let mut acc = 0.0;
+        for (c, &di) in cdf.iter_mut().zip(&d) {
+            acc += di;
+            *c = acc;
+        }
+        let total = acc;
+        let mut block: Vec<usize> = Vec::with_capacity(b);
+        let mut rejections = 0usize;
+        while block.len() < b {
+            let forced = !(total > 0.0 && total.is_finite()) || rejections >= MAX_REJECTIONS;
+            let i = if forced {
+                // Only reachable if rounding destroyed the remaining mass, which orthonormal
+                // eigenvectors rule out; keep the sample well-formed anyway.
+                debug_assert!(false, "projection sampling ran out of mass");
+                fallback(&d, &is_chosen)
+            } else {
+                let target = rng.random::<f64>() * total;
+                cdf.partition_point(|&c| c <= target).min(n - 1)
+            };
+            if is_chosen[i] {
+                rejections += 1;
+                continue;
+            }
+            let ds = d[i];
+            let t = block.len();
+            let (vi, wi) = (vt.col_as_slice(i), &wt.col_as_slice(i)[..s]);
+            for (u, &iu) in block.iter().enumerate() {
+                let g = dot(vt.col_as_slice(iu), vi) - dot(&wt.col_as_slice(iu)[..s], wi);
+                let row = &chol[u * MAX_BLOCK..u * MAX_BLOCK + u + 1];
+                a[u] = (g - dot(&row[..u], &a[..u])) / row[u];
+            }
+            let dt = ds - dot(&a[..t], &a[..t]);
+            if forced || (dt > TINY && rng.random::<f64>() * ds < dt) {
+                let row = &mut chol[t * MAX_BLOCK..t * MAX_BLOCK + t + 1];
+                row[..t].copy_from_slice(&a[..t]);
+                row[t] = dt.max(TINY).sqrt();
+                block.push(i);
+                is_chosen[i] = true;
+                rejections = 0;
+            } else {
+                rejections += 1;
+            }
+        }
+        commit_block(&vt, &mut wt, &mut q, &mut d, s, &block);
+        for &i in &block {
+            d[i] = 0.0;
+        }
+        chosen.extend_from_slice(&block);
+        s += b;
+    }
+    chosen.sort_unstable();
+    chosen
+}
+
+/// Extends Q by an orthonormal basis of the block's rows (orthogonalised against Q by block
+/// Gram-Schmidt twice, then among themselves by modified Gram-Schmidt twice), and W and d
+/// by their projections on it.
+fn commit_block(
+    vt: &Mat<f64>,
+    wt: &mut Mat<f64>,
+    q: &mut Mat<f64>,
+    d: &mut [f64],
+    s: usize,
+    block: &[usize],
+) {
+    let (k, n) = (vt.nrows(), vt.ncols());
+    let b = block.len();
+    let big = n * k * b > 1 << 22;
+    let par = if big {
+        faer::get_global_parallelism()
+    } else {
+        Par::Seq
+    };
+    let mut x = Mat::<f64>::zeros(k, b);
+    for (u, &i) in block.iter().enumerate() {
+        x.col_as_slice_mut(u).copy_from_slice(vt.col_as_slice(i));
+    }
+    if s > 0 {
+        let mut c = Mat::<f64>::zeros(s, b);
+        let basis = q.get(.., ..s);
+        for _ in 0..2 {
+            matmul(&mut c, Accum::Replace, basis.transpose(), &x, 1.0, Par::Seq);
+            matmul(&mut x, Accum::Add, basis, &c, -1.0, Par::Seq);
+        }
+    }
+    for u in 0..b {
+        let mut col = x.col_as_slice(u).to_vec();
+        for _ in 0..2 {
+            for v in 0..u {
+                let qv = q.col_as_slice(s + v);
+                let coef = dot(qv, &col);
+                for (xi, qi) in col.iter_mut().zip(qv) {
+                    *xi -= coef * qi;
+                }
+            }
+        }
+        let norm = dot(&col, &col).sqrt();
+        let scale = if norm > 0.0 { 1.0 / norm } else { 0.0 };
+        for (dst, xi) in q.col_as_slice_mut(s + u).iter_mut().zip(&col) {
+            *dst = xi * scale;
+        }
+    }
+    matmul(
+        wt.as_mut().get_mut(s..s + b, ..),
+        Accum::Replace,
+        q.get(.., s..s + b).transpose(),
+        vt,
+        1.0,
+        par,
+    );
+    for (i, di) in d.iter_mut().enumerate() {
+        let w = &wt.col_as_slice(i)[s..s + b];
+        *di = (*di - dot(w, w)).max(0.0);
+    }
+}
+
+/// The unchosen item with the largest residual (the lowest index among equals).
+fn fallback(d: &[f64], is_chosen: &[bool]) -> usize {
+    (0..d.len())
+        .filter(|&i| !is_chosen[i])
+        .fold(None, |best: Option<usize>, i| match best {
+            Some(b) if d[b] >= d[i] => Some(b),
+            _ => Some(i),
+        })
+        .expect("fewer items than k")
+}
+
+/// Dot product with four accumulators, so that it vectorises.
+fn dot(x: &[f64], y: &[f64]) -> f64 {
+    let n = x.len().min(y.len());
+    let (x, y) = (&x[..n], &y[..n]);
+    let mut acc = [0.0f64; 4];
+    let mut cx = x.chunks_exact(4);
+    let mut cy = y.chunks_exact(4);
+    for (a, b) in (&mut cx).zip(&mut cy) {
+        for l in 0..4 {
+            acc[l] += a[l] * b[l];
+        }
+    }
+    let tail: f64 = cx
+        .remainder()
+        .iter()
+        .zip(cy.remainder())
+        .map(|(a, b)| a * b)
+        .sum();
+    (acc[0] + acc[1]) + (acc[2] + acc[3]) + tail
+}
