@@ -452,8 +452,9 @@ fn gpu_assembly_equals_cpu_twin() {
     let gpu = divnet::gpu::fusion::assemble(&ctx, &stats, &keep, &dropped, case.next()).unwrap();
     assert_eq!(gpu.rhs.nrows(), keep.len() + 1);
     assert_eq!(gpu.rhs.ncols(), case.n_out);
+    // Compensated f32 products: ~8e-9 on lavapipe, where plain f32 gives ~9e-8.
     let d = frob_rel(&cpu.rhs, &gpu.rhs);
-    assert!(d < 1e-5, "R differs by {d:e}");
+    assert!(d < 3e-8, "R differs by {d:e}");
     let max_abs = (0..cpu.rhs.ncols())
         .flat_map(|j| (0..cpu.rhs.nrows()).map(move |i| (i, j)))
         .map(|(i, j)| (cpu.rhs[(i, j)] - gpu.rhs[(i, j)]).abs())

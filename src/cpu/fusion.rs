@@ -125,6 +125,9 @@ mod tests {
             }
         }
         let got = quadratic_trace(v.as_ref(), h, Par::Seq);
-        assert!((got - naive).abs() < 1e-10 * naive.abs(), "{got} vs {naive}");
+        assert!(
+            (got - naive).abs() < 1e-10 * naive.abs(),
+            "{got} vs {naive}"
+        );
     }
 }
