@@ -7,10 +7,11 @@ use faer::{Accum, Mat, MatRef, Par};
 use crate::error::{Error, Result};
 use crate::kernel::{ActivationRows, GramStats};
 
-/// Rows per chunk at most: bounds each f32 partial sum, as on the GPU.
-const CHUNK_ROWS: usize = 4096;
-/// Staged values at most before a product runs (16 MiB of f32).
-const CHUNK_ELEMS: usize = 1 << 22;
+/// Rows per chunk at most: bounds each f32 partial sum before it is added in f64 (faer
+/// accumulates in registers and in its blocking, about `sqrt(K) * 2^-24` relative).
+const CHUNK_ROWS: usize = 8192;
+/// Values per chunk at most (64 MiB of f32): long chunks keep the product BLAS-fast.
+const CHUNK_ELEMS: usize = 1 << 24;
 
 /// The arithmetic of the per-chunk product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,21 +58,35 @@ impl CpuGram {
         let n = self.n;
         let count = rows.row_count(n)?;
         let limit = CHUNK_ROWS.min((CHUNK_ELEMS / n).max(1));
+        for row in 0..count {
+            let sums = self.sums.iter_mut();
+            match rows {
+                ActivationRows::F32(v) => {
+                    for (s, &x) in sums.zip(&v[row * n..(row + 1) * n]) {
+                        *s += x as f64;
+                    }
+                }
+                ActivationRows::F16(v) => {
+                    for (s, x) in sums.zip(&v[row * n..(row + 1) * n]) {
+                        *s += x.to_f64();
+                    }
+                }
+            }
+        }
         let mut r = 0;
         while r < count {
             let take = (limit - self.staged_rows).min(count - r);
             let range = r * n..(r + take) * n;
             match rows {
-                ActivationRows::F32(v) => self.staged.extend_from_slice(&v[range.clone()]),
-                ActivationRows::F16(v) => self
-                    .staged
-                    .extend(v[range.clone()].iter().map(|h| h.to_f32())),
-            }
-            let new = &self.staged[self.staged.len() - range.len()..];
-            for row in new.chunks_exact(n) {
-                for (s, &x) in self.sums.iter_mut().zip(row) {
-                    *s += x as f64;
+                // Whole chunks of f32 rows go to the product without a copy.
+                ActivationRows::F32(v) if self.staged_rows == 0 && take == limit => {
+                    self.product(&v[range], take);
+                    self.samples += take;
+                    r += take;
+                    continue;
                 }
+                ActivationRows::F32(v) => self.staged.extend_from_slice(&v[range]),
+                ActivationRows::F16(v) => self.staged.extend(v[range].iter().map(|h| h.to_f32())),
             }
             self.staged_rows += take;
             r += take;
@@ -83,11 +98,22 @@ impl CpuGram {
     }
 
     fn flush(&mut self) {
-        let (rows, n) = (self.staged_rows, self.n);
+        let rows = self.staged_rows;
         if rows == 0 {
             return;
         }
-        let a = MatRef::from_row_major_slice(&self.staged, rows, n);
+        let staged = std::mem::take(&mut self.staged);
+        self.product(&staged, rows);
+        self.staged = staged;
+        self.samples += rows;
+        self.staged.clear();
+        self.staged_rows = 0;
+    }
+
+    /// Adds `A^T A` of `rows` row-major rows to the lower triangle.
+    fn product(&mut self, values: &[f32], rows: usize) {
+        let n = self.n;
+        let a = MatRef::from_row_major_slice(values, rows, n);
         let par = Par::rayon(0);
         match self.precision {
             Precision::F32 => {
@@ -124,9 +150,6 @@ impl CpuGram {
                 );
             }
         }
-        self.samples += rows;
-        self.staged.clear();
-        self.staged_rows = 0;
     }
 
     /// The full symmetric `A^T A`, the column sums and m.
