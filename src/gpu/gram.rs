@@ -2,8 +2,8 @@
 //! drives them: output blocks that respect the binding limits, input streamed in row chunks,
 //! f32 partial sums per chunk added in f64 on the host.
 //!
-//! [`BlockedProduct`] is the shared engine (also meant for other symmetric products over
-//! row chunks); [`gram_from_buffer`] takes activations that already live in a GPU buffer.
+//! `BlockedProduct` (crate-private) is the engine shared by the Gram and the distance
+//! kernels; [`gram_from_buffer`] takes activations that already live in a GPU buffer.
 
 use faer::Mat;
 
