@@ -10,9 +10,10 @@ use std::time::Instant;
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::fusion::{fuse_next_layer, FusionMode, FusionOptions, NextLayer};
+use crate::gpu::forward::GpuMlp;
 use crate::kernel::{
-    rbf_from_distances, ActivationRows, Beta, DistanceAccumulator, Distances, GramAccumulator,
-    GramStats, RbfKernel,
+    rbf_from_distances, ActivationRows, Beta, Distances, GramAccumulator, GramStats,
+    LayerStatsAccumulator, RbfKernel,
 };
 use crate::model::Mlp;
 use crate::select::{
@@ -156,28 +157,55 @@ pub fn observe_hidden_layer(
         return Err(Error::invalid("the calibration set is empty"));
     }
     let n = mlp.layers[layer].out_dim;
-    let mut gram = GramAccumulator::new(backend, n)?;
-    let mut dist = if with_distances {
-        Some(DistanceAccumulator::new(backend, n)?)
+    let mut acc = if with_distances {
+        Accumulator::Both(LayerStatsAccumulator::new(backend, n)?)
     } else {
-        None
+        Accumulator::Gram(GramAccumulator::new(backend, n)?)
+    };
+    // On the GPU backend the forward pass runs there too. A network whose layers do not fit
+    // the device's bindings is run on the CPU instead: the forward pass is cheap next to the
+    // Gram accumulation, which stays on the GPU.
+    let gpu_net = match backend {
+        Backend::Gpu(ctx) => GpuMlp::upload(ctx, mlp).ok().map(|net| (ctx, net)),
+        Backend::Cpu => None,
     };
     // Never more rows than there are: keeps chunk_rows * d from overflowing.
-    let chunk_rows = chunk_rows.clamp(1, m);
+    let chunk_rows = match &gpu_net {
+        Some((ctx, net)) => chunk_rows.min(net.max_rows(ctx, layer)),
+        None => chunk_rows,
+    }
+    .clamp(1, m);
     progress.start(&format!("observe {}", mlp.layers[layer].name), m as u64);
     for (rows, chunk) in x.chunks(chunk_rows * d).map(|c| (c.len() / d, c)) {
-        let h = mlp.hidden(chunk, rows, layer);
-        gram.push(ActivationRows::F32(&h))?;
-        if let Some(acc) = dist.as_mut() {
-            acc.push(ActivationRows::F32(&h))?;
+        let h = match &gpu_net {
+            Some((ctx, net)) => net.hidden(ctx, chunk, rows, layer)?,
+            None => mlp.hidden(chunk, rows, layer),
+        };
+        match &mut acc {
+            Accumulator::Gram(a) => a.push(ActivationRows::F32(&h))?,
+            Accumulator::Both(a) => a.push(ActivationRows::F32(&h))?,
         }
         progress.advance(rows as u64);
     }
     progress.finish();
-    Ok(LayerObservation {
-        stats: gram.finish()?,
-        distances: dist.map(|a| a.finish()).transpose()?,
+    Ok(match acc {
+        Accumulator::Gram(a) => LayerObservation {
+            stats: a.finish()?,
+            distances: None,
+        },
+        Accumulator::Both(a) => {
+            let (stats, distances) = a.finish()?;
+            LayerObservation {
+                stats,
+                distances: Some(distances),
+            }
+        }
     })
+}
+
+enum Accumulator {
+    Gram(GramAccumulator),
+    Both(LayerStatsAccumulator),
 }
 
 fn check_hidden(mlp: &Mlp, layer: usize) -> Result<()> {

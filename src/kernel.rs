@@ -268,6 +268,82 @@ impl DistanceAccumulator {
     }
 }
 
+/// Both statistics of a layer from one pass over its activations: the Gram statistics (for
+/// fusion and importance) and the pairwise distances (for the kernel).
+///
+/// On the CPU one f64 Gram serves both, instead of an f32 Gram beside an f64 one; on the GPU
+/// the Gram and the direct-distance kernels both run on each chunk.
+pub struct LayerStatsAccumulator {
+    engine: Engine<CpuGram, (StagedProduct, StagedProduct)>,
+}
+
+impl LayerStatsAccumulator {
+    /// An empty accumulator for a layer of `n >= 1` neurons.
+    pub fn new(backend: &Backend, n: usize) -> Result<Self> {
+        ensure_host_matrix(n)?;
+        let engine = match backend {
+            Backend::Cpu => Engine::Cpu(CpuGram::new(n, Precision::F64)?),
+            Backend::Gpu(ctx) => Engine::Gpu(
+                ctx.clone(),
+                (
+                    StagedProduct::new(ctx, n, Product::Gram)?,
+                    StagedProduct::new(ctx, n, Product::Distance)?,
+                ),
+            ),
+        };
+        Ok(Self { engine })
+    }
+
+    /// Adds a chunk of whole rows (len % n == 0).
+    pub fn push(&mut self, rows: ActivationRows<'_>) -> Result<()> {
+        match &mut self.engine {
+            Engine::Cpu(c) => c.push(rows),
+            Engine::Gpu(ctx, (g, d)) => {
+                g.push(ctx, rows)?;
+                d.push(ctx, rows)
+            }
+        }
+    }
+
+    /// Rows pushed so far.
+    pub fn samples(&self) -> usize {
+        match &self.engine {
+            Engine::Cpu(c) => c.samples(),
+            Engine::Gpu(_, (g, _)) => g.samples(),
+        }
+    }
+
+    /// The Gram statistics and the distances.
+    pub fn finish(self) -> Result<(GramStats, Distances)> {
+        match self.engine {
+            Engine::Cpu(c) => {
+                let (gram, col_sums, samples) = c.finish();
+                let squared = crate::cpu::rbf::squared_distances_from_gram(&gram);
+                Ok((
+                    GramStats {
+                        gram,
+                        col_sums,
+                        samples,
+                    },
+                    Distances { squared, samples },
+                ))
+            }
+            Engine::Gpu(ctx, (g, d)) => {
+                let (gram, col_sums, samples) = g.finish(&ctx)?;
+                let (squared, _, _) = d.finish(&ctx)?;
+                Ok((
+                    GramStats {
+                        gram,
+                        col_sums,
+                        samples,
+                    },
+                    Distances { squared, samples },
+                ))
+            }
+        }
+    }
+}
+
 /// L = exp(-beta D) + eps I, with the beta actually used.
 #[derive(Clone, Debug)]
 pub struct RbfKernel {

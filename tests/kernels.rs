@@ -466,3 +466,22 @@ mod cli {
         assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 }
+
+/// The one-pass accumulator of the pipeline gives the same Gram statistics and distances as
+/// the two separate accumulators, against the f64 references, near-duplicates included.
+#[test]
+fn layer_stats_accumulator_matches_references() {
+    let (m, n) = (700, 37);
+    let a = near_duplicates(m, n, 21);
+    for backend in backends(test_context()) {
+        let mut acc = divnet::kernel::LayerStatsAccumulator::new(&backend, n).unwrap();
+        for part in a.chunks(n * 150) {
+            acc.push(ActivationRows::F32(part)).unwrap();
+        }
+        assert_eq!(acc.samples(), m);
+        let (stats, dist) = acc.finish().unwrap();
+        let what = format!("{} one-pass", backend.name());
+        check_gram(&stats, &a, m, n, &what);
+        check_dist(&dist, &a, m, n, &what);
+    }
+}

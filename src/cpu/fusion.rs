@@ -1,7 +1,6 @@
 //! CPU twin of [`crate::gpu::fusion::assemble`]: the fusion system in f64 with faer.
 
 use faer::linalg::matmul::matmul;
-use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::{Accum, Mat, MatRef, Par};
 
 use crate::error::Result;
@@ -65,33 +64,70 @@ pub fn assemble(
     })
 }
 
+/// Rows of `V V^T` formed at a time in [`quadratic_trace`]: bounds the memory to
+/// `PANEL x d` values whatever the layer's width.
+const PANEL: usize = 512;
+
 /// `tr(V^T H V)` for symmetric H given entry-wise, as `<H, V V^T>` with only the lower
-/// triangle of `V V^T` formed (half the work of `H V`, and no gathered copy of H).
+/// triangle of `V V^T` formed, one panel of rows at a time (half the work of `H V`, and no
+/// gathered copy of H).
 fn quadratic_trace(v: MatRef<'_, f64>, h: impl Fn(usize, usize) -> f64, par: Par) -> f64 {
     let d = v.nrows();
-    if d == 0 {
-        return 0.0;
-    }
-    let mut vvt = Mat::<f64>::zeros(d, d);
-    triangular::matmul(
-        vvt.as_mut(),
-        BlockStructure::TriangularLower,
-        Accum::Replace,
-        v,
-        BlockStructure::Rectangular,
-        v.transpose(),
-        BlockStructure::Rectangular,
-        1.0,
-        par,
-    );
     let mut total = 0.0;
-    for j in 0..d {
-        total += h(j, j) * vvt[(j, j)];
-        let mut col = 0.0;
-        for i in j + 1..d {
-            col += h(i, j) * vvt[(i, j)];
+    let mut block = Mat::<f64>::zeros(0, 0);
+    let mut i0 = 0;
+    while i0 < d {
+        let rows = PANEL.min(d - i0);
+        let i1 = i0 + rows;
+        // Rows i0..i1 of V V^T up to column i1: the part left of the diagonal block in
+        // full, the diagonal block too (its upper half is the only waste, rows/d of it).
+        block.resize_with(rows, i1, |_, _| 0.0);
+        matmul(
+            block.as_mut(),
+            Accum::Replace,
+            v.subrows(i0, rows),
+            v.subrows(0, i1).transpose(),
+            1.0,
+            par,
+        );
+        for j in 0..i1 {
+            let mut col = 0.0;
+            for r in 0..rows {
+                let i = i0 + r;
+                if j < i {
+                    col += 2.0 * h(i, j) * block[(r, j)];
+                } else if j == i {
+                    col += h(i, j) * block[(r, j)];
+                }
+            }
+            total += col;
         }
-        total += 2.0 * col;
+        i0 = i1;
     }
     total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quadratic_trace_over_several_panels_matches_naive_loops() {
+        let (d, c) = (2 * PANEL + 37, 3);
+        let v = Mat::<f64>::from_fn(d, c, |i, j| ((i * 7 + j * 13) % 17) as f64 - 8.0);
+        let h = |i: usize, j: usize| 1.0 / (1.0 + (i as f64 - j as f64).abs());
+        let mut naive = 0.0;
+        for col in 0..c {
+            for i in 0..d {
+                for j in 0..d {
+                    naive += v[(i, col)] * h(i, j) * v[(j, col)];
+                }
+            }
+        }
+        let got = quadratic_trace(v.as_ref(), h, Par::Seq);
+        assert!(
+            (got - naive).abs() < 1e-10 * naive.abs(),
+            "{got} vs {naive}"
+        );
+    }
 }

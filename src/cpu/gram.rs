@@ -7,10 +7,11 @@ use faer::{Accum, Mat, MatRef, Par};
 use crate::error::{Error, Result};
 use crate::kernel::{ActivationRows, GramStats};
 
-/// Rows per chunk at most: bounds each f32 partial sum, as on the GPU.
-const CHUNK_ROWS: usize = 4096;
-/// Staged values at most before a product runs (16 MiB of f32).
-const CHUNK_ELEMS: usize = 1 << 22;
+/// Rows per chunk at most: bounds each f32 partial sum before it is added in f64 (faer
+/// accumulates in registers and in its blocking, about `sqrt(K) * 2^-24` relative).
+const CHUNK_ROWS: usize = 8192;
+/// Values per chunk at most (64 MiB of f32): long chunks keep the product BLAS-fast.
+const CHUNK_ELEMS: usize = 1 << 24;
 
 /// The arithmetic of the per-chunk product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,21 +58,35 @@ impl CpuGram {
         let n = self.n;
         let count = rows.row_count(n)?;
         let limit = CHUNK_ROWS.min((CHUNK_ELEMS / n).max(1));
+        for row in 0..count {
+            let sums = self.sums.iter_mut();
+            match rows {
+                ActivationRows::F32(v) => {
+                    for (s, &x) in sums.zip(&v[row * n..(row + 1) * n]) {
+                        *s += x as f64;
+                    }
+                }
+                ActivationRows::F16(v) => {
+                    for (s, x) in sums.zip(&v[row * n..(row + 1) * n]) {
+                        *s += x.to_f64();
+                    }
+                }
+            }
+        }
         let mut r = 0;
         while r < count {
             let take = (limit - self.staged_rows).min(count - r);
             let range = r * n..(r + take) * n;
             match rows {
-                ActivationRows::F32(v) => self.staged.extend_from_slice(&v[range.clone()]),
-                ActivationRows::F16(v) => self
-                    .staged
-                    .extend(v[range.clone()].iter().map(|h| h.to_f32())),
-            }
-            let new = &self.staged[self.staged.len() - range.len()..];
-            for row in new.chunks_exact(n) {
-                for (s, &x) in self.sums.iter_mut().zip(row) {
-                    *s += x as f64;
+                // Whole chunks of f32 rows go to the product without a copy.
+                ActivationRows::F32(v) if self.staged_rows == 0 && take == limit => {
+                    self.product(&v[range], take);
+                    self.samples += take;
+                    r += take;
+                    continue;
                 }
+                ActivationRows::F32(v) => self.staged.extend_from_slice(&v[range]),
+                ActivationRows::F16(v) => self.staged.extend(v[range].iter().map(|h| h.to_f32())),
             }
             self.staged_rows += take;
             r += take;
@@ -83,50 +98,35 @@ impl CpuGram {
     }
 
     fn flush(&mut self) {
-        let (rows, n) = (self.staged_rows, self.n);
+        let rows = self.staged_rows;
         if rows == 0 {
             return;
         }
-        let a = MatRef::from_row_major_slice(&self.staged, rows, n);
-        let par = Par::rayon(0);
+        let staged = std::mem::take(&mut self.staged);
+        self.product(&staged, rows);
+        self.staged = staged;
+        self.samples += rows;
+        self.staged.clear();
+        self.staged_rows = 0;
+    }
+
+    /// Adds `A^T A` of `rows` row-major rows to the lower triangle.
+    fn product(&mut self, values: &[f32], rows: usize) {
+        let n = self.n;
+        let a = MatRef::from_row_major_slice(values, rows, n);
         match self.precision {
             Precision::F32 => {
-                let mut g = Mat::<f32>::zeros(n, n);
-                matmul(
-                    g.as_mut(),
-                    BlockStructure::TriangularLower,
-                    Accum::Replace,
-                    a.transpose(),
-                    BlockStructure::Rectangular,
-                    a,
-                    BlockStructure::Rectangular,
-                    1.0,
-                    par,
-                );
-                for j in 0..n {
-                    for i in j..n {
-                        self.lower[(i, j)] += g[(i, j)] as f64;
-                    }
+                for g in lower_products(a) {
+                    add_lower(&mut self.lower, g.as_ref(), |x| x as f64);
                 }
             }
             Precision::F64 => {
                 let a64 = Mat::<f64>::from_fn(rows, n, |i, j| a[(i, j)] as f64);
-                matmul(
-                    self.lower.as_mut(),
-                    BlockStructure::TriangularLower,
-                    Accum::Add,
-                    a64.transpose(),
-                    BlockStructure::Rectangular,
-                    a64.as_ref(),
-                    BlockStructure::Rectangular,
-                    1.0,
-                    par,
-                );
+                for g in lower_products(a64.as_ref()) {
+                    add_lower(&mut self.lower, g.as_ref(), |x| x);
+                }
             }
         }
-        self.samples += rows;
-        self.staged.clear();
-        self.staged_rows = 0;
     }
 
     /// The full symmetric `A^T A`, the column sums and m.
@@ -154,4 +154,63 @@ pub fn gram_stats(rows: ActivationRows<'_>, n: usize) -> Result<GramStats> {
         col_sums,
         samples,
     })
+}
+
+/// Layers up to this width split the rows across threads; wider ones let faer parallelise
+/// over the output (which it does well there) instead of holding one n x n partial per thread.
+const SPLIT_MAX_N: usize = 4096;
+/// Rows per thread at least, so that each partial product stays BLAS-efficient.
+const MIN_ROWS_PER_THREAD: usize = 256;
+
+/// `A^T A` (lower triangle) as a few partial products over row ranges of `a`, one per
+/// thread. faer parallelises a triangular product over its output, which for n of a few
+/// hundred leaves the cores idle (about 4x slower than this at n = 512, m = 8192).
+fn lower_products<T>(a: MatRef<'_, T>) -> Vec<Mat<T>>
+where
+    T: faer::traits::ComplexField + Send + Sync,
+{
+    let (m, n) = (a.nrows(), a.ncols());
+    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+    let parts = threads.min(m / MIN_ROWS_PER_THREAD).max(1);
+    if n > SPLIT_MAX_N || parts == 1 {
+        return vec![lower_product(a, Par::rayon(0))];
+    }
+    let step = m.div_ceil(parts);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (step..m)
+            .step_by(step)
+            .map(|start| {
+                let part = a.subrows(start, step.min(m - start));
+                s.spawn(move || lower_product(part, Par::Seq))
+            })
+            .collect();
+        let mut out = vec![lower_product(a.subrows(0, step.min(m)), Par::Seq)];
+        out.extend(handles.into_iter().map(|h| h.join().expect("Gram thread")));
+        out
+    })
+}
+
+fn lower_product<T: faer::traits::ComplexField>(a: MatRef<'_, T>, par: Par) -> Mat<T> {
+    let n = a.ncols();
+    let mut g = Mat::<T>::zeros(n, n);
+    matmul(
+        g.as_mut(),
+        BlockStructure::TriangularLower,
+        Accum::Replace,
+        a.transpose(),
+        BlockStructure::Rectangular,
+        a,
+        BlockStructure::Rectangular,
+        T::one_impl(),
+        par,
+    );
+    g
+}
+
+fn add_lower<T: Copy>(dst: &mut Mat<f64>, g: MatRef<'_, T>, to_f64: impl Fn(T) -> f64) {
+    for j in 0..g.ncols() {
+        for i in j..g.nrows() {
+            dst[(i, j)] += to_f64(g[(i, j)]);
+        }
+    }
 }

@@ -32,15 +32,22 @@ impl CpuDistances {
 
     pub(crate) fn finish(self) -> Distances {
         let (g, _, samples) = self.gram.finish();
-        let squared = Mat::from_fn(g.nrows(), g.ncols(), |i, j| {
-            if i == j {
-                0.0
-            } else {
-                (g[(i, i)] + g[(j, j)] - 2.0 * g[(i, j)]).max(0.0)
-            }
-        });
-        Distances { squared, samples }
+        Distances {
+            squared: squared_distances_from_gram(&g),
+            samples,
+        }
     }
+}
+
+/// `D_ij = G_ii + G_jj - 2 G_ij` (clamped at 0) from an f64 Gram matrix.
+pub(crate) fn squared_distances_from_gram(g: &Mat<f64>) -> Mat<f64> {
+    Mat::from_fn(g.nrows(), g.ncols(), |i, j| {
+        if i == j {
+            0.0
+        } else {
+            (g[(i, i)] + g[(j, j)] - 2.0 * g[(i, j)]).max(0.0)
+        }
+    })
 }
 
 /// `D_ij = ||v_i - v_j||^2` of whole in-memory activations (`rows x n`) on the CPU.

@@ -2,8 +2,8 @@
 //! drives them: output blocks that respect the binding limits, input streamed in row chunks,
 //! f32 partial sums per chunk added in f64 on the host.
 //!
-//! [`BlockedProduct`] is the shared engine (also meant for other symmetric products over
-//! row chunks); [`gram_from_buffer`] takes activations that already live in a GPU buffer.
+//! `BlockedProduct` (crate-private) is the engine shared by the Gram and the distance
+//! kernels; [`gram_from_buffer`] takes activations that already live in a GPU buffer.
 
 use faer::Mat;
 
@@ -34,6 +34,9 @@ const TILE: usize = 64;
 /// Rows per chunk at most: bounds the length of each f32 partial sum (about
 /// `sqrt(CHUNK_ROWS) * 2^-24` relative error) before it is added in f64.
 pub(crate) const CHUNK_ROWS: usize = 4096;
+/// Output block bytes at most, whatever the device allows: a 20000-neuron layer's 1.6 GB
+/// result then exists on the device (and in each readback) only as 256 MiB blocks.
+const MAX_BLOCK_BYTES: u64 = 256 << 20;
 
 /// How activations are laid out in a GPU buffer: row-major, `m` rows of `n` values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,7 +104,7 @@ impl BlockedProduct {
         if n == 0 {
             return Err(Error::invalid("a layer needs at least one neuron (n = 0)"));
         }
-        let max_elems = (ctx.max_binding_bytes() / 4) as usize;
+        let max_elems = (ctx.max_binding_bytes().min(MAX_BLOCK_BYTES) / 4) as usize;
         let mut block = (max_elems as f64).sqrt() as usize;
         while block * block > max_elems {
             block -= 1;

@@ -43,6 +43,14 @@ enum Command {
 }
 
 fn main() {
+    // Mesa's device-select Vulkan layer asks the Wayland compositor which GPU is the default
+    // and prints an "error:" line when there is none (headless machines, CI). divnet picks its
+    // adapter itself, so the layer has nothing to add there.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none()
+        && std::env::var_os("NODEVICE_SELECT").is_none()
+    {
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => usage_error(e),

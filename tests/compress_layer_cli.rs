@@ -1,0 +1,421 @@
+//! `divnet compress-layer` driven as a binary: a gated FFN (gate and up produce the
+//! activations, down reads them) plus tensors the command must not touch, in mixed dtypes.
+//! The fused weights are checked against least squares by QR of the activations, the
+//! report's error against ||Z - Z'|| computed from the activations.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use divnet::io::npy::write_npy;
+use divnet::io::safetensors::{read_safetensors, write_safetensors, Tensor, TensorFile};
+use faer::linalg::solvers::SolveLstsq;
+use faer::Mat;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use safetensors::Dtype;
+
+const M: usize = 60;
+const N: usize = 16;
+const D: usize = 5;
+const N_OUT: usize = 7;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    acts: Vec<f32>,
+    model: TensorFile,
+}
+
+impl Fixture {
+    fn new(seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut vals =
+            |len: usize| -> Vec<f32> { (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect() };
+        let acts: Vec<f32> = vals(M * N).into_iter().map(|v| v.max(-0.2)).collect();
+        let t = |v: Vec<f32>, shape: Vec<usize>, dtype| Tensor::from_f32(&v, shape, dtype).unwrap();
+        let mut model = TensorFile::default();
+        model.insert(
+            "embed.weight".into(),
+            t(vals(3 * D), vec![3, D], Dtype::F16),
+        );
+        model.insert(
+            "gate.weight".into(),
+            t(vals(N * D), vec![N, D], Dtype::BF16),
+        );
+        model.insert("up.weight".into(), t(vals(N * D), vec![N, D], Dtype::F16));
+        model.insert("up.bias".into(), t(vals(N), vec![N], Dtype::F32));
+        model.insert(
+            "down.weight".into(),
+            t(vals(N_OUT * N), vec![N_OUT, N], Dtype::F32),
+        );
+        model.insert("down.bias".into(), t(vals(N_OUT), vec![N_OUT], Dtype::F32));
+        model.insert(
+            "norm.weight".into(),
+            t(vals(N_OUT), vec![N_OUT], Dtype::BF16),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        write_npy(&dir.path().join("acts.npy"), &[M, N], &acts).unwrap();
+        write_safetensors(&dir.path().join("model.safetensors"), &model).unwrap();
+        Self { dir, acts, model }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn run(&self, extra: &[&str]) -> Output {
+        let mut args: Vec<String> = vec![
+            "compress-layer".into(),
+            "--activations".into(),
+            self.path("acts.npy").display().to_string(),
+            "--weights".into(),
+            self.path("model.safetensors").display().to_string(),
+            "--backend".into(),
+            "cpu".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Command::new(env!("CARGO_BIN_EXE_divnet"))
+            .args(&args)
+            .output()
+            .unwrap()
+    }
+
+    fn a(&self, t: usize, i: usize) -> f64 {
+        self.acts[t * N + i] as f64
+    }
+
+    fn w(&self) -> Vec<f32> {
+        self.model.get("down.weight").unwrap().to_f32().unwrap()
+    }
+
+    fn b(&self) -> Vec<f32> {
+        self.model.get("down.bias").unwrap().to_f32().unwrap()
+    }
+
+    /// Least squares of A_P on [A_Y, 1] by QR, folded into W and b.
+    fn reference(&self, keep: &[usize]) -> (Vec<f64>, Vec<f64>) {
+        let k = keep.len();
+        let dropped: Vec<usize> = (0..N).filter(|i| !keep.contains(i)).collect();
+        let x = Mat::from_fn(
+            M,
+            k + 1,
+            |t, j| if j < k { self.a(t, keep[j]) } else { 1.0 },
+        );
+        let ap = Mat::from_fn(M, dropped.len(), |t, j| self.a(t, dropped[j]));
+        let c = x.qr().solve_lstsq(&ap);
+        let (w, b) = (self.w(), self.b());
+        let mut wy = vec![0.0; N_OUT * k];
+        let mut by = vec![0.0; N_OUT];
+        for o in 0..N_OUT {
+            for i in 0..=k {
+                let fused: f64 = dropped
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &p)| w[o * N + p] as f64 * c[(i, j)])
+                    .sum();
+                if i < k {
+                    wy[o * k + i] = w[o * N + keep[i]] as f64 + fused;
+                } else {
+                    by[o] = b[o] as f64 + fused;
+                }
+            }
+        }
+        (wy, by)
+    }
+
+    /// ||Z - Z'||_F / ||Z||_F with Z = A W^T + b and Z' = A_Y W'^T + b'.
+    fn explicit_error(&self, keep: &[usize], w2: &[f32], b2: &[f32]) -> f64 {
+        let k = keep.len();
+        let (w, b) = (self.w(), self.b());
+        let (mut num, mut den) = (0.0, 0.0);
+        for t in 0..M {
+            for o in 0..N_OUT {
+                let z = b[o] as f64
+                    + (0..N)
+                        .map(|i| self.a(t, i) * w[o * N + i] as f64)
+                        .sum::<f64>();
+                let z2 = b2[o] as f64
+                    + (0..k)
+                        .map(|i| self.a(t, keep[i]) * w2[o * k + i] as f64)
+                        .sum::<f64>();
+                num += (z - z2).powi(2);
+                den += z * z;
+            }
+        }
+        (num / den).sqrt()
+    }
+}
+
+fn ok(out: &Output) -> &Output {
+    assert!(
+        out.status.success(),
+        "divnet failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn report(path: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+}
+
+#[test]
+fn given_keep_list_fuses_down_and_slices_gate_and_up() {
+    let f = Fixture::new(1);
+    let keep = vec![0, 2, 3, 5, 8, 9, 12, 15];
+    std::fs::write(f.path("keep.json"), "[15, 0, 2, 3, 5, 8, 9, 12]").unwrap();
+    let (out_path, rep_path) = (f.path("out.safetensors"), f.path("r.json"));
+    ok(&f.run(&[
+        "--next",
+        "down",
+        "--prev",
+        "gate,up",
+        "--keep",
+        f.path("keep.json").to_str().unwrap(),
+        "--out",
+        out_path.to_str().unwrap(),
+        "--report",
+        rep_path.to_str().unwrap(),
+    ]));
+    let out = read_safetensors(&out_path).unwrap();
+    let k = keep.len();
+
+    // Same names, same dtypes; untouched tensors bit for bit.
+    let mut names_in: Vec<&str> = f.model.names().collect();
+    let mut names_out: Vec<&str> = out.names().collect();
+    names_in.sort_unstable();
+    names_out.sort_unstable();
+    assert_eq!(names_in, names_out);
+    for (name, t) in &f.model.tensors {
+        let o = out.get(name).unwrap();
+        assert_eq!(o.dtype, t.dtype, "{name}");
+        if ["embed.weight", "norm.weight"].contains(&name.as_str()) {
+            assert_eq!(o, t, "{name} must be copied unchanged");
+        }
+    }
+    // Producing layers: rows of the kept neurons, as stored.
+    for name in ["gate.weight", "up.weight", "up.bias"] {
+        let t = f.model.get(name).unwrap();
+        let o = out.get(name).unwrap();
+        let row = t.bytes.len() / N;
+        assert_eq!(o.shape[0], k, "{name}");
+        assert_eq!(&o.shape[1..], &t.shape[1..], "{name}");
+        for (r, &i) in keep.iter().enumerate() {
+            assert_eq!(
+                o.bytes[r * row..(r + 1) * row],
+                t.bytes[i * row..(i + 1) * row],
+                "{name} row {i}"
+            );
+        }
+    }
+    // Next layer: least squares by QR of [A_Y, 1].
+    let (wy, by) = f.reference(&keep);
+    let w2 = out.get("down.weight").unwrap();
+    assert_eq!(w2.shape, vec![N_OUT, k]);
+    let w2 = w2.to_f32().unwrap();
+    let b2 = out.get("down.bias").unwrap().to_f32().unwrap();
+    let scale = wy.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+    for i in 0..N_OUT * k {
+        assert!((w2[i] as f64 - wy[i]).abs() < 1e-4 * scale, "weight {i}");
+    }
+    for o in 0..N_OUT {
+        assert!((b2[o] as f64 - by[o]).abs() < 1e-4 * scale, "bias {o}");
+    }
+    // Report: kept indices (sorted), ridge, the error as computed from the activations.
+    let r = report(&rep_path);
+    let kept: Vec<usize> = serde_json::from_value(r["kept"].clone()).unwrap();
+    assert_eq!(kept, keep);
+    assert_eq!(r["method"], "given");
+    assert_eq!(r["fusion"], "fuse");
+    assert!(r["ridge"].as_f64().unwrap() > 0.0);
+    let explicit = f.explicit_error(&keep, &w2, &b2);
+    let reported = r["relative_error"].as_f64().unwrap();
+    assert!(
+        (reported - explicit).abs() < 1e-3 * explicit,
+        "reported {reported} vs explicit {explicit}"
+    );
+    let stages: Vec<String> = r["seconds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s[0].as_str().unwrap().to_string())
+        .collect();
+    assert!(stages.contains(&"fuse".to_string()), "{stages:?}");
+
+    python_loads(&out_path, &out);
+}
+
+#[test]
+fn no_fusion_slices_columns_and_selection_methods_keep_k() {
+    let f = Fixture::new(2);
+    let out_path = f.path("pruned.safetensors");
+    let rep_path = f.path("r.json");
+    ok(&f.run(&[
+        "--next",
+        "down",
+        "-k",
+        "6",
+        "--select",
+        "importance",
+        "--no-fusion",
+        "--out",
+        out_path.to_str().unwrap(),
+        "--report",
+        rep_path.to_str().unwrap(),
+    ]));
+    // importance = ||W[:, i]|| * RMS(a_i), computed here independently.
+    let w = f.w();
+    let mut scores: Vec<(f64, usize)> = (0..N)
+        .map(|i| {
+            let col: f64 = (0..N_OUT).map(|o| (w[o * N + i] as f64).powi(2)).sum();
+            let ms: f64 = (0..M).map(|t| f.a(t, i).powi(2)).sum::<f64>() / M as f64;
+            (col.sqrt() * ms.sqrt(), i)
+        })
+        .collect();
+    scores.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let mut want: Vec<usize> = scores[..6].iter().map(|s| s.1).collect();
+    want.sort_unstable();
+    let r = report(&rep_path);
+    let kept: Vec<usize> = serde_json::from_value(r["kept"].clone()).unwrap();
+    assert_eq!(kept, want);
+    assert_eq!(r["fusion"], "prune");
+    let out = read_safetensors(&out_path).unwrap();
+    let w2 = out.get("down.weight").unwrap().to_f32().unwrap();
+    for o in 0..N_OUT {
+        for (c, &i) in kept.iter().enumerate() {
+            assert_eq!(w2[o * 6 + c], w[o * N + i]);
+        }
+    }
+    assert_eq!(out.get("down.bias"), f.model.get("down.bias"));
+    // Without --prev the producing layers are untouched.
+    assert_eq!(out.get("gate.weight"), f.model.get("gate.weight"));
+
+    for method in ["kdpp", "greedy", "random"] {
+        let p = f.path(&format!("{method}.safetensors"));
+        ok(&f.run(&[
+            "--next",
+            "down",
+            "--prev",
+            "up",
+            "--keep-ratio",
+            "0.5",
+            "--select",
+            method,
+            "--seed",
+            "3",
+            "--out",
+            p.to_str().unwrap(),
+        ]));
+        let out = read_safetensors(&p).unwrap();
+        assert_eq!(
+            out.get("down.weight").unwrap().shape,
+            vec![N_OUT, 8],
+            "{method}"
+        );
+        assert_eq!(out.get("up.weight").unwrap().shape, vec![8, D], "{method}");
+    }
+}
+
+#[test]
+fn missing_bias_is_created_for_the_constant_term() {
+    let mut f = Fixture::new(3);
+    f.model.remove("down.bias");
+    write_safetensors(&f.path("model.safetensors"), &f.model).unwrap();
+    let out_path = f.path("out.safetensors");
+    ok(&f.run(&[
+        "--next",
+        "down",
+        "-k",
+        "10",
+        "--select",
+        "greedy",
+        "--out",
+        out_path.to_str().unwrap(),
+    ]));
+    let out = read_safetensors(&out_path).unwrap();
+    let b = out
+        .get("down.bias")
+        .expect("fusion with a constant needs a bias");
+    assert_eq!(b.dtype, Dtype::F32);
+    assert_eq!(b.shape, vec![N_OUT]);
+}
+
+#[test]
+fn bad_inputs_fail_with_one_line_and_no_output() {
+    let f = Fixture::new(4);
+    let out_path = f.path("never.safetensors");
+    let out = out_path.to_str().unwrap();
+    std::fs::write(f.path("bad_keep.json"), "[1, 99]").unwrap();
+    let bad_keep = f.path("bad_keep.json");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--next", "nope", "-k", "4"], "no tensor nope.weight"),
+        (
+            vec!["--next", "down", "--prev", "embed", "-k", "4"],
+            "embed.weight",
+        ),
+        (vec!["--next", "up", "-k", "4"], "up.weight"),
+        (vec!["--next", "down", "-k", "40"], "40"),
+        (
+            vec!["--next", "down", "--keep", bad_keep.to_str().unwrap()],
+            "bad_keep.json",
+        ),
+        (vec!["--next", "down"], "-k"),
+    ];
+    for (args, needle) in cases {
+        let mut all = args.clone();
+        all.extend(["--out", out]);
+        let o = f.run(&all);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        let last = err.lines().last().unwrap_or("");
+        assert!(
+            last.starts_with("divnet: error: ") && last.contains(needle),
+            "{args:?}: {last:?} lacks {needle:?}"
+        );
+        assert!(!out_path.exists(), "{args:?} left an output file");
+    }
+}
+
+/// The output loads with Python's safetensors (scripts/check_safetensors.py): skips without
+/// python3 + safetensors + numpy unless DIVNET_REQUIRE_PYTHON=1 (as in CI).
+fn python_loads(path: &Path, file: &TensorFile) {
+    let required = std::env::var("DIVNET_REQUIRE_PYTHON").is_ok_and(|v| v == "1");
+    let probe = Command::new("python3")
+        .args(["-c", "import safetensors, numpy"])
+        .output();
+    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        assert!(
+            !required,
+            "DIVNET_REQUIRE_PYTHON=1 but python3 with safetensors and numpy is missing"
+        );
+        eprintln!("skipping the Python check: python3 with safetensors and numpy is missing");
+        return;
+    }
+    let mut tensors = serde_json::Map::new();
+    for (name, t) in &file.tensors {
+        let values: Vec<f64> = t.to_f32().unwrap().iter().map(|&v| v as f64).collect();
+        tensors.insert(
+            name.clone(),
+            serde_json::json!({"dtype": format!("{:?}", t.dtype), "shape": t.shape, "values": values}),
+        );
+    }
+    let expected = path.with_extension("expected.json");
+    std::fs::write(
+        &expected,
+        serde_json::json!({"tensors": tensors, "metadata": file.metadata}).to_string(),
+    )
+    .unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/check_safetensors.py");
+    let o = Command::new("python3")
+        .arg(script)
+        .arg(path)
+        .arg(&expected)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "python: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
