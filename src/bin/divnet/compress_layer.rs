@@ -15,7 +15,7 @@ use divnet::model::tensor_name;
 use divnet::select::{importance_scores, LayerSelector, SelectionMethod, SelectionSize};
 use safetensors::Dtype;
 
-use crate::common::{select_backend, write_json, BackendArg, StageTimer};
+use crate::common::{select_backend, with_cpu_fallback, write_json, BackendArg, StageTimer};
 
 /// Compress one hidden layer of a network stored as safetensors.
 ///
@@ -105,8 +105,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut timer = StageTimer::default();
 
-    let a = timer.stage("read", || read_matrix(&args.activations))?;
+    let a = timer.try_stage("read", || read_matrix(&args.activations))?;
     let (m, n) = (a.shape[0], a.shape[1]);
+    // Every input file is checked before any work, so that a bad one is the only message.
+    let given_keep = args
+        .keep
+        .as_ref()
+        .map(|path| read_keep_list(path, n))
+        .transpose()?;
     let mut file = read_safetensors(&args.weights)?;
     let weights = args.weights.display().to_string();
     let next_w_name = tensor_name(&args.next, "weight");
@@ -167,12 +173,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let activations = args.activations.display().to_string();
     let stats = timer
-        .stage("gram", || gram_stats(&backend, rows, n))
+        .stage("gram", || {
+            with_cpu_fallback(args.backend, &backend, |b| gram_stats(b, rows, n))
+        })
         .with_context(|| activations.clone())?;
 
-    let (keep, method_name, beta) = match &args.keep {
-        Some(path) => {
-            let mut keep = read_keep_list(path, n)?;
+    let (keep, method_name, beta) = match given_keep {
+        Some(mut keep) => {
             keep.sort_unstable();
             (keep, "given", None)
         }
@@ -194,7 +201,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 Some(
                     timer
                         .stage("kernel", || {
-                            rbf_kernel(&backend, rows, n, args.beta, args.eps)
+                            with_cpu_fallback(args.backend, &backend, |b| {
+                                rbf_kernel(b, rows, n, args.beta, args.eps)
+                            })
                         })
                         .with_context(|| activations.clone())?,
                 )
@@ -225,7 +234,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         n_in: n,
     };
     let fused = timer.stage("fuse", || {
-        fuse_next_layer(&backend, &stats, &keep, next, &opts)
+        with_cpu_fallback(args.backend, &backend, |b| {
+            fuse_next_layer(b, &stats, &keep, next, &opts)
+        })
     })?;
 
     // The next layer: fused weights, and a bias when it had one or fusion created one.
