@@ -846,6 +846,103 @@ fn train_cases() -> Vec<Case> {
     ]
 }
 
+/// `divnet compress-layer` on hidden layer fc1 (6 neurons) of the test model, fused into fc2.
+fn layer(name: &'static str, keep: Option<&[u8]>, extra: &[&'static str]) -> Case {
+    let acts: Vec<f32> = (0..8 * 6).map(|i| ((i * 5) % 11) as f32 / 11.0).collect();
+    let mut files = vec![
+        ("a.npy", b(npy_bytes(&[8, 6], &acts))),
+        ("m.safetensors", b(good_model())),
+    ];
+    let mut args = vec![
+        "compress-layer",
+        "--activations",
+        "@a.npy",
+        "--weights",
+        "@m.safetensors",
+        "--next",
+        "fc2",
+        "--prev",
+        "fc1",
+        "--backend",
+        "cpu",
+        "--out",
+        "@OUT",
+        "--report",
+        "@REPORT",
+    ];
+    if let Some(k) = keep {
+        files.push(("keep.json", b(k.to_vec())));
+        args.extend(["--keep", "@keep.json"]);
+    }
+    args.extend_from_slice(extra);
+    // compress-layer reports its read stage once the activations are in, before it checks
+    // the weights and the keep list: that line may precede the error.
+    case(name, files, &args, None, &[]).late()
+}
+
+fn compress_layer_cases() -> Vec<Case> {
+    let k = "@keep.json";
+    let m = "@m.safetensors";
+    vec![
+        blame(
+            layer("keep list with a duplicate", Some(b"[0, 2, 2]"), &[]),
+            k,
+            &["entry 2", "more than once"],
+        ),
+        blame(
+            layer("keep index out of range", Some(b"[0, 6]"), &[]),
+            k,
+            &["index 6", "out of range", "6 neurons"],
+        ),
+        blame(
+            layer("negative keep index", Some(b"[1, -1]"), &[]),
+            k,
+            &["entry 1", "-1", "non-negative integer"],
+        ),
+        blame(
+            layer("non-integer keep index", Some(b"[1.5]"), &[]),
+            k,
+            &["1.5", "non-negative integer"],
+        ),
+        blame(
+            layer("keep list not JSON", Some(b"[0, 1"), &[]),
+            k,
+            &["not valid json"],
+        ),
+        blame(
+            layer("keep list is an object", Some(b"{\"keep\": [1]}"), &[]),
+            k,
+            &["json array", "an object"],
+        ),
+        blame(layer("empty keep list", Some(b"[]"), &[]), k, &["empty"]),
+        blame(
+            layer("keep file missing", None, &["--keep", "@nokeep.json"]),
+            "@nokeep.json",
+            &["no such file"],
+        ),
+        blame(
+            layer("next layer missing", Some(b"[0, 1]"), &[]).with_args(|a| a[6] = "head"),
+            m,
+            &["head.weight"],
+        ),
+        blame(
+            layer("prev layer of the wrong width", Some(b"[0, 1]"), &[])
+                .with_args(|a| a[8] = "fc2"),
+            m,
+            &["fc2.weight", "6 rows"],
+        ),
+        no_file(
+            layer(
+                "k larger than the layer (compress-layer)",
+                None,
+                &["-k", "7"],
+            ),
+            &["7", "6"],
+        ),
+        no_file(layer("k = 0 (compress-layer)", None, &["-k", "0"]), &["0"]),
+    ]
+}
+
 // ------------------------------------------------------------------------------ the runner
 
 struct Run {
@@ -1008,7 +1105,10 @@ fn run_table(cases: Vec<Case>) {
 
 #[test]
 fn table_has_at_least_thirty_cases() {
-    let n = kernel_cases().len() + compress_cases().len() + train_cases().len();
+    let n = kernel_cases().len()
+        + compress_cases().len()
+        + compress_layer_cases().len()
+        + train_cases().len();
     assert!(n >= 30, "only {n} cases");
 }
 
@@ -1020,6 +1120,11 @@ fn hostile_npy_inputs_to_kernel() {
 #[test]
 fn hostile_models_and_calibration_sets_to_compress() {
     run_table(compress_cases());
+}
+
+#[test]
+fn hostile_keep_lists_and_layers_to_compress_layer() {
+    run_table(compress_layer_cases());
 }
 
 #[test]
