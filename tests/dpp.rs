@@ -26,10 +26,12 @@ fn det(m: &[Vec<f64>]) -> f64 {
             d = -d;
         }
         d *= a[c][c];
-        for r in c + 1..n {
-            let f = a[r][c] / a[c][c];
-            for j in c..n {
-                a[r][j] -= f * a[c][j];
+        let (top, rest) = a.split_at_mut(c + 1);
+        let pivot = &top[c];
+        for row in rest {
+            let f = row[c] / pivot[c];
+            for (x, p) in row[c..].iter_mut().zip(&pivot[c..]) {
+                *x -= f * p;
             }
         }
     }
@@ -208,13 +210,12 @@ fn inverse(a: &[Vec<f64>]) -> Vec<Vec<f64>> {
         for v in m[c].iter_mut() {
             *v /= piv;
         }
-        for r in 0..n {
-            if r != c {
-                let f = m[r][c];
-                if f != 0.0 {
-                    for j in 0..2 * n {
-                        m[r][j] -= f * m[c][j];
-                    }
+        let pivot = m[c].clone();
+        for (r, row) in m.iter_mut().enumerate() {
+            let f = row[c];
+            if r != c && f != 0.0 {
+                for (x, p) in row.iter_mut().zip(&pivot) {
+                    *x -= f * p;
                 }
             }
         }

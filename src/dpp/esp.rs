@@ -61,11 +61,11 @@ impl EspRatios {
         let n_checkpoints = (m - 1) / stride + 1;
         let mut checkpoints = Vec::with_capacity(n_checkpoints * k);
         let mut col = vec![0.0; k];
-        for j in 0..m {
+        for (j, &lambda) in lambdas.iter().enumerate() {
             if j % stride == 0 {
                 checkpoints.extend_from_slice(&col);
             }
-            advance(&mut col, j, lambdas[j]);
+            advance(&mut col, j, lambda);
         }
         EspRatios {
             lambdas,
