@@ -226,7 +226,18 @@ fn inverse(a: &[Vec<f64>]) -> Vec<Vec<f64>> {
 #[test]
 fn dpp_inclusion_frequencies_match_marginal_kernel() {
     let n = 50;
-    let l = rbf(n, 2, 8.0, 1e-3, 11);
+    // A diverse RBF kernel (small samples, one block) and one with large eigenvalues
+    // (samples of about 30 items, drawn over several blocks).
+    for (l, seed) in [
+        (rbf(n, 2, 8.0, 1e-3, 11), 12u64),
+        (random_psd(n, 1.5, 13), 14),
+    ] {
+        check_dpp_marginals(&l, seed);
+    }
+}
+
+fn check_dpp_marginals(l: &Mat<f64>, seed: u64) {
+    let n = l.nrows();
     // K = L (L + I)^-1; its diagonal is P(i in Y).
     let l_plus_i: Vec<Vec<f64>> = (0..n)
         .map(|i| {
@@ -246,7 +257,7 @@ fn dpp_inclusion_frequencies_match_marginal_kernel() {
     let draws = 6000;
     let mut hits = vec![0usize; n];
     let mut total = 0usize;
-    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     for _ in 0..draws {
         let y = sampler.sample(&mut rng);
         total += y.len();
