@@ -4,7 +4,8 @@
 //!
 //! The kernels are also written to `target/dpp-bench/rbf_<n>.npy` so that
 //! `scripts/bench_dpp.py` times numpy and DPPy on exactly the same matrices.
-//! `DPP_BENCH_SIZES=1000,2000` restricts the sizes.
+//! `DPP_BENCH_SIZES=1000,2000` restricts the sizes; `DPP_BENCH_SEQ=1` runs faer
+//! single-threaded (its default is rayon over all cores).
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -45,6 +46,9 @@ fn save(n: usize, l: &Mat<f64>) {
 }
 
 fn bench(c: &mut Criterion) {
+    if std::env::var_os("DPP_BENCH_SEQ").is_some() {
+        faer::set_global_parallelism(faer::Par::Seq);
+    }
     for n in sizes() {
         let l = rbf(n);
         save(n, &l);

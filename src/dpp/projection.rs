@@ -47,12 +47,12 @@ pub(crate) fn sample_projection<R: Rng + ?Sized>(
         return Vec::new();
     }
     // Transposed so that each item's row (v_i, W_i) is contiguous.
-    let mut vt = Mat::<f64>::zeros(k, n);
+    let mut v = Mat::<f64>::zeros(n, k);
     for (j, &c) in cols.iter().enumerate() {
-        for (i, &x) in eigenvectors.col(c).iter().enumerate() {
-            vt[(j, i)] = x;
-        }
+        v.col_mut(j).copy_from(eigenvectors.col(c));
     }
+    let vt = v.transpose().to_owned();
+    drop(v);
     let mut wt = Mat::<f64>::zeros(k, n);
     let mut q = Mat::<f64>::zeros(k, k);
     let mut d: Vec<f64> = (0..n)
@@ -142,12 +142,13 @@ pub(crate) fn sample_projection<R: Rng + ?Sized>(
 /// A full update costs n k b; a block of b picks without one costs, per proposed item,
 /// O((k + b) b) for its lazily extended coordinates, and a block that finishes the sample
 /// draws about `remaining * H(remaining)` proposals (H the harmonic number, as acceptance
-/// falls to 1 / remaining). When that is at most n, finishing without further updates
-/// is cheaper; otherwise blocks of half the remaining picks (at most [`MAX_BLOCK`]) keep
+/// falls to 1 / remaining). When that is at most n / 4, finishing without further updates
+/// is cheaper (the bound 4 is measured: the lazy coordinates are dot products, the full
+/// update one matrix product); otherwise blocks of half the remaining picks (at most [`MAX_BLOCK`]) keep
 /// at least half the proposals accepted on average.
 fn block_size(n: usize, remaining: usize) -> usize {
     let harmonic: f64 = (1..=remaining).map(|j| 1.0 / j as f64).sum();
-    if remaining as f64 * harmonic <= n as f64 {
+    if 4.0 * remaining as f64 * harmonic <= n as f64 {
         remaining
     } else {
         remaining.div_ceil(2).clamp(1, MAX_BLOCK)
