@@ -1,1 +1,355 @@
-//! Owned by the fusion work (issue 4).
+//! Fusion: fold the dropped neurons of a layer into the next layer by least squares.
+//!
+//! Let Y be the kept neurons (k of them), P the dropped ones, and `u = [a_Y; 1]` the kept
+//! activations with a constant appended. Over the calibration set each dropped activation is
+//! approximated by `a_P ~ C^T u`, where C ((k+1) x |P|) solves the normal equations
+//! `(G~_YY + ridge I) C = [G_YP; s_P^T]` with `G~_YY = [[G_YY, s_Y], [s_Y^T, m]]`. The next
+//! layer `z = W a + b` then becomes `W'_Y = W_Y + W_P C_top^T`, `b' = b + W_P c_last`.
+//!
+//! C is never formed: the system is solved directly for `X = C W_P^T` with the right-hand
+//! side `R = [G_YP; s_P^T] W_P^T` ((k+1) x n_out), so that `W'_Y = W_Y + X_top^T` and
+//! `b' = b + X_last^T`. Assembling R (k |P| n_out multiply-adds) and the two quadratic forms
+//! that give the reconstruction error is the expensive part; it runs on the GPU
+//! ([`crate::gpu::fusion::assemble`]) or the CPU ([`crate::cpu::fusion::assemble`]). The
+//! Cholesky solve runs on the host in f64.
+
+use faer::linalg::solvers::Solve;
+use faer::{Mat, Side};
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::kernel::GramStats;
+
+/// How the next layer absorbs the dropped neurons.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FusionMode {
+    /// Least squares on [a_Y; 1]: W'_Y = W_Y + W_P C_top^T, b' = b + W_P c_last (default).
+    Fuse,
+    /// The paper's original objective: least squares on a_Y alone, bias untouched.
+    FuseNoBias,
+    /// Plain pruning: keep columns Y of W, bias untouched.
+    Prune,
+}
+
+/// Options of [`fuse_next_layer`].
+#[derive(Clone, Copy, Debug)]
+pub struct FusionOptions {
+    /// Which variant of the reweighting to apply.
+    pub mode: FusionMode,
+    /// ridge = ridge_factor * trace(G~_YY) / (k+1), i.e. a fraction of the mean eigenvalue
+    /// of the system (for [`FusionMode::FuseNoBias`], of G_YY: trace(G_YY) / k).
+    ///
+    /// The default, 1e-6, sits just above the noise floor of a Gram matrix accumulated
+    /// from f32 activations (relative rounding ~6e-8 per activation): directions that carry
+    /// less than a millionth of the mean variance are not resolved by the data anyway.
+    /// Damping them changes the well-determined directions by ~1e-6 relative (below what
+    /// the f32 weights that are written out can hold), while it bounds the condition number
+    /// by about (k+1) * 1e6, which f64 Cholesky handles even for duplicate or dead neurons.
+    pub ridge_factor: f64,
+}
+
+impl Default for FusionOptions {
+    fn default() -> Self {
+        Self {
+            mode: FusionMode::Fuse,
+            ridge_factor: 1e-6,
+        }
+    }
+}
+
+/// The next layer z = W a + b; W is n_out x n_in, row-major (PyTorch layout).
+#[derive(Clone, Copy, Debug)]
+pub struct NextLayer<'a> {
+    /// W, `n_out * n_in` values, row-major.
+    pub weight: &'a [f32],
+    /// b, `n_out` values, or none (treated as zeros).
+    pub bias: Option<&'a [f32]>,
+    /// Rows of W: the next layer's width.
+    pub n_out: usize,
+    /// Columns of W: the width of the layer being compressed.
+    pub n_in: usize,
+}
+
+/// The next layer after fusion.
+#[derive(Clone, Debug)]
+pub struct FusedLayer {
+    /// n_out x k, row-major, columns in the order of `keep`.
+    pub weight: Vec<f32>,
+    /// n_out (zeros + fused constant when the input had no bias).
+    pub bias: Vec<f32>,
+    /// The ridge actually added (0 for Prune).
+    pub ridge: f64,
+    /// ||Z - Z'||_F / ||Z||_F of the next layer's pre-activation on the calibration set,
+    /// computed from G and s without a second pass over the data.
+    pub relative_error: f64,
+}
+
+/// What the assembly step produces (on either backend): everything the host needs to solve
+/// the normal equations and to report the reconstruction error.
+///
+/// The row order of the augmented kept set is `keep[0], ..., keep[k-1], const`.
+#[derive(Clone, Debug)]
+pub struct FusionSystem {
+    /// `G~_YY = [[G_YY, s_Y], [s_Y^T, m]]`, (k+1) x (k+1), f64 (gathered on the host: the
+    /// solve needs full precision).
+    pub lhs: Mat<f64>,
+    /// `R = [G_YP; s_P^T] W_P^T`, (k+1) x n_out.
+    pub rhs: Mat<f64>,
+    /// `tr(W~_Y G~_YY W~_Y^T)` with `W~_Y = [W_Y, b]`: the energy of the kept part of Z.
+    pub kept_energy: f64,
+    /// `tr(W_P G_PP W_P^T)`: the energy of the dropped part of Z.
+    pub dropped_energy: f64,
+}
+
+/// Rewrites the next layer so that it reads only the kept neurons `keep` of the layer whose
+/// Gram statistics are `stats`, absorbing the dropped neurons as `opts.mode` says.
+///
+/// `keep` must be non-empty, distinct and in range; it need not be sorted (the output
+/// columns follow its order). Keeping every neuron gives back W (permuted) and b.
+pub fn fuse_next_layer(
+    backend: &Backend,
+    stats: &GramStats,
+    keep: &[usize],
+    next: NextLayer<'_>,
+    opts: &FusionOptions,
+) -> Result<FusedLayer> {
+    let dropped = validate(stats, keep, &next, opts)?;
+    let system = match backend {
+        Backend::Cpu => crate::cpu::fusion::assemble(stats, keep, &dropped, next)?,
+        Backend::Gpu(ctx) => crate::gpu::fusion::assemble(ctx, stats, keep, &dropped, next)?,
+    };
+    solve_system(&system, keep, next, opts)
+}
+
+/// Checks the inputs of [`fuse_next_layer`] and returns the dropped neurons, ascending.
+fn validate(
+    stats: &GramStats,
+    keep: &[usize],
+    next: &NextLayer<'_>,
+    opts: &FusionOptions,
+) -> Result<Vec<usize>> {
+    let n = stats.gram.nrows();
+    if stats.gram.ncols() != n {
+        return Err(Error::invalid(format!(
+            "fusion: Gram matrix is {} x {}, expected square",
+            n,
+            stats.gram.ncols()
+        )));
+    }
+    if stats.col_sums.len() != n {
+        return Err(Error::invalid(format!(
+            "fusion: {} column sums for a {n} x {n} Gram matrix",
+            stats.col_sums.len()
+        )));
+    }
+    if stats.samples == 0 {
+        return Err(Error::invalid("fusion: Gram statistics over 0 samples"));
+    }
+    if next.n_in != n {
+        return Err(Error::invalid(format!(
+            "fusion: next layer reads {} inputs but the layer has {n} neurons",
+            next.n_in
+        )));
+    }
+    if next.n_out == 0 {
+        return Err(Error::invalid("fusion: next layer has 0 outputs"));
+    }
+    if next.weight.len() != next.n_out * next.n_in {
+        return Err(Error::invalid(format!(
+            "fusion: next layer weight has {} values, expected {} x {} = {}",
+            next.weight.len(),
+            next.n_out,
+            next.n_in,
+            next.n_out * next.n_in
+        )));
+    }
+    if let Some(b) = next.bias {
+        if b.len() != next.n_out {
+            return Err(Error::invalid(format!(
+                "fusion: next layer bias has {} values, expected {}",
+                b.len(),
+                next.n_out
+            )));
+        }
+        if let Some(i) = b.iter().position(|v| !v.is_finite()) {
+            return Err(Error::invalid(format!(
+                "fusion: next layer bias[{i}] is not finite"
+            )));
+        }
+    }
+    if let Some(i) = next.weight.iter().position(|v| !v.is_finite()) {
+        return Err(Error::invalid(format!(
+            "fusion: next layer weight[{}, {}] is not finite",
+            i / n.max(1),
+            i % n.max(1)
+        )));
+    }
+    if !(opts.ridge_factor.is_finite() && opts.ridge_factor >= 0.0) {
+        return Err(Error::invalid(format!(
+            "fusion: ridge factor {} must be finite and >= 0",
+            opts.ridge_factor
+        )));
+    }
+    if keep.is_empty() {
+        return Err(Error::invalid("fusion: no neuron kept (keep is empty)"));
+    }
+    let mut seen = vec![false; n];
+    for &i in keep {
+        if i >= n {
+            return Err(Error::invalid(format!(
+                "fusion: kept neuron {i} out of range (layer has {n} neurons)"
+            )));
+        }
+        if seen[i] {
+            return Err(Error::invalid(format!(
+                "fusion: kept neuron {i} listed twice"
+            )));
+        }
+        seen[i] = true;
+    }
+    for (j, s) in stats.col_sums.iter().enumerate() {
+        if !s.is_finite() {
+            return Err(Error::invalid(format!(
+                "fusion: column sum {j} is not finite"
+            )));
+        }
+    }
+    for j in 0..n {
+        for i in 0..n {
+            if !stats.gram[(i, j)].is_finite() {
+                return Err(Error::invalid(format!(
+                    "fusion: Gram entry ({i}, {j}) is not finite"
+                )));
+            }
+        }
+    }
+    Ok((0..n).filter(|&i| !seen[i]).collect())
+}
+
+/// `G~_YY` in the order `keep, const`, from the f64 statistics.
+pub(crate) fn gather_lhs(stats: &GramStats, keep: &[usize]) -> Mat<f64> {
+    let k = keep.len();
+    let g = &stats.gram;
+    let s = &stats.col_sums;
+    let m = stats.samples as f64;
+    Mat::from_fn(k + 1, k + 1, |i, j| match (i < k, j < k) {
+        (true, true) => g[(keep[i], keep[j])],
+        (true, false) => s[keep[i]],
+        (false, true) => s[keep[j]],
+        (false, false) => m,
+    })
+}
+
+/// Solves the assembled system for `opts.mode` and builds the fused layer and its error.
+fn solve_system(
+    system: &FusionSystem,
+    keep: &[usize],
+    next: NextLayer<'_>,
+    opts: &FusionOptions,
+) -> Result<FusedLayer> {
+    let k = keep.len();
+    let n_out = next.n_out;
+    let n_in = next.n_in;
+    let rhs = &system.rhs;
+
+    // ||Z||^2 = tr(W~_Y G~ W~_Y^T) + 2 <W~_Y^T, R> + tr(W_P G_PP W_P^T): the cross term
+    // between kept and dropped parts is exactly the right-hand side already assembled.
+    let mut cross = 0.0;
+    for o in 0..n_out {
+        let row = &next.weight[o * n_in..(o + 1) * n_in];
+        for (i, &y) in keep.iter().enumerate() {
+            cross += row[y] as f64 * rhs[(i, o)];
+        }
+        if let Some(b) = next.bias {
+            cross += b[o] as f64 * rhs[(k, o)];
+        }
+    }
+    let z_energy = system.kept_energy + 2.0 * cross + system.dropped_energy;
+
+    // Rows of the system that the mode uses: all k+1 with the bias, the top k without.
+    let dim = match opts.mode {
+        FusionMode::Fuse => k + 1,
+        FusionMode::FuseNoBias => k,
+        FusionMode::Prune => 0,
+    };
+    let (x, ridge) = if dim == 0 {
+        (Mat::<f64>::zeros(0, n_out), 0.0)
+    } else {
+        solve_ridged(
+            system.lhs.as_ref().submatrix(0, 0, dim, dim),
+            rhs.as_ref().submatrix(0, 0, dim, n_out),
+            opts.ridge_factor,
+        )?
+    };
+
+    // Z - Z' = W_P a_P - X^T u, so ||Z - Z'||^2 = tr(W_P G_PP W_P^T) - 2 <X, R> + tr(X^T G~ X),
+    // and (G~ + ridge I) X = R turns the last term into <X, R> - ridge ||X||^2.
+    let mut xr = 0.0;
+    let mut xx = 0.0;
+    for o in 0..n_out {
+        for i in 0..dim {
+            let v = x[(i, o)];
+            xr += v * rhs[(i, o)];
+            xx += v * v;
+        }
+    }
+    let err_energy = (system.dropped_energy - xr - ridge * xx).max(0.0);
+    let relative_error = if z_energy > 0.0 {
+        (err_energy / z_energy).sqrt()
+    } else {
+        0.0
+    };
+
+    let mut weight = vec![0f32; n_out * k];
+    let mut bias = vec![0f32; n_out];
+    for o in 0..n_out {
+        let row = &next.weight[o * n_in..(o + 1) * n_in];
+        let out = &mut weight[o * k..(o + 1) * k];
+        for (i, &y) in keep.iter().enumerate() {
+            let delta = if i < dim { x[(i, o)] } else { 0.0 };
+            out[i] = (row[y] as f64 + delta) as f32;
+        }
+        let b = next.bias.map_or(0.0, |b| b[o] as f64);
+        let delta = if dim == k + 1 { x[(k, o)] } else { 0.0 };
+        bias[o] = (b + delta) as f32;
+    }
+    Ok(FusedLayer {
+        weight,
+        bias,
+        ridge,
+        relative_error,
+    })
+}
+
+/// Solves `(lhs + ridge I) X = rhs` by Cholesky with `ridge = factor * trace(lhs) / dim`.
+/// When the factorisation still fails (the matrix is singular to working precision and the
+/// factor is tiny or zero), the ridge grows tenfold until it succeeds; the one used is
+/// returned.
+fn solve_ridged(
+    lhs: faer::MatRef<'_, f64>,
+    rhs: faer::MatRef<'_, f64>,
+    factor: f64,
+) -> Result<(Mat<f64>, f64)> {
+    let dim = lhs.nrows();
+    let trace: f64 = (0..dim).map(|i| lhs[(i, i)]).sum();
+    // A zero trace means every kept activation is zero on the calibration set: any positive
+    // ridge gives the (zero) minimum-norm answer; take one on the scale of 1.
+    let scale = if trace > 0.0 { trace / dim as f64 } else { 1.0 };
+    let mut ridge = factor * scale;
+    for _ in 0..40 {
+        let mut a = lhs.to_owned();
+        for i in 0..dim {
+            a[(i, i)] += ridge;
+        }
+        if let Ok(llt) = a.llt(Side::Lower) {
+            let x = llt.solve(rhs);
+            if x.col_iter().all(|c| c.iter().all(|v| v.is_finite())) {
+                return Ok((x, ridge));
+            }
+        }
+        ridge = (ridge * 10.0).max(scale * 1e-12);
+    }
+    Err(Error::Numerical(format!(
+        "fusion: Cholesky of the {dim} x {dim} normal equations failed even with ridge {ridge:e}"
+    )))
+}

@@ -20,11 +20,13 @@ pub mod compress;
 pub mod cpu;
 pub mod dpp;
 pub mod error;
+pub mod experiment;
 pub mod fusion;
 pub mod gpu;
 pub mod io;
 pub mod kernel;
 pub mod model;
+pub mod select;
 
 pub use backend::{Backend, BackendChoice, BackendSelection};
 pub use error::{Error, Result};

@@ -47,9 +47,12 @@ impl GpuContext {
     /// `WGPU_ADAPTER_NAME` picks the first adapter whose name contains it (case-insensitive).
     /// Otherwise discrete GPUs are preferred over integrated, then virtual, then software ones.
     pub async fn new_async() -> Result<Self> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-        let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+        // Compute needs Vulkan, Metal or DX12 unless the user asks otherwise: probing the GL
+        // backend also wakes EGL, which prints Wayland/X11 complaints on headless machines.
+        let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::PRIMARY);
+        let mut desc = wgpu::InstanceDescriptor::new_without_display_handle_from_env();
+        desc.backends = backends;
+        let instance = wgpu::Instance::new(desc);
         let adapters = instance.enumerate_adapters(backends).await;
         if adapters.is_empty() {
             return Err(Error::NoAdapter(format!(

@@ -2,6 +2,7 @@
 //! operation has a CPU twin with the same signature in [`crate::cpu`].
 
 mod context;
+pub mod forward;
 pub mod fusion;
 pub mod gram;
 pub mod rbf;

@@ -1,1 +1,12 @@
-//! MLP description, forward pass and training (issue 5).
+//! MLP description, forward pass, evaluation and training (issue 5).
+//!
+//! An [`Mlp`] is read from a PyTorch state dict in safetensors form
+//! ([`Mlp::from_tensors`] / [`Mlp::load`]) and written back with the same tensor names and
+//! dtypes ([`Mlp::to_tensors`]). The forward pass and training run on the CPU through faer's
+//! matrix products.
+
+pub mod mlp;
+pub mod train;
+
+pub use mlp::{tensor_name, Activation, Linear, Mlp};
+pub use train::{evaluate, train, EpochReport, Evaluation, Optimizer, TrainConfig};

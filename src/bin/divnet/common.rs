@@ -86,3 +86,46 @@ impl StageTimer {
         &self.stages
     }
 }
+
+/// The library's [`divnet::compress::Progress`] drawn as one indicatif bar per stage.
+#[derive(Default)]
+pub struct BarProgress {
+    bar: Option<ProgressBar>,
+}
+
+impl divnet::compress::Progress for BarProgress {
+    fn start(&mut self, stage: &str, total: u64) {
+        self.bar = Some(progress_bar(total, stage));
+    }
+    fn advance(&mut self, n: u64) {
+        if let Some(b) = &self.bar {
+            b.inc(n);
+        }
+    }
+    fn finish(&mut self) {
+        if let Some(b) = self.bar.take() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+/// Parses "a,b,c" into values with `parse`, naming the option in errors.
+pub fn parse_list<T>(
+    option: &str,
+    text: &str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> anyhow::Result<Vec<T>> {
+    text.split(',')
+        .map(str::trim)
+        .map(|s| {
+            parse(s).ok_or_else(|| anyhow::anyhow!("{option}: invalid value {s:?} in {text:?}"))
+        })
+        .collect()
+}
+
+/// Writes `value` as pretty JSON to `path`, atomically.
+pub fn write_json<T: serde::Serialize>(path: &std::path::Path, value: &T) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    divnet::io::atomic::write_bytes_atomic(path, text.as_bytes())?;
+    Ok(())
+}

@@ -1,10 +1,175 @@
-//! Placeholder until its issue lands.
+//! `divnet compress`: every hidden layer of an MLP, each observed through the compressed
+//! layers before it.
 
-/// Arguments.
+use std::path::PathBuf;
+
+use anyhow::Context;
+use divnet::compress::{compress_mlp, CompressOptions, KeepSpec, DEFAULT_CHUNK_ROWS, DEFAULT_EPS};
+use divnet::fusion::{FusionMode, FusionOptions};
+use divnet::io::safetensors::{read_safetensors, write_safetensors};
+use divnet::kernel::Beta;
+use divnet::model::{Activation, Mlp};
+use divnet::select::SelectionMethod;
+
+use crate::common::{parse_list, select_backend, write_json, BackendArg, BarProgress};
+
+/// Compress every hidden layer of an MLP read from safetensors (PyTorch state dict).
+///
+/// Each hidden layer in turn: run the calibration set through the (already compressed)
+/// network, build the RBF kernel over the layer's neurons, keep a subset (k-DPP by default),
+/// fuse the dropped neurons into the next layer by least squares, slice the layer.
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// The model: safetensors with NAME.weight [out, in] and optional NAME.bias per layer.
+    #[arg(long)]
+    model: PathBuf,
+    /// Calibration inputs: npy (m x d, f32/f16/f64) or IDX images (gzipped or not).
+    #[arg(long)]
+    calibration: PathBuf,
+    /// Layer prefixes in order (e.g. fc1,fc2,fc3); inferred from the chain of shapes if omitted.
+    #[arg(long, value_delimiter = ',')]
+    layers: Option<Vec<String>>,
+    /// Activation function between layers.
+    #[arg(long, default_value = "relu", value_parser = ["relu", "tanh", "sigmoid", "gelu"])]
+    activation: String,
+    /// Neurons to keep per hidden layer: one value for all, or a comma list per layer.
+    #[arg(short = 'k', long = "keep", group = "size")]
+    keep: Option<String>,
+    /// Fraction of neurons to keep per hidden layer: one value or a comma list.
+    #[arg(long, group = "size")]
+    keep_ratio: Option<String>,
+    /// Let a DPP choose how many neurons to keep (implies --select dpp).
+    #[arg(long, group = "size")]
+    dpp: bool,
+    /// Selection method.
+    #[arg(long = "select", default_value = "kdpp", value_parser = ["kdpp", "dpp", "greedy", "random", "importance"])]
+    select: String,
+    /// Plain pruning: drop the unselected neurons without fusing them into the next layer.
+    #[arg(long, conflicts_with = "no_bias")]
+    no_fusion: bool,
+    /// Fuse without the constant term (the paper's original objective).
+    #[arg(long)]
+    no_bias: bool,
+    /// RBF bandwidth: paper (10/m), median (1/median squared distance) or a number.
+    #[arg(long, default_value = "paper")]
+    beta: String,
+    /// Added to the kernel's diagonal.
+    #[arg(long, default_value_t = DEFAULT_EPS)]
+    eps: f64,
+    /// Seed of the random selection methods.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Where the kernels run.
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    backend: BackendArg,
+    /// Calibration rows per chunk.
+    #[arg(long, default_value_t = DEFAULT_CHUNK_ROWS)]
+    chunk_rows: usize,
+    /// Output safetensors: same tensor names, new widths, dtypes kept.
+    #[arg(long)]
+    out: PathBuf,
+    /// Report (JSON): kept indices per layer, parameter counts, errors, timings.
+    #[arg(long)]
+    report: Option<PathBuf>,
+}
 
 /// Runs the command.
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("this command is not built yet")
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let activation: Activation = args.activation.parse()?;
+    let beta: Beta = args.beta.parse()?;
+    let mut method: SelectionMethod = args.select.parse()?;
+    let keep = keep_specs(&args, &mut method)?;
+    let file = read_safetensors(&args.model)?;
+    let mlp = Mlp::from_tensors(&file, args.layers.as_deref(), activation)?;
+    let inputs = divnet::io::data::read_inputs(&args.calibration)?;
+    anyhow::ensure!(
+        inputs.cols == mlp.input_dim(),
+        "{}: {} features per row, but the model's first layer takes {}",
+        args.calibration.display(),
+        inputs.cols,
+        mlp.input_dim()
+    );
+    let backend = select_backend(args.backend)?;
+    let opts = CompressOptions {
+        method,
+        keep,
+        fusion: FusionOptions {
+            mode: if args.no_fusion {
+                FusionMode::Prune
+            } else if args.no_bias {
+                FusionMode::FuseNoBias
+            } else {
+                FusionMode::Fuse
+            },
+            ..FusionOptions::default()
+        },
+        beta,
+        eps: args.eps,
+        seed: args.seed,
+        chunk_rows: args.chunk_rows,
+    };
+    let (compressed, report) = compress_mlp(
+        &backend,
+        &mlp,
+        &inputs.data,
+        inputs.rows,
+        &opts,
+        &mut BarProgress::default(),
+    )?;
+    for l in &report.layers {
+        eprintln!(
+            "{:<8} {:>6} -> {:<6} {:<10} ridge {:.2e}  next-layer error {:.4}",
+            l.name,
+            l.neurons_before,
+            l.kept.len(),
+            l.method,
+            l.ridge,
+            l.relative_error
+        );
+    }
+    let out = compressed.to_tensors(&file)?;
+    write_safetensors(&args.out, &out)?;
+    if let Some(path) = &args.report {
+        write_json(path, &report).with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!(
+        "parameters {} -> {} ({:.1}%), {:.2} s; wrote {}",
+        report.params_before,
+        report.params_after,
+        100.0 * report.params_after as f64 / report.params_before.max(1) as f64,
+        report.seconds,
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn keep_specs(args: &Args, method: &mut SelectionMethod) -> anyhow::Result<Vec<KeepSpec>> {
+    if args.dpp {
+        *method = SelectionMethod::Dpp;
+        return Ok(vec![KeepSpec::Drawn]);
+    }
+    if *method == SelectionMethod::Dpp {
+        anyhow::ensure!(
+            args.keep.is_none() && args.keep_ratio.is_none(),
+            "--select dpp chooses its own size: drop -k/--keep-ratio, or use --select kdpp"
+        );
+        return Ok(vec![KeepSpec::Drawn]);
+    }
+    if let Some(k) = &args.keep {
+        return parse_list("-k", k, |s| {
+            s.parse::<usize>()
+                .ok()
+                .filter(|&k| k > 0)
+                .map(KeepSpec::Count)
+        });
+    }
+    if let Some(r) = &args.keep_ratio {
+        return parse_list("--keep-ratio", r, |s| {
+            s.parse::<f64>()
+                .ok()
+                .filter(|r| *r > 0.0 && *r <= 1.0)
+                .map(KeepSpec::Ratio)
+        });
+    }
+    anyhow::bail!("say how many neurons to keep: -k K, --keep-ratio R or --dpp")
 }

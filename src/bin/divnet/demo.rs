@@ -1,10 +1,265 @@
-//! Placeholder until its issue lands.
+//! `divnet demo`: the paper's experiment on the shipped Fashion-MNIST network.
 
-/// Arguments.
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+use divnet::compress::{DEFAULT_CHUNK_ROWS, DEFAULT_EPS};
+use divnet::experiment::{
+    mean_std, run_experiment, ExperimentConfig, ExperimentData, ExperimentReport,
+};
+use divnet::io::data::{read_inputs, read_labels};
+use divnet::io::safetensors::read_safetensors;
+use divnet::kernel::Beta;
+use divnet::model::{Activation, Mlp};
+use divnet::select::SelectionMethod;
+
+use crate::common::{parse_list, select_backend, write_json, BackendArg, BarProgress};
+use crate::plots;
+
+const DATA_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/fashion-mnist");
+const MODEL: &str = "mlp-784-1000-1000-10.safetensors";
+const TEST_IMAGES: &str = "t10k-images-idx3-ubyte.gz";
+const TEST_LABELS: &str = "t10k-labels-idx1-ubyte.gz";
+const CALIBRATION_IMAGES: &str = "train-images-first5000-idx3-ubyte.gz";
+const CALIBRATION_LABELS: &str = "train-labels-first5000-idx1-ubyte.gz";
+
+/// Reproduce the paper's findings on the shipped Fashion-MNIST MLP (784-1000-1000-10).
+///
+/// (a) neurons kept by a k-DPP are more diverse than random ones; (b) test accuracy against
+/// neurons kept per hidden layer for k-DPP and random selection, with and without fusion;
+/// (c) the same with one hidden layer compressed at a time; (d) importance selection (and
+/// greedy MAP) with and without fusion. Writes report.json, table.txt and PNG plots to the
+/// output folder and prints the table.
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Folder with the shipped data and model.
+    #[arg(long, default_value = DATA_DIR)]
+    data: PathBuf,
+    /// Model to compress (default: the shipped reference MLP in the data folder).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Output folder (created if missing).
+    #[arg(long, default_value = "divnet-demo")]
+    out: PathBuf,
+    /// Neurons kept per hidden layer.
+    #[arg(long, default_value = "10,25,50,100,200,400")]
+    sizes: String,
+    /// Draws per random method (k-DPP, random).
+    #[arg(long, default_value_t = 3)]
+    seeds: u64,
+    /// Use only the first N calibration images (default: all shipped, 5000).
+    #[arg(long)]
+    calibration_rows: Option<usize>,
+    /// RBF bandwidth: paper (10/m), median or a number.
+    #[arg(long, default_value = "paper")]
+    beta: String,
+    /// Skip the one-layer-at-a-time curves (finding c).
+    #[arg(long)]
+    no_one_layer: bool,
+    /// Skip the one-epoch fine-tune of the compressed network.
+    #[arg(long)]
+    no_finetune: bool,
+    /// Where the kernels run.
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    backend: BackendArg,
+}
 
 /// Runs the command.
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("this command is not built yet")
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let sizes = parse_list("--sizes", &args.sizes, |s| {
+        s.parse::<usize>().ok().filter(|&k| k > 0)
+    })?;
+    let beta: Beta = args.beta.parse()?;
+    let model_path = args.model.clone().unwrap_or_else(|| args.data.join(MODEL));
+    let file = read_safetensors(&model_path)?;
+    let model = Mlp::from_tensors(&file, None, Activation::Relu)?;
+    let mut calibration = read_inputs(&args.data.join(CALIBRATION_IMAGES))?;
+    let mut calibration_labels = read_labels(&args.data.join(CALIBRATION_LABELS))?;
+    if let Some(rows) = args.calibration_rows {
+        anyhow::ensure!(rows > 0, "--calibration-rows must be positive");
+        let rows = rows.min(calibration.rows);
+        calibration.data.truncate(rows * calibration.cols);
+        calibration.rows = rows;
+        calibration_labels.truncate(rows);
+    }
+    let test = read_inputs(&args.data.join(TEST_IMAGES))?;
+    let test_labels = read_labels(&args.data.join(TEST_LABELS))?;
+    anyhow::ensure!(
+        test_labels.len() == test.rows && calibration_labels.len() == calibration.rows,
+        "{}: images and labels disagree in count",
+        args.data.display()
+    );
+    let backend = select_backend(args.backend)?;
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+
+    let hundred = sizes
+        .iter()
+        .copied()
+        .find(|&k| k == 100)
+        .or_else(|| sizes.last().copied());
+    let cfg = ExperimentConfig {
+        heatmap_size: sizes.iter().copied().find(|&k| k == 50).unwrap_or(sizes[0]),
+        sizes,
+        seeds: args.seeds,
+        beta,
+        eps: DEFAULT_EPS,
+        chunk_rows: DEFAULT_CHUNK_ROWS,
+        one_layer_at_a_time: !args.no_one_layer,
+        finetune_size: if args.no_finetune { None } else { hundred },
+    };
+    eprintln!(
+        "model {} ({} parameters), calibration {} images, test {} images",
+        model_path.display(),
+        model.param_count(),
+        calibration.rows,
+        test.rows
+    );
+    let data = ExperimentData {
+        model: &model,
+        calibration: &calibration.data,
+        calibration_labels: &calibration_labels,
+        test: &test.data,
+        test_labels: &test_labels,
+    };
+    let report = run_experiment(&backend, &data, &cfg, &mut BarProgress::default())?;
+
+    let table = format_table(&report, args.seeds);
+    print!("{table}");
+    divnet::io::atomic::write_bytes_atomic(&args.out.join("table.txt"), table.as_bytes())?;
+    write_json(&args.out.join("report.json"), &report)?;
+    plots::accuracy_plot(&args.out.join("accuracy.png"), &report)?;
+    plots::one_layer_plot(&args.out.join("one_layer.png"), &report)?;
+    plots::diversity_plot(&args.out.join("diversity.png"), &report.heatmaps)?;
+    println!(
+        "\nwrote report.json, table.txt, accuracy.png, one_layer.png, diversity.png to {}",
+        absolute(&args.out).display()
+    );
+    println!("total time {:.1} s", start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// The terminal table: one block per scope, one row per variant, one column per size.
+pub fn format_table(r: &ExperimentReport, seeds: u64) -> String {
+    let mut s = String::new();
+    let widths: Vec<String> = r.widths.iter().map(|w| w.to_string()).collect();
+    let _ = writeln!(
+        s,
+        "\nFashion-MNIST MLP {}: full network {:.2}% test accuracy ({} test images, {} calibration images, beta = {:.3e} in the first layer)",
+        widths.join("-"),
+        r.full_accuracy * 100.0,
+        r.test_rows,
+        r.calibration_rows,
+        r.beta_first_layer
+    );
+    let _ = writeln!(
+        s,
+        "\n(a) diversity of kept neurons in the first hidden layer (mean over {seeds} draws)"
+    );
+    let _ = writeln!(
+        s,
+        "{:>6}  {:>14} {:>14}  {:>16} {:>16}",
+        "kept", "log det k-DPP", "log det random", "mean L_ij k-DPP", "mean L_ij random"
+    );
+    for p in &r.diversity {
+        let m = |v: &[divnet::select::Diversity], f: fn(&divnet::select::Diversity) -> f64| {
+            mean_std(&v.iter().map(f).collect::<Vec<_>>()).0
+        };
+        let _ = writeln!(
+            s,
+            "{:>6}  {:>14.2} {:>14.2}  {:>16.4} {:>16.4}",
+            p.kept,
+            m(&p.kdpp, |d| d.log_det),
+            m(&p.random, |d| d.log_det),
+            m(&p.kdpp, |d| d.mean_off_diagonal),
+            m(&p.random, |d| d.mean_off_diagonal)
+        );
+    }
+    let mut scopes: Vec<&str> = Vec::new();
+    for c in &r.curves {
+        if !scopes.contains(&c.scope.as_str()) {
+            scopes.push(&c.scope);
+        }
+    }
+    for (i, scope) in scopes.iter().enumerate() {
+        let title = if i == 0 {
+            "(b, d) test accuracy (%), all hidden layers compressed".to_string()
+        } else {
+            format!("(c) test accuracy (%), only {scope} compressed")
+        };
+        let _ = writeln!(
+            s,
+            "\n{title}; random methods: mean ± std over {seeds} seeds"
+        );
+        let curves: Vec<_> = r.curves.iter().filter(|c| c.scope == *scope).collect();
+        let _ = write!(s, "{:<22}", "neurons kept");
+        for p in &curves[0].points {
+            let _ = write!(s, "{:>13}", p.kept);
+        }
+        let _ = writeln!(s);
+        for c in curves {
+            let _ = write!(s, "{:<22}", c.label);
+            for p in &c.points {
+                let cell = if c.variant.method.is_random() && p.accuracies.len() > 1 {
+                    format!("{:.1}±{:.1}", p.mean * 100.0, p.std * 100.0)
+                } else {
+                    format!("{:.1}", p.mean * 100.0)
+                };
+                let _ = write!(s, "{cell:>13}");
+            }
+            let _ = writeln!(s);
+        }
+    }
+    if let Some(f) = &r.finetune {
+        let _ = writeln!(
+            s,
+            "\nfine-tune of k-DPP + fusion at {} kept (1 epoch on the calibration images): {:.2}% -> {:.2}%, {:.0}% of the gap to the full network closed",
+            f.kept,
+            f.before * 100.0,
+            f.after * 100.0,
+            f.gap_closed * 100.0
+        );
+    }
+    let find = |method: SelectionMethod, fused: bool, k: usize| {
+        r.curves
+            .iter()
+            .find(|c| {
+                c.scope == "all hidden layers"
+                    && c.variant.method == method
+                    && c.variant.fused == fused
+            })
+            .and_then(|c| c.points.iter().find(|p| p.kept == k))
+            .map(|p| p.mean * 100.0)
+    };
+    let ten_percent = r.widths[1] / 10;
+    if let (Some(kf), Some(rf), Some(gf), Some(imf)) = (
+        find(SelectionMethod::KDpp, true, ten_percent),
+        find(SelectionMethod::Random, true, ten_percent),
+        find(SelectionMethod::Greedy, true, ten_percent),
+        find(SelectionMethod::Importance, true, ten_percent),
+    ) {
+        let full = r.full_accuracy * 100.0;
+        let _ = writeln!(s, "\nat {ten_percent} kept per layer (10%):");
+        let _ = writeln!(
+            s,
+            "  k-DPP + fusion {kf:.1}%: {:.1} points below the full network (target: within 6), {:.1} above random + fusion (target: at least 3)",
+            full - kf,
+            kf - rf
+        );
+        let _ = writeln!(
+            s,
+            "  greedy + fusion {gf:.1}%: {:.1} points below the full network (target: within 4.5), {:+.1} vs importance + fusion (target: no more than 0.5 below)",
+            full - gf,
+            gf - imf
+        );
+    }
+    let _ = writeln!(s, "\nexperiment time {:.1} s", r.seconds);
+    s
 }

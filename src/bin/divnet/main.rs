@@ -8,6 +8,7 @@ mod compress_layer;
 mod demo;
 mod evaluate;
 mod kernel;
+mod plots;
 mod sample;
 mod train;
 
@@ -42,6 +43,14 @@ enum Command {
 }
 
 fn main() {
+    // Mesa's device-select Vulkan layer asks the Wayland compositor which GPU is the default
+    // and prints an "error:" line when there is none (headless machines, CI). divnet picks its
+    // adapter itself, so the layer has nothing to add there.
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none()
+        && std::env::var_os("NODEVICE_SELECT").is_none()
+    {
+        std::env::set_var("NODEVICE_SELECT", "1");
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Kernel(a) => kernel::run(a),

@@ -1,0 +1,203 @@
+//! The layer-by-layer pipeline and the experiment, end to end on tiny MLPs.
+
+use divnet::compress::{compress_mlp, CompressOptions, KeepSpec, NoProgress};
+use divnet::experiment::{run_experiment, ExperimentConfig, ExperimentData, VARIANTS};
+use divnet::fusion::{FusionMode, FusionOptions};
+use divnet::io::safetensors::{read_safetensors, write_safetensors};
+use divnet::kernel::Beta;
+use divnet::model::{Activation, Mlp};
+use divnet::select::SelectionMethod;
+use divnet::Backend;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+fn random_inputs(m: usize, d: usize, seed: u64) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..m * d).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+fn max_rel_diff(a: &[f32], b: &[f32]) -> f64 {
+    let scale = a
+        .iter()
+        .map(|x| x.abs() as f64)
+        .fold(0.0, f64::max)
+        .max(1e-12);
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).abs() / scale)
+        .fold(0.0, f64::max)
+}
+
+#[test]
+fn every_method_gives_consistent_shapes_and_names() {
+    let mlp = Mlp::init(&[6, 12, 9, 3], Activation::Relu, 1);
+    let x = random_inputs(200, 6, 2);
+    for method in [
+        SelectionMethod::KDpp,
+        SelectionMethod::Greedy,
+        SelectionMethod::Random,
+        SelectionMethod::Importance,
+    ] {
+        let mut opts = CompressOptions::new(vec![KeepSpec::Count(5), KeepSpec::Count(4)]);
+        opts.method = method;
+        let (out, report) =
+            compress_mlp(&Backend::Cpu, &mlp, &x, 200, &opts, &mut NoProgress).unwrap();
+        let dims: Vec<(usize, usize)> = out.layers.iter().map(|l| (l.out_dim, l.in_dim)).collect();
+        assert_eq!(dims, vec![(5, 6), (4, 5), (3, 4)], "{method}");
+        for l in &out.layers {
+            assert_eq!(l.weight.len(), l.out_dim * l.in_dim);
+            assert_eq!(l.bias.len(), l.out_dim);
+            assert!(
+                l.weight.iter().chain(&l.bias).all(|v| v.is_finite()),
+                "{method}"
+            );
+        }
+        assert_eq!(report.layers.len(), 2);
+        assert_eq!(report.layers[0].kept.len(), 5);
+        assert!(report.params_after < report.params_before);
+        let y = out.forward(&x[..6 * 10], 10);
+        assert_eq!(y.len(), 30);
+    }
+}
+
+/// A hidden layer whose second half are positive multiples of the first half (and so, after
+/// relu, exact multiples of them): keeping the first half and fusing the rest must reproduce
+/// the network's output on every input, not only on the calibration set.
+#[test]
+fn fusion_is_exact_for_a_reconstructible_layer_network_wide() {
+    let mut mlp = Mlp::init(&[5, 8, 4], Activation::Relu, 3);
+    {
+        let l0 = &mut mlp.layers[0];
+        for i in 4..8 {
+            let scale = 1.0 + i as f32 * 0.25;
+            for j in 0..5 {
+                l0.weight[i * 5 + j] = scale * l0.weight[(i - 4) * 5 + j];
+            }
+            l0.bias[i] = scale * l0.bias[i - 4];
+        }
+    }
+    let x = random_inputs(300, 5, 4);
+    let opts = CompressOptions::new(vec![KeepSpec::Indices(vec![0, 1, 2, 3])]);
+    let (out, report) = compress_mlp(&Backend::Cpu, &mlp, &x, 300, &opts, &mut NoProgress).unwrap();
+    assert_eq!(out.layers[0].out_dim, 4);
+    // The reported error comes from G (accumulated from f32 activations), so its floor is
+    // about the square root of f32 rounding; the network-level check below is the strict one.
+    assert!(
+        report.layers[0].relative_error < 1e-3,
+        "{}",
+        report.layers[0].relative_error
+    );
+    let fresh = random_inputs(50, 5, 99);
+    let diff = max_rel_diff(&mlp.forward(&fresh, 50), &out.forward(&fresh, 50));
+    assert!(diff < 1e-4, "outputs differ by {diff}");
+
+    // Pruning the same neurons instead loses what they carried.
+    let mut prune = opts.clone();
+    prune.fusion = FusionOptions {
+        mode: FusionMode::Prune,
+        ..FusionOptions::default()
+    };
+    let (pruned, _) = compress_mlp(&Backend::Cpu, &mlp, &x, 300, &prune, &mut NoProgress).unwrap();
+    assert!(max_rel_diff(&mlp.forward(&fresh, 50), &pruned.forward(&fresh, 50)) > 1e-2);
+}
+
+#[test]
+fn compressed_model_round_trips_through_safetensors_with_pytorch_names() {
+    let mlp = Mlp::init(&[4, 10, 6, 2], Activation::Tanh, 5);
+    let template = mlp.to_tensors(&Default::default()).unwrap();
+    let x = random_inputs(100, 4, 6);
+    let mut opts = CompressOptions::new(vec![KeepSpec::Ratio(0.5)]);
+    opts.beta = Beta::Median;
+    let (out, _) = compress_mlp(&Backend::Cpu, &mlp, &x, 100, &opts, &mut NoProgress).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("out.safetensors");
+    write_safetensors(&path, &out.to_tensors(&template).unwrap()).unwrap();
+    let back = read_safetensors(&path).unwrap();
+    // safetensors stores tensors sorted, so compare the sets of names.
+    let mut names: Vec<&str> = back.tensors.iter().map(|(n, _)| n.as_str()).collect();
+    let mut template_names: Vec<&str> = template.tensors.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort_unstable();
+    template_names.sort_unstable();
+    assert_eq!(names, template_names);
+    let reread = Mlp::from_tensors(&back, None, Activation::Tanh).unwrap();
+    let dims: Vec<usize> = reread.layers.iter().map(|l| l.out_dim).collect();
+    assert_eq!(dims, vec![5, 3, 2]);
+    let diff = max_rel_diff(&out.forward(&x, 100), &reread.forward(&x, 100));
+    assert!(diff < 1e-6);
+}
+
+#[test]
+fn bad_keep_requests_are_errors() {
+    let mlp = Mlp::init(&[3, 6, 2], Activation::Relu, 7);
+    let x = random_inputs(40, 3, 8);
+    for keep in [
+        KeepSpec::Count(7),
+        KeepSpec::Count(0),
+        KeepSpec::Ratio(1.5),
+        KeepSpec::Indices(vec![1, 1]),
+        KeepSpec::Indices(vec![6]),
+        KeepSpec::Indices(vec![]),
+    ] {
+        let opts = CompressOptions::new(vec![keep.clone()]);
+        assert!(
+            compress_mlp(&Backend::Cpu, &mlp, &x, 40, &opts, &mut NoProgress).is_err(),
+            "{keep:?} accepted"
+        );
+    }
+    let opts = CompressOptions::new(vec![KeepSpec::Count(2), KeepSpec::Count(2)]);
+    assert!(compress_mlp(&Backend::Cpu, &mlp, &x, 40, &opts, &mut NoProgress).is_err());
+}
+
+#[test]
+fn experiment_runs_on_a_reduced_grid() {
+    // A separable toy problem so that accuracies mean something.
+    let (d, m) = (8, 400);
+    let x = random_inputs(m, d, 11);
+    let labels: Vec<u32> = x.chunks(d).map(|r| (r[0] + r[1] > 0.0) as u32).collect();
+    let mut mlp = Mlp::init(&[d, 16, 12, 2], Activation::Relu, 12);
+    let cfg = divnet::model::TrainConfig {
+        epochs: 30,
+        batch_size: 32,
+        learning_rate: 1e-2,
+        optimizer: divnet::model::Optimizer::Adam,
+        seed: 0,
+    };
+    divnet::model::train(&mut mlp, &x, m, &labels, &cfg, &mut |_, _| {}, &mut |_| {}).unwrap();
+    let data = ExperimentData {
+        model: &mlp,
+        calibration: &x[..200 * d],
+        calibration_labels: &labels[..200],
+        test: &x[200 * d..],
+        test_labels: &labels[200..],
+    };
+    let cfg = ExperimentConfig {
+        sizes: vec![3, 6],
+        seeds: 2,
+        beta: Beta::Paper,
+        eps: 1e-6,
+        chunk_rows: 64,
+        heatmap_size: 6,
+        one_layer_at_a_time: true,
+        finetune_size: Some(6),
+    };
+    let r = run_experiment(&Backend::Cpu, &data, &cfg, &mut NoProgress).unwrap();
+    assert!(
+        r.full_accuracy > 0.8,
+        "toy network failed to train: {}",
+        r.full_accuracy
+    );
+    assert_eq!(r.curves.len(), 3 * VARIANTS.len());
+    for c in &r.curves {
+        assert_eq!(c.points.len(), 2);
+        for p in &c.points {
+            let draws = if c.variant.method.is_random() { 2 } else { 1 };
+            assert_eq!(p.accuracies.len(), draws, "{}", c.label);
+            assert!(p.accuracies.iter().all(|a| (0.0..=1.0).contains(a)));
+        }
+    }
+    assert_eq!(r.heatmaps.len(), 2);
+    assert_eq!(r.heatmaps[0].values.len(), 36);
+    assert_eq!(r.diversity.len(), 2);
+    let ft = r.finetune.expect("fine-tune requested");
+    assert!((0.0..=1.0).contains(&ft.after));
+}

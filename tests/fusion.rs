@@ -1,0 +1,498 @@
+//! Fusion against independent references: least squares by QR of the activations
+//! themselves, the next layer's pre-activations computed explicitly from A.
+
+use divnet::fusion::{fuse_next_layer, FusedLayer, FusionMode, FusionOptions, NextLayer};
+use divnet::kernel::GramStats;
+use divnet::{Backend, Error};
+use faer::linalg::solvers::SolveLstsq;
+use faer::Mat;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Activations A (m x n) and a next layer (W n_out x n, b).
+struct Case {
+    a: Mat<f64>,
+    w: Vec<f32>,
+    b: Vec<f32>,
+    n_out: usize,
+}
+
+impl Case {
+    fn random(m: usize, n: usize, n_out: usize, seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        // ReLU-like activations: non-negative, non-zero mean, as a real layer gives.
+        let a = Mat::from_fn(m, n, |_, _| rng.random::<f64>().max(0.2) - 0.1);
+        Self::with_activations(a, n_out, seed + 1)
+    }
+
+    fn with_activations(a: Mat<f64>, n_out: usize, seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let n = a.ncols();
+        let w = (0..n_out * n)
+            .map(|_| rng.random_range(-1.0f32..1.0))
+            .collect();
+        let b = (0..n_out).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        Self { a, w, b, n_out }
+    }
+
+    fn n(&self) -> usize {
+        self.a.ncols()
+    }
+
+    /// G and s by naive f64 loops: independent of the crate's accumulators.
+    fn stats(&self) -> GramStats {
+        let (m, n) = (self.a.nrows(), self.a.ncols());
+        let mut gram = Mat::<f64>::zeros(n, n);
+        for i in 0..n {
+            for j in 0..n {
+                gram[(i, j)] = (0..m).map(|t| self.a[(t, i)] * self.a[(t, j)]).sum();
+            }
+        }
+        let col_sums = (0..n)
+            .map(|i| (0..m).map(|t| self.a[(t, i)]).sum())
+            .collect();
+        GramStats {
+            gram,
+            col_sums,
+            samples: m,
+        }
+    }
+
+    fn next(&self) -> NextLayer<'_> {
+        NextLayer {
+            weight: &self.w,
+            bias: Some(&self.b),
+            n_out: self.n_out,
+            n_in: self.n(),
+        }
+    }
+
+    /// Z = A W^T + b over the calibration set (m x n_out).
+    fn z(&self) -> Mat<f64> {
+        let n = self.n();
+        Mat::from_fn(self.a.nrows(), self.n_out, |t, o| {
+            self.b[o] as f64
+                + (0..n)
+                    .map(|i| self.a[(t, i)] * self.w[o * n + i] as f64)
+                    .sum::<f64>()
+        })
+    }
+
+    /// Z' = A_Y W'^T + b' for a fused layer.
+    fn z_fused(&self, keep: &[usize], f: &FusedLayer) -> Mat<f64> {
+        let k = keep.len();
+        Mat::from_fn(self.a.nrows(), self.n_out, |t, o| {
+            f.bias[o] as f64
+                + keep
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &y)| self.a[(t, y)] * f.weight[o * k + i] as f64)
+                    .sum::<f64>()
+        })
+    }
+
+    /// The reference fusion: least squares of A_P on [A_Y, 1] (or A_Y) by QR, then
+    /// W'_Y = W_Y + W_P C_top^T and b' = b + W_P c_last. Returns (W' n_out x k, b').
+    fn reference(&self, keep: &[usize], with_bias: bool) -> (Mat<f64>, Vec<f64>) {
+        let n = self.n();
+        let m = self.a.nrows();
+        let k = keep.len();
+        let dropped: Vec<usize> = (0..n).filter(|i| !keep.contains(i)).collect();
+        let cols = if with_bias { k + 1 } else { k };
+        let x = Mat::from_fn(
+            m,
+            cols,
+            |t, j| if j < k { self.a[(t, keep[j])] } else { 1.0 },
+        );
+        let ap = Mat::from_fn(m, dropped.len(), |t, j| self.a[(t, dropped[j])]);
+        let c = x.qr().solve_lstsq(&ap); // cols x |P|
+        let w = |o: usize, i: usize| self.w[o * n + i] as f64;
+        let wy = Mat::from_fn(self.n_out, k, |o, i| {
+            w(o, keep[i])
+                + dropped
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &p)| w(o, p) * c[(i, j)])
+                    .sum::<f64>()
+        });
+        let b = (0..self.n_out)
+            .map(|o| {
+                let extra: f64 = if with_bias {
+                    dropped
+                        .iter()
+                        .enumerate()
+                        .map(|(j, &p)| w(o, p) * c[(k, j)])
+                        .sum()
+                } else {
+                    0.0
+                };
+                self.b[o] as f64 + extra
+            })
+            .collect();
+        (wy, b)
+    }
+}
+
+fn frob_rel(a: &Mat<f64>, b: &Mat<f64>) -> f64 {
+    let mut num = 0.0;
+    let mut den = 0.0;
+    for j in 0..a.ncols() {
+        for i in 0..a.nrows() {
+            num += (a[(i, j)] - b[(i, j)]).powi(2);
+            den += a[(i, j)].powi(2);
+        }
+    }
+    (num / den).sqrt()
+}
+
+fn max_rel_diff(got: &[f32], want: impl Fn(usize) -> f64, len: usize) -> f64 {
+    let scale = (0..len)
+        .map(|i| want(i).abs())
+        .fold(0.0, f64::max)
+        .max(1e-30);
+    (0..len)
+        .map(|i| (got[i] as f64 - want(i)).abs())
+        .fold(0.0, f64::max)
+        / scale
+}
+
+fn opts(mode: FusionMode) -> FusionOptions {
+    FusionOptions {
+        mode,
+        ..FusionOptions::default()
+    }
+}
+
+fn keep_set() -> Vec<usize> {
+    // Unsorted on purpose: output columns follow this order.
+    vec![7, 2, 11, 0, 5, 19, 14, 3, 9]
+}
+
+#[test]
+fn fused_weights_equal_qr_least_squares() {
+    let case = Case::random(120, 24, 10, 1);
+    let keep = keep_set();
+    let k = keep.len();
+    let f = fuse_next_layer(
+        &Backend::Cpu,
+        &case.stats(),
+        &keep,
+        case.next(),
+        &FusionOptions::default(),
+    )
+    .unwrap();
+    let (wy, b) = case.reference(&keep, true);
+    assert_eq!(f.weight.len(), case.n_out * k);
+    let dw = max_rel_diff(&f.weight, |i| wy[(i / k, i % k)], case.n_out * k);
+    let db = max_rel_diff(&f.bias, |o| b[o], case.n_out);
+    assert!(dw < 1e-5, "weights differ from QR least squares by {dw:e}");
+    assert!(db < 1e-5, "bias differs from QR least squares by {db:e}");
+    assert!(f.ridge > 0.0);
+}
+
+#[test]
+fn fuse_without_bias_equals_qr_on_kept_only() {
+    let case = Case::random(120, 24, 10, 2);
+    let keep = keep_set();
+    let k = keep.len();
+    let f = fuse_next_layer(
+        &Backend::Cpu,
+        &case.stats(),
+        &keep,
+        case.next(),
+        &opts(FusionMode::FuseNoBias),
+    )
+    .unwrap();
+    let (wy, _) = case.reference(&keep, false);
+    let dw = max_rel_diff(&f.weight, |i| wy[(i / k, i % k)], case.n_out * k);
+    assert!(dw < 1e-5, "weights differ by {dw:e}");
+    assert_eq!(f.bias, case.b, "FuseNoBias must leave the bias untouched");
+}
+
+#[test]
+fn prune_slices_columns_and_keeps_bias() {
+    let case = Case::random(50, 24, 6, 3);
+    let keep = keep_set();
+    let k = keep.len();
+    let f = fuse_next_layer(
+        &Backend::Cpu,
+        &case.stats(),
+        &keep,
+        case.next(),
+        &opts(FusionMode::Prune),
+    )
+    .unwrap();
+    for o in 0..case.n_out {
+        for (i, &y) in keep.iter().enumerate() {
+            assert_eq!(f.weight[o * k + i], case.w[o * case.n() + y]);
+        }
+    }
+    assert_eq!(f.bias, case.b);
+    assert_eq!(f.ridge, 0.0);
+}
+
+#[test]
+fn reported_error_equals_explicit_reconstruction_error() {
+    let case = Case::random(150, 24, 12, 4);
+    let keep = keep_set();
+    let z = case.z();
+    let mut errors = Vec::new();
+    for mode in [FusionMode::Fuse, FusionMode::FuseNoBias, FusionMode::Prune] {
+        let f = fuse_next_layer(
+            &Backend::Cpu,
+            &case.stats(),
+            &keep,
+            case.next(),
+            &opts(mode),
+        )
+        .unwrap();
+        let explicit = frob_rel(&z, &case.z_fused(&keep, &f));
+        let rel = (f.relative_error - explicit).abs() / explicit;
+        assert!(
+            rel < 1e-4,
+            "{mode:?}: reported {} vs explicit {explicit}",
+            f.relative_error
+        );
+        errors.push(explicit);
+    }
+    // Least squares with the constant is the best of the three on the calibration set.
+    assert!(errors[0] <= errors[1] + 1e-12 && errors[1] <= errors[2] + 1e-12);
+}
+
+#[test]
+fn exact_when_dropped_neurons_are_affine_in_kept_ones() {
+    let (m, n, k) = (80, 20, 8);
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let mut a = Mat::<f64>::zeros(m, n);
+    for t in 0..m {
+        for i in 0..k {
+            a[(t, i)] = rng.random::<f64>();
+        }
+    }
+    // Dropped neurons k..n: random combination of kept ones plus a constant.
+    for p in k..n {
+        let coef: Vec<f64> = (0..k).map(|_| rng.random_range(-1.0..1.0)).collect();
+        let c0 = rng.random_range(-2.0..2.0);
+        for t in 0..m {
+            a[(t, p)] = c0 + (0..k).map(|i| coef[i] * a[(t, i)]).sum::<f64>();
+        }
+    }
+    let case = Case::with_activations(a, 9, 6);
+    let keep: Vec<usize> = (0..k).rev().collect();
+    let f = fuse_next_layer(
+        &Backend::Cpu,
+        &case.stats(),
+        &keep,
+        case.next(),
+        &FusionOptions::default(),
+    )
+    .unwrap();
+    let err = frob_rel(&case.z(), &case.z_fused(&keep, &f));
+    assert!(err < 1e-5, "Z' misses Z by {err:e}");
+    assert!(f.relative_error < 1e-5, "reported {}", f.relative_error);
+}
+
+#[test]
+fn constant_neuron_folds_into_bias() {
+    let mut case = Case::random(60, 12, 5, 7);
+    let (c_neuron, value) = (4, 0.75);
+    for t in 0..case.a.nrows() {
+        case.a[(t, c_neuron)] = value;
+    }
+    let keep: Vec<usize> = (0..12).filter(|&i| i != c_neuron).collect();
+    let k = keep.len();
+    let n = case.n();
+    let f = fuse_next_layer(
+        &Backend::Cpu,
+        &case.stats(),
+        &keep,
+        case.next(),
+        &FusionOptions::default(),
+    )
+    .unwrap();
+    for o in 0..case.n_out {
+        let want = case.b[o] as f64 + value * case.w[o * n + c_neuron] as f64;
+        assert!((f.bias[o] as f64 - want).abs() < 1e-5, "bias {o}");
+        for (i, &y) in keep.iter().enumerate() {
+            let d = (f.weight[o * k + i] - case.w[o * n + y]).abs();
+            assert!(d < 1e-5, "weight ({o}, {y}) moved by {d}");
+        }
+    }
+    assert!(f.relative_error < 1e-5);
+}
+
+#[test]
+fn duplicate_and_dead_kept_neurons_still_solve() {
+    let mut case = Case::random(70, 16, 6, 8);
+    for t in 0..case.a.nrows() {
+        case.a[(t, 1)] = case.a[(t, 0)]; // duplicate of 0
+        case.a[(t, 2)] = 0.0; // dead
+    }
+    let keep = vec![0, 1, 2, 3, 4, 5, 6];
+    // The span of [A_Y, 1] is that of neurons 0, 3..6 and 1: compare with that reference.
+    let reduced = vec![0, 3, 4, 5, 6];
+    for ridge_factor in [FusionOptions::default().ridge_factor, 0.0] {
+        let o = FusionOptions {
+            mode: FusionMode::Fuse,
+            ridge_factor,
+        };
+        let f = fuse_next_layer(&Backend::Cpu, &case.stats(), &keep, case.next(), &o).unwrap();
+        assert!(f.ridge > 0.0, "a singular system needs a positive ridge");
+        assert!(f.weight.iter().chain(&f.bias).all(|v| v.is_finite()));
+        let err = frob_rel(&case.z(), &case.z_fused(&keep, &f));
+        let dedup = fuse_next_layer(
+            &Backend::Cpu,
+            &case.stats(),
+            &reduced,
+            case.next(),
+            &FusionOptions {
+                mode: FusionMode::Fuse,
+                ridge_factor: 0.0,
+            },
+        )
+        .unwrap();
+        let best = frob_rel(&case.z(), &case.z_fused(&reduced, &dedup));
+        assert!(
+            (err - best).abs() < 1e-4 * best.max(1e-3),
+            "ridge factor {ridge_factor}: error {err} vs the least-squares optimum {best}"
+        );
+        assert!((f.relative_error - err).abs() < 1e-4 * err.max(1e-3));
+    }
+}
+
+#[test]
+fn keeping_every_neuron_is_the_identity() {
+    let case = Case::random(40, 10, 4, 9);
+    let keep: Vec<usize> = vec![3, 1, 0, 2, 9, 8, 7, 6, 5, 4];
+    let f = fuse_next_layer(
+        &Backend::Cpu,
+        &case.stats(),
+        &keep,
+        case.next(),
+        &FusionOptions::default(),
+    )
+    .unwrap();
+    for o in 0..case.n_out {
+        for (i, &y) in keep.iter().enumerate() {
+            assert_eq!(f.weight[o * 10 + i], case.w[o * 10 + y]);
+        }
+    }
+    assert_eq!(f.bias, case.b);
+    assert!(f.relative_error < 1e-7);
+}
+
+#[test]
+fn missing_bias_becomes_the_fused_constant() {
+    let case = Case::random(60, 14, 5, 10);
+    let keep = vec![0, 2, 4, 6, 8, 10];
+    let mut next = case.next();
+    next.bias = None;
+    let f = fuse_next_layer(
+        &Backend::Cpu,
+        &case.stats(),
+        &keep,
+        next,
+        &FusionOptions::default(),
+    )
+    .unwrap();
+    let (_, b) = case.reference(&keep, true);
+    let db = max_rel_diff(&f.bias, |o| b[o] - case.b[o] as f64, case.n_out);
+    assert!(db < 1e-5, "{db:e}");
+}
+
+#[test]
+fn invalid_inputs_are_errors() {
+    let case = Case::random(20, 8, 3, 11);
+    let stats = case.stats();
+    let o = FusionOptions::default();
+    let fuse = |keep: &[usize], next: NextLayer<'_>, o: &FusionOptions| {
+        fuse_next_layer(&Backend::Cpu, &stats, keep, next, o)
+    };
+    let invalid = |r: divnet::Result<FusedLayer>, what: &str| match r {
+        Err(Error::InvalidInput(msg)) => assert!(msg.contains(what), "{msg:?} lacks {what:?}"),
+        other => panic!("expected InvalidInput({what}), got {other:?}"),
+    };
+    invalid(fuse(&[], case.next(), &o), "empty");
+    invalid(fuse(&[1, 3, 1], case.next(), &o), "twice");
+    invalid(fuse(&[1, 8], case.next(), &o), "out of range");
+    let mut next = case.next();
+    next.n_in = 7;
+    next.weight = &case.w[..21];
+    invalid(fuse(&[1], next, &o), "8 neurons");
+    let mut next = case.next();
+    next.weight = &case.w[..20];
+    invalid(fuse(&[1], next, &o), "weight has 20 values");
+    let mut next = case.next();
+    next.bias = Some(&case.b[..2]);
+    invalid(fuse(&[1], next, &o), "bias has 2 values");
+    let bad = FusionOptions {
+        ridge_factor: -1.0,
+        ..o
+    };
+    invalid(fuse(&[1], case.next(), &bad), "ridge");
+    let mut w = case.w.clone();
+    w[5] = f32::NAN;
+    let mut next = case.next();
+    next.weight = &w;
+    invalid(fuse(&[1], next, &o), "not finite");
+}
+
+#[test]
+fn gpu_assembly_equals_cpu_twin() {
+    let Some(ctx) = divnet::gpu::test_context() else {
+        return;
+    };
+    // Blocks of 8 KiB: W~ and G~ in several blocks, output tiles partly filled.
+    let ctx = ctx.with_max_block_bytes(8192);
+    let case = Case::random(90, 70, 150, 12);
+    let stats = case.stats();
+    let keep: Vec<usize> = (0..70).filter(|i| i % 3 != 1).rev().collect();
+    let dropped: Vec<usize> = (0..70).filter(|i| i % 3 == 1).collect();
+    let cpu = divnet::cpu::fusion::assemble(&stats, &keep, &dropped, case.next()).unwrap();
+    let gpu = divnet::gpu::fusion::assemble(&ctx, &stats, &keep, &dropped, case.next()).unwrap();
+    assert_eq!(gpu.rhs.nrows(), keep.len() + 1);
+    assert_eq!(gpu.rhs.ncols(), case.n_out);
+    let d = frob_rel(&cpu.rhs, &gpu.rhs);
+    assert!(d < 1e-5, "R differs by {d:e}");
+    let max_abs = (0..cpu.rhs.ncols())
+        .flat_map(|j| (0..cpu.rhs.nrows()).map(move |i| (i, j)))
+        .map(|(i, j)| (cpu.rhs[(i, j)] - gpu.rhs[(i, j)]).abs())
+        .fold(0.0, f64::max);
+    assert!(
+        max_abs < 1e-4 * cpu.rhs.norm_max(),
+        "R entry off by {max_abs}"
+    );
+    for (name, c, g) in [
+        ("kept", cpu.kept_energy, gpu.kept_energy),
+        ("dropped", cpu.dropped_energy, gpu.dropped_energy),
+    ] {
+        assert!((c - g).abs() < 1e-5 * c.abs(), "{name} energy {g} vs {c}");
+    }
+    assert_eq!(cpu.lhs, gpu.lhs);
+
+    // End to end: fused weights from the GPU assembly match the CPU ones.
+    let backend = Backend::Gpu(std::sync::Arc::new(ctx));
+    let o = FusionOptions::default();
+    let fc = fuse_next_layer(&Backend::Cpu, &stats, &keep, case.next(), &o).unwrap();
+    let fg = fuse_next_layer(&backend, &stats, &keep, case.next(), &o).unwrap();
+    let dw = max_rel_diff(&fg.weight, |i| fc.weight[i] as f64, fc.weight.len());
+    assert!(dw < 1e-4, "fused weights differ by {dw:e}");
+    assert!((fg.relative_error - fc.relative_error).abs() < 1e-3 * fc.relative_error);
+
+    // Nothing dropped: no right-hand side product, identity fusion.
+    let all: Vec<usize> = (0..70).collect();
+    let f = fuse_next_layer(&backend, &stats, &all, case.next(), &o).unwrap();
+    assert_eq!(f.weight, case.w);
+}
+
+#[test]
+fn shader_parses_and_validates() {
+    let source = include_str!("../shaders/fusion.wgsl");
+    let module = naga::front::wgsl::parse_str(source).expect("fusion.wgsl parses");
+    naga::valid::Validator::new(
+        naga::valid::ValidationFlags::all(),
+        naga::valid::Capabilities::empty(),
+    )
+    .validate(&module)
+    .expect("fusion.wgsl validates");
+}
