@@ -118,3 +118,56 @@ fn bad_input_is_one_line_and_exit_2() {
         "missing.npy",
     );
 }
+
+#[test]
+fn activations_give_the_same_draws_as_their_kernel() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, n) = (40usize, 12usize);
+    let acts: Vec<f32> = (0..m * n)
+        .map(|t| ((t * 7919 % 97) as f32 / 97.0 - 0.5) * (1.0 + (t % n) as f32 / 4.0))
+        .collect();
+    let a = dir.path().join("A.npy");
+    write_npy(&a, &[m, n], &acts).unwrap();
+    let l = dir.path().join("L.npy");
+    let made = Command::new(env!("CARGO_BIN_EXE_divnet"))
+        .args([
+            "kernel",
+            "--activations",
+            a.to_str().unwrap(),
+            "--backend",
+            "cpu",
+        ])
+        .args(["--beta", "median", "--out", l.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+
+    let common = ["-k", "4", "--samples", "3", "--seed", "5"];
+    let from_acts = divnet(
+        &[
+            &[
+                "--activations",
+                a.to_str().unwrap(),
+                "--beta",
+                "median",
+                "--backend",
+                "cpu",
+            ][..],
+            &common[..],
+        ]
+        .concat(),
+    );
+    assert!(
+        from_acts.status.success(),
+        "{}",
+        String::from_utf8_lossy(&from_acts.stderr)
+    );
+    let from_kernel = divnet(&[&["--kernel", l.to_str().unwrap()][..], &common[..]].concat());
+    assert!(from_kernel.status.success());
+    assert_eq!(lines(&from_acts).len(), 3);
+    assert_eq!(from_acts.stdout, from_kernel.stdout);
+}

@@ -6,14 +6,17 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use divnet::dpp::{greedy_map, DppSampler, GreedyStop, KDppSampler, Spectrum};
-use divnet::io::{atomic::write_atomic, npy::read_matrix};
-use divnet::kernel::Beta;
+use divnet::io::{
+    atomic::write_atomic,
+    npy::{read_matrix, NpyData},
+};
+use divnet::kernel::{rbf_kernel, ActivationRows, Beta};
 use divnet::Error;
 use faer::Mat;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::common::{progress_bar, BackendArg, StageTimer};
+use crate::common::{progress_bar, select_backend, BackendArg, StageTimer};
 
 /// Arguments.
 #[derive(clap::Args)]
@@ -29,7 +32,8 @@ pub struct Args {
     /// RBF bandwidth for --activations: paper (10 / m), median, or a positive number.
     #[arg(long, default_value = "paper", requires = "activations")]
     beta: Beta,
-    /// Added to the kernel's diagonal for --activations, so that it is positive definite.
+    /// Added to the kernel's diagonal for --activations, so that it is positive definite
+    /// (as `divnet kernel --eps`).
     #[arg(long, default_value_t = 1e-6, requires = "activations")]
     eps: f64,
     /// Where to build the kernel for --activations.
@@ -66,14 +70,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut timer = StageTimer::default();
     let l = match (&args.kernel, &args.activations) {
         (Some(path), _) => timer.stage("read kernel", || read_kernel(path))?,
-        (None, Some(path)) => {
-            let _ = (args.beta, args.eps, args.backend);
-            bail!(
-                "{}: --activations is not available yet in this build (the RBF kernel \
-                 builder has not landed); build the kernel with `divnet kernel` and pass --kernel",
-                path.display()
-            )
-        }
+        (None, Some(path)) => activation_kernel(path, &args, &mut timer)?,
         (None, None) => unreachable!("clap requires --kernel or --activations"),
     };
     let source = args
@@ -142,6 +139,34 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .context("writing to stdout")?,
     }
     Ok(())
+}
+
+/// The RBF kernel over the neurons of the activations in `path` (samples x neurons).
+fn activation_kernel(path: &Path, args: &Args, timer: &mut StageTimer) -> anyhow::Result<Mat<f64>> {
+    let a = timer.stage("read activations", || read_matrix(path))?;
+    let (m, n) = (a.shape[0], a.shape[1]);
+    eprintln!(
+        "activations: {m} samples x {n} neurons ({:?}) from {}",
+        a.dtype(),
+        path.display()
+    );
+    let backend = select_backend(args.backend)?;
+    let rounded;
+    let rows = match &a.data {
+        NpyData::F16(v) => ActivationRows::F16(v),
+        NpyData::F32(v) => ActivationRows::F32(v),
+        _ => {
+            rounded = a.to_f32();
+            ActivationRows::F32(&rounded)
+        }
+    };
+    let l = timer
+        .stage("rbf kernel", || {
+            rbf_kernel(&backend, rows, n, args.beta, args.eps)
+        })
+        .with_context(|| path.display().to_string())?;
+    eprintln!("beta = {:e} ({:?}), eps = {:e}", l.beta, args.beta, l.eps);
+    Ok(l.matrix)
 }
 
 /// Reads an n x n kernel from an npy file as f64.
