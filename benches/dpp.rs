@@ -1,2 +1,78 @@
-//! Placeholder until its issue lands.
-fn main() {}
+//! DPP engine benchmarks on RBF kernels: eigendecomposition at n in {1000, 2000, 4000},
+//! the first k-DPP sample (ESP ratios + selection + projection) and later samples
+//! (ESP ratios reused) at k = n / 10, and greedy MAP at the same sizes.
+//!
+//! The kernels are also written to `target/dpp-bench/rbf_<n>.npy` so that
+//! `scripts/bench_dpp.py` times numpy and DPPy on exactly the same matrices.
+//! `DPP_BENCH_SIZES=1000,2000` restricts the sizes; `DPP_BENCH_SEQ=1` runs faer
+//! single-threaded (its default is rayon over all cores).
+
+use std::hint::black_box;
+use std::path::PathBuf;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
+use divnet::dpp::{greedy_map, GreedyStop, KDppSampler, Spectrum};
+use faer::Mat;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// exp(-beta ||x_i - x_j||^2) + 1e-3 I over n points uniform in [0, 1]^10, beta = 0.6
+/// (about 1 / median squared distance), fixed seed.
+fn rbf(n: usize) -> Mat<f64> {
+    let dim = 10;
+    let mut rng = ChaCha8Rng::seed_from_u64(2016);
+    let x: Vec<f64> = (0..n * dim).map(|_| rng.random::<f64>()).collect();
+    Mat::from_fn(n, n, |i, j| {
+        let d2: f64 = (0..dim)
+            .map(|t| (x[i * dim + t] - x[j * dim + t]).powi(2))
+            .sum();
+        (-0.6 * d2).exp() + if i == j { 1e-3 } else { 0.0 }
+    })
+}
+
+fn sizes() -> Vec<usize> {
+    std::env::var("DPP_BENCH_SIZES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|t| t.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1000, 2000, 4000])
+}
+
+fn save(n: usize, l: &Mat<f64>) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/dpp-bench");
+    std::fs::create_dir_all(&dir).expect("creating target/dpp-bench");
+    let data: Vec<f64> = (0..n * n).map(|t| l[(t / n, t % n)]).collect();
+    divnet::io::npy::write_npy(&dir.join(format!("rbf_{n}.npy")), &[n, n], &data)
+        .expect("writing the kernel");
+}
+
+fn bench(c: &mut Criterion) {
+    if std::env::var_os("DPP_BENCH_SEQ").is_some() {
+        faer::set_global_parallelism(faer::Par::Seq);
+    }
+    for n in sizes() {
+        let l = rbf(n);
+        save(n, &l);
+        let k = n / 10;
+        let mut g = c.benchmark_group("dpp");
+        g.sample_size(10);
+        g.bench_with_input(BenchmarkId::new("eigendecomposition", n), &n, |b, _| {
+            b.iter(|| Spectrum::new(black_box(l.as_ref())).unwrap())
+        });
+        let spectrum = Spectrum::new(l.as_ref()).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(1);
+        g.bench_with_input(BenchmarkId::new("k_dpp_first_sample", n), &n, |b, _| {
+            b.iter(|| KDppSampler::new(&spectrum, k).unwrap().sample(&mut rng))
+        });
+        let sampler = KDppSampler::new(&spectrum, k).unwrap();
+        g.bench_with_input(BenchmarkId::new("k_dpp_later_sample", n), &n, |b, _| {
+            b.iter(|| sampler.sample(&mut rng))
+        });
+        g.bench_with_input(BenchmarkId::new("greedy_map", n), &n, |b, _| {
+            b.iter(|| greedy_map(black_box(l.as_ref()), GreedyStop::Count(k)).unwrap())
+        });
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -26,10 +26,12 @@ fn det(m: &[Vec<f64>]) -> f64 {
             d = -d;
         }
         d *= a[c][c];
-        for r in c + 1..n {
-            let f = a[r][c] / a[c][c];
-            for j in c..n {
-                a[r][j] -= f * a[c][j];
+        let (top, rest) = a.split_at_mut(c + 1);
+        let pivot = &top[c];
+        for row in rest {
+            let f = row[c] / pivot[c];
+            for (x, p) in row[c..].iter_mut().zip(&pivot[c..]) {
+                *x -= f * p;
             }
         }
     }
@@ -208,13 +210,12 @@ fn inverse(a: &[Vec<f64>]) -> Vec<Vec<f64>> {
         for v in m[c].iter_mut() {
             *v /= piv;
         }
-        for r in 0..n {
-            if r != c {
-                let f = m[r][c];
-                if f != 0.0 {
-                    for j in 0..2 * n {
-                        m[r][j] -= f * m[c][j];
-                    }
+        let pivot = m[c].clone();
+        for (r, row) in m.iter_mut().enumerate() {
+            let f = row[c];
+            if r != c && f != 0.0 {
+                for (x, p) in row.iter_mut().zip(&pivot) {
+                    *x -= f * p;
                 }
             }
         }
@@ -225,7 +226,18 @@ fn inverse(a: &[Vec<f64>]) -> Vec<Vec<f64>> {
 #[test]
 fn dpp_inclusion_frequencies_match_marginal_kernel() {
     let n = 50;
-    let l = rbf(n, 2, 8.0, 1e-3, 11);
+    // A diverse RBF kernel (small samples, one block) and one with large eigenvalues
+    // (samples of about 30 items, drawn over several blocks).
+    for (l, seed) in [
+        (rbf(n, 2, 8.0, 1e-3, 11), 12u64),
+        (random_psd(n, 1.5, 13), 14),
+    ] {
+        check_dpp_marginals(&l, seed);
+    }
+}
+
+fn check_dpp_marginals(l: &Mat<f64>, seed: u64) {
+    let n = l.nrows();
     // K = L (L + I)^-1; its diagonal is P(i in Y).
     let l_plus_i: Vec<Vec<f64>> = (0..n)
         .map(|i| {
@@ -245,7 +257,7 @@ fn dpp_inclusion_frequencies_match_marginal_kernel() {
     let draws = 6000;
     let mut hits = vec![0usize; n];
     let mut total = 0usize;
-    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     for _ in 0..draws {
         let y = sampler.sample(&mut rng);
         total += y.len();

@@ -61,11 +61,11 @@ impl EspRatios {
         let n_checkpoints = (m - 1) / stride + 1;
         let mut checkpoints = Vec::with_capacity(n_checkpoints * k);
         let mut col = vec![0.0; k];
-        for j in 0..m {
+        for (j, &lambda) in lambdas.iter().enumerate() {
             if j % stride == 0 {
                 checkpoints.extend_from_slice(&col);
             }
-            advance(&mut col, j, lambdas[j]);
+            advance(&mut col, j, lambda);
         }
         EspRatios {
             lambdas,
@@ -104,20 +104,26 @@ impl EspRatios {
         'blocks: for c in (0..n_blocks).rev() {
             let first = c * self.stride;
             let last = ((c + 1) * self.stride).min(m);
-            block.clear();
-            block.extend_from_slice(&self.checkpoints[c * self.k..(c + 1) * self.k]);
-            for j in first + 1..last {
-                let start = block.len() - self.k;
-                block.extend_from_within(start..);
-                let col_start = block.len() - self.k;
-                advance(&mut block[col_start..], j - 1, self.lambdas[j - 1]);
-            }
+            // With stride 1 every column is a checkpoint: read them in place.
+            let cols: &[f64] = if self.stride == 1 {
+                &self.checkpoints[c * self.k..(c + 1) * self.k]
+            } else {
+                block.clear();
+                block.extend_from_slice(&self.checkpoints[c * self.k..(c + 1) * self.k]);
+                for j in first + 1..last {
+                    let start = block.len() - self.k;
+                    block.extend_from_within(start..);
+                    let col_start = block.len() - self.k;
+                    advance(&mut block[col_start..], j - 1, self.lambdas[j - 1]);
+                }
+                &block
+            };
             for col in (first..last).rev() {
                 // The step for eigenvalue index `col` (0-based) reads column `col`.
                 let q = if l > col {
                     0.0
                 } else {
-                    block[(col - first) * self.k + l - 1]
+                    cols[(col - first) * self.k + l - 1]
                 };
                 let lambda = self.lambdas[col];
                 let p = lambda / (q + lambda);
@@ -137,12 +143,19 @@ impl EspRatios {
 
 /// Turns column `j` (ratios over the first j eigenvalues) into column `j + 1` by adding
 /// `lambda`, in place: descending l, so `col[l - 2]` is still the old `q_{l-1}`.
+///
+/// `(q_l + lambda) / (1 + lambda / q_{l-1})` is evaluated as
+/// `(q_l + lambda) * (q_{l-1} / (q_{l-1} + lambda))`: one division, and the second factor is
+/// in (0, 1], so no intermediate can overflow or underflow where the result does not.
 fn advance(col: &mut [f64], j: usize, lambda: f64) {
     let top = (j + 1).min(col.len());
-    for l in (1..=top).rev() {
+    for l in (2..=top).rev() {
         let q_l = if l > j { 0.0 } else { col[l - 1] };
-        let inv_prev = if l == 1 { 0.0 } else { 1.0 / col[l - 2] };
-        col[l - 1] = (q_l + lambda) / (1.0 + lambda * inv_prev);
+        let q_prev = col[l - 2];
+        col[l - 1] = (q_l + lambda) * (q_prev / (q_prev + lambda));
+    }
+    if top >= 1 {
+        col[0] += lambda;
     }
 }
 

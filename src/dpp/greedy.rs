@@ -68,7 +68,7 @@ pub fn greedy_map(l: MatRef<'_, f64>, stop: GreedyStop) -> Result<Vec<usize>> {
         }
         let Some(j) = best else { break };
         let gain_d2 = d2[j];
-        if !(gain_d2 > tol) {
+        if gain_d2.is_nan() || gain_d2 <= tol {
             if let GreedyStop::Count(k) = stop {
                 return Err(Error::invalid(format!(
                     "k = {k} exceeds the numerical rank {} of the kernel (n = {n}): \

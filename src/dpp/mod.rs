@@ -10,17 +10,17 @@
 //! Every random step draws from a caller-supplied `rand::Rng`; the `sample_*` helpers
 //! seed `rand_chacha::ChaCha8Rng`, so the same seed gives the same subset.
 
-mod dpp;
 mod eigen;
 mod esp;
 mod greedy;
 mod kdpp;
 mod projection;
+mod variable;
 
-pub use dpp::DppSampler;
 pub use eigen::Spectrum;
 pub use greedy::{greedy_map, GreedyStop};
 pub use kdpp::KDppSampler;
+pub use variable::DppSampler;
 
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;

@@ -15,8 +15,9 @@
 //! `d^t_i` (the exact current value) needs only the block's own picks: with
 //! `g_u = <P_s v_{i_u}, P_s v_i> = <v_{i_u}, v_i> - <W_{i_u}, W_i>` and L the Cholesky factor
 //! of the block picks' Gram matrix in that space, `d^t_i = d^s_i - ||L^-1 g||^2`. Rejection
-//! sampling makes this exact. With `b <= (k - s) / 2` at least half the proposals are
-//! accepted on average. At the block's end the picks are orthonormalised against Q by block
+//! sampling makes this exact; each item's coordinates on the block's picks are cached and
+//! only extended when it is proposed again. [`block_size`] balances the two costs. At the
+//! block's end the picks are orthonormalised against Q by block
 //! Gram-Schmidt, twice (which keeps Q orthonormal to working precision), and `W`, `d` are
 //! updated with one n x k x b product.
 
@@ -46,12 +47,12 @@ pub(crate) fn sample_projection<R: Rng + ?Sized>(
         return Vec::new();
     }
     // Transposed so that each item's row (v_i, W_i) is contiguous.
-    let mut vt = Mat::<f64>::zeros(k, n);
+    let mut v = Mat::<f64>::zeros(n, k);
     for (j, &c) in cols.iter().enumerate() {
-        for (i, &x) in eigenvectors.col(c).iter().enumerate() {
-            vt[(j, i)] = x;
-        }
+        v.col_mut(j).copy_from(eigenvectors.col(c));
     }
+    let vt = v.transpose().to_owned();
+    drop(v);
     let mut wt = Mat::<f64>::zeros(k, n);
     let mut q = Mat::<f64>::zeros(k, k);
     let mut d: Vec<f64> = (0..n)
@@ -60,17 +61,27 @@ pub(crate) fn sample_projection<R: Rng + ?Sized>(
     let mut is_chosen = vec![false; n];
     let mut chosen = Vec::with_capacity(k);
     let mut cdf = vec![0.0f64; n];
-    let mut chol = vec![0.0f64; MAX_BLOCK * MAX_BLOCK];
-    let mut a = vec![0.0f64; MAX_BLOCK];
+    // Per item, its coordinates `a = L^-1 g` on the current block's picks, extended lazily
+    // when the item is proposed again, and their squared norm.
+    let mut cache: Vec<Vec<f64>> = vec![Vec::new(); n];
+    let mut cache_sq = vec![0.0f64; n];
+    let mut touched: Vec<usize> = Vec::new();
     let mut s = 0;
     while s < k {
-        let b = k.saturating_sub(s).div_ceil(2).clamp(1, MAX_BLOCK);
+        let b = block_size(n, k - s);
         let mut acc = 0.0;
         for (c, &di) in cdf.iter_mut().zip(&d) {
             acc += di;
             *c = acc;
         }
         let total = acc;
+        for &i in &touched {
+            cache[i].clear();
+            cache_sq[i] = 0.0;
+        }
+        touched.clear();
+        // Row u of the block's Cholesky factor at u (u + 1) / 2, packed.
+        let mut chol: Vec<f64> = Vec::with_capacity(b * (b + 1) / 2);
         let mut block: Vec<usize> = Vec::with_capacity(b);
         let mut rejections = 0usize;
         while block.len() < b {
@@ -88,19 +99,24 @@ pub(crate) fn sample_projection<R: Rng + ?Sized>(
                 rejections += 1;
                 continue;
             }
-            let ds = d[i];
             let t = block.len();
             let (vi, wi) = (vt.col_as_slice(i), &wt.col_as_slice(i)[..s]);
-            for (u, &iu) in block.iter().enumerate() {
-                let g = dot(vt.col_as_slice(iu), vi) - dot(&wt.col_as_slice(iu)[..s], wi);
-                let row = &chol[u * MAX_BLOCK..u * MAX_BLOCK + u + 1];
-                a[u] = (g - dot(&row[..u], &a[..u])) / row[u];
+            let a = &mut cache[i];
+            if a.is_empty() {
+                touched.push(i);
             }
-            let dt = ds - dot(&a[..t], &a[..t]);
+            for (u, &iu) in block.iter().enumerate().skip(a.len()) {
+                let g = dot(vt.col_as_slice(iu), vi) - dot(&wt.col_as_slice(iu)[..s], wi);
+                let row = &chol[u * (u + 1) / 2..(u + 1) * (u + 2) / 2];
+                let au = (g - dot(&row[..u], a)) / row[u];
+                a.push(au);
+                cache_sq[i] += au * au;
+            }
+            let ds = d[i];
+            let dt = ds - cache_sq[i];
             if forced || (dt > TINY && rng.random::<f64>() * ds < dt) {
-                let row = &mut chol[t * MAX_BLOCK..t * MAX_BLOCK + t + 1];
-                row[..t].copy_from_slice(&a[..t]);
-                row[t] = dt.max(TINY).sqrt();
+                chol.extend_from_slice(&a[..t]);
+                chol.push(dt.max(TINY).sqrt());
                 block.push(i);
                 is_chosen[i] = true;
                 rejections = 0;
@@ -108,15 +124,35 @@ pub(crate) fn sample_projection<R: Rng + ?Sized>(
                 rejections += 1;
             }
         }
-        commit_block(&vt, &mut wt, &mut q, &mut d, s, &block);
-        for &i in &block {
-            d[i] = 0.0;
-        }
         chosen.extend_from_slice(&block);
+        if s + b < k {
+            commit_block(&vt, &mut wt, &mut q, &mut d, s, &block);
+            for &i in &block {
+                d[i] = 0.0;
+            }
+        }
         s += b;
     }
     chosen.sort_unstable();
     chosen
+}
+
+/// How many picks to make before the next full update, with `remaining` still to pick.
+///
+/// A full update costs n k b; a block of b picks without one costs, per proposed item,
+/// O((k + b) b) for its lazily extended coordinates, and a block that finishes the sample
+/// draws about `remaining * H(remaining)` proposals (H the harmonic number, as acceptance
+/// falls to 1 / remaining). When that is at most n / 4, finishing without further updates
+/// is cheaper (the bound 4 is measured: the lazy coordinates are dot products, the full
+/// update one matrix product); otherwise blocks of half the remaining picks (at most [`MAX_BLOCK`]) keep
+/// at least half the proposals accepted on average.
+fn block_size(n: usize, remaining: usize) -> usize {
+    let harmonic: f64 = (1..=remaining).map(|j| 1.0 / j as f64).sum();
+    if 4.0 * remaining as f64 * harmonic <= n as f64 {
+        remaining
+    } else {
+        remaining.div_ceil(2).clamp(1, MAX_BLOCK)
+    }
 }
 
 /// Extends Q by an orthonormal basis of the block's rows (orthogonalised against Q by block
