@@ -158,7 +158,7 @@ pub fn observe_hidden_layer(
     }
     let n = mlp.layers[layer].out_dim;
     let mut acc = if with_distances {
-        Accumulator::Both(LayerStatsAccumulator::new(backend, n)?)
+        Accumulator::Both(Box::new(LayerStatsAccumulator::new(backend, n)?))
     } else {
         Accumulator::Gram(GramAccumulator::new(backend, n)?)
     };
@@ -205,7 +205,7 @@ pub fn observe_hidden_layer(
 
 enum Accumulator {
     Gram(GramAccumulator),
-    Both(LayerStatsAccumulator),
+    Both(Box<LayerStatsAccumulator>),
 }
 
 fn check_hidden(mlp: &Mlp, layer: usize) -> Result<()> {
