@@ -160,7 +160,7 @@ pub fn observe_hidden_layer(
     let mut acc = if with_distances {
         Accumulator::Both(Box::new(LayerStatsAccumulator::new(backend, n)?))
     } else {
-        Accumulator::Gram(GramAccumulator::new(backend, n)?)
+        Accumulator::Gram(Box::new(GramAccumulator::new(backend, n)?))
     };
     // On the GPU backend the forward pass runs there too. A network whose layers do not fit
     // the device's bindings is run on the CPU instead: the forward pass is cheap next to the
@@ -204,7 +204,7 @@ pub fn observe_hidden_layer(
 }
 
 enum Accumulator {
-    Gram(GramAccumulator),
+    Gram(Box<GramAccumulator>),
     Both(Box<LayerStatsAccumulator>),
 }
 
