@@ -16,6 +16,7 @@ use crate::cpu::rbf::CpuDistances;
 use crate::error::{Error, Result};
 use crate::gpu::gram::{Product, StagedProduct};
 use crate::gpu::GpuContext;
+use crate::io::npy::{NpyArray, NpyData};
 
 /// What one pass over a calibration set yields for a layer of n neurons over m samples:
 /// the Gram matrix `G = A^T A` (n x n, f64, both triangles filled) and the column sums
@@ -113,6 +114,22 @@ pub enum ActivationRows<'a> {
     F32(&'a [f32]),
     /// Half precision (uploaded to the GPU as is, two values per 32-bit word).
     F16(&'a [half::f16]),
+}
+
+impl<'a> ActivationRows<'a> {
+    /// The rows of an npy array as the kernels take them: f16 and f32 as stored, any other
+    /// type rounded to f32 into `rounded` (which then holds the data).
+    pub fn from_npy(a: &'a NpyArray, rounded: &'a mut Vec<f32>) -> Self {
+        match &a.data {
+            NpyData::F16(v) => ActivationRows::F16(v),
+            NpyData::F32(v) => ActivationRows::F32(v),
+            _ => {
+                *rounded = a.to_f32();
+                let rounded: &'a Vec<f32> = rounded;
+                ActivationRows::F32(rounded)
+            }
+        }
+    }
 }
 
 impl ActivationRows<'_> {

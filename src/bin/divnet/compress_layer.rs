@@ -8,7 +8,7 @@ use anyhow::{bail, ensure, Context};
 use divnet::compress::{fusion_name, KeepSpec, DEFAULT_EPS};
 use divnet::fusion::{fuse_next_layer, FusionMode, FusionOptions, NextLayer};
 use divnet::io::keep::read_keep_list;
-use divnet::io::npy::{read_matrix, NpyData};
+use divnet::io::npy::read_matrix;
 use divnet::io::safetensors::{read_safetensors, write_safetensors, Tensor, TensorFile};
 use divnet::kernel::{gram_stats, rbf_kernel, ActivationRows, Beta};
 use divnet::model::tensor_name;
@@ -162,15 +162,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
 
     let backend = select_backend(args.backend)?;
-    let rounded;
-    let rows = match &a.data {
-        NpyData::F16(v) => ActivationRows::F16(v),
-        NpyData::F32(v) => ActivationRows::F32(v),
-        _ => {
-            rounded = a.to_f32();
-            ActivationRows::F32(&rounded)
-        }
-    };
+    let mut rounded = Vec::new();
+    let rows = ActivationRows::from_npy(&a, &mut rounded);
     let activations = args.activations.display().to_string();
     let stats = timer
         .stage("gram", || {

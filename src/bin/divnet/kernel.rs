@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use divnet::io::npy::{read_matrix, write_npy, NpyData};
+use divnet::io::npy::{read_matrix, write_npy};
 use divnet::kernel::{gram_stats, rbf_kernel, ActivationRows, Beta};
 
 use crate::common::{select_backend, with_cpu_fallback, BackendArg, StageTimer};
@@ -56,15 +56,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.activations.display()
     );
     let backend = select_backend(args.backend)?;
-    let rounded;
-    let rows = match &a.data {
-        NpyData::F16(v) => ActivationRows::F16(v),
-        NpyData::F32(v) => ActivationRows::F32(v),
-        _ => {
-            rounded = a.to_f32();
-            ActivationRows::F32(&rounded)
-        }
-    };
+    let mut rounded = Vec::new();
+    let rows = ActivationRows::from_npy(&a, &mut rounded);
     let what = format!("{}", args.activations.display());
     let matrix = match args.kind {
         Kind::Gram => {

@@ -6,10 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use divnet::dpp::{greedy_map, DppSampler, GreedyStop, KDppSampler, Spectrum};
-use divnet::io::{
-    atomic::write_atomic,
-    npy::{read_matrix, NpyData},
-};
+use divnet::io::{atomic::write_atomic, npy::read_matrix};
 use divnet::kernel::{rbf_kernel, ActivationRows, Beta};
 use divnet::Error;
 use faer::Mat;
@@ -151,15 +148,8 @@ fn activation_kernel(path: &Path, args: &Args, timer: &mut StageTimer) -> anyhow
         path.display()
     );
     let backend = select_backend(args.backend)?;
-    let rounded;
-    let rows = match &a.data {
-        NpyData::F16(v) => ActivationRows::F16(v),
-        NpyData::F32(v) => ActivationRows::F32(v),
-        _ => {
-            rounded = a.to_f32();
-            ActivationRows::F32(&rounded)
-        }
-    };
+    let mut rounded = Vec::new();
+    let rows = ActivationRows::from_npy(&a, &mut rounded);
     let l = timer
         .stage("rbf kernel", || {
             rbf_kernel(&backend, rows, n, args.beta, args.eps)
