@@ -259,24 +259,35 @@ fn reported_error_equals_explicit_reconstruction_error() {
     assert!(errors[0] <= errors[1] + 1e-12 && errors[1] <= errors[2] + 1e-12);
 }
 
-#[test]
-fn exact_when_dropped_neurons_are_affine_in_kept_ones() {
-    let (m, n, k) = (80, 20, 8);
-    let mut rng = ChaCha8Rng::seed_from_u64(5);
+/// m x n activations whose first k columns are uniform in [0, 1) and whose others are each a
+/// random affine combination of those k, plus uniform noise of amplitude `noise`.
+fn affine_activations(m: usize, n: usize, k: usize, noise: f64, seed: u64) -> Mat<f64> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut a = Mat::<f64>::zeros(m, n);
     for t in 0..m {
         for i in 0..k {
             a[(t, i)] = rng.random::<f64>();
         }
     }
-    // Dropped neurons k..n: random combination of kept ones plus a constant.
     for p in k..n {
         let coef: Vec<f64> = (0..k).map(|_| rng.random_range(-1.0..1.0)).collect();
         let c0 = rng.random_range(-2.0..2.0);
         for t in 0..m {
-            a[(t, p)] = c0 + (0..k).map(|i| coef[i] * a[(t, i)]).sum::<f64>();
+            let exact = c0 + (0..k).map(|i| coef[i] * a[(t, i)]).sum::<f64>();
+            a[(t, p)] = if noise > 0.0 {
+                exact + noise * rng.random::<f64>()
+            } else {
+                exact
+            };
         }
     }
+    a
+}
+
+#[test]
+fn exact_when_dropped_neurons_are_affine_in_kept_ones() {
+    let k = 8;
+    let a = affine_activations(80, 20, k, 0.0, 5);
     let case = Case::with_activations(a, 9, 6);
     let keep: Vec<usize> = (0..k).rev().collect();
     let f = fuse_next_layer(
@@ -506,22 +517,8 @@ fn gpu_reported_error_resolves_small_errors() {
     let backend = Backend::Gpu(std::sync::Arc::new(ctx));
     // Dropped neurons affine in the kept ones up to noise 1e-4: a true error ~1e-5, which
     // is a difference of energies ~1e10 times larger than its square.
-    let (m, n, k) = (200, 60, 20);
-    let mut rng = ChaCha8Rng::seed_from_u64(13);
-    let mut a = Mat::<f64>::zeros(m, n);
-    for t in 0..m {
-        for i in 0..k {
-            a[(t, i)] = rng.random::<f64>();
-        }
-    }
-    for p in k..n {
-        let coef: Vec<f64> = (0..k).map(|_| rng.random_range(-1.0..1.0)).collect();
-        let c0 = rng.random_range(-2.0..2.0);
-        for t in 0..m {
-            a[(t, p)] =
-                c0 + 1e-4 * rng.random::<f64>() + (0..k).map(|i| coef[i] * a[(t, i)]).sum::<f64>();
-        }
-    }
+    let k = 20;
+    let a = affine_activations(200, 60, k, 1e-4, 13);
     let case = Case::with_activations(a, 40, 14);
     let keep: Vec<usize> = (0..k).collect();
     let o = FusionOptions::default();
