@@ -332,32 +332,22 @@ impl LayerStatsAccumulator {
 
     /// The Gram statistics and the distances.
     pub fn finish(self) -> Result<(GramStats, Distances)> {
-        match self.engine {
+        let ((gram, col_sums, samples), squared) = match self.engine {
             Engine::Cpu(c) => {
-                let (gram, col_sums, samples) = c.finish();
-                let squared = crate::cpu::rbf::squared_distances_from_gram(&gram);
-                Ok((
-                    GramStats {
-                        gram,
-                        col_sums,
-                        samples,
-                    },
-                    Distances { squared, samples },
-                ))
+                let stats = c.finish();
+                let squared = crate::cpu::rbf::squared_distances_from_gram(&stats.0);
+                (stats, squared)
             }
-            Engine::Gpu(ctx, (g, d)) => {
-                let (gram, col_sums, samples) = g.finish(&ctx)?;
-                let (squared, _, _) = d.finish(&ctx)?;
-                Ok((
-                    GramStats {
-                        gram,
-                        col_sums,
-                        samples,
-                    },
-                    Distances { squared, samples },
-                ))
-            }
-        }
+            Engine::Gpu(ctx, (g, d)) => (g.finish(&ctx)?, d.finish(&ctx)?.0),
+        };
+        Ok((
+            GramStats {
+                gram,
+                col_sums,
+                samples,
+            },
+            Distances { squared, samples },
+        ))
     }
 }
 
