@@ -149,24 +149,37 @@ impl ActivationRows<'_> {
     /// The number of whole rows of `n` values; an error when the length is not a multiple
     /// of `n` or a value is not finite.
     pub fn row_count(&self, n: usize) -> Result<usize> {
+        let count = self.whole_rows(n)?;
+        self.check_finite(n)?;
+        Ok(count)
+    }
+
+    /// The number of whole rows of `n` values; an error when the length is not a multiple
+    /// of `n`. Values are not looked at.
+    pub(crate) fn whole_rows(&self, n: usize) -> Result<usize> {
         let len = self.len();
         if n == 0 || len % n != 0 {
             return Err(Error::invalid(format!(
                 "{len} activation values are not whole rows of n = {n}"
             )));
         }
+        Ok(len / n)
+    }
+
+    /// An error naming the first value that is not finite (row and neuron), if any.
+    pub(crate) fn check_finite(&self, n: usize) -> Result<()> {
         let bad = match self {
             ActivationRows::F32(v) => v.iter().position(|x| !x.is_finite()),
             ActivationRows::F16(v) => v.iter().position(|x| !x.is_finite()),
         };
-        if let Some(k) = bad {
-            return Err(Error::invalid(format!(
+        match bad {
+            Some(k) => Err(Error::invalid(format!(
                 "activation at row {}, neuron {} is not finite",
                 k / n,
                 k % n
-            )));
+            ))),
+            None => Ok(()),
         }
-        Ok(len / n)
     }
 }
 

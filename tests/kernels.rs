@@ -174,6 +174,23 @@ fn odd_sizes_match_reference_on_every_backend() {
 }
 
 #[test]
+fn cpu_gram_over_threads_and_product_chunks() {
+    // The CPU Gram's own structure: 9000 rows pass its 8192-row product chunk (two
+    // products, the second added to the first, then the mirror), m >= 512 splits the rows
+    // across threads, and n = 260 fills the first product's output from two threads.
+    // Pushed whole (one-chunk fast path for the first 8192 rows), then in uneven pieces.
+    let (m, n) = (9000, 260);
+    let a = random(m, n, 0.1, 1.0, 99);
+    let stats = gram_stats(&Backend::Cpu, ActivationRows::F32(&a), n).unwrap();
+    check_gram(&stats, &a, m, n, "cpu whole");
+    let single = gram_stats(&Backend::Cpu, ActivationRows::F32(&a[..600 * n]), n).unwrap();
+    check_gram(&single, &a[..600 * n], 600, n, "cpu one chunk");
+    let (g, d) = accumulate(&Backend::Cpu, &a, m, n, &[5000, 1, 2999]);
+    check_gram(&g, &a, m, n, "cpu pieces");
+    check_dist(&d, &a, m, n, "cpu pieces");
+}
+
+#[test]
 fn layer_wider_than_one_block_and_chunk() {
     let Some(ctx) = test_context() else { return };
     // 40 x 40 blocks: not a multiple of the 64-wide tile, and chunks of ~20 rows whose

@@ -2,7 +2,7 @@
 //! the lower triangle, like BLAS syrk), chunk results added in f64.
 
 use faer::linalg::matmul::triangular::{matmul, BlockStructure};
-use faer::{Accum, Mat, MatRef, Par};
+use faer::{Accum, Mat, MatMut, MatRef, Par};
 
 use crate::error::{Error, Result};
 use crate::kernel::{ActivationRows, GramStats};
@@ -27,11 +27,18 @@ pub(crate) enum Precision {
 pub(crate) struct CpuGram {
     n: usize,
     precision: Precision,
-    lower: Mat<f64>,
+    /// The sum of the products before the pending one (lower triangle; the upper holds
+    /// the first product's mirror until `finish`).
+    lower: Option<Mat<f64>>,
+    /// The partials hold a product not yet added to `lower`.
+    pending: bool,
     sums: Vec<f64>,
     staged: Vec<f32>,
     staged_rows: usize,
     samples: usize,
+    /// One n x n product per thread, kept between chunks (only the lower triangle is used).
+    partials_f32: Vec<Mat<f32>>,
+    partials_f64: Vec<Mat<f64>>,
 }
 
 impl CpuGram {
@@ -42,11 +49,14 @@ impl CpuGram {
         Ok(Self {
             n,
             precision,
-            lower: Mat::zeros(n, n),
+            lower: None,
+            pending: false,
             sums: vec![0.0; n],
             staged: Vec::new(),
             staged_rows: 0,
             samples: 0,
+            partials_f32: Vec::new(),
+            partials_f64: Vec::new(),
         })
     }
 
@@ -56,23 +66,18 @@ impl CpuGram {
 
     pub(crate) fn push(&mut self, rows: ActivationRows<'_>) -> Result<()> {
         let n = self.n;
-        let count = rows.row_count(n)?;
-        let limit = CHUNK_ROWS.min((CHUNK_ELEMS / n).max(1));
-        for row in 0..count {
-            let sums = self.sums.iter_mut();
-            match rows {
-                ActivationRows::F32(v) => {
-                    for (s, &x) in sums.zip(&v[row * n..(row + 1) * n]) {
-                        *s += x as f64;
-                    }
-                }
-                ActivationRows::F16(v) => {
-                    for (s, x) in sums.zip(&v[row * n..(row + 1) * n]) {
-                        *s += x.to_f64();
-                    }
-                }
-            }
+        let count = rows.whole_rows(n)?;
+        // The column sums double as the finiteness check: finite f32 values summed in f64
+        // cannot overflow (3.4e38 times any row count stays far below 1.8e308), so a sum is
+        // non-finite exactly when a value is. Only then are the values scanned, to name it.
+        let sums = column_sums(rows, n);
+        if sums.iter().any(|s| !s.is_finite()) {
+            rows.check_finite(n)?;
         }
+        for (total, s) in self.sums.iter_mut().zip(&sums) {
+            *total += s;
+        }
+        let limit = CHUNK_ROWS.min((CHUNK_ELEMS / n).max(1));
         let mut r = 0;
         while r < count {
             let take = (limit - self.staged_rows).min(count - r);
@@ -110,36 +115,49 @@ impl CpuGram {
         self.staged_rows = 0;
     }
 
-    /// Adds `A^T A` of `rows` row-major rows to the lower triangle.
+    /// Computes `A^T A` of `rows` row-major rows into the partials, after adding the
+    /// previous chunk's partials to `lower`.
     fn product(&mut self, values: &[f32], rows: usize) {
+        self.add_pending();
         let n = self.n;
         let a = MatRef::from_row_major_slice(values, rows, n);
         match self.precision {
-            Precision::F32 => {
-                for g in lower_products(a) {
-                    add_lower(&mut self.lower, g.as_ref(), |x| x as f64);
-                }
-            }
+            Precision::F32 => lower_products(a, &mut self.partials_f32),
             Precision::F64 => {
                 let a64 = Mat::<f64>::from_fn(rows, n, |i, j| a[(i, j)] as f64);
-                for g in lower_products(a64.as_ref()) {
-                    add_lower(&mut self.lower, g.as_ref(), |x| x);
-                }
+                lower_products(a64.as_ref(), &mut self.partials_f64);
             }
+        }
+        self.pending = true;
+    }
+
+    /// Adds the partials of the last product to `lower`. The first time, `lower` is built
+    /// from them directly (both triangles), so that a one-chunk Gram touches its output
+    /// once.
+    fn add_pending(&mut self) {
+        if !std::mem::take(&mut self.pending) {
+            return;
+        }
+        match (&mut self.lower, self.precision) {
+            (None, Precision::F32) => {
+                self.lower = Some(symmetric_sum(&self.partials_f32, |x| x as f64));
+            }
+            (None, Precision::F64) => self.lower = Some(symmetric_sum(&self.partials_f64, |x| x)),
+            (Some(lower), Precision::F32) => add_lower(lower, &self.partials_f32, |x| x as f64),
+            (Some(lower), Precision::F64) => add_lower(lower, &self.partials_f64, |x| x),
         }
     }
 
     /// The full symmetric `A^T A`, the column sums and m.
     pub(crate) fn finish(mut self) -> (Mat<f64>, Vec<f64>, usize) {
         self.flush();
-        let lower = &self.lower;
-        let g = Mat::from_fn(self.n, self.n, |i, j| {
-            if i >= j {
-                lower[(i, j)]
-            } else {
-                lower[(j, i)]
-            }
-        });
+        let single = self.lower.is_none();
+        self.add_pending();
+        let n = self.n;
+        let mut g = self.lower.unwrap_or_else(|| Mat::zeros(n, n));
+        if !single {
+            mirror_lower(&mut g);
+        }
         (g, self.sums, self.samples)
     }
 }
@@ -157,44 +175,54 @@ pub fn gram_stats(rows: ActivationRows<'_>, n: usize) -> Result<GramStats> {
 }
 
 /// Layers up to this width split the rows across threads; wider ones let faer parallelise
-/// over the output (which it does well there) instead of holding one n x n partial per thread.
-const SPLIT_MAX_N: usize = 4096;
+/// over the output, which it does well there (n = 2048, m = 8192: 217 ms against 247 ms
+/// for two row halves), and hold one n x n partial instead of one per thread.
+const SPLIT_MAX_N: usize = 1024;
 /// Rows per thread at least, so that each partial product stays BLAS-efficient.
 const MIN_ROWS_PER_THREAD: usize = 256;
 
 /// `A^T A` (lower triangle) as a few partial products over row ranges of `a`, one per
-/// thread. faer parallelises a triangular product over its output, which for n of a few
-/// hundred leaves the cores idle (about 4x slower than this at n = 512, m = 8192).
-fn lower_products<T>(a: MatRef<'_, T>) -> Vec<Mat<T>>
+/// thread, written into `out` (resized to the number of parts). faer parallelises a
+/// triangular product over its output, which for n of a few hundred leaves the cores idle
+/// (about 4x slower than this at n = 512, m = 8192).
+fn lower_products<T>(a: MatRef<'_, T>, out: &mut Vec<Mat<T>>)
 where
     T: faer::traits::ComplexField + Send + Sync,
 {
     let (m, n) = (a.nrows(), a.ncols());
-    let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
-    let parts = threads.min(m / MIN_ROWS_PER_THREAD).max(1);
-    if n > SPLIT_MAX_N || parts == 1 {
-        return vec![lower_product(a, Par::rayon(0))];
+    let parts = if n > SPLIT_MAX_N {
+        1
+    } else {
+        threads().min(m / MIN_ROWS_PER_THREAD).max(1)
+    };
+    out.truncate(parts);
+    while out.len() < parts {
+        out.push(Mat::zeros(n, n));
+    }
+    if parts == 1 {
+        lower_product(a, out[0].as_mut(), Par::rayon(0));
+        return;
     }
     let step = m.div_ceil(parts);
     std::thread::scope(|s| {
-        let handles: Vec<_> = (step..m)
-            .step_by(step)
-            .map(|start| {
-                let part = a.subrows(start, step.min(m - start));
-                s.spawn(move || lower_product(part, Par::Seq))
-            })
-            .collect();
-        let mut out = vec![lower_product(a.subrows(0, step.min(m)), Par::Seq)];
-        out.extend(handles.into_iter().map(|h| h.join().expect("Gram thread")));
-        out
-    })
+        let (first, rest) = out.split_first_mut().expect("at least one part");
+        for (t, g) in rest.iter_mut().enumerate() {
+            let start = (t + 1) * step;
+            let part = a.subrows(start, step.min(m - start));
+            s.spawn(move || lower_product(part, g.as_mut(), Par::Seq));
+        }
+        lower_product(a.subrows(0, step), first.as_mut(), Par::Seq);
+    });
 }
 
-fn lower_product<T: faer::traits::ComplexField>(a: MatRef<'_, T>, par: Par) -> Mat<T> {
-    let n = a.ncols();
-    let mut g = Mat::<T>::zeros(n, n);
+fn threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |t| t.get())
+}
+
+/// Overwrites the lower triangle of `g` with that of `a^T a`.
+fn lower_product<T: faer::traits::ComplexField>(a: MatRef<'_, T>, g: MatMut<'_, T>, par: Par) {
     matmul(
-        g.as_mut(),
+        g,
         BlockStructure::TriangularLower,
         Accum::Replace,
         a.transpose(),
@@ -204,13 +232,178 @@ fn lower_product<T: faer::traits::ComplexField>(a: MatRef<'_, T>, par: Par) -> M
         T::one_impl(),
         par,
     );
+}
+
+/// `dst += sum of partials` on the lower triangle, column by column over contiguous slices.
+fn add_lower<T: Copy>(dst: &mut Mat<f64>, partials: &[Mat<T>], to_f64: impl Fn(T) -> f64) {
+    for g in partials {
+        for j in 0..g.ncols() {
+            let src = &contiguous(g.col(j))[j..];
+            let out = &mut contiguous_mut(dst.col_mut(j))[j..];
+            for (d, &x) in out.iter_mut().zip(src) {
+                *d += to_f64(x);
+            }
+        }
+    }
+}
+
+fn contiguous<T>(col: faer::ColRef<'_, T>) -> &[T] {
+    col.try_as_col_major()
+        .expect("faer matrix columns are contiguous")
+        .as_slice()
+}
+
+fn contiguous_mut<T>(col: faer::ColMut<'_, T>) -> &mut [T] {
+    col.try_as_col_major_mut()
+        .expect("faer matrix columns are contiguous")
+        .as_slice_mut()
+}
+
+/// The full symmetric matrix whose lower triangle is the sum of the partials' lower
+/// triangles, in f64.
+///
+/// This is the one pass over a one-chunk Gram's output, so it is where the fresh n x n
+/// memory is first touched: the columns are split across threads, and on Linux the memory
+/// is marked for transparent huge pages first (as numpy does for large arrays). Faulting
+/// in 32 MiB in 4 KiB pages took 17 ms of a 200 ms Gram at n = 2048.
+fn symmetric_sum<T>(partials: &[Mat<T>], to_f64: impl Fn(T) -> f64 + Sync) -> Mat<f64>
+where
+    T: Copy + Sync,
+{
+    let n = partials[0].nrows();
+    let mut g = Mat::<f64>::with_capacity(n, n);
+    #[cfg(target_os = "linux")]
+    advise_huge_pages(g.as_ptr_mut().cast(), n * n * std::mem::size_of::<f64>());
+    // SAFETY: the capacity is n x n; every element is written below before `g` is read or
+    // returned (f64 needs no drop, so no uninitialised value is ever dropped either).
+    unsafe { g.set_dims(n, n) };
+    let stride = g.col_stride() as usize;
+    let out = SendPtr(g.as_ptr_mut());
+    let parts = if n * n >= 1 << 16 { threads() } else { 1 };
+    let fill = |cols: std::ops::Range<usize>| {
+        for j in cols {
+            // SAFETY: column j of g, rows 0..n, lies inside the n x n allocation, and the
+            // threads get disjoint column ranges.
+            let col = unsafe { std::slice::from_raw_parts_mut(out.get().add(j * stride), n) };
+            for (i, v) in col.iter_mut().enumerate() {
+                // Above the diagonal, (i, j) mirrors (j, i): row j of the partials, read
+                // across columns, which consecutive j keep in cache.
+                let (r, c) = if i >= j { (i, j) } else { (j, i) };
+                *v = partials.iter().map(|p| to_f64(p[(r, c)])).sum();
+            }
+        }
+    };
+    if parts == 1 {
+        fill(0..n);
+    } else {
+        let step = n.div_ceil(parts);
+        std::thread::scope(|s| {
+            for start in (step..n).step_by(step) {
+                let fill = &fill;
+                s.spawn(move || fill(start..(start + step).min(n)));
+            }
+            fill(0..step);
+        });
+    }
     g
 }
 
-fn add_lower<T: Copy>(dst: &mut Mat<f64>, g: MatRef<'_, T>, to_f64: impl Fn(T) -> f64) {
-    for j in 0..g.ncols() {
-        for i in j..g.nrows() {
-            dst[(i, j)] += to_f64(g[(i, j)]);
+/// A raw pointer that may cross to the scoped threads writing disjoint parts of its target.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f64);
+// SAFETY: only used by `symmetric_sum`, whose threads write disjoint columns.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(self) -> *mut f64 {
+        self.0
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn advise_huge_pages(start: *mut u8, len: usize) {
+    const PAGE: usize = 4096;
+    let addr = start as usize;
+    let aligned = addr.next_multiple_of(PAGE);
+    let end = (addr + len) / PAGE * PAGE;
+    if end > aligned {
+        // SAFETY: [aligned, end) lies inside an allocation the caller owns and has not
+        // handed out; MADV_HUGEPAGE only changes how pages are backed, never their
+        // contents. A failure (THP disabled, old kernel) is harmless and ignored.
+        unsafe {
+            libc::madvise(
+                aligned as *mut libc::c_void,
+                end - aligned,
+                libc::MADV_HUGEPAGE,
+            );
         }
     }
+}
+
+/// Copies the strict lower triangle of `g` onto the upper one, in square tiles so that
+/// both the reads (down columns) and the writes (along rows) stay in cache.
+fn mirror_lower(g: &mut Mat<f64>) {
+    const TILE: usize = 32;
+    let n = g.nrows();
+    let stride = g.col_stride();
+    let base = g.as_ptr_mut();
+    for jb in (0..n).step_by(TILE) {
+        for ib in (jb..n).step_by(TILE) {
+            for i in ib..(ib + TILE).min(n) {
+                for j in jb..(jb + TILE).min(i) {
+                    // SAFETY: i, j < n and faer's column stride is at least n, so both
+                    // offsets lie inside g's allocation; (i, j) with j < i is read and
+                    // (j, i) written, two distinct elements.
+                    unsafe {
+                        *base.offset(j as isize + i as isize * stride) =
+                            *base.offset(i as isize + j as isize * stride);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `A^T 1` in f64, the rows split across threads when there are enough of them.
+fn column_sums(rows: ActivationRows<'_>, n: usize) -> Vec<f64> {
+    let count = rows.len() / n;
+    let parts = threads().min(count / MIN_ROWS_PER_THREAD).max(1);
+    let step = count.div_ceil(parts).max(1);
+    let partial = |start: usize| {
+        let end = (start + step).min(count);
+        let mut sums = vec![0.0f64; n];
+        match rows {
+            ActivationRows::F32(v) => {
+                for row in v[start * n..end * n].chunks_exact(n) {
+                    for (s, &x) in sums.iter_mut().zip(row) {
+                        *s += x as f64;
+                    }
+                }
+            }
+            ActivationRows::F16(v) => {
+                for row in v[start * n..end * n].chunks_exact(n) {
+                    for (s, x) in sums.iter_mut().zip(row) {
+                        *s += x.to_f64();
+                    }
+                }
+            }
+        }
+        sums
+    };
+    if parts == 1 {
+        return partial(0);
+    }
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (step..count)
+            .step_by(step)
+            .map(|start| s.spawn(move || partial(start)))
+            .collect();
+        let mut sums = partial(0);
+        for h in handles {
+            for (s, x) in sums.iter_mut().zip(h.join().expect("column-sum thread")) {
+                *s += x;
+            }
+        }
+        sums
+    })
 }
