@@ -247,7 +247,7 @@ fn add_lower<T: Copy>(dst: &mut Mat<f64>, partials: &[Mat<T>], to_f64: impl Fn(T
     }
 }
 
-fn contiguous<T>(col: faer::ColRef<'_, T>) -> &[T] {
+pub(crate) fn contiguous<T>(col: faer::ColRef<'_, T>) -> &[T] {
     col.try_as_col_major()
         .expect("faer matrix columns are contiguous")
         .as_slice()

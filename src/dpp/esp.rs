@@ -61,11 +61,13 @@ impl EspRatios {
         let n_checkpoints = (m - 1) / stride + 1;
         let mut checkpoints = Vec::with_capacity(n_checkpoints * k);
         let mut col = vec![0.0; k];
+        let mut next = vec![0.0; k];
         for (j, &lambda) in lambdas.iter().enumerate() {
             if j % stride == 0 {
                 checkpoints.extend_from_slice(&col);
             }
-            advance(&mut col, j, lambda);
+            advance_from(&col, &mut next, j, lambda);
+            std::mem::swap(&mut col, &mut next);
         }
         EspRatios {
             lambdas,
@@ -112,9 +114,9 @@ impl EspRatios {
                 block.extend_from_slice(&self.checkpoints[c * self.k..(c + 1) * self.k]);
                 for j in first + 1..last {
                     let start = block.len() - self.k;
-                    block.extend_from_within(start..);
-                    let col_start = block.len() - self.k;
-                    advance(&mut block[col_start..], j - 1, self.lambdas[j - 1]);
+                    block.resize(start + 2 * self.k, 0.0);
+                    let (prev, next) = block[start..].split_at_mut(self.k);
+                    advance_from(prev, next, j - 1, self.lambdas[j - 1]);
                 }
                 &block
             };
@@ -142,21 +144,49 @@ impl EspRatios {
 }
 
 /// Turns column `j` (ratios over the first j eigenvalues) into column `j + 1` by adding
-/// `lambda`, in place: descending l, so `col[l - 2]` is still the old `q_{l-1}`.
+/// `lambda`, in place.
+#[cfg(test)]
+fn advance(col: &mut [f64], j: usize, lambda: f64) {
+    let prev = col.to_vec();
+    advance_from(&prev, col, j, lambda);
+}
+
+/// Writes column `j + 1` into `next` from column `j` in `prev`, adding `lambda`.
 ///
 /// `(q_l + lambda) / (1 + lambda / q_{l-1})` is evaluated as
 /// `(q_l + lambda) * (q_{l-1} / (q_{l-1} + lambda))`: one division, and the second factor is
-/// in (0, 1], so no intermediate can overflow or underflow where the result does not.
-fn advance(col: &mut [f64], j: usize, lambda: f64) {
-    let top = (j + 1).min(col.len());
-    for l in (2..=top).rev() {
-        let q_l = if l > j { 0.0 } else { col[l - 1] };
-        let q_prev = col[l - 2];
-        col[l - 1] = (q_l + lambda) * (q_prev / (q_prev + lambda));
+/// in (0, 1], so no intermediate can overflow or underflow where the result does not. The
+/// entries for `l > j` are stored as 0, which is the `q_l = 0` the recursion wants there.
+/// Every entry depends on `prev` only, so the loop runs on vectors (AVX2 when the CPU has
+/// it: the divisions dominate the selection table's build).
+fn advance_from(prev: &[f64], next: &mut [f64], j: usize, lambda: f64) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU supports AVX2, the only requirement of `advance_from_avx2`.
+        return unsafe { advance_from_avx2(prev, next, j, lambda) };
     }
-    if top >= 1 {
-        col[0] += lambda;
+    advance_from_portable(prev, next, j, lambda)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn advance_from_avx2(prev: &[f64], next: &mut [f64], j: usize, lambda: f64) {
+    advance_from_portable(prev, next, j, lambda)
+}
+
+#[inline(always)]
+fn advance_from_portable(prev: &[f64], next: &mut [f64], j: usize, lambda: f64) {
+    let k = prev.len();
+    let top = (j + 1).min(k);
+    next[0] = prev[0] + lambda;
+    for ((out, &q), &q_prev) in next[1..top]
+        .iter_mut()
+        .zip(&prev[1..top])
+        .zip(&prev[..top - 1])
+    {
+        *out = (q + lambda) * (q_prev / (q_prev + lambda));
     }
+    next[top..].copy_from_slice(&prev[top..]);
 }
 
 #[cfg(test)]

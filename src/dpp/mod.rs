@@ -16,6 +16,7 @@ mod greedy;
 mod kdpp;
 mod projection;
 mod variable;
+mod vector;
 
 pub use eigen::Spectrum;
 pub use greedy::{greedy_map, GreedyStop};
