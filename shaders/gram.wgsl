@@ -11,6 +11,9 @@
 //
 // The input is bound as words so one binding serves both formats: f32 bit patterns, or f16
 // packed two per u32 (low half = even column), each row padded to a whole number of words.
+// This file is not a module on its own: `load(t, c)` comes from gram_load_f32.wgsl or
+// gram_load_f16.wgsl, appended by the host (src/gpu/gram.rs). Keeping unpack2x16float out
+// of the f32 module lets the f32 kernels run on devices without f16-in-f32 support.
 
 struct Params {
     rows: u32,    // rows in this chunk
@@ -21,8 +24,8 @@ struct Params {
     bj: u32,      // output columns in the block
     base: u32,    // word offset of the chunk's first row within the binding
     stride: u32,  // words per row
-    f16: u32,     // 1 when the input is packed f16
     _pad0: u32,
+    _pad3: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -38,17 +41,6 @@ const SLAB: u32 = 16u;
 // thread at (x, y) reads its four operands with one vec4 load per row.
 var<workgroup> ta: array<vec4<f32>, 256>;
 var<workgroup> tb: array<vec4<f32>, 256>;
-
-fn load(t: u32, c: u32) -> f32 {
-    if t >= p.rows || c >= p.n {
-        return 0.0;
-    }
-    if p.f16 != 0u {
-        let h = unpack2x16float(a[p.base + t * p.stride + c / 2u]);
-        return select(h.x, h.y, (c & 1u) == 1u);
-    }
-    return bitcast<f32>(a[p.base + t * p.stride + c]);
-}
 
 fn load4(t: u32, c: u32) -> vec4<f32> {
     return vec4<f32>(load(t, c), load(t, c + 16u), load(t, c + 32u), load(t, c + 48u));

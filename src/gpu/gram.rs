@@ -11,23 +11,69 @@ use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, ShaderEntry};
 use crate::kernel::{ActivationRows, GramStats};
 
-const SOURCE: &str = include_str!("../../shaders/gram.wgsl");
+/// The kernels with f32 input. The f16 variant is a separate module because
+/// `unpack2x16float` needs f16-in-f32 shader support, which the f32 kernels must not.
+const SOURCE_F32: &str = concat!(
+    include_str!("../../shaders/gram.wgsl"),
+    include_str!("../../shaders/gram_load_f32.wgsl")
+);
+/// The kernels with packed f16 input.
+const SOURCE_F16: &str = concat!(
+    include_str!("../../shaders/gram.wgsl"),
+    include_str!("../../shaders/gram_load_f16.wgsl")
+);
 
-const GRAM: ShaderEntry = ShaderEntry {
-    key: "gram::gram_block",
-    source: SOURCE,
-    entry_point: "gram_block",
+/// The entry points of one input format.
+struct Kernels {
+    gram: ShaderEntry,
+    dist: ShaderEntry,
+    sums: ShaderEntry,
+}
+
+const KERNELS_F32: Kernels = Kernels {
+    gram: ShaderEntry {
+        key: "gram::gram_block::f32",
+        source: SOURCE_F32,
+        entry_point: "gram_block",
+    },
+    dist: ShaderEntry {
+        key: "gram::dist_block::f32",
+        source: SOURCE_F32,
+        entry_point: "dist_block",
+    },
+    sums: ShaderEntry {
+        key: "gram::col_sums::f32",
+        source: SOURCE_F32,
+        entry_point: "col_sums",
+    },
 };
-const DIST: ShaderEntry = ShaderEntry {
-    key: "gram::dist_block",
-    source: SOURCE,
-    entry_point: "dist_block",
+const KERNELS_F16: Kernels = Kernels {
+    gram: ShaderEntry {
+        key: "gram::gram_block::f16",
+        source: SOURCE_F16,
+        entry_point: "gram_block",
+    },
+    dist: ShaderEntry {
+        key: "gram::dist_block::f16",
+        source: SOURCE_F16,
+        entry_point: "dist_block",
+    },
+    sums: ShaderEntry {
+        key: "gram::col_sums::f16",
+        source: SOURCE_F16,
+        entry_point: "col_sums",
+    },
 };
-const SUMS: ShaderEntry = ShaderEntry {
-    key: "gram::col_sums",
-    source: SOURCE,
-    entry_point: "col_sums",
-};
+
+/// The complete WGSL modules of this file, with whether each needs f16-in-f32 support
+/// (for validation in tests).
+#[doc(hidden)]
+pub fn shader_modules() -> [(&'static str, &'static str, bool); 2] {
+    [
+        ("gram f32", SOURCE_F32, false),
+        ("gram f16", SOURCE_F16, true),
+    ]
+}
 
 /// Output tile of one workgroup in `gram.wgsl`.
 const TILE: usize = 64;
@@ -78,8 +124,7 @@ struct Params {
     bj: u32,
     base: u32,
     stride: u32,
-    f16: u32,
-    _pad: [u32; 3],
+    _pad: [u32; 4],
 }
 
 /// Streams row chunks of a row-major `m x n` matrix through the tiled kernel and keeps the
@@ -190,9 +235,13 @@ impl BlockedProduct {
         }
         let out = self.out.as_ref().expect("allocated");
         let params_buf = self.params.as_ref().expect("allocated");
+        let kernels = match format {
+            RowFormat::F32 => &KERNELS_F32,
+            RowFormat::F16 => &KERNELS_F16,
+        };
         let entry = match self.product {
-            Product::Gram => GRAM,
-            Product::Distance => DIST,
+            Product::Gram => kernels.gram,
+            Product::Distance => kernels.dist,
         };
         let pipeline = ctx.pipeline(entry)?;
         let input_binding = wgpu::BufferBinding {
@@ -235,8 +284,7 @@ impl BlockedProduct {
                     bj: bj as u32,
                     base,
                     stride: stride as u32,
-                    f16: (format == RowFormat::F16) as u32,
-                    _pad: [0; 3],
+                    _pad: [0; 4],
                 };
                 ctx.queue()
                     .write_buffer(params_buf, 0, bytemuck::bytes_of(&params));
@@ -246,7 +294,7 @@ impl BlockedProduct {
                 let groups = ctx.checked("binding a chunk", || bind(&pipeline, out))?;
                 let sums_groups = match (&self.sums_buf, first) {
                     (Some(sums), true) => {
-                        let p = ctx.pipeline(SUMS)?;
+                        let p = ctx.pipeline(kernels.sums)?;
                         let g = ctx.checked("binding a chunk", || bind(&p, sums))?;
                         Some((p, g))
                     }
