@@ -1,6 +1,9 @@
 //! Validation of a kernel matrix and its eigendecomposition.
 
-use faer::{Mat, MatRef, Side};
+use faer::diag::Diag;
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::evd;
+use faer::{Mat, MatRef};
 
 use crate::error::{Error, Result};
 
@@ -15,8 +18,8 @@ const SYMMETRY_TOL: f64 = 1e-6;
 const PSD_TOL: f64 = 1e-6;
 
 /// Checks that `l` can be a DPP kernel: square, non-empty, finite and symmetric within
-/// [`SYMMETRY_TOL`]. Returns max |L_ij|.
-pub(crate) fn validate_kernel(l: MatRef<'_, f64>) -> Result<f64> {
+/// [`SYMMETRY_TOL`]. Returns whether it is exactly symmetric.
+pub(crate) fn validate_kernel(l: MatRef<'_, f64>) -> Result<bool> {
     let (rows, cols) = (l.nrows(), l.ncols());
     if rows != cols {
         return Err(Error::invalid(format!(
@@ -39,20 +42,40 @@ pub(crate) fn validate_kernel(l: MatRef<'_, f64>) -> Result<f64> {
         }
     }
     let tol = SYMMETRY_TOL * max_abs;
-    for j in 0..cols {
-        for i in (j + 1)..rows {
-            let diff = (l[(i, j)] - l[(j, i)]).abs();
-            if diff > tol {
-                return Err(Error::invalid(format!(
-                    "kernel is not symmetric: L[{i},{j}] = {} but L[{j},{i}] = {} \
-                     (difference {diff:.3e}, tolerance {tol:.3e})",
-                    l[(i, j)],
-                    l[(j, i)]
-                )));
+    let mut asymmetric = None;
+    let mut exact = true;
+    for_each_strictly_lower(rows, |i, j| {
+        let diff = (l[(i, j)] - l[(j, i)]).abs();
+        exact &= diff == 0.0;
+        if diff > tol && asymmetric.is_none() {
+            asymmetric = Some((i, j, diff));
+        }
+    });
+    if let Some((i, j, diff)) = asymmetric {
+        return Err(Error::invalid(format!(
+            "kernel is not symmetric: L[{i},{j}] = {} but L[{j},{i}] = {} \
+             (difference {diff:.3e}, tolerance {tol:.3e})",
+            l[(i, j)],
+            l[(j, i)]
+        )));
+    }
+    Ok(exact)
+}
+
+/// Calls `f(i, j)` for every `i > j < n`, in 32 x 32 tiles so that reading `(j, i)` next to
+/// `(i, j)` stays in cache (row-wise reads of a column-major n x n matrix otherwise miss
+/// on every element: 0.3 s of 8.6 at n = 4000).
+fn for_each_strictly_lower(n: usize, mut f: impl FnMut(usize, usize)) {
+    const TILE: usize = 32;
+    for jb in (0..n).step_by(TILE) {
+        for ib in (jb..n).step_by(TILE) {
+            for j in jb..(jb + TILE).min(n) {
+                for i in ib.max(j + 1)..(ib + TILE).min(n) {
+                    f(i, j);
+                }
             }
         }
     }
-    Ok(max_abs)
 }
 
 /// Eigendecomposition of a symmetric PSD kernel L (f64), eigenvalues clamped at 0; computed
@@ -77,14 +100,41 @@ impl Spectrum {
     /// `-1e-6 * max |lambda|` mean L is not positive semi-definite (an error); smaller
     /// negative ones are rounding and are clamped at 0.
     pub fn new(l: MatRef<'_, f64>) -> Result<Self> {
-        validate_kernel(l)?;
+        let exactly_symmetric = validate_kernel(l)?;
         let n = l.nrows();
-        let sym = Mat::from_fn(n, n, |i, j| 0.5 * (l[(i, j)] + l[(j, i)]));
-        let evd = sym
-            .self_adjoint_eigen(Side::Lower)
-            .map_err(|e| Error::Numerical(format!("eigendecomposition failed: {e:?}")))?;
-        let mut eigenvalues: Vec<f64> = (0..n).map(|i| evd.S()[i]).collect();
-        let eigenvectors = evd.U().to_owned();
+        // The eigensolver reads the lower triangle only: that of (L + L^T) / 2, which is L's
+        // own when L is exactly symmetric (no n x n copy then).
+        let sym = (!exactly_symmetric).then(|| {
+            let mut sym = l.to_owned();
+            for_each_strictly_lower(n, |i, j| sym[(i, j)] = 0.5 * (l[(i, j)] + l[(j, i)]));
+            sym
+        });
+        let par = faer::get_global_parallelism();
+        let params = Default::default();
+        let mut scratch = MemBuffer::try_new(evd::self_adjoint_evd_scratch::<f64>(
+            n,
+            evd::ComputeEigenvectors::Yes,
+            par,
+            params,
+        ))
+        .map_err(|_| {
+            Error::Numerical(format!(
+                "no memory for the eigensolver's workspace (n = {n})"
+            ))
+        })?;
+        let mut values = Diag::<f64>::zeros(n);
+        let mut eigenvectors = Mat::<f64>::zeros(n, n);
+        evd::self_adjoint_evd(
+            sym.as_ref().map_or(l, |s| s.as_ref()),
+            values.as_mut(),
+            Some(eigenvectors.as_mut()),
+            par,
+            MemStack::new(&mut scratch),
+            params,
+        )
+        .map_err(|e| Error::Numerical(format!("eigendecomposition failed: {e:?}")))?;
+        drop(sym);
+        let mut eigenvalues: Vec<f64> = values.column_vector().iter().copied().collect();
         if eigenvalues.iter().any(|v| !v.is_finite())
             || (0..n).any(|j| eigenvectors.col(j).iter().any(|v| !v.is_finite()))
         {
