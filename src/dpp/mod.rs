@@ -15,6 +15,8 @@ mod esp;
 mod greedy;
 mod kdpp;
 mod projection;
+mod tridiag;
+mod tridiag_eigen;
 mod variable;
 mod vector;
 

@@ -72,6 +72,170 @@ pub(crate) fn sub_scaled(y: &mut [f64], a: f64, x: &[f64]) {
     sub_scaled_portable(y, a, x)
 }
 
+#[inline(always)]
+fn dot_add_scaled_portable(col: &[f64], v: &[f64], y: &mut [f64], a: f64) -> f64 {
+    let n = col.len().min(v.len()).min(y.len());
+    let (col, v, y) = (&col[..n], &v[..n], &mut y[..n]);
+    let mut acc = [0.0f64; LANES];
+    let mut cc = col.chunks_exact(LANES);
+    let mut cv = v.chunks_exact(LANES);
+    let mut cy = y.chunks_exact_mut(LANES);
+    for ((c, x), out) in (&mut cc).zip(&mut cv).zip(&mut cy) {
+        for l in 0..LANES {
+            acc[l] += c[l] * x[l];
+            out[l] += a * c[l];
+        }
+    }
+    let mut tail = 0.0;
+    for ((c, x), out) in cc
+        .remainder()
+        .iter()
+        .zip(cv.remainder())
+        .zip(cy.into_remainder())
+    {
+        tail += c * x;
+        *out += a * c;
+    }
+    (((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))) + tail
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_add_scaled_avx2(col: &[f64], v: &[f64], y: &mut [f64], a: f64) -> f64 {
+    use std::arch::x86_64::*;
+    let n = col.len().min(v.len()).min(y.len());
+    let (pc, pv, py) = (col.as_ptr(), v.as_ptr(), y.as_mut_ptr());
+    let va = _mm256_set1_pd(a);
+    let mut acc0 = _mm256_setzero_pd();
+    let mut acc1 = _mm256_setzero_pd();
+    let mut i = 0;
+    // SAFETY: every offset below is < n, the length of all three slices.
+    while i + 8 <= n {
+        let c0 = _mm256_loadu_pd(pc.add(i));
+        let c1 = _mm256_loadu_pd(pc.add(i + 4));
+        acc0 = _mm256_fmadd_pd(c0, _mm256_loadu_pd(pv.add(i)), acc0);
+        acc1 = _mm256_fmadd_pd(c1, _mm256_loadu_pd(pv.add(i + 4)), acc1);
+        _mm256_storeu_pd(
+            py.add(i),
+            _mm256_fmadd_pd(va, c0, _mm256_loadu_pd(py.add(i))),
+        );
+        _mm256_storeu_pd(
+            py.add(i + 4),
+            _mm256_fmadd_pd(va, c1, _mm256_loadu_pd(py.add(i + 4))),
+        );
+        i += 8;
+    }
+    let mut lanes = [0.0f64; 4];
+    _mm256_storeu_pd(lanes.as_mut_ptr(), _mm256_add_pd(acc0, acc1));
+    let mut sum = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+    while i < n {
+        sum += *pc.add(i) * *pv.add(i);
+        *py.add(i) += a * *pc.add(i);
+        i += 1;
+    }
+    sum
+}
+
+/// `y_i += a col_i` and `sum col_i v_i` in one pass over `col`: one column's share of a
+/// symmetric matrix-vector product stored as a lower triangle.
+#[inline]
+pub(crate) fn dot_add_scaled(col: &[f64], v: &[f64], y: &mut [f64], a: f64) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports AVX2 and FMA, the requirements of `dot_add_scaled_avx2`.
+        return unsafe { dot_add_scaled_avx2(col, v, y, a) };
+    }
+    dot_add_scaled_portable(col, v, y, a)
+}
+
+/// Four columns' share of a symmetric matrix-vector product over rows they all have:
+/// `y_i += sum_c a_c cols_c[i]` and, per column, `sum_i cols_c[i] v_i`. Reading y once
+/// for four columns keeps the product bound by the columns' memory traffic alone.
+#[inline]
+pub(crate) fn dot_add_scaled4(
+    cols: [&[f64]; 4],
+    v: &[f64],
+    y: &mut [f64],
+    a: [f64; 4],
+) -> [f64; 4] {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports AVX2 and FMA, the requirements of `dot_add_scaled4_avx2`.
+        return unsafe { dot_add_scaled4_avx2(cols, v, y, a) };
+    }
+    dot_add_scaled4_portable(cols, v, y, a)
+}
+
+fn dot_add_scaled4_portable(cols: [&[f64]; 4], v: &[f64], y: &mut [f64], a: [f64; 4]) -> [f64; 4] {
+    let mut dots = [0.0; 4];
+    for (i, (yi, &vi)) in y.iter_mut().zip(v).enumerate() {
+        let c = [cols[0][i], cols[1][i], cols[2][i], cols[3][i]];
+        *yi += (a[0] * c[0] + a[1] * c[1]) + (a[2] * c[2] + a[3] * c[3]);
+        for t in 0..4 {
+            dots[t] += c[t] * vi;
+        }
+    }
+    dots
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn dot_add_scaled4_avx2(
+    cols: [&[f64]; 4],
+    v: &[f64],
+    y: &mut [f64],
+    a: [f64; 4],
+) -> [f64; 4] {
+    use std::arch::x86_64::*;
+    let n = y.len().min(v.len());
+    assert!(cols.iter().all(|c| c.len() >= n));
+    let p = [
+        cols[0].as_ptr(),
+        cols[1].as_ptr(),
+        cols[2].as_ptr(),
+        cols[3].as_ptr(),
+    ];
+    let (pv, py) = (v.as_ptr(), y.as_mut_ptr());
+    let va = [
+        _mm256_set1_pd(a[0]),
+        _mm256_set1_pd(a[1]),
+        _mm256_set1_pd(a[2]),
+        _mm256_set1_pd(a[3]),
+    ];
+    let mut acc = [_mm256_setzero_pd(); 4];
+    let mut i = 0;
+    // SAFETY: every offset below is < n, within all six slices (checked above).
+    while i + 4 <= n {
+        let x = _mm256_loadu_pd(pv.add(i));
+        let mut out = _mm256_loadu_pd(py.add(i));
+        for t in 0..4 {
+            let c = _mm256_loadu_pd(p[t].add(i));
+            acc[t] = _mm256_fmadd_pd(c, x, acc[t]);
+            out = _mm256_fmadd_pd(va[t], c, out);
+        }
+        _mm256_storeu_pd(py.add(i), out);
+        i += 4;
+    }
+    let mut dots = [0.0; 4];
+    for t in 0..4 {
+        let mut lanes = [0.0f64; 4];
+        _mm256_storeu_pd(lanes.as_mut_ptr(), acc[t]);
+        dots[t] = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+    }
+    while i < n {
+        let vi = *pv.add(i);
+        let mut yi = *py.add(i);
+        for t in 0..4 {
+            let c = *p[t].add(i);
+            dots[t] += c * vi;
+            yi += a[t] * c;
+        }
+        *py.add(i) = yi;
+        i += 1;
+    }
+    dots
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
