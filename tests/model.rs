@@ -808,6 +808,30 @@ fn train_and_evaluate_commands() {
         vec![6, 12, 3]
     );
 
+    // --classes gives a new model more outputs than the labels use (a class absent from
+    // this training set).
+    let wide = dir.path().join("wide.safetensors");
+    let o = run(&[
+        "train",
+        "--data",
+        &s(&xp),
+        "--labels",
+        &s(&yp),
+        "--hidden",
+        "4",
+        "--classes",
+        "5",
+        "--epochs",
+        "1",
+        "--out",
+        &s(&wide),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        Mlp::load(&wide, None, Activation::Relu).unwrap().dims(),
+        vec![6, 4, 5]
+    );
+
     // Failures: labels that do not match, a model that is not safetensors, a corrupt input.
     let before = std::fs::read(&out).unwrap();
     let short_y = dir.path().join("short.npy");
