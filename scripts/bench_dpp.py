@@ -6,6 +6,11 @@ the Rust figures when criterion's results are present (target/criterion/dpp/...)
     cargo bench --bench dpp          # writes the kernels and the Rust timings
     pip install numpy dppy
     python3 scripts/bench_dpp.py     # [--sizes 1000,2000,4000] [--repeats 3]
+
+Then, unless --no-overflow-check: a k-DPP does not change when L is scaled, so samples from
+L and from 100 L must agree in distribution. At n = 2000, k = 200 the plain ESP recursion
+(DPPy's) overflows for 100 L; the check compares the mean log det(L_Y) of samples from both
+kernels, for DPPy and for `divnet sample` (target/release/divnet, `cargo build --release`).
 """
 
 import argparse
@@ -48,6 +53,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="1000,2000,4000")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-overflow-check", action="store_true")
+    ap.add_argument("--samples", type=int, default=40, help="samples per kernel in the overflow check")
     args = ap.parse_args()
 
     from dppy.finite_dpps import FiniteDPP
@@ -93,6 +100,61 @@ def main():
               f"{fmt(t_dppy)} {fmt(r_first)} {ratio(t_dppy, r_first)} {fmt(r_later)} "
               f"{ratio(t_dppy, r_later)} | {fmt(r_greedy)} | {note}")
     print("seconds; ratio = Python time / Rust time (higher means Rust is faster)")
+    if not args.no_overflow_check:
+        overflow_check(args.samples)
+
+
+def overflow_check(samples, n=2000, scale=100.0):
+    """Mean log det(L_Y) of k-DPP samples from L and from scale * L (the same k-DPP)."""
+    import subprocess
+    from dppy.finite_dpps import FiniteDPP
+    from dppy.exact_sampling import elementary_symmetric_polynomials
+
+    path = ROOT / "target" / "dpp-bench" / f"rbf_{n}.npy"
+    divnet = ROOT / "target" / "release" / "divnet"
+    if not path.exists():
+        print(f"overflow check skipped: {path} is missing")
+        return
+    L = np.load(path)
+    k = n // 10
+    scaled_path = path.with_name(f"rbf_{n}_x{scale:g}.npy")
+    np.save(scaled_path, scale * L)
+
+    def logdet(y):
+        sign, value = np.linalg.slogdet(L[np.ix_(y, y)])
+        return value if sign > 0 else float("-inf")
+
+    def dppy_samples(kernel):
+        vals, vecs = np.linalg.eigh(kernel)
+        vals = np.clip(vals, 0.0, None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            finite = bool(np.all(np.isfinite(elementary_symmetric_polynomials(vals, k))))
+            dpp = FiniteDPP("likelihood", L_eig_dec=(vals, vecs))
+            rng = np.random.RandomState(1)
+            ys = [list(dpp.sample_exact_k_dpp(size=k, mode="GS", random_state=rng)) for _ in range(samples)]
+        return ys, finite
+
+    def divnet_samples(kernel_path):
+        out = subprocess.run(
+            [str(divnet), "sample", "--kernel", str(kernel_path), "-k", str(k),
+             "--samples", str(samples), "--seed", "1"],
+            check=True, capture_output=True, text=True).stdout
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    def summary(ys):
+        v = np.array([logdet(y) for y in ys])
+        return f"{v.mean():9.1f} +- {v.std(ddof=1) / np.sqrt(len(v)):5.1f}"
+
+    print(f"\nscale invariance (n = {n}, k = {k}, {samples} samples each): mean log det(L_Y)")
+    for name, kernel in [("L", L), (f"{scale:g} L", scale * L)]:
+        ys, finite = dppy_samples(kernel)
+        print(f"  DPPy   from {name:>5}: {summary(ys)}   (ESP {'finite' if finite else 'OVERFLOWS'})")
+    if divnet.exists():
+        for name, kp in [("L", path), (f"{scale:g} L", scaled_path)]:
+            print(f"  divnet from {name:>5}: {summary(divnet_samples(kp))}")
+    else:
+        print(f"  divnet: {divnet} is missing (cargo build --release)")
 
 
 if __name__ == "__main__":

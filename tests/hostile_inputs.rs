@@ -753,6 +753,12 @@ impl Case {
     }
 }
 
+/// Removes the `--hidden 3` every train case starts with.
+fn drop_hidden(a: &mut Vec<&'static str>) {
+    let pos = a.iter().position(|&x| x == "--hidden").unwrap();
+    a.drain(pos..pos + 2);
+}
+
 fn train_cases() -> Vec<Case> {
     let t = |name, files: Vec<(&'static str, Input)>, extra: &[&'static str]| {
         let mut args = vec![
@@ -818,9 +824,30 @@ fn train_cases() -> Vec<Case> {
                     ("m.safetensors", b(good_model())),
                 ],
                 &["--init", "@m.safetensors"],
-            ),
+            )
+            .with_args(drop_hidden),
             "@y.npy",
             &["label 4", "3 outputs"],
+        ),
+        no_file(
+            t(
+                "--hidden with --init, whose model has its own widths",
+                vec![
+                    ("y.npy", b(good_labels())),
+                    ("m.safetensors", b(good_model())),
+                ],
+                &["--init", "@m.safetensors"],
+            ),
+            &["--hidden", "--init"],
+        ),
+        blame(
+            t(
+                "--classes below the largest label",
+                vec![("y.npy", b(labels_npy(&[0, 1, 2, 0, 4, 2, 0, 1])))],
+                &["--classes", "3"],
+            ),
+            "@y.npy",
+            &["--classes 3", "label 4"],
         ),
         no_file(
             t(

@@ -787,25 +787,27 @@ fn train_and_evaluate_commands() {
         text.contains(&format!("accuracy {:.4}", want.accuracy)),
         "{text}"
     );
+    // One epoch of `train` with extra arguments: the trained model's layer widths.
+    let trained_dims = |extra: &[&str], name: &str| {
+        let path = dir.path().join(name);
+        let mut args = vec!["train", "--data", xp.to_str().unwrap()];
+        args.extend(["--labels", yp.to_str().unwrap(), "--epochs", "1"]);
+        args.extend(["--out", path.to_str().unwrap()]);
+        args.extend_from_slice(extra);
+        let o = run(&args);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        Mlp::load(&path, None, Activation::Relu).unwrap().dims()
+    };
     // Fine-tuning keeps the names and shapes.
-    let tuned = dir.path().join("tuned.safetensors");
-    let o = run(&[
-        "train",
-        "--init",
-        &s(&out),
-        "--data",
-        &s(&xp),
-        "--labels",
-        &s(&yp),
-        "--epochs",
-        "1",
-        "--out",
-        &s(&tuned),
-    ]);
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_eq!(
-        Mlp::load(&tuned, None, Activation::Relu).unwrap().dims(),
+        trained_dims(&["--init", out.to_str().unwrap()], "tuned.safetensors"),
         vec![6, 12, 3]
+    );
+    // --classes gives a new model more outputs than the labels use (a class absent from
+    // this training set).
+    assert_eq!(
+        trained_dims(&["--hidden", "4", "--classes", "5"], "wide.safetensors"),
+        vec![6, 4, 5]
     );
 
     // Failures: labels that do not match, a model that is not safetensors, a corrupt input.

@@ -21,6 +21,7 @@
 //! Gram-Schmidt, twice (which keeps Q orthonormal to working precision), and `W`, `d` are
 //! updated with one n x k x b product.
 
+use faer::reborrow::*;
 use faer::{linalg::matmul::matmul, Accum, Mat, MatRef, Par};
 use rand::Rng;
 
@@ -59,19 +60,25 @@ pub(crate) fn sample_projection<R: Rng + ?Sized>(
         .iter()
         .map(|&c| contiguous(eigenvectors.col(c)))
         .collect();
-    for i in 0..n {
-        // Row i of k eigenvectors: k cache lines, which the next rows reuse.
-        for (dst, col) in z.col_as_slice_mut(i)[..k].iter_mut().zip(&eig_cols) {
-            *dst = col[i];
+    let mut d = vec![0.0f64; n];
+    // Row i of k eigenvectors into column i of Z, and its squared norm: k cache lines per
+    // item, which the next items reuse. Split across threads like the block updates.
+    let gather = |first: usize, mut zc: faer::MatMut<'_, f64>, d: &mut [f64]| {
+        for (t, di) in d.iter_mut().enumerate() {
+            let col = &mut zc
+                .rb_mut()
+                .col_mut(t)
+                .try_as_col_major_mut()
+                .expect("contiguous")
+                .as_slice_mut()[..k];
+            for (dst, src) in col.iter_mut().zip(&eig_cols) {
+                *dst = src[first + t];
+            }
+            *di = dot(col, col);
         }
-    }
+    };
+    for_item_ranges(z.as_mut(), &mut d, n * k >= 1 << 17, &gather);
     let mut q = Mat::<f64>::zeros(k, k);
-    let mut d: Vec<f64> = (0..n)
-        .map(|i| {
-            let v = &z.col_as_slice(i)[..k];
-            dot(v, v)
-        })
-        .collect();
     let mut is_chosen = vec![false; n];
     let mut chosen = Vec::with_capacity(k);
     let mut cdf = vec![0.0f64; n];
@@ -200,12 +207,6 @@ fn commit_block(
 ) {
     let n = z.ncols();
     let b = block.len();
-    let big = n * k * b > 1 << 22;
-    let par = if big {
-        faer::get_global_parallelism()
-    } else {
-        Par::Seq
-    };
     let mut x = Mat::<f64>::zeros(k, b);
     for (u, &i) in block.iter().enumerate() {
         x.col_as_slice_mut(u)
@@ -234,19 +235,59 @@ fn commit_block(
             *dst = xi * scale;
         }
     }
-    let (v, w) = z.as_mut().split_at_row_mut(k);
-    matmul(
-        w.get_mut(s..s + b, ..),
-        Accum::Replace,
-        q.get(.., s..s + b).transpose(),
-        v.as_ref(),
-        1.0,
-        par,
-    );
-    for (i, di) in d.iter_mut().enumerate() {
-        let w = &z.col_as_slice(i)[k + s..k + s + b];
-        *di = (*di - dot(w, w)).max(0.0);
+    // W's new rows and the residuals, for a range of items. Large blocks split the items
+    // across faer's threads, each with a sequential product: one join per block, where
+    // letting faer parallelise the product synchronised more often (10-15% slower at
+    // n = 2000 to 4000).
+    let basis = q.get(.., s..s + b);
+    let update = |mut zc: faer::MatMut<'_, f64>, d: &mut [f64]| {
+        let (v, w) = zc.rb_mut().split_at_row_mut(k);
+        matmul(
+            w.get_mut(s..s + b, ..),
+            Accum::Replace,
+            basis.transpose(),
+            v.rb(),
+            1.0,
+            Par::Seq,
+        );
+        for (i, di) in d.iter_mut().enumerate() {
+            let w = &zc
+                .rb()
+                .col(i)
+                .try_as_col_major()
+                .expect("contiguous")
+                .as_slice()[k + s..k + s + b];
+            *di = (*di - dot(w, w)).max(0.0);
+        }
+    };
+    for_item_ranges(z.as_mut(), d, n * k * b > 1 << 22, &|_, zc, d| {
+        update(zc, d)
+    });
+}
+
+/// Runs `f(first item, columns of z, their entries of d)` over ranges of items: on faer's
+/// threads when `parallel` (and there are at least 256 items per thread), else at once.
+fn for_item_ranges<F>(z: faer::MatMut<'_, f64>, d: &mut [f64], parallel: bool, f: &F)
+where
+    F: Fn(usize, faer::MatMut<'_, f64>, &mut [f64]) + Sync,
+{
+    let n = z.ncols();
+    let threads = faer::get_global_parallelism().degree().min(n / 256);
+    if !parallel || threads < 2 {
+        f(0, z, d);
+        return;
     }
+    let step = n.div_ceil(threads);
+    std::thread::scope(|scope| {
+        let (mut rest, mut d_rest, mut first) = (z, d, 0);
+        while rest.ncols() > step {
+            let (part, tail) = rest.split_at_col_mut(step);
+            let (d_part, d_tail) = d_rest.split_at_mut(step);
+            scope.spawn(move || f(first, part, d_part));
+            (rest, d_rest, first) = (tail, d_tail, first + step);
+        }
+        f(first, rest, d_rest);
+    });
 }
 
 /// The unchosen item with the largest residual (the lowest index among equals).

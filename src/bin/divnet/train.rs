@@ -28,9 +28,13 @@ pub struct Args {
     /// Training labels: npy 1-D integers or IDX labels.
     #[arg(long)]
     pub labels: PathBuf,
-    /// Hidden layer widths for a new model (ignored with --init).
-    #[arg(long, value_delimiter = ',', default_value = "1000,1000")]
-    pub hidden: Vec<usize>,
+    /// Hidden layer widths for a new model [default: 1000,1000]. Not with --init, whose
+    /// model has its own widths.
+    #[arg(long, value_delimiter = ',', conflicts_with = "init")]
+    pub hidden: Option<Vec<usize>>,
+    /// Output classes of a new model [default: the largest label + 1]. Not with --init.
+    #[arg(long, conflicts_with = "init")]
+    pub classes: Option<usize>,
     /// The activation between layers: relu, tanh, sigmoid or gelu.
     #[arg(long, default_value = "relu")]
     pub activation: String,
@@ -76,12 +80,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             (mlp, file)
         }
         None => {
-            if args.hidden.contains(&0) {
+            let hidden = args.hidden.clone().unwrap_or_else(|| vec![1000, 1000]);
+            if hidden.contains(&0) {
                 anyhow::bail!("--hidden: layer widths must be at least 1");
             }
-            let classes = labels.iter().max().map_or(0, |&l| l as usize + 1);
+            let seen = labels.iter().max().map_or(0, |&l| l as usize + 1);
+            let classes = match args.classes {
+                None => seen,
+                Some(0) => anyhow::bail!("--classes: must be at least 1"),
+                Some(c) if c < seen => anyhow::bail!(
+                    "--classes {c}: {} has label {}, which needs at least {seen} classes",
+                    args.labels.display(),
+                    seen - 1
+                ),
+                Some(c) => c,
+            };
             let mut dims = vec![inputs.cols];
-            dims.extend(&args.hidden);
+            dims.extend(&hidden);
             dims.push(classes);
             check_model_fits(&dims)?;
             (
