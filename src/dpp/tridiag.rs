@@ -347,18 +347,62 @@ mod eigen_tests {
     #[test]
     fn symmetric_eigen_matches_faer_with_orthonormal_vectors() {
         use rand::{Rng, SeedableRng};
+        let mut cases: Vec<(String, Mat<f64>)> = Vec::new();
         for n in [1usize, 2, 40, 97, 610] {
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(n as u64 + 11);
             let b = Mat::<f64>::from_fn(n, n, |_, _| rng.random_range(-1.0..1.0));
-            let a = Mat::<f64>::from_fn(n, n, |i, j| b[(i, j)] + b[(j, i)]);
+            cases.push((
+                format!("random {n}"),
+                Mat::from_fn(n, n, |i, j| b[(i, j)] + b[(j, i)]),
+            ));
+        }
+        let n = 300;
+        cases.push((
+            "identity".into(),
+            Mat::from_fn(n, n, |i, j| if i == j { 1.0 } else { 0.0 }),
+        ));
+        cases.push(("zero".into(), Mat::zeros(n, n)));
+        cases.push((
+            "diagonal".into(),
+            Mat::from_fn(n, n, |i, j| if i == j { (i % 7) as f64 } else { 0.0 }),
+        ));
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+        let u: Vec<f64> = (0..n).map(|_| rng.random_range(-1.0..1.0)).collect();
+        cases.push(("rank one".into(), Mat::from_fn(n, n, |i, j| u[i] * u[j])));
+        // Eigenvalues from 1 down to 1e-16: Q diag Q^T with a random orthogonal Q.
+        let g = Mat::<f64>::from_fn(n, n, |_, _| rng.random_range(-1.0..1.0));
+        let q = g.qr().compute_Q();
+        let graded = Mat::from_fn(n, n, |i, j| {
+            (0..n)
+                .map(|t| q[(i, t)] * q[(j, t)] * 10f64.powf(-16.0 * t as f64 / n as f64))
+                .sum()
+        });
+        cases.push(("graded".into(), graded));
+        // The DPP benchmarks' kernel: exp(-0.6 |x_i - x_j|^2) + 1e-3 I, points in [0,1]^10.
+        let n = 700;
+        let x: Vec<f64> = (0..n * 10).map(|_| rng.random::<f64>()).collect();
+        cases.push((
+            "rbf".into(),
+            Mat::from_fn(n, n, |i, j| {
+                let d2: f64 = (0..10)
+                    .map(|t| (x[i * 10 + t] - x[j * 10 + t]).powi(2))
+                    .sum();
+                (-0.6 * d2).exp() + if i == j { 1e-3 } else { 0.0 }
+            }),
+        ));
+        for (what, a) in cases {
+            let n = a.nrows();
             let (values, z) = super::symmetric_eigen(a.clone()).unwrap();
             let reference = a.self_adjoint_eigen(Side::Lower).unwrap();
-            let scale = values.iter().fold(1e-300f64, |m, v| m.max(v.abs()));
-            for i in 0..n {
-                let diff = (values[i] - reference.S()[i]).abs();
+            let scale = values
+                .iter()
+                .fold(1e-300f64, |m, v| m.max(v.abs()))
+                .max(1e-300);
+            for (i, v) in values.iter().enumerate() {
+                let diff = (v - reference.S()[i]).abs();
                 assert!(
                     diff <= 1e-12 * scale * n as f64,
-                    "n={n} value {i}: {diff:e}"
+                    "{what}: value {i}: {diff:e}"
                 );
             }
             let ztz = z.transpose() * &z;
@@ -371,10 +415,10 @@ mod eigen_tests {
                     resid = resid.max((az[(i, j)] - values[j] * z[(i, j)]).abs());
                 }
             }
-            assert!(orth <= 1e-12 * n as f64, "n={n}: orthogonality {orth:e}");
+            assert!(orth <= 1e-12 * n as f64, "{what}: orthogonality {orth:e}");
             assert!(
                 resid <= 1e-12 * scale * n as f64,
-                "n={n}: residual {resid:e}"
+                "{what}: residual {resid:e}"
             );
         }
     }
