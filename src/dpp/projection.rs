@@ -26,7 +26,7 @@ use faer::{linalg::matmul::matmul, Accum, Mat, MatRef, Par};
 use rand::Rng;
 
 use super::vector::{dot, sub_scaled};
-use crate::cpu::gram::contiguous;
+use crate::cpu::{contiguous, contiguous_mut};
 
 /// Largest block of picks between two full updates.
 const MAX_BLOCK: usize = 32;
@@ -65,12 +65,7 @@ pub(crate) fn sample_projection<R: Rng + ?Sized>(
     // item, which the next items reuse. Split across threads like the block updates.
     let gather = |first: usize, mut zc: faer::MatMut<'_, f64>, d: &mut [f64]| {
         for (t, di) in d.iter_mut().enumerate() {
-            let col = &mut zc
-                .rb_mut()
-                .col_mut(t)
-                .try_as_col_major_mut()
-                .expect("contiguous")
-                .as_slice_mut()[..k];
+            let col = &mut contiguous_mut(zc.rb_mut().col_mut(t))[..k];
             for (dst, src) in col.iter_mut().zip(&eig_cols) {
                 *dst = src[first + t];
             }
@@ -251,12 +246,7 @@ fn commit_block(
             Par::Seq,
         );
         for (i, di) in d.iter_mut().enumerate() {
-            let w = &zc
-                .rb()
-                .col(i)
-                .try_as_col_major()
-                .expect("contiguous")
-                .as_slice()[k + s..k + s + b];
+            let w = &contiguous(zc.rb().col(i))[k + s..k + s + b];
             *di = (*di - dot(w, w)).max(0.0);
         }
     };
