@@ -235,7 +235,7 @@ fn commit_block(
     // letting faer parallelise the product synchronised more often (10-15% slower at
     // n = 2000 to 4000).
     let basis = q.get(.., s..s + b);
-    let update = |mut zc: faer::MatMut<'_, f64>, d: &mut [f64]| {
+    let update = |_first: usize, mut zc: faer::MatMut<'_, f64>, d: &mut [f64]| {
         let (v, w) = zc.rb_mut().split_at_row_mut(k);
         matmul(
             w.get_mut(s..s + b, ..),
@@ -250,13 +250,12 @@ fn commit_block(
             *di = (*di - dot(w, w)).max(0.0);
         }
     };
-    for_item_ranges(z.as_mut(), d, n * k * b > 1 << 22, &|_, zc, d| {
-        update(zc, d)
-    });
+    for_item_ranges(z.as_mut(), d, n * k * b > 1 << 22, &update);
 }
 
-/// Runs `f(first item, columns of z, their entries of d)` over ranges of items: on faer's
-/// threads when `parallel` (and there are at least 256 items per thread), else at once.
+/// Runs `f(first item, columns of z, their entries of d)` over ranges of items, one per
+/// thread of faer's global parallelism when `parallel` (and each range has at least 256
+/// items), else over all items at once.
 fn for_item_ranges<F>(z: faer::MatMut<'_, f64>, d: &mut [f64], parallel: bool, f: &F)
 where
     F: Fn(usize, faer::MatMut<'_, f64>, &mut [f64]) + Sync,
