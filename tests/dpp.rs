@@ -160,14 +160,7 @@ fn dpp_subset_frequencies_match_determinants() {
         let l = random_psd(n, shift, seed);
         let spectrum = Spectrum::new(l.as_ref()).unwrap();
         let sampler = DppSampler::new(&spectrum);
-        let l_plus_i: Vec<Vec<f64>> = (0..n)
-            .map(|i| {
-                (0..n)
-                    .map(|j| l[(i, j)] + if i == j { 1.0 } else { 0.0 })
-                    .collect()
-            })
-            .collect();
-        let norm = det(&l_plus_i);
+        let norm = det(&plus_identity(&l));
         let probs: Vec<f64> = (0..1u32 << n)
             .map(|m| sub_det(&l, &subset_of(m, n)) / norm)
             .collect();
@@ -190,6 +183,18 @@ fn dpp_subset_frequencies_match_determinants() {
 }
 
 /// Inverse by Gauss-Jordan with partial pivoting.
+/// L + I as rows, for the reference determinant and inverse.
+fn plus_identity(l: &Mat<f64>) -> Vec<Vec<f64>> {
+    let n = l.nrows();
+    (0..n)
+        .map(|i| {
+            (0..n)
+                .map(|j| l[(i, j)] + if i == j { 1.0 } else { 0.0 })
+                .collect()
+        })
+        .collect()
+}
+
 fn inverse(a: &[Vec<f64>]) -> Vec<Vec<f64>> {
     let n = a.len();
     let mut m: Vec<Vec<f64>> = a
@@ -239,14 +244,7 @@ fn dpp_inclusion_frequencies_match_marginal_kernel() {
 fn check_dpp_marginals(l: &Mat<f64>, seed: u64) {
     let n = l.nrows();
     // K = L (L + I)^-1; its diagonal is P(i in Y).
-    let l_plus_i: Vec<Vec<f64>> = (0..n)
-        .map(|i| {
-            (0..n)
-                .map(|j| l[(i, j)] + if i == j { 1.0 } else { 0.0 })
-                .collect()
-        })
-        .collect();
-    let inv = inverse(&l_plus_i);
+    let inv = inverse(&plus_identity(l));
     let marginal: Vec<f64> = (0..n)
         .map(|i| (0..n).map(|t| l[(i, t)] * inv[t][i]).sum())
         .collect();

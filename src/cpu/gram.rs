@@ -4,6 +4,7 @@
 use faer::linalg::matmul::triangular::{matmul, BlockStructure};
 use faer::{Accum, Mat, MatMut, MatRef, Par};
 
+use super::{contiguous, contiguous_mut};
 use crate::error::{Error, Result};
 use crate::kernel::{ActivationRows, GramStats};
 
@@ -245,18 +246,6 @@ fn add_lower<T: Copy>(dst: &mut Mat<f64>, partials: &[Mat<T>], to_f64: impl Fn(T
             }
         }
     }
-}
-
-pub(crate) fn contiguous<T>(col: faer::ColRef<'_, T>) -> &[T] {
-    col.try_as_col_major()
-        .expect("faer matrix columns are contiguous")
-        .as_slice()
-}
-
-fn contiguous_mut<T>(col: faer::ColMut<'_, T>) -> &mut [T] {
-    col.try_as_col_major_mut()
-        .expect("faer matrix columns are contiguous")
-        .as_slice_mut()
 }
 
 /// The full symmetric matrix whose lower triangle is the sum of the partials' lower

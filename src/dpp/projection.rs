@@ -26,7 +26,7 @@ use faer::{linalg::matmul::matmul, Accum, Mat, MatRef, Par};
 use rand::Rng;
 
 use super::vector::{dot, sub_scaled};
-use crate::cpu::gram::contiguous;
+use crate::cpu::{contiguous, contiguous_mut};
 
 /// Largest block of picks between two full updates.
 const MAX_BLOCK: usize = 32;
@@ -65,12 +65,7 @@ pub(crate) fn sample_projection<R: Rng + ?Sized>(
     // item, which the next items reuse. Split across threads like the block updates.
     let gather = |first: usize, mut zc: faer::MatMut<'_, f64>, d: &mut [f64]| {
         for (t, di) in d.iter_mut().enumerate() {
-            let col = &mut zc
-                .rb_mut()
-                .col_mut(t)
-                .try_as_col_major_mut()
-                .expect("contiguous")
-                .as_slice_mut()[..k];
+            let col = &mut contiguous_mut(zc.rb_mut().col_mut(t))[..k];
             for (dst, src) in col.iter_mut().zip(&eig_cols) {
                 *dst = src[first + t];
             }
@@ -240,7 +235,7 @@ fn commit_block(
     // letting faer parallelise the product synchronised more often (10-15% slower at
     // n = 2000 to 4000).
     let basis = q.get(.., s..s + b);
-    let update = |mut zc: faer::MatMut<'_, f64>, d: &mut [f64]| {
+    let update = |_first: usize, mut zc: faer::MatMut<'_, f64>, d: &mut [f64]| {
         let (v, w) = zc.rb_mut().split_at_row_mut(k);
         matmul(
             w.get_mut(s..s + b, ..),
@@ -251,22 +246,16 @@ fn commit_block(
             Par::Seq,
         );
         for (i, di) in d.iter_mut().enumerate() {
-            let w = &zc
-                .rb()
-                .col(i)
-                .try_as_col_major()
-                .expect("contiguous")
-                .as_slice()[k + s..k + s + b];
+            let w = &contiguous(zc.rb().col(i))[k + s..k + s + b];
             *di = (*di - dot(w, w)).max(0.0);
         }
     };
-    for_item_ranges(z.as_mut(), d, n * k * b > 1 << 22, &|_, zc, d| {
-        update(zc, d)
-    });
+    for_item_ranges(z.as_mut(), d, n * k * b > 1 << 22, &update);
 }
 
-/// Runs `f(first item, columns of z, their entries of d)` over ranges of items: on faer's
-/// threads when `parallel` (and there are at least 256 items per thread), else at once.
+/// Runs `f(first item, columns of z, their entries of d)` over ranges of items, one per
+/// thread of faer's global parallelism when `parallel` (and each range has at least 256
+/// items), else over all items at once.
 fn for_item_ranges<F>(z: faer::MatMut<'_, f64>, d: &mut [f64], parallel: bool, f: &F)
 where
     F: Fn(usize, faer::MatMut<'_, f64>, &mut [f64]) + Sync,
