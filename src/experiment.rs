@@ -360,7 +360,7 @@ pub fn run_experiment(
         return Err(Error::invalid("the model has no hidden layer"));
     }
     let d = model.input_dim();
-    if data.calibration.is_empty() || data.calibration.len() % d != 0 {
+    if data.calibration.is_empty() || !data.calibration.len().is_multiple_of(d) {
         return Err(Error::invalid(format!(
             "calibration data is not a whole number of rows of {d} inputs"
         )));

@@ -158,7 +158,7 @@ impl ActivationRows<'_> {
     /// of `n`. Values are not looked at.
     pub(crate) fn whole_rows(&self, n: usize) -> Result<usize> {
         let len = self.len();
-        if n == 0 || len % n != 0 {
+        if n == 0 || !len.is_multiple_of(n) {
             return Err(Error::invalid(format!(
                 "{len} activation values are not whole rows of n = {n}"
             )));

@@ -1,10 +1,8 @@
 //! Validation of a kernel matrix and its eigendecomposition.
 
-use faer::diag::Diag;
-use faer::dyn_stack::{MemBuffer, MemStack};
-use faer::linalg::evd;
 use faer::{Mat, MatRef};
 
+use super::tridiag::symmetric_eigen;
 use crate::error::{Error, Result};
 
 /// Largest asymmetry |L_ij - L_ji| accepted, relative to max |L_ij|. Loose enough for a
@@ -95,46 +93,22 @@ impl Spectrum {
     /// Validates L: square, non-empty, finite, symmetric (relative tolerance), else
     /// Error::InvalidInput.
     ///
-    /// The symmetric part `(L + L^T) / 2` is decomposed by faer's self-adjoint eigensolver
-    /// with faer's global parallelism (rayon by default). Eigenvalues below
+    /// The symmetric part `(L + L^T) / 2` is decomposed by LAPACK's `dsyevd` algorithm
+    /// (blocked Householder tridiagonalisation, divide and conquer, blocked
+    /// back-transformation; see `tridiag.rs`), on as many threads as faer's global
+    /// parallelism (rayon by default). Eigenvalues below
     /// `-1e-6 * max |lambda|` mean L is not positive semi-definite (an error); smaller
     /// negative ones are rounding and are clamped at 0.
     pub fn new(l: MatRef<'_, f64>) -> Result<Self> {
         let exactly_symmetric = validate_kernel(l)?;
         let n = l.nrows();
-        // The eigensolver reads the lower triangle only: that of (L + L^T) / 2, which is L's
-        // own when L is exactly symmetric (no n x n copy then).
-        let sym = (!exactly_symmetric).then(|| {
-            let mut sym = l.to_owned();
+        // The eigensolver works on a copy of the lower triangle: that of (L + L^T) / 2,
+        // which is L's own when L is exactly symmetric.
+        let mut sym = l.to_owned();
+        if !exactly_symmetric {
             for_each_strictly_lower(n, |i, j| sym[(i, j)] = 0.5 * (l[(i, j)] + l[(j, i)]));
-            sym
-        });
-        let par = faer::get_global_parallelism();
-        let params = Default::default();
-        let mut scratch = MemBuffer::try_new(evd::self_adjoint_evd_scratch::<f64>(
-            n,
-            evd::ComputeEigenvectors::Yes,
-            par,
-            params,
-        ))
-        .map_err(|_| {
-            Error::Numerical(format!(
-                "no memory for the eigensolver's workspace (n = {n})"
-            ))
-        })?;
-        let mut values = Diag::<f64>::zeros(n);
-        let mut eigenvectors = Mat::<f64>::zeros(n, n);
-        evd::self_adjoint_evd(
-            sym.as_ref().map_or(l, |s| s.as_ref()),
-            values.as_mut(),
-            Some(eigenvectors.as_mut()),
-            par,
-            MemStack::new(&mut scratch),
-            params,
-        )
-        .map_err(|e| Error::Numerical(format!("eigendecomposition failed: {e:?}")))?;
-        drop(sym);
-        let mut eigenvalues: Vec<f64> = values.column_vector().iter().copied().collect();
+        }
+        let (mut eigenvalues, eigenvectors) = symmetric_eigen(sym)?;
         if eigenvalues.iter().any(|v| !v.is_finite())
             || (0..n).any(|j| eigenvectors.col(j).iter().any(|v| !v.is_finite()))
         {

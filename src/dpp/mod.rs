@@ -15,6 +15,7 @@ mod esp;
 mod greedy;
 mod kdpp;
 mod projection;
+mod spin_team;
 mod tridiag;
 mod tridiag_eigen;
 mod variable;

@@ -7,13 +7,15 @@
 //! solves `D + rho z z^T` in O(K^2) for its K undeflated values, then multiplies the halves'
 //! eigenvectors by the merge's, a matrix product.
 
-// Not wired into Spectrum::new yet: only the tests call it.
-#![allow(dead_code)]
-
 use faer::linalg::matmul::matmul;
-use faer::{Accum, Mat, Side};
+use faer::reborrow::{Reborrow, ReborrowMut};
+use faer::{Accum, Mat, MatMut, MatRef, Side};
 
+use crate::cpu::{contiguous, contiguous_mut};
 use crate::error::{Error, Result};
+
+/// Columns of a merge's product computed (and written back) at a time.
+const MERGE_BLOCK: usize = 512;
 
 /// Subproblems up to this size go to faer's dense solver.
 const LEAF: usize = 48;
@@ -26,20 +28,60 @@ pub(crate) fn tridiagonal_eigen(diag: &[f64], offdiag: &[f64]) -> Result<(Vec<f6
     if n == 0 {
         return Ok((Vec::new(), Mat::zeros(0, 0)));
     }
-    let (values, vectors) = solve(diag.to_vec(), offdiag)?;
-    // Merges leave the values sorted only within their own output; sort once at the end.
+    let mut z = Mat::<f64>::zeros(n, n);
+    let values = solve(diag.to_vec(), offdiag, z.as_mut())?;
+    // Merges leave the values sorted only within their own output; sort once at the end,
+    // moving the columns along permutation cycles (no second n x n matrix).
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&a, &b| values[a].total_cmp(&values[b]));
     let sorted = order.iter().map(|&i| values[i]).collect();
-    let mut z = Mat::<f64>::zeros(n, n);
-    for (j, &src) in order.iter().enumerate() {
-        z.col_as_slice_mut(j)
-            .copy_from_slice(vectors.col_as_slice(src));
-    }
+    permute_columns(&mut z, &order);
     Ok((sorted, z))
 }
 
-fn solve(mut d: Vec<f64>, e: &[f64]) -> Result<(Vec<f64>, Mat<f64>)> {
+/// Column j of the result is column `order[j]` of `z`.
+fn permute_columns(z: &mut Mat<f64>, order: &[usize]) {
+    let mut done = vec![false; order.len()];
+    let mut held = vec![0.0; z.nrows()];
+    for start in 0..order.len() {
+        if done[start] || order[start] == start {
+            continue;
+        }
+        // The cycle start <- order[start] <- order[order[start]] ... back to start.
+        held.copy_from_slice(z.col_as_slice(start));
+        let mut j = start;
+        loop {
+            done[j] = true;
+            let src = order[j];
+            if src == start {
+                z.col_as_slice_mut(j).copy_from_slice(&held);
+                break;
+            }
+            let (dst, from) = two_columns(z, j, src);
+            dst.copy_from_slice(from);
+            j = src;
+        }
+    }
+}
+
+/// Column `a` mutably and column `b` (a != b) shared.
+fn two_columns(z: &mut Mat<f64>, a: usize, b: usize) -> (&mut [f64], &[f64]) {
+    let rows = z.nrows();
+    let stride = z.col_stride() as usize;
+    let base = z.as_ptr_mut();
+    assert!(a != b && a < z.ncols() && b < z.ncols());
+    // SAFETY: distinct columns of one column-major allocation do not overlap.
+    unsafe {
+        (
+            std::slice::from_raw_parts_mut(base.add(a * stride), rows),
+            std::slice::from_raw_parts(base.add(b * stride), rows),
+        )
+    }
+}
+
+/// The eigenvalues of the tridiagonal (d, e), in no particular order, with their
+/// eigenvectors written to the columns of `out` (square, zero on entry).
+fn solve(mut d: Vec<f64>, e: &[f64], mut out: MatMut<'_, f64>) -> Result<Vec<f64>> {
     let n = d.len();
     if n <= LEAF {
         let t = Mat::<f64>::from_fn(n, n, |i, j| {
@@ -56,8 +98,8 @@ fn solve(mut d: Vec<f64>, e: &[f64]) -> Result<(Vec<f64>, Mat<f64>)> {
         let evd = t
             .self_adjoint_eigen(Side::Lower)
             .map_err(|err| Error::Numerical(format!("tridiagonal eigensolver: {err:?}")))?;
-        let values = (0..n).map(|i| evd.S()[i]).collect();
-        return Ok((values, evd.U().to_owned()));
+        out.copy_from(evd.U());
+        return Ok((0..n).map(|i| evd.S()[i]).collect());
     }
     let m = n / 2;
     let beta = e[m - 1];
@@ -66,9 +108,12 @@ fn solve(mut d: Vec<f64>, e: &[f64]) -> Result<(Vec<f64>, Mat<f64>)> {
     d[m - 1] -= rho;
     d[m] -= rho;
     let right = d.split_off(m);
-    let (top, bottom) = rayon::join(|| solve(d, &e[..m - 1]), || solve(right, &e[m..]));
-    let ((d1, q1), (d2, q2)) = (top?, bottom?);
-    merge(d1, q1, d2, q2, rho, sign)
+    let (top_left, _, _, bottom_right) = out.rb_mut().split_at_mut(m, m);
+    let (top, bottom) = rayon::join(
+        || solve(d, &e[..m - 1], top_left),
+        || solve(right, &e[m..], bottom_right),
+    );
+    merge(top?, bottom?, out, rho, sign)
 }
 
 /// Where a column of the merged Q has non-zeros: the top half's rows, the bottom's, or both
@@ -80,29 +125,26 @@ enum Rows {
     Both,
 }
 
+/// Merges the halves' solutions held in the diagonal blocks of `q` (its off-diagonal
+/// blocks zero) into the eigenvectors of the whole, in place.
 fn merge(
     d1: Vec<f64>,
-    q1: Mat<f64>,
     d2: Vec<f64>,
-    q2: Mat<f64>,
+    mut q: MatMut<'_, f64>,
     rho: f64,
     sign: f64,
-) -> Result<(Vec<f64>, Mat<f64>)> {
+) -> Result<Vec<f64>> {
     let (m, n) = (d1.len(), d1.len() + d2.len());
     // Q = diag(Q1, Q2), z = Q^T w with w = e_{m-1} + sign e_m, normalised (|z| = sqrt 2).
-    let mut q = Mat::<f64>::zeros(n, n);
-    q.as_mut().get_mut(..m, ..m).copy_from(&q1);
-    q.as_mut().get_mut(m.., m..).copy_from(&q2);
     let mut rows: Vec<Rows> = (0..n)
         .map(|j| if j < m { Rows::Top } else { Rows::Bottom })
         .collect();
     let mut d: Vec<f64> = d1.iter().chain(&d2).copied().collect();
     let inv_sqrt2 = std::f64::consts::FRAC_1_SQRT_2;
     let mut z: Vec<f64> = (0..m)
-        .map(|j| q1[(m - 1, j)] * inv_sqrt2)
-        .chain((0..n - m).map(|j| sign * q2[(0, j)] * inv_sqrt2))
+        .map(|j| q[(m - 1, j)] * inv_sqrt2)
+        .chain((m..n).map(|j| sign * q[(m, j)] * inv_sqrt2))
         .collect();
-    drop((q1, q2));
     let rho = 2.0 * rho;
 
     // Deflation, in ascending order of d.
@@ -153,7 +195,7 @@ fn merge(
     let k = kept.len();
     let mut values = d;
     if k == 0 {
-        return Ok((values, q));
+        return Ok(values);
     }
     let dk: Vec<f64> = kept.iter().map(|&j| values[j]).collect();
     let zk: Vec<f64> = kept.iter().map(|&j| z[j]).collect();
@@ -174,46 +216,60 @@ fn merge(
         .zip(&zk)
         .map(|(&z2, &z)| z2.abs().sqrt().copysign(z))
         .collect();
-    let mut u = Mat::<f64>::zeros(k, k);
+    let mut u_cols = vec![0.0; k * k];
+    {
+        use rayon::prelude::*;
+        u_cols
+            .par_chunks_mut(k)
+            .zip(&roots)
+            .for_each(|(col, root)| {
+                for j in 0..k {
+                    col[j] = zhat[j] / root.delta(&dk, j);
+                }
+                let norm = col.iter().map(|x| x * x).sum::<f64>().sqrt();
+                for x in col.iter_mut() {
+                    *x /= norm;
+                }
+            });
+    }
+    let u = MatRef::from_column_major_slice(&u_cols, k, k);
     for (i, root) in roots.iter().enumerate() {
-        let col = u.col_as_slice_mut(i);
-        for j in 0..k {
-            col[j] = zhat[j] / root.delta(&dk, j);
-        }
-        let norm = col.iter().map(|x| x * x).sum::<f64>().sqrt();
-        for x in col.iter_mut() {
-            *x /= norm;
-        }
         values[kept[i]] = root.value(&dk);
     }
 
     // The kept columns of Q times U, over the rows each column can be non-zero in; the
     // products replace those columns of Q (the deflated ones are eigenvectors already).
     let par = faer::get_global_parallelism();
-    let mut halves = Vec::with_capacity(2);
     for (half, start, len) in [(Rows::Top, 0, m), (Rows::Bottom, m, n - m)] {
         let cols: Vec<usize> = (0..k)
             .filter(|&t| rows[kept[t]] == half || rows[kept[t]] == Rows::Both)
             .collect();
-        let mut prod = Mat::<f64>::zeros(len, k);
-        if !cols.is_empty() {
-            let mut qs = Mat::<f64>::zeros(len, cols.len());
-            for (c, &t) in cols.iter().enumerate() {
-                qs.col_as_slice_mut(c)
-                    .copy_from_slice(&q.col_as_slice(kept[t])[start..start + len]);
+        if cols.is_empty() {
+            // No kept column has rows in this half: their products are zero there, as
+            // the columns already are.
+            continue;
+        }
+        // The half's kept columns as they are now: the products overwrite them.
+        let mut qs = Mat::<f64>::zeros(len, cols.len());
+        for (c, &t) in cols.iter().enumerate() {
+            qs.col_as_slice_mut(c)
+                .copy_from_slice(&contiguous(q.rb().col(kept[t]))[start..start + len]);
+        }
+        // The products in blocks of MERGE_BLOCK columns, each written back at once: the
+        // workspace stays a fraction of the n x k product.
+        let mut prod = Mat::<f64>::zeros(len, MERGE_BLOCK.min(k));
+        for first in (0..k).step_by(MERGE_BLOCK) {
+            let width = MERGE_BLOCK.min(k - first);
+            let us = Mat::<f64>::from_fn(cols.len(), width, |c, i| u[(cols[c], first + i)]);
+            let mut block = prod.as_mut().get_mut(.., ..width);
+            matmul(block.rb_mut(), Accum::Replace, &qs, &us, 1.0, par);
+            for i in 0..width {
+                contiguous_mut(q.rb_mut().col_mut(kept[first + i]))[start..start + len]
+                    .copy_from_slice(contiguous(block.rb().col(i)));
             }
-            let us = Mat::<f64>::from_fn(cols.len(), k, |c, i| u[(cols[c], i)]);
-            matmul(&mut prod, Accum::Replace, &qs, &us, 1.0, par);
-        }
-        halves.push((start, len, prod));
-    }
-    for (start, len, prod) in halves {
-        for (i, &col) in kept.iter().enumerate() {
-            q.col_as_slice_mut(col)[start..start + len].copy_from_slice(prod.col_as_slice(i));
         }
     }
-    let out = q;
-    Ok((values, out))
+    Ok(values)
 }
 
 /// A root of the secular equation as `d[origin] + tau`, so that its distances to the
@@ -261,7 +317,7 @@ fn secular_roots(d: &[f64], z: &[f64], rho: f64) -> Vec<Root> {
                 (i, 0.0, rho * znorm2)
             };
             let shift: Vec<f64> = d.iter().map(|&dj| dj - d[origin]).collect();
-            let tau = solve_shifted(&shift, z, rho, origin, lo, hi);
+            let tau = solve_shifted(&shift, z, rho, origin, (i + 1 < k).then_some(i), lo, hi);
             Root { origin, tau }
         })
         .collect()
@@ -269,7 +325,15 @@ fn secular_roots(d: &[f64], z: &[f64], rho: f64) -> Vec<Root> {
 
 /// The root in (lo, hi) of `g(tau) = 1 + rho sum_j z_j^2 / (shift_j - tau)` (increasing
 /// there), by Newton steps kept inside a shrinking bracket, bisecting when a step leaves it.
-fn solve_shifted(shift: &[f64], z: &[f64], rho: f64, origin: usize, lo: f64, hi: f64) -> f64 {
+fn solve_shifted(
+    shift: &[f64],
+    z: &[f64],
+    rho: f64,
+    origin: usize,
+    lower_pole: Option<usize>,
+    lo: f64,
+    hi: f64,
+) -> f64 {
     let (mut lo, mut hi) = (lo, hi);
     // Start where the nearest pole's term alone would put the root.
     let zo2 = z[origin] * z[origin];
@@ -281,19 +345,51 @@ fn solve_shifted(shift: &[f64], z: &[f64], rho: f64, origin: usize, lo: f64, hi:
     if !(tau > lo && tau < hi) {
         tau = 0.5 * (lo + hi);
     }
+
     for _ in 0..200 {
         // shift[origin] is exactly 0, so its distance is exactly -tau.
-        let (sum, sum_sq) = secular_terms(shift, z, tau);
-        let (g, dg) = (1.0 + rho * sum, rho * sum_sq);
-        if g == 0.0 {
-            break;
-        }
-        if g < 0.0 {
-            lo = tau;
+        let mut next;
+        if let Some(i) = lower_pole {
+            // LAPACK dlaed4's "middle way": a model with the two poles around the root
+            // (psi over poles 0..=i, phi over the rest) that matches f = g / rho and its
+            // derivative at tau; converges in a few steps where Newton takes ten.
+            let (psi, dpsi) = secular_terms(&shift[..=i], &z[..=i], tau);
+            let (phi, dphi) = secular_terms(&shift[i + 1..], &z[i + 1..], tau);
+            let f = 1.0 / rho + psi + phi;
+            // f is zero within the rounding of its own sum: tau is as good as it gets.
+            if f.abs() <= 8.0 * f64::EPSILON * (1.0 / rho + phi - psi) {
+                break;
+            }
+            if f < 0.0 {
+                lo = tau;
+            } else {
+                hi = tau;
+            }
+            let (di, dj) = (shift[i] - tau, shift[i + 1] - tau);
+            let c = (f - di * dpsi - dj * dphi).abs();
+            let a = (di + dj) * f - di * dj * (dpsi + dphi);
+            let b = di * dj * f;
+            let eta = if c == 0.0 {
+                b / a
+            } else if a <= 0.0 {
+                (a - (a * a - 4.0 * b * c).abs().sqrt()) / (2.0 * c)
+            } else {
+                2.0 * b / (a + (a * a - 4.0 * b * c).abs().sqrt())
+            };
+            next = tau + eta;
         } else {
-            hi = tau;
+            let (sum, sum_sq) = secular_terms(shift, z, tau);
+            let (g, dg) = (1.0 + rho * sum, rho * sum_sq);
+            if g == 0.0 {
+                break;
+            }
+            if g < 0.0 {
+                lo = tau;
+            } else {
+                hi = tau;
+            }
+            next = tau - g / dg;
         }
-        let mut next = tau - g / dg;
         if !(next > lo && next < hi) {
             next = 0.5 * (lo + hi);
         }
@@ -352,11 +448,10 @@ mod tests {
         });
         let reference = t.self_adjoint_eigen(Side::Lower).unwrap();
         let scale = values.iter().fold(1e-300f64, |a, v| a.max(v.abs()));
-        for i in 0..n {
+        for (i, value) in values.iter().enumerate() {
             assert!(
-                (values[i] - reference.S()[i]).abs() <= 1e-12 * scale * (n as f64).sqrt(),
-                "{what}: eigenvalue {i}: {} vs {}",
-                values[i],
+                (value - reference.S()[i]).abs() <= 1e-12 * scale * (n as f64).sqrt(),
+                "{what}: eigenvalue {i}: {value} vs {}",
                 reference.S()[i]
             );
         }

@@ -159,6 +159,11 @@ pub(crate) fn dot_add_scaled4(
     a: [f64; 4],
 ) -> [f64; 4] {
     #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU supports AVX-512F.
+        return unsafe { dot_add_scaled4_avx512(cols, v, y, a) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU supports AVX2 and FMA, the requirements of `dot_add_scaled4_avx2`.
         return unsafe { dot_add_scaled4_avx2(cols, v, y, a) };
@@ -236,9 +241,140 @@ unsafe fn dot_add_scaled4_avx2(
     dots
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn dot_add_scaled4_avx512(
+    cols: [&[f64]; 4],
+    v: &[f64],
+    y: &mut [f64],
+    a: [f64; 4],
+) -> [f64; 4] {
+    use std::arch::x86_64::*;
+    let n = y.len().min(v.len());
+    assert!(cols.iter().all(|c| c.len() >= n));
+    let p = [
+        cols[0].as_ptr(),
+        cols[1].as_ptr(),
+        cols[2].as_ptr(),
+        cols[3].as_ptr(),
+    ];
+    let (pv, py) = (v.as_ptr(), y.as_mut_ptr());
+    let va = [
+        _mm512_set1_pd(a[0]),
+        _mm512_set1_pd(a[1]),
+        _mm512_set1_pd(a[2]),
+        _mm512_set1_pd(a[3]),
+    ];
+    let mut acc = [_mm512_setzero_pd(); 4];
+    let mut dots = [0.0; 4];
+    // Scalar rows until column 0 is at a 64-byte boundary: unaligned 64-byte loads
+    // straddle two cache lines.
+    let lead = ((64 - p[0] as usize % 64) % 64 / 8).min(n);
+    // SAFETY (here and below): every offset is < n, within all six slices.
+    for i in 0..lead {
+        let vi = *pv.add(i);
+        let mut yi = *py.add(i);
+        for t in 0..4 {
+            let c = *p[t].add(i);
+            dots[t] += c * vi;
+            yi += a[t] * c;
+        }
+        *py.add(i) = yi;
+    }
+    let mut i = lead;
+    // SAFETY: every offset below is < n, within all six slices (checked above).
+    while i + 8 <= n {
+        let x = _mm512_loadu_pd(pv.add(i));
+        let mut out = _mm512_loadu_pd(py.add(i));
+        for t in 0..4 {
+            let c = _mm512_loadu_pd(p[t].add(i));
+            acc[t] = _mm512_fmadd_pd(c, x, acc[t]);
+            out = _mm512_fmadd_pd(va[t], c, out);
+        }
+        _mm512_storeu_pd(py.add(i), out);
+        i += 8;
+    }
+    for t in 0..4 {
+        dots[t] += _mm512_reduce_add_pd(acc[t]);
+    }
+    while i < n {
+        let vi = *pv.add(i);
+        let mut yi = *py.add(i);
+        for t in 0..4 {
+            let c = *p[t].add(i);
+            dots[t] += c * vi;
+            yi += a[t] * c;
+        }
+        *py.add(i) = yi;
+        i += 1;
+    }
+    dots
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each build the CPU can run (portable, AVX2, AVX-512) against plain loops, at every
+    /// alignment of the columns and with lengths around the vector widths.
+    #[test]
+    fn dot_add_scaled4_builds_match_plain_loops() {
+        type Build = fn([&[f64]; 4], &[f64], &mut [f64], [f64; 4]) -> [f64; 4];
+        let mut builds: Vec<(&str, Build)> = vec![("portable", dot_add_scaled4_portable)];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: the CPU supports AVX2 and FMA.
+                builds.push(("avx2", |c, v, y, a| unsafe {
+                    dot_add_scaled4_avx2(c, v, y, a)
+                }));
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU supports AVX-512F.
+                builds.push(("avx512", |c, v, y, a| unsafe {
+                    dot_add_scaled4_avx512(c, v, y, a)
+                }));
+            }
+        }
+        let stride = 260;
+        let data: Vec<f64> = (0..4 * stride + 8)
+            .map(|i| (i as f64 * 0.71).sin())
+            .collect();
+        let v: Vec<f64> = (0..stride).map(|i| (i as f64 * 1.9).cos()).collect();
+        let a = [0.5, -1.25, 2.0, 0.75];
+        for offset in 0..8 {
+            for n in [0, 1, 3, 7, 8, 9, 15, 17, 64, 101, 203] {
+                let cols: [&[f64]; 4] = std::array::from_fn(|t| &data[offset + t * stride..][..n]);
+                let y0: Vec<f64> = (0..n).map(|i| i as f64 * 0.01).collect();
+                let mut y_plain = y0.clone();
+                let mut dots_plain = [0.0; 4];
+                for i in 0..n {
+                    for t in 0..4 {
+                        y_plain[i] += a[t] * cols[t][i];
+                        dots_plain[t] += cols[t][i] * v[i];
+                    }
+                }
+                for (name, build) in &builds {
+                    let mut y = y0.clone();
+                    let dots = build(cols, &v[..n], &mut y, a);
+                    for t in 0..4 {
+                        assert!(
+                            (dots[t] - dots_plain[t]).abs() <= 1e-12 * (1.0 + dots_plain[t].abs()),
+                            "{name}, offset {offset}, n = {n}: dot {t}"
+                        );
+                    }
+                    for i in 0..n {
+                        assert!(
+                            (y[i] - y_plain[i]).abs() <= 1e-12 * (1.0 + y_plain[i].abs()),
+                            "{name}, offset {offset}, n = {n}: y[{i}]"
+                        );
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn dot_and_sub_scaled_match_plain_loops() {

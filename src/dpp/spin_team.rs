@@ -1,0 +1,174 @@
+//! A fixed team of threads that wait for work by spinning, for loops that hand out
+//! thousands of sub-millisecond parallel steps in a row (one per column of the
+//! tridiagonalisation).
+//!
+//! Why not rayon: waking a parked rayon worker costs tens of microseconds, as much as a
+//! whole step on the small trailing matrices at the end of the reduction, and it is paid
+//! once per column. Team members spin between steps, so a step starts within nanoseconds.
+//! While a team is alive its members keep their cores busy, so only one team should run
+//! at a time and nothing else should run in parallel beside it.
+
+use std::cell::UnsafeCell;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::Scope;
+
+/// Spins before a waiting member starts yielding its core between checks.
+const SPINS_BEFORE_YIELD: u32 = 1 << 16;
+
+type Job<'a> = &'a (dyn Fn(usize) + Sync);
+
+struct Shared {
+    /// Bumped by the leader to post a job.
+    epoch: AtomicUsize,
+    /// Members that have finished the current job.
+    finished: AtomicUsize,
+    /// A member's job panicked.
+    panicked: AtomicBool,
+    quit: AtomicBool,
+    /// The posted job. Written only by the leader, only while no member reads it (before
+    /// it bumps `epoch`, after every member has counted itself in `finished`).
+    job: UnsafeCell<Option<Job<'static>>>,
+}
+
+// SAFETY: `job` is accessed under the epoch protocol documented on the field.
+unsafe impl Sync for Shared {}
+
+/// The leader (the thread that creates the team) and `size - 1` spinning members.
+pub(crate) struct SpinTeam {
+    shared: Arc<Shared>,
+    size: usize,
+}
+
+impl SpinTeam {
+    /// Starts `size - 1` members in `scope`; the caller is member 0. The members stop
+    /// when the team is dropped.
+    pub(crate) fn new<'scope>(scope: &'scope Scope<'scope, '_>, size: usize) -> Self {
+        let size = size.max(1);
+        let shared = Arc::new(Shared {
+            epoch: AtomicUsize::new(0),
+            finished: AtomicUsize::new(0),
+            panicked: AtomicBool::new(false),
+            quit: AtomicBool::new(false),
+            job: UnsafeCell::new(None),
+        });
+        for member in 1..size {
+            let shared = Arc::clone(&shared);
+            scope.spawn(move || member_loop(&shared, member));
+        }
+        SpinTeam { shared, size }
+    }
+
+    /// How many threads run each job.
+    pub(crate) fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Runs `job(member)` for every member `0..size` at once, the caller taking member 0,
+    /// and returns when all are done. A panic in any member is raised here.
+    pub(crate) fn run(&self, job: impl Fn(usize) + Sync) {
+        if self.size == 1 {
+            job(0);
+            return;
+        }
+        let job: Job<'_> = &job;
+        // SAFETY: the lifetime is erased only for the members' reads, and they all
+        // finish (counted in `finished` below) before this function returns and `job` is
+        // dropped; no member reads `job` between epochs.
+        unsafe {
+            *self.shared.job.get() = Some(std::mem::transmute::<Job<'_>, Job<'static>>(job));
+        }
+        self.shared.finished.store(0, Ordering::Relaxed);
+        self.shared.epoch.fetch_add(1, Ordering::Release);
+        let own = catch_unwind(AssertUnwindSafe(|| job(0)));
+        let mut spins = 0u32;
+        while self.shared.finished.load(Ordering::Acquire) < self.size - 1 {
+            wait(&mut spins);
+        }
+        // SAFETY: every member has finished with the job.
+        unsafe {
+            *self.shared.job.get() = None;
+        }
+        if let Err(payload) = own {
+            resume_unwind(payload);
+        }
+        if self.shared.panicked.swap(false, Ordering::Relaxed) {
+            panic!("a spin-team member panicked");
+        }
+    }
+}
+
+impl Drop for SpinTeam {
+    fn drop(&mut self) {
+        self.shared.quit.store(true, Ordering::Release);
+    }
+}
+
+fn member_loop(shared: &Shared, member: usize) {
+    let mut seen = 0;
+    loop {
+        let mut spins = 0u32;
+        let epoch = loop {
+            let epoch = shared.epoch.load(Ordering::Acquire);
+            if epoch != seen {
+                break epoch;
+            }
+            if shared.quit.load(Ordering::Acquire) {
+                return;
+            }
+            wait(&mut spins);
+        };
+        seen = epoch;
+        // SAFETY: the leader wrote the job before bumping the epoch (Release, paired
+        // with the Acquire above) and does not touch it until this member is counted.
+        let job = unsafe { (*shared.job.get()).expect("a posted job") };
+        if catch_unwind(AssertUnwindSafe(|| job(member))).is_err() {
+            shared.panicked.store(true, Ordering::Relaxed);
+        }
+        shared.finished.fetch_add(1, Ordering::Release);
+    }
+}
+
+fn wait(spins: &mut u32) {
+    if *spins < SPINS_BEFORE_YIELD {
+        *spins += 1;
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_member_runs_each_job_once() {
+        for size in [1, 2, 3] {
+            let hits: Vec<AtomicUsize> = (0..size).map(|_| AtomicUsize::new(0)).collect();
+            std::thread::scope(|scope| {
+                let team = SpinTeam::new(scope, size);
+                for _ in 0..1000 {
+                    team.run(|member| {
+                        hits[member].fetch_add(1, Ordering::Relaxed);
+                    });
+                }
+            });
+            for h in &hits {
+                assert_eq!(h.load(Ordering::Relaxed), 1000, "size {size}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_member_panic_reaches_the_leader() {
+        let caught = std::panic::catch_unwind(|| {
+            std::thread::scope(|scope| {
+                let team = SpinTeam::new(scope, 2);
+                team.run(|member| assert!(member == 0, "member {member} fails"));
+            })
+        });
+        assert!(caught.is_err());
+    }
+}
