@@ -221,15 +221,16 @@ pub(crate) fn apply_q(t: &Tridiagonal, z: &mut Mat<f64>) {
                 t.reflectors[(row, col)]
             }
         });
+        // F by LAPACK's dlarft recurrence, column i from V^T v_i: all of V^T V in one
+        // matrix product rather than b^2 / 2 separate dot products.
+        let vtv = v.transpose() * &v;
         let mut f = Mat::<f64>::zeros(bs, bs);
         for i in 0..bs {
             let tau = t.taus[start + i];
             f[(i, i)] = tau;
             if i > 0 && tau != 0.0 {
-                let vi = v.col_as_slice(i);
-                let w: Vec<f64> = (0..i).map(|c| -tau * dot(v.col_as_slice(c), vi)).collect();
                 for r in 0..i {
-                    f[(r, i)] = (r..i).map(|c| f[(r, c)] * w[c]).sum();
+                    f[(r, i)] = (r..i).map(|c| f[(r, c)] * -tau * vtv[(c, i)]).sum();
                 }
             }
         }
