@@ -216,23 +216,38 @@ fn merge(
         .zip(&zk)
         .map(|(&z2, &z)| z2.abs().sqrt().copysign(z))
         .collect();
-    let mut u_cols = vec![0.0; k * k];
-    {
+    // Column i of U is (zhat_j / (d_j - lambda_i))_j over its norm. U is not stored: it is
+    // k x k, at the top merge as large as the eigenvector matrix itself, so each block of
+    // the products below rebuilds the rows it needs.
+    let norms: Vec<f64> = {
         use rayon::prelude::*;
-        u_cols
-            .par_chunks_mut(k)
-            .zip(&roots)
-            .for_each(|(col, root)| {
-                for j in 0..k {
-                    col[j] = zhat[j] / root.delta(&dk, j);
-                }
-                let norm = col.iter().map(|x| x * x).sum::<f64>().sqrt();
-                for x in col.iter_mut() {
-                    *x /= norm;
+        roots
+            .par_iter()
+            .map(|root| {
+                (0..k)
+                    .map(|j| {
+                        let x = zhat[j] / root.delta(&dk, j);
+                        x * x
+                    })
+                    .sum::<f64>()
+                    .sqrt()
+            })
+            .collect()
+    };
+    let u_rows = |rows: &[usize], first: usize, width: usize| -> Vec<f64> {
+        use rayon::prelude::*;
+        let mut block = vec![0.0; rows.len() * width];
+        block
+            .par_chunks_mut(rows.len().max(1))
+            .zip(&roots[first..first + width])
+            .zip(&norms[first..first + width])
+            .for_each(|((col, root), norm)| {
+                for (x, &j) in col.iter_mut().zip(rows) {
+                    *x = zhat[j] / root.delta(&dk, j) / norm;
                 }
             });
-    }
-    let u = MatRef::from_column_major_slice(&u_cols, k, k);
+        block
+    };
     for (i, root) in roots.iter().enumerate() {
         values[kept[i]] = root.value(&dk);
     }
@@ -260,9 +275,10 @@ fn merge(
         let mut prod = Mat::<f64>::zeros(len, MERGE_BLOCK.min(k));
         for first in (0..k).step_by(MERGE_BLOCK) {
             let width = MERGE_BLOCK.min(k - first);
-            let us = Mat::<f64>::from_fn(cols.len(), width, |c, i| u[(cols[c], first + i)]);
+            let us = u_rows(&cols, first, width);
+            let us = MatRef::from_column_major_slice(&us, cols.len(), width);
             let mut block = prod.as_mut().get_mut(.., ..width);
-            matmul(block.rb_mut(), Accum::Replace, &qs, &us, 1.0, par);
+            matmul(block.rb_mut(), Accum::Replace, &qs, us, 1.0, par);
             for i in 0..width {
                 contiguous_mut(q.rb_mut().col_mut(kept[first + i]))[start..start + len]
                     .copy_from_slice(contiguous(block.rb().col(i)));
