@@ -4,8 +4,9 @@
 //!
 //! The kernels are also written to `target/dpp-bench/rbf_<n>.npy` so that
 //! `scripts/bench_dpp.py` times numpy and DPPy on exactly the same matrices.
-//! `DPP_BENCH_SIZES=1000,2000` restricts the sizes; `DPP_BENCH_SEQ=1` runs faer
-//! single-threaded (its default is rayon over all cores).
+//! `DPP_BENCH_SIZES=1000,2000` restricts the sizes; `DPP_BENCH_SEQ=1` sets faer's global
+//! parallelism to one thread (default: rayon over all cores), which the eigensolver's
+//! thread team and matrix products follow.
 
 use std::hint::black_box;
 use std::path::PathBuf;

@@ -46,7 +46,7 @@ def fmt(s):
 
 
 def ratio(slow, fast):
-    return "     -" if slow is None or fast is None else f"{slow / fast:6.1f}x"
+    return "       -" if slow is None or fast is None else f"{slow / fast:7.2f}x"
 
 
 def main():
@@ -85,8 +85,8 @@ def main():
         valid = len(y) == k and len(set(int(i) for i in y)) == k
         rows.append((n, k, t_eigh, t_dppy, overflow, valid))
 
-    print(f"{'n':>5} {'k':>4} | {'numpy eigh':>9} {'faer':>9} {'ratio':>7} | "
-          f"{'DPPy k-DPP':>9} {'1st':>9} {'ratio':>7} {'later':>9} {'ratio':>7} | "
+    print(f"{'n':>5} {'k':>4} | {'numpy eigh':>9} {'divnet':>9} {'ratio':>8} | "
+          f"{'DPPy k-DPP':>9} {'1st':>9} {'ratio':>8} {'later':>9} {'ratio':>8} | "
           f"{'greedy':>9} | DPPy ESP")
     for n, k, t_eigh, t_dppy, overflow, valid in rows:
         r_eig = rust_seconds("eigendecomposition", n)
