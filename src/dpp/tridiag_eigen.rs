@@ -79,23 +79,27 @@ fn two_columns(z: &mut Mat<f64>, a: usize, b: usize) -> (&mut [f64], &[f64]) {
     }
 }
 
+/// The dense symmetric tridiagonal matrix with diagonal `d` and subdiagonal `e`.
+fn tridiagonal_matrix(d: &[f64], e: &[f64]) -> Mat<f64> {
+    Mat::from_fn(d.len(), d.len(), |i, j| {
+        if i == j {
+            d[i]
+        } else if i == j + 1 {
+            e[j]
+        } else if j == i + 1 {
+            e[i]
+        } else {
+            0.0
+        }
+    })
+}
+
 /// The eigenvalues of the tridiagonal (d, e), in no particular order, with their
 /// eigenvectors written to the columns of `out` (square, zero on entry).
 fn solve(mut d: Vec<f64>, e: &[f64], mut out: MatMut<'_, f64>) -> Result<Vec<f64>> {
     let n = d.len();
     if n <= LEAF {
-        let t = Mat::<f64>::from_fn(n, n, |i, j| {
-            if i == j {
-                d[i]
-            } else if i == j + 1 {
-                e[j]
-            } else if j == i + 1 {
-                e[i]
-            } else {
-                0.0
-            }
-        });
-        let evd = t
+        let evd = tridiagonal_matrix(&d, e)
             .self_adjoint_eigen(Side::Lower)
             .map_err(|err| Error::Numerical(format!("tridiagonal eigensolver: {err:?}")))?;
         out.copy_from(evd.U());
@@ -443,50 +447,50 @@ fn secular_terms(shift: &[f64], z: &[f64], tau: f64) -> (f64, f64) {
     (sa, sb)
 }
 
+/// Checks `values`, `z` as the eigendecomposition of the symmetric `a`: the values against
+/// faer's solver, `z` orthonormal, `a z = z diag(values)`, all to 1e-12 relative.
+#[cfg(test)]
+pub(super) fn assert_eigendecomposition(
+    a: MatRef<'_, f64>,
+    values: &[f64],
+    z: &Mat<f64>,
+    what: &str,
+) {
+    let n = a.nrows();
+    let reference = a.self_adjoint_eigen(Side::Lower).unwrap();
+    let scale = values.iter().fold(1e-300f64, |m, v| m.max(v.abs()));
+    for (i, value) in values.iter().enumerate() {
+        assert!(
+            (value - reference.S()[i]).abs() <= 1e-12 * scale * (n as f64).sqrt(),
+            "{what}: eigenvalue {i}: {value} vs {}",
+            reference.S()[i]
+        );
+    }
+    let ztz = z.transpose() * z;
+    let az = a * z;
+    let (mut orth, mut resid) = (0.0f64, 0.0f64);
+    for j in 0..n {
+        for i in 0..n {
+            let id = if i == j { 1.0 } else { 0.0 };
+            orth = orth.max((ztz[(i, j)] - id).abs());
+            resid = resid.max((az[(i, j)] - values[j] * z[(i, j)]).abs());
+        }
+    }
+    assert!(orth <= 1e-12 * n as f64, "{what}: orthogonality {orth:e}");
+    assert!(
+        resid <= 1e-12 * scale * n as f64,
+        "{what}: residual {resid:e}"
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
 
     fn check(d: &[f64], e: &[f64], what: &str) {
-        let n = d.len();
         let (values, z) = tridiagonal_eigen(d, e).unwrap();
-        let t = Mat::<f64>::from_fn(n, n, |i, j| {
-            if i == j {
-                d[i]
-            } else if i == j + 1 {
-                e[j]
-            } else if j == i + 1 {
-                e[i]
-            } else {
-                0.0
-            }
-        });
-        let reference = t.self_adjoint_eigen(Side::Lower).unwrap();
-        let scale = values.iter().fold(1e-300f64, |a, v| a.max(v.abs()));
-        for (i, value) in values.iter().enumerate() {
-            assert!(
-                (value - reference.S()[i]).abs() <= 1e-12 * scale * (n as f64).sqrt(),
-                "{what}: eigenvalue {i}: {value} vs {}",
-                reference.S()[i]
-            );
-        }
-        // Orthogonality and residual.
-        let ztz = z.transpose() * &z;
-        let tz = &t * &z;
-        let (mut orth, mut resid) = (0.0f64, 0.0f64);
-        for j in 0..n {
-            for i in 0..n {
-                let id = if i == j { 1.0 } else { 0.0 };
-                orth = orth.max((ztz[(i, j)] - id).abs());
-                resid = resid.max((tz[(i, j)] - values[j] * z[(i, j)]).abs());
-            }
-        }
-        assert!(orth <= 1e-12 * n as f64, "{what}: orthogonality {orth:e}");
-        assert!(
-            resid <= 1e-12 * scale * n as f64,
-            "{what}: residual {resid:e}"
-        );
+        assert_eigendecomposition(tridiagonal_matrix(d, e).as_ref(), &values, &z, what);
     }
 
     #[test]
