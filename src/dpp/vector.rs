@@ -183,6 +183,49 @@ fn dot_add_scaled4_portable(cols: [&[f64]; 4], v: &[f64], y: &mut [f64], a: [f64
     dots
 }
 
+/// Rows `range` of [`dot_add_scaled4`] one at a time: the vector builds' lead-in (up to
+/// an aligned row) and tail.
+///
+/// # Safety
+/// `range.end` is at most the length of the four columns, `v` and `y`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn dot_add_scaled4_rows(
+    p: [*const f64; 4],
+    (pv, py): (*const f64, *mut f64),
+    a: [f64; 4],
+    range: std::ops::Range<usize>,
+    dots: &mut [f64; 4],
+) {
+    for i in range {
+        let vi = *pv.add(i);
+        let mut yi = *py.add(i);
+        for t in 0..4 {
+            let c = *p[t].add(i);
+            dots[t] += c * vi;
+            yi += a[t] * c;
+        }
+        *py.add(i) = yi;
+    }
+}
+
+/// The rows the vector builds run on, `n` (checked against every slice), and the
+/// columns' pointers; the vector loop starts once column 0 is at an `align`-byte boundary,
+/// because an unaligned load of a whole vector straddles two cache lines at that width.
+#[cfg(target_arch = "x86_64")]
+fn dot_add_scaled4_layout(
+    cols: &[&[f64]; 4],
+    v: &[f64],
+    y: &[f64],
+    align: usize,
+) -> (usize, usize, [*const f64; 4]) {
+    let n = y.len().min(v.len());
+    assert!(cols.iter().all(|c| c.len() >= n));
+    let p = cols.map(|c| c.as_ptr());
+    let lead = ((align - p[0] as usize % align) % align / 8).min(n);
+    (n, lead, p)
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn dot_add_scaled4_avx2(
@@ -192,15 +235,11 @@ unsafe fn dot_add_scaled4_avx2(
     a: [f64; 4],
 ) -> [f64; 4] {
     use std::arch::x86_64::*;
-    let n = y.len().min(v.len());
-    assert!(cols.iter().all(|c| c.len() >= n));
-    let p = [
-        cols[0].as_ptr(),
-        cols[1].as_ptr(),
-        cols[2].as_ptr(),
-        cols[3].as_ptr(),
-    ];
-    let (pv, py) = (v.as_ptr(), y.as_mut_ptr());
+    let (n, lead, p) = dot_add_scaled4_layout(&cols, v, y, 32);
+    let ptrs = (v.as_ptr(), y.as_mut_ptr());
+    let mut dots = [0.0; 4];
+    // SAFETY (every access below): offsets are < n, within all six slices.
+    dot_add_scaled4_rows(p, ptrs, a, 0..lead, &mut dots);
     let va = [
         _mm256_set1_pd(a[0]),
         _mm256_set1_pd(a[1]),
@@ -208,36 +247,24 @@ unsafe fn dot_add_scaled4_avx2(
         _mm256_set1_pd(a[3]),
     ];
     let mut acc = [_mm256_setzero_pd(); 4];
-    let mut i = 0;
-    // SAFETY: every offset below is < n, within all six slices (checked above).
+    let mut i = lead;
     while i + 4 <= n {
-        let x = _mm256_loadu_pd(pv.add(i));
-        let mut out = _mm256_loadu_pd(py.add(i));
+        let x = _mm256_loadu_pd(ptrs.0.add(i));
+        let mut out = _mm256_loadu_pd(ptrs.1.add(i));
         for t in 0..4 {
             let c = _mm256_loadu_pd(p[t].add(i));
             acc[t] = _mm256_fmadd_pd(c, x, acc[t]);
             out = _mm256_fmadd_pd(va[t], c, out);
         }
-        _mm256_storeu_pd(py.add(i), out);
+        _mm256_storeu_pd(ptrs.1.add(i), out);
         i += 4;
     }
-    let mut dots = [0.0; 4];
     for t in 0..4 {
         let mut lanes = [0.0f64; 4];
         _mm256_storeu_pd(lanes.as_mut_ptr(), acc[t]);
-        dots[t] = (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
+        dots[t] += (lanes[0] + lanes[1]) + (lanes[2] + lanes[3]);
     }
-    while i < n {
-        let vi = *pv.add(i);
-        let mut yi = *py.add(i);
-        for t in 0..4 {
-            let c = *p[t].add(i);
-            dots[t] += c * vi;
-            yi += a[t] * c;
-        }
-        *py.add(i) = yi;
-        i += 1;
-    }
+    dot_add_scaled4_rows(p, ptrs, a, i..n, &mut dots);
     dots
 }
 
@@ -250,15 +277,11 @@ unsafe fn dot_add_scaled4_avx512(
     a: [f64; 4],
 ) -> [f64; 4] {
     use std::arch::x86_64::*;
-    let n = y.len().min(v.len());
-    assert!(cols.iter().all(|c| c.len() >= n));
-    let p = [
-        cols[0].as_ptr(),
-        cols[1].as_ptr(),
-        cols[2].as_ptr(),
-        cols[3].as_ptr(),
-    ];
-    let (pv, py) = (v.as_ptr(), y.as_mut_ptr());
+    let (n, lead, p) = dot_add_scaled4_layout(&cols, v, y, 64);
+    let ptrs = (v.as_ptr(), y.as_mut_ptr());
+    let mut dots = [0.0; 4];
+    // SAFETY (every access below): offsets are < n, within all six slices.
+    dot_add_scaled4_rows(p, ptrs, a, 0..lead, &mut dots);
     let va = [
         _mm512_set1_pd(a[0]),
         _mm512_set1_pd(a[1]),
@@ -266,48 +289,22 @@ unsafe fn dot_add_scaled4_avx512(
         _mm512_set1_pd(a[3]),
     ];
     let mut acc = [_mm512_setzero_pd(); 4];
-    let mut dots = [0.0; 4];
-    // Scalar rows until column 0 is at a 64-byte boundary: unaligned 64-byte loads
-    // straddle two cache lines.
-    let lead = ((64 - p[0] as usize % 64) % 64 / 8).min(n);
-    // SAFETY (here and below): every offset is < n, within all six slices.
-    for i in 0..lead {
-        let vi = *pv.add(i);
-        let mut yi = *py.add(i);
-        for t in 0..4 {
-            let c = *p[t].add(i);
-            dots[t] += c * vi;
-            yi += a[t] * c;
-        }
-        *py.add(i) = yi;
-    }
     let mut i = lead;
-    // SAFETY: every offset below is < n, within all six slices (checked above).
     while i + 8 <= n {
-        let x = _mm512_loadu_pd(pv.add(i));
-        let mut out = _mm512_loadu_pd(py.add(i));
+        let x = _mm512_loadu_pd(ptrs.0.add(i));
+        let mut out = _mm512_loadu_pd(ptrs.1.add(i));
         for t in 0..4 {
             let c = _mm512_loadu_pd(p[t].add(i));
             acc[t] = _mm512_fmadd_pd(c, x, acc[t]);
             out = _mm512_fmadd_pd(va[t], c, out);
         }
-        _mm512_storeu_pd(py.add(i), out);
+        _mm512_storeu_pd(ptrs.1.add(i), out);
         i += 8;
     }
     for t in 0..4 {
         dots[t] += _mm512_reduce_add_pd(acc[t]);
     }
-    while i < n {
-        let vi = *pv.add(i);
-        let mut yi = *py.add(i);
-        for t in 0..4 {
-            let c = *p[t].add(i);
-            dots[t] += c * vi;
-            yi += a[t] * c;
-        }
-        *py.add(i) = yi;
-        i += 1;
-    }
+    dot_add_scaled4_rows(p, ptrs, a, i..n, &mut dots);
     dots
 }
 
