@@ -572,6 +572,21 @@ mod eigen_tests {
                 (-0.6 * d2).exp() + if i == j { 1e-3 } else { 0.0 }
             }),
         ));
+        // Duplicated neurons, the case diversity pruning exists for: 300 distinct points
+        // each four times, no ridge, so rank 300 of 1200 and a 900-fold zero eigenvalue;
+        // past PARALLEL_MIN and several panels, deflation at every merge.
+        let n = 1200;
+        let x: Vec<f64> = (0..300 * 10).map(|_| rng.random::<f64>()).collect();
+        cases.push((
+            "rbf with duplicates".into(),
+            Mat::from_fn(n, n, |i, j| {
+                let (i, j) = (i % 300, j % 300);
+                let d2: f64 = (0..10)
+                    .map(|t| (x[i * 10 + t] - x[j * 10 + t]).powi(2))
+                    .sum();
+                (-0.6 * d2).exp()
+            }),
+        ));
         for (what, a) in cases {
             let (values, z) = super::symmetric_eigen(a.clone()).unwrap();
             crate::dpp::tridiag_eigen::assert_eigendecomposition(a.as_ref(), &values, &z, &what);
