@@ -52,7 +52,7 @@ pub(crate) struct Tridiagonal {
 }
 
 /// Reduces the symmetric matrix whose lower triangle is that of `a` (n x n, column-major)
-/// to tridiagonal form, in place.
+/// to tridiagonal form, in place, on a [`SpinTeam`] as large as faer's global parallelism.
 pub(crate) fn tridiagonalize(a: Mat<f64>) -> Tridiagonal {
     let threads = faer::get_global_parallelism().degree().max(1);
     std::thread::scope(|scope| {
@@ -236,36 +236,25 @@ pub(crate) fn apply_q(t: &Tridiagonal, z: &mut Mat<f64>) {
         }
         let mut target = z.as_mut().get_mut(start + 1.., ..);
         let mut vtz = Mat::<f64>::zeros(bs, target.ncols());
-        matmul_plain(
+        gemm(
             &mut vtz,
+            Accum::Replace,
             v.transpose(),
             target.as_ref(),
             1.0,
-            Accum::Replace,
             par,
         );
         let fvtz = &f * &vtz;
-        matmul_plain(
+        gemm(
             &mut target,
+            Accum::Add,
             v.as_ref(),
             fvtz.as_ref(),
             -1.0,
-            Accum::Add,
             par,
         );
         end = start;
     }
-}
-
-fn matmul_plain(
-    dst: impl faer::mat::AsMatMut<T = f64, Rows = usize, Cols = usize>,
-    lhs: MatRef<'_, f64>,
-    rhs: MatRef<'_, f64>,
-    alpha: f64,
-    accum: Accum,
-    par: faer::Par,
-) {
-    faer::linalg::matmul::matmul(dst, accum, lhs, rhs, alpha, par);
 }
 
 /// Eigenvalues (ascending) and eigenvectors of the symmetric matrix whose lower triangle
