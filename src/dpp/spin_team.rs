@@ -9,6 +9,7 @@
 //! at a time and nothing else should run in parallel beside it.
 
 use std::cell::UnsafeCell;
+use std::marker::PhantomData;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -35,29 +36,38 @@ struct Shared {
 // SAFETY: `job` is accessed under the epoch protocol documented on the field.
 unsafe impl Sync for Shared {}
 
-/// The leader (the thread that creates the team) and `size - 1` spinning members.
-pub(crate) struct SpinTeam {
+/// The leader (the thread that creates the team) and `size - 1` spinning members, which
+/// live in the thread scope `'scope` and stop when the team is dropped.
+///
+/// `run` takes `&mut self`: one job at a time, and a job cannot post another.
+pub(crate) struct SpinTeam<'scope> {
     shared: Arc<Shared>,
     size: usize,
+    scope: PhantomData<&'scope ()>,
 }
 
-impl SpinTeam {
-    /// Starts `size - 1` members in `scope`; the caller is member 0. The members stop
-    /// when the team is dropped.
-    pub(crate) fn new<'scope>(scope: &'scope Scope<'scope, '_>, size: usize) -> Self {
+impl<'scope> SpinTeam<'scope> {
+    /// Starts `size - 1` members in `scope`; the caller is member 0.
+    pub(crate) fn new(scope: &'scope Scope<'scope, '_>, size: usize) -> Self {
         let size = size.max(1);
-        let shared = Arc::new(Shared {
-            epoch: AtomicUsize::new(0),
-            finished: AtomicUsize::new(0),
-            panicked: AtomicBool::new(false),
-            quit: AtomicBool::new(false),
-            job: UnsafeCell::new(None),
-        });
+        let team = SpinTeam {
+            shared: Arc::new(Shared {
+                epoch: AtomicUsize::new(0),
+                finished: AtomicUsize::new(0),
+                panicked: AtomicBool::new(false),
+                quit: AtomicBool::new(false),
+                job: UnsafeCell::new(None),
+            }),
+            size,
+            scope: PhantomData,
+        };
+        // The team exists before its members: if a spawn fails, unwinding drops it, which
+        // stops the members already started.
         for member in 1..size {
-            let shared = Arc::clone(&shared);
+            let shared = Arc::clone(&team.shared);
             scope.spawn(move || member_loop(&shared, member));
         }
-        SpinTeam { shared, size }
+        team
     }
 
     /// How many threads run each job.
@@ -67,7 +77,7 @@ impl SpinTeam {
 
     /// Runs `job(member)` for every member `0..size` at once, the caller taking member 0,
     /// and returns when all are done. A panic in any member is raised here.
-    pub(crate) fn run(&self, job: impl Fn(usize) + Sync) {
+    pub(crate) fn run(&mut self, job: impl Fn(usize) + Sync) {
         if self.size == 1 {
             job(0);
             return;
@@ -90,16 +100,17 @@ impl SpinTeam {
         unsafe {
             *self.shared.job.get() = None;
         }
+        let member_panicked = self.shared.panicked.swap(false, Ordering::Relaxed);
         if let Err(payload) = own {
             resume_unwind(payload);
         }
-        if self.shared.panicked.swap(false, Ordering::Relaxed) {
+        if member_panicked {
             panic!("a spin-team member panicked");
         }
     }
 }
 
-impl Drop for SpinTeam {
+impl Drop for SpinTeam<'_> {
     fn drop(&mut self) {
         self.shared.quit.store(true, Ordering::Release);
     }
@@ -120,13 +131,26 @@ fn member_loop(shared: &Shared, member: usize) {
             wait(&mut spins);
         };
         seen = epoch;
-        // SAFETY: the leader wrote the job before bumping the epoch (Release, paired
-        // with the Acquire above) and does not touch it until this member is counted.
-        let job = unsafe { (*shared.job.get()).expect("a posted job") };
-        if catch_unwind(AssertUnwindSafe(|| job(member))).is_err() {
+        // Counted as finished however the job ends, so the leader never waits forever.
+        let _finished = Finished(&shared.finished);
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            // SAFETY: the leader wrote the job before bumping the epoch (Release, paired
+            // with the Acquire above) and does not touch it until this member is counted.
+            let job = unsafe { (*shared.job.get()).expect("a posted job") };
+            job(member);
+        }));
+        if outcome.is_err() {
             shared.panicked.store(true, Ordering::Relaxed);
         }
-        shared.finished.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// Counts its member in `finished` when dropped.
+struct Finished<'a>(&'a AtomicUsize);
+
+impl Drop for Finished<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -148,7 +172,7 @@ mod tests {
         for size in [1, 2, 3] {
             let hits: Vec<AtomicUsize> = (0..size).map(|_| AtomicUsize::new(0)).collect();
             std::thread::scope(|scope| {
-                let team = SpinTeam::new(scope, size);
+                let mut team = SpinTeam::new(scope, size);
                 for _ in 0..1000 {
                     team.run(|member| {
                         hits[member].fetch_add(1, Ordering::Relaxed);
@@ -165,7 +189,7 @@ mod tests {
     fn a_member_panic_reaches_the_leader() {
         let caught = std::panic::catch_unwind(|| {
             std::thread::scope(|scope| {
-                let team = SpinTeam::new(scope, 2);
+                let mut team = SpinTeam::new(scope, 2);
                 team.run(|member| assert!(member == 0, "member {member} fails"));
             })
         });

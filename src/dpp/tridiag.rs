@@ -56,12 +56,12 @@ pub(crate) struct Tridiagonal {
 pub(crate) fn tridiagonalize(a: Mat<f64>) -> Tridiagonal {
     let threads = faer::get_global_parallelism().degree().max(1);
     std::thread::scope(|scope| {
-        let team = SpinTeam::new(scope, threads);
-        tridiagonalize_with(&team, a)
+        let mut team = SpinTeam::new(scope, threads);
+        tridiagonalize_with(&mut team, a)
     })
 }
 
-fn tridiagonalize_with(team: &SpinTeam, mut a: Mat<f64>) -> Tridiagonal {
+fn tridiagonalize_with(team: &mut SpinTeam, mut a: Mat<f64>) -> Tridiagonal {
     let n = a.nrows();
     let mut diag = vec![0.0; n];
     let mut offdiag = vec![0.0; n.saturating_sub(1)];
@@ -260,11 +260,44 @@ pub(crate) fn apply_q(t: &Tridiagonal, z: &mut Mat<f64>) {
 /// Eigenvalues (ascending) and eigenvectors of the symmetric matrix whose lower triangle
 /// is that of `a`: blocked tridiagonalisation, divide and conquer on the tridiagonal
 /// matrix, and the back-transformation.
-pub(crate) fn symmetric_eigen(a: Mat<f64>) -> crate::error::Result<(Vec<f64>, Mat<f64>)> {
+pub(crate) fn symmetric_eigen(mut a: Mat<f64>) -> crate::error::Result<(Vec<f64>, Mat<f64>)> {
+    // As dsyevd and dstedc do, the matrix is first scaled so that its largest entry is
+    // about 1: otherwise the squared norms of the reflectors underflow (silently dropping
+    // a column) or overflow near the ends of the f64 range, and so do the secular
+    // equation's squared terms near its poles. The factor is a power of two, so the
+    // scaling is exact, and so is scaling the eigenvalues back; kernels of order 1 skip it.
+    let n = a.nrows();
+    let largest = (0..n)
+        .flat_map(|j| a.col_as_slice(j)[j..].iter())
+        .fold(0.0f64, |m, x| m.max(x.abs()));
+    let exponent = if largest > 0.0 {
+        -(largest.log2().round() as i32)
+    } else {
+        0
+    };
+    if exponent != 0 {
+        for j in 0..n {
+            for x in &mut a.col_as_slice_mut(j)[j..] {
+                *x = times_power_of_two(*x, exponent);
+            }
+        }
+    }
     let t = tridiagonalize(a);
-    let (values, mut z) = super::tridiag_eigen::tridiagonal_eigen(&t.diag, &t.offdiag)?;
+    let (mut values, mut z) = super::tridiag_eigen::tridiagonal_eigen(&t.diag, &t.offdiag)?;
     apply_q(&t, &mut z);
+    if exponent != 0 {
+        for v in &mut values {
+            *v = times_power_of_two(*v, -exponent);
+        }
+    }
     Ok((values, z))
+}
+
+/// `x 2^e`, exactly (barring underflow), for any |e| up to about 2100: in two factors,
+/// since 2^e alone is not an f64 beyond |e| = 1023.
+fn times_power_of_two(x: f64, e: i32) -> f64 {
+    let half = e / 2;
+    x * 2f64.powi(half) * 2f64.powi(e - half)
 }
 
 /// Column boundaries that split the lower triangle of an r x r matrix into `parts` ranges
@@ -285,7 +318,7 @@ fn equal_area_columns(r: usize, parts: usize) -> Vec<usize> {
 /// the team by area, each member's share one sequential product (two: the diagonal block
 /// and the rectangle below it).
 fn rank_2k_update(
-    team: &SpinTeam,
+    team: &mut SpinTeam,
     dst: MatMut<'_, f64>,
     lhs: MatRef<'_, f64>,
     rhs: MatRef<'_, f64>,
@@ -335,7 +368,7 @@ fn rank_2k_update(
 /// is read once. The team's members take column ranges of equal area, members beyond the
 /// first summing into their own `partials`.
 fn symmetric_product(
-    team: &SpinTeam,
+    team: &mut SpinTeam,
     a: MatRef<'_, f64>,
     s: usize,
     v: &[f64],
@@ -427,12 +460,12 @@ mod tests {
         let v: Vec<f64> = (0..n).map(|i| (i as f64 * 0.37).sin()).collect();
         for threads in 1..=3 {
             std::thread::scope(|scope| {
-                let team = SpinTeam::new(scope, threads);
+                let mut team = SpinTeam::new(scope, threads);
                 let mut partials: Vec<Vec<f64>> = (1..threads).map(|_| vec![0.0; n]).collect();
                 for s in [0, 1, 3, 150, 690] {
                     let r = n - s;
                     let mut y = vec![f64::NAN; r];
-                    symmetric_product(&team, a.as_ref(), s, &v[s..], &mut y, &mut partials);
+                    symmetric_product(&mut team, a.as_ref(), s, &v[s..], &mut y, &mut partials);
                     for (i, yi) in y.iter().enumerate() {
                         let want: f64 = (0..r).map(|j| a[(s + i, s + j)] * v[s + j]).sum();
                         assert!(
@@ -446,7 +479,7 @@ mod tests {
                     let rhs = Mat::<f64>::from_fn(r, width, |i, j| ((i + 5 * j) as f64).sin());
                     let mut dst = random_symmetric(r, r as u64);
                     let before = dst.clone();
-                    rank_2k_update(&team, dst.as_mut(), lhs.as_ref(), rhs.as_ref());
+                    rank_2k_update(&mut team, dst.as_mut(), lhs.as_ref(), rhs.as_ref());
                     let product = &lhs * rhs.transpose();
                     for j in 0..r {
                         for i in 0..r {
@@ -561,6 +594,16 @@ mod eigen_tests {
                 (-0.6 * d2).exp() + if i == j { 1e-3 } else { 0.0 }
             }),
         ));
+        // Entries near the ends of the f64 range, where unscaled reflector norms would
+        // underflow or overflow.
+        let n = 97;
+        let b = Mat::<f64>::from_fn(n, n, |_, _| rng.random_range(-1.0..1.0));
+        for (what, factor) in [("tiny", 1e-300), ("huge", 1e300)] {
+            cases.push((
+                what.into(),
+                Mat::from_fn(n, n, |i, j| factor * (b[(i, j)] + b[(j, i)])),
+            ));
+        }
         // Duplicated neurons, the case diversity pruning exists for: 300 distinct points
         // each four times, no ridge, so rank 300 of 1200 and a 900-fold zero eigenvalue;
         // past PARALLEL_MIN and several panels, deflation at every merge.

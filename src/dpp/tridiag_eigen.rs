@@ -344,7 +344,9 @@ fn secular_roots(d: &[f64], z: &[f64], rho: f64) -> Vec<Root> {
 }
 
 /// The root in (lo, hi) of `g(tau) = 1 + rho sum_j z_j^2 / (shift_j - tau)` (increasing
-/// there), by Newton steps kept inside a shrinking bracket, bisecting when a step leaves it.
+/// there), by steps kept inside a shrinking bracket, bisecting when a step leaves it:
+/// dlaed4's two-pole "middle way" step for a root between poles `lower_pole` and the next,
+/// Newton's for the last root, which has no pole above it.
 fn solve_shifted(
     shift: &[f64],
     z: &[f64],

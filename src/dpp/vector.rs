@@ -1,11 +1,19 @@
-//! The two vector kernels of the samplers' inner loops, `x . y` and `y -= a x`, in one
-//! fixed order of operations that the compiler maps onto the widest vectors the CPU has.
+//! Vector kernels of the samplers' and the eigensolver's inner loops.
 //!
-//! The crate is built for baseline x86-64 (SSE2: two f64 per instruction). These loops
-//! run hundreds of thousands of times per sample on vectors of a few hundred values, so
-//! on x86-64 a copy compiled for AVX2 is chosen at run time when the CPU has it. Both
-//! copies perform the same operations in the same order (eight independent partial sums,
-//! added pairwise), so a seed gives the same sample on every CPU.
+//! `x . y` and `y -= a x` (the samplers') run in one fixed order of operations that the
+//! compiler maps onto the widest vectors the CPU has. The crate is built for baseline
+//! x86-64 (SSE2: two f64 per instruction). These loops run hundreds of thousands of times
+//! per sample on vectors of a few hundred values, so on x86-64 a copy compiled for AVX2 is
+//! chosen at run time when the CPU has it. Both copies perform the same operations in the
+//! same order (eight independent partial sums, added pairwise), so they give bit-identical
+//! results.
+//!
+//! The symmetric matrix-vector kernels of the eigensolver's reduction
+//! (`dot_add_scaled`, `dot_add_scaled4`) have portable, AVX2 and AVX-512 builds that
+//! round differently (fused multiply-adds, reduction order). So the eigendecomposition,
+//! and hence a k-DPP sample drawn from it, is reproducible for a given seed on one machine
+//! with one thread count, not bit for bit across CPUs (faer's own SIMD dispatch is not
+//! either).
 
 /// Partial sums per dot product: one AVX2 register pair, or four SSE2 registers.
 const LANES: usize = 8;
