@@ -4,6 +4,7 @@ use faer::{Mat, MatRef};
 
 use super::tridiag::symmetric_eigen;
 use crate::error::{Error, Result};
+use crate::kernel::ensure_host_matrices;
 
 /// Largest asymmetry |L_ij - L_ji| accepted, relative to max |L_ij|. Loose enough for a
 /// kernel computed in f32 (on the GPU, or stored as float32), tight enough to catch a
@@ -102,6 +103,9 @@ impl Spectrum {
     pub fn new(l: MatRef<'_, f64>) -> Result<Self> {
         let exactly_symmetric = validate_kernel(l)?;
         let n = l.nrows();
+        // The solver holds a copy of L, the eigenvectors and, at its top merge, up to one
+        // more n x n of workspace: an error now rather than an abort halfway.
+        ensure_host_matrices(n, 3)?;
         // The eigensolver works on a copy of the lower triangle: that of (L + L^T) / 2,
         // which is L's own when L is exactly symmetric.
         let mut sym = l.to_owned();
