@@ -27,6 +27,7 @@ use faer::{Accum, Mat, MatMut, MatRef, Par};
 
 use super::spin_team::SpinTeam;
 use super::vector::{dot, dot_add_scaled, dot_add_scaled4, sub_scaled};
+use crate::cpu::contiguous;
 
 /// Columns per panel.
 const PANEL: usize = 32;
@@ -376,12 +377,7 @@ fn symmetric_product(
     partials: &mut [Vec<f64>],
 ) {
     let r = v.len();
-    let col = |j: usize| {
-        &a.col(s + j)
-            .try_as_col_major()
-            .expect("contiguous")
-            .as_slice()[s + j..]
-    };
+    let col = |j: usize| &contiguous(a.col(s + j))[s + j..];
     let columns = |range: std::ops::Range<usize>, y: &mut [f64]| {
         y[range.start..].fill(0.0);
         let mut j = range.start;

@@ -57,25 +57,10 @@ fn permute_columns(z: &mut Mat<f64>, order: &[usize]) {
                 z.col_as_slice_mut(j).copy_from_slice(&held);
                 break;
             }
-            let (dst, from) = two_columns(z, j, src);
-            dst.copy_from_slice(from);
+            let (dst, from) = z.two_cols_mut(j, src);
+            contiguous_mut(dst).copy_from_slice(contiguous(from.rb()));
             j = src;
         }
-    }
-}
-
-/// Column `a` mutably and column `b` (a != b) shared.
-fn two_columns(z: &mut Mat<f64>, a: usize, b: usize) -> (&mut [f64], &[f64]) {
-    let rows = z.nrows();
-    let stride = z.col_stride() as usize;
-    let base = z.as_ptr_mut();
-    assert!(a != b && a < z.ncols() && b < z.ncols());
-    // SAFETY: distinct columns of one column-major allocation do not overlap.
-    unsafe {
-        (
-            std::slice::from_raw_parts_mut(base.add(a * stride), rows),
-            std::slice::from_raw_parts(base.add(b * stride), rows),
-        )
     }
 }
 
@@ -173,10 +158,9 @@ fn merge(
         if ((d[j] - d[p]) * c * s).abs() <= tol {
             z[j] = tau;
             z[p] = 0.0;
-            for r in 0..n {
-                let (x, y) = (q[(r, p)], q[(r, j)]);
-                q[(r, p)] = c * x + s * y;
-                q[(r, j)] = c * y - s * x;
+            let (qp, qj) = q.rb_mut().two_cols_mut(p, j);
+            for (x, y) in contiguous_mut(qp).iter_mut().zip(contiguous_mut(qj)) {
+                (*x, *y) = (c * *x + s * *y, c * *y - s * *x);
             }
             if rows[p] != rows[j] {
                 rows[p] = Rows::Both;
