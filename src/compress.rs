@@ -16,6 +16,7 @@ use crate::kernel::{
     LayerStatsAccumulator, RbfKernel,
 };
 use crate::model::Mlp;
+pub use crate::progress::{NoProgress, Progress};
 use crate::select::{
     diversity, importance_scores, Diversity, LayerSelector, SelectionMethod, SelectionSize,
 };
@@ -102,25 +103,6 @@ impl CompressOptions {
             ))),
         }
     }
-}
-
-/// Lets the library report progress without knowing about the terminal.
-pub trait Progress {
-    /// A stage of `total` units starts.
-    fn start(&mut self, stage: &str, total: u64);
-    /// `n` more units are done.
-    fn advance(&mut self, n: u64);
-    /// The current stage is over.
-    fn finish(&mut self);
-}
-
-/// Progress that goes nowhere.
-pub struct NoProgress;
-
-impl Progress for NoProgress {
-    fn start(&mut self, _stage: &str, _total: u64) {}
-    fn advance(&mut self, _n: u64) {}
-    fn finish(&mut self) {}
 }
 
 /// One pass of the calibration set through the network up to a hidden layer.

@@ -17,6 +17,7 @@ use crate::error::{Error, Result};
 use crate::gpu::gram::{Product, StagedProduct};
 use crate::gpu::GpuContext;
 use crate::io::npy::{NpyArray, NpyData};
+use crate::memory::ensure_host_matrix;
 
 /// What one pass over a calibration set yields for a layer of n neurons over m samples:
 /// the Gram matrix `G = A^T A` (n x n, f64, both triangles filled) and the column sums
@@ -395,34 +396,6 @@ pub fn rbf_from_distances(d: &Distances, beta: Beta, eps: f64) -> Result<RbfKern
     Ok(RbfKernel { matrix, beta, eps })
 }
 
-/// Fails with an error when this process cannot allocate an n x n f64 matrix, before any
-/// work: a 200 KB file of one sample over 100000 neurons asks for 80 GB, and both backends
-/// end with such a matrix on the host, where a failed allocation would abort the process.
-fn ensure_host_matrix(n: usize) -> Result<()> {
-    ensure_host_matrices(n, 1)
-}
-
-/// Fails with an error when this process cannot allocate `count` n x n f64 matrices at
-/// once (a probe: the memory is reserved and released at once).
-pub(crate) fn ensure_host_matrices(n: usize, count: usize) -> Result<()> {
-    let fits = n
-        .checked_mul(n)
-        .and_then(|len| len.checked_mul(count))
-        .is_some_and(|len| Vec::<f64>::new().try_reserve_exact(len).is_ok());
-    if fits {
-        return Ok(());
-    }
-    let gb = (n as f64) * (n as f64) * 8e-9;
-    let what = if count == 1 {
-        format!("{n} x {n} matrices of {gb:.1} GB each")
-    } else {
-        format!("{count} matrices of {n} x {n} at once, {gb:.1} GB each")
-    };
-    Err(Error::invalid(format!(
-        "a layer of {n} neurons needs {what}, more than this machine can allocate"
-    )))
-}
-
 /// `G = A^T A` and `s = A^T 1` of whole in-memory activations (`rows x n`).
 pub fn gram_stats(backend: &Backend, rows: ActivationRows<'_>, n: usize) -> Result<GramStats> {
     let mut acc = GramAccumulator::new(backend, n)?;
@@ -441,23 +414,4 @@ pub fn rbf_kernel(
     let mut acc = DistanceAccumulator::new(backend, n)?;
     acc.push(rows)?;
     rbf_from_distances(&acc.finish()?, beta, eps)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn host_matrix_probe_refuses_what_cannot_be_allocated() {
-        assert!(ensure_host_matrices(100, 3).is_ok());
-        // 3 x (2^24)^2 f64 is 6.8 million TB: no machine reserves that.
-        let n = 1 << 24;
-        let msg = ensure_host_matrices(n, 3).unwrap_err().to_string();
-        assert!(
-            msg.contains("3 matrices of 16777216 x 16777216 at once"),
-            "{msg}"
-        );
-        // n * n * count overflowing usize is the same refusal, not a panic.
-        assert!(ensure_host_matrices(1 << 40, 3).is_err());
-    }
 }

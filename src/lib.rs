@@ -25,7 +25,9 @@ pub mod fusion;
 pub mod gpu;
 pub mod io;
 pub mod kernel;
+pub mod memory;
 pub mod model;
+pub mod progress;
 pub mod select;
 
 pub use backend::{Backend, BackendChoice, BackendSelection};

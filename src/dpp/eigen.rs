@@ -4,7 +4,7 @@ use faer::{Mat, MatRef};
 
 use super::tridiag::symmetric_eigen;
 use crate::error::{Error, Result};
-use crate::kernel::ensure_host_matrices;
+use crate::memory::ensure_host_matrices;
 
 /// Largest asymmetry |L_ij - L_ji| accepted, relative to max |L_ij|. Loose enough for a
 /// kernel computed in f32 (on the GPU, or stored as float32), tight enough to catch a

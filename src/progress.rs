@@ -1,0 +1,22 @@
+//! Progress reports from long library work (streaming passes, the eigendecomposition,
+//! selection) without the library knowing about the terminal: the CLI draws them as bars,
+//! the Python package may forward them, tests ignore them.
+
+/// Lets the library report progress without knowing about the terminal.
+pub trait Progress {
+    /// A stage of `total` units starts.
+    fn start(&mut self, stage: &str, total: u64);
+    /// `n` more units are done.
+    fn advance(&mut self, n: u64);
+    /// The current stage is over.
+    fn finish(&mut self);
+}
+
+/// Progress that goes nowhere.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn start(&mut self, _stage: &str, _total: u64) {}
+    fn advance(&mut self, _n: u64) {}
+    fn finish(&mut self) {}
+}
