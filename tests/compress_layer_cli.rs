@@ -419,3 +419,54 @@ fn python_loads(path: &Path, file: &TensorFile) {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// Two layers read the activations (`--next down,skip`): both are fused with the same kept
+/// set, `skip` (no bias) gets one created for the fused constant, and `down` comes out as it
+/// does when fused alone.
+#[test]
+fn several_next_layers_are_fused_together() {
+    let f = Fixture::new(11);
+    let mut model = f.model.clone();
+    let skip: Vec<f32> = (0..3 * N)
+        .map(|i| ((i * 7) % 13) as f32 / 13.0 - 0.5)
+        .collect();
+    model.insert(
+        "skip.weight".into(),
+        Tensor::from_f32(&skip, vec![3, N], Dtype::F16).unwrap(),
+    );
+    write_safetensors(&f.path("model.safetensors"), &model).unwrap();
+    std::fs::write(f.path("keep.json"), "[0, 3, 4, 9, 12, 15]").unwrap();
+    let keep = f.path("keep.json");
+    let run = |next: &str, out: &str| {
+        let out = f.path(out);
+        let o = f.run(&[
+            "--next",
+            next,
+            "--prev",
+            "gate,up",
+            "--keep",
+            keep.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let err = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(o.status.success(), "{next}: {err}");
+        (read_safetensors(&out).unwrap(), err)
+    };
+    let (both, err) = run("down,skip", "both.safetensors");
+    let (alone, _) = run("down", "alone.safetensors");
+    assert!(err.contains("skip.bias: created"), "{err}");
+    let skip_w = both.get("skip.weight").unwrap();
+    assert_eq!(
+        (skip_w.dtype, skip_w.shape.clone()),
+        (Dtype::F16, vec![3, 6])
+    );
+    assert_eq!(both.get("skip.bias").unwrap().shape, vec![3]);
+    let w_both = both.get("down.weight").unwrap().to_f32().unwrap();
+    let w_alone = alone.get("down.weight").unwrap().to_f32().unwrap();
+    assert_eq!(w_both.len(), N_OUT * 6);
+    for (a, b) in w_both.iter().zip(&w_alone) {
+        assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
+    }
+    assert_eq!(both.get("gate.weight").unwrap().shape, vec![6, D]);
+}
