@@ -240,7 +240,7 @@ impl<'a> Runner<'a> {
             &mut crate::compress::NoProgress,
         )?;
         let distances = obs.distances.expect("asked for distances");
-        let kernel = rbf_from_distances(&distances, self.cfg.beta, self.cfg.eps)?;
+        let kernel = rbf_from_distances(distances, self.cfg.beta, self.cfg.eps)?;
         let next = &net.layers[layer + 1];
         let importance = importance_scores(&obs.stats, &next.weight, next.out_dim)?;
         Ok(Observed {

@@ -12,12 +12,18 @@
 //! that give the reconstruction error is the expensive part; it runs on the GPU
 //! ([`crate::gpu::fusion::assemble`]) or the CPU ([`crate::cpu::fusion::assemble`]). The
 //! Cholesky solve runs on the host in f64.
+//!
+//! A layer too wide for its n x n Gram beside its kernel gets the same system from one more
+//! pass over its activations after selection ([`fuse_next_layer_from_rows`]); both routes
+//! end in the same solve and the same error formula.
 
 use faer::linalg::solvers::Solve;
 use faer::{Mat, Side};
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::progress::Progress;
+use crate::types::RowSource;
 pub use crate::types::{FusionSystem, GramStats, NextLayer};
 
 /// How the next layer absorbs the dropped neurons.
@@ -83,77 +89,69 @@ pub fn fuse_next_layer(
     next: NextLayer<'_>,
     opts: &FusionOptions,
 ) -> Result<FusedLayer> {
-    let dropped = validate(stats, keep, &next, opts)?;
+    let n = check_stats(stats, "fusion")?;
+    let dropped = validate(n, keep, &next, opts)?;
     let system = match backend {
         Backend::Cpu => crate::cpu::fusion::assemble(stats, keep, &dropped, next)?,
         Backend::Gpu(ctx) => crate::gpu::fusion::assemble(ctx, stats, keep, &dropped, next)?,
     };
-    solve_system(&system, keep, next, opts)
+    solve_fusion(&system, keep, next, opts)
 }
 
-/// Checks the inputs of [`fuse_next_layer`] and returns the dropped neurons, ascending.
+/// [`fuse_next_layer`] without the n x n Gram: one more pass over the layer's activations
+/// (after selection) collects what the fusion needs of them,
+/// ([`crate::cpu::fusion::FusionPass`]: `[A_Y, 1]^T [A_Y, 1]`, `[A_Y, 1]^T A_P W_P^T` and
+/// `||A_P W_P^T||^2`), and the same system is solved the same way, with the same error.
+/// Memory O(k^2 + n n_out) instead of an n x n matrix; work `m n n_out + m k^2 / 2`
+/// instead of the Gram's `m n^2 / 2`.
+///
+/// `progress` advances by rows as a stage called `fusion statistics`. The pass runs on the
+/// CPU whatever `backend` says: there is no GPU kernel for it yet.
+pub fn fuse_next_layer_from_rows(
+    backend: &Backend,
+    activations: &mut dyn RowSource,
+    keep: &[usize],
+    next: NextLayer<'_>,
+    opts: &FusionOptions,
+    progress: &mut dyn Progress,
+) -> Result<FusedLayer> {
+    let _ = backend;
+    let system = fusion_system_from_rows(activations, keep, next, opts, progress)?;
+    solve_fusion(&system, keep, next, opts)
+}
+
+/// The checks and the pass of [`fuse_next_layer_from_rows`], without the solve (the
+/// pipeline times the two as stages of their own).
+pub(crate) fn fusion_system_from_rows(
+    activations: &mut dyn RowSource,
+    keep: &[usize],
+    next: NextLayer<'_>,
+    opts: &FusionOptions,
+    progress: &mut dyn Progress,
+) -> Result<FusionSystem> {
+    let n = activations.width();
+    let dropped = validate(n, keep, &next, opts)?;
+    let mut pass = crate::cpu::fusion::FusionPass::new(keep, &dropped, next);
+    progress.start("fusion statistics", activations.rows() as u64);
+    let read = activations.pass(&mut |rows| {
+        pass.push(rows)?;
+        progress.advance((rows.len() / n) as u64);
+        Ok(())
+    });
+    progress.finish();
+    read?;
+    pass.finish()
+}
+
+/// Checks the inputs of a fusion of a layer of `n` neurons and returns the dropped
+/// neurons, ascending.
 fn validate(
-    stats: &GramStats,
+    n: usize,
     keep: &[usize],
     next: &NextLayer<'_>,
     opts: &FusionOptions,
 ) -> Result<Vec<usize>> {
-    let n = stats.gram.nrows();
-    if stats.gram.ncols() != n {
-        return Err(Error::invalid(format!(
-            "fusion: Gram matrix is {} x {}, expected square",
-            n,
-            stats.gram.ncols()
-        )));
-    }
-    if stats.col_sums.len() != n {
-        return Err(Error::invalid(format!(
-            "fusion: {} column sums for a {n} x {n} Gram matrix",
-            stats.col_sums.len()
-        )));
-    }
-    if stats.samples == 0 {
-        return Err(Error::invalid("fusion: Gram statistics over 0 samples"));
-    }
-    if next.n_in != n {
-        return Err(Error::invalid(format!(
-            "fusion: next layer reads {} inputs but the layer has {n} neurons",
-            next.n_in
-        )));
-    }
-    if next.n_out == 0 {
-        return Err(Error::invalid("fusion: next layer has 0 outputs"));
-    }
-    if next.weight.len() != next.n_out * next.n_in {
-        return Err(Error::invalid(format!(
-            "fusion: next layer weight has {} values, expected {} x {} = {}",
-            next.weight.len(),
-            next.n_out,
-            next.n_in,
-            next.n_out * next.n_in
-        )));
-    }
-    if let Some(b) = next.bias {
-        if b.len() != next.n_out {
-            return Err(Error::invalid(format!(
-                "fusion: next layer bias has {} values, expected {}",
-                b.len(),
-                next.n_out
-            )));
-        }
-        if let Some(i) = b.iter().position(|v| !v.is_finite()) {
-            return Err(Error::invalid(format!(
-                "fusion: next layer bias[{i}] is not finite"
-            )));
-        }
-    }
-    if let Some(i) = next.weight.iter().position(|v| !v.is_finite()) {
-        return Err(Error::invalid(format!(
-            "fusion: next layer weight[{}, {}] is not finite",
-            i / n.max(1),
-            i % n.max(1)
-        )));
-    }
+    check_next_layer(next, n, "fusion")?;
     if !(opts.ridge_factor.is_finite() && opts.ridge_factor >= 0.0) {
         return Err(Error::invalid(format!(
             "fusion: ridge factor {} must be finite and >= 0",
@@ -177,10 +175,35 @@ fn validate(
         }
         seen[i] = true;
     }
+    Ok((0..n).filter(|&i| !seen[i]).collect())
+}
+
+/// Checks Gram statistics (square, finite, over at least one sample, one column sum per
+/// neuron) and returns n. `what` starts the error messages ("fusion", ...).
+pub(crate) fn check_stats(stats: &GramStats, what: &str) -> Result<usize> {
+    let n = stats.gram.nrows();
+    if stats.gram.ncols() != n {
+        return Err(Error::invalid(format!(
+            "{what}: Gram matrix is {} x {}, expected square",
+            n,
+            stats.gram.ncols()
+        )));
+    }
+    if stats.col_sums.len() != n {
+        return Err(Error::invalid(format!(
+            "{what}: {} column sums for a {n} x {n} Gram matrix",
+            stats.col_sums.len()
+        )));
+    }
+    if stats.samples == 0 {
+        return Err(Error::invalid(format!(
+            "{what}: Gram statistics over 0 samples"
+        )));
+    }
     for (j, s) in stats.col_sums.iter().enumerate() {
         if !s.is_finite() {
             return Err(Error::invalid(format!(
-                "fusion: column sum {j} is not finite"
+                "{what}: column sum {j} is not finite"
             )));
         }
     }
@@ -188,16 +211,61 @@ fn validate(
         for i in 0..n {
             if !stats.gram[(i, j)].is_finite() {
                 return Err(Error::invalid(format!(
-                    "fusion: Gram entry ({i}, {j}) is not finite"
+                    "{what}: Gram entry ({i}, {j}) is not finite"
                 )));
             }
         }
     }
-    Ok((0..n).filter(|&i| !seen[i]).collect())
+    Ok(n)
 }
 
-/// Solves the assembled system for `opts.mode` and builds the fused layer and its error.
-fn solve_system(
+/// Checks that `next` reads the `n` neurons of the layer: shapes, finite values.
+pub(crate) fn check_next_layer(next: &NextLayer<'_>, n: usize, what: &str) -> Result<()> {
+    if next.n_in != n {
+        return Err(Error::invalid(format!(
+            "{what}: next layer reads {} inputs but the layer has {n} neurons",
+            next.n_in
+        )));
+    }
+    if next.n_out == 0 {
+        return Err(Error::invalid(format!("{what}: next layer has 0 outputs")));
+    }
+    if next.weight.len() != next.n_out * next.n_in {
+        return Err(Error::invalid(format!(
+            "{what}: next layer weight has {} values, expected {} x {} = {}",
+            next.weight.len(),
+            next.n_out,
+            next.n_in,
+            next.n_out * next.n_in
+        )));
+    }
+    if let Some(b) = next.bias {
+        if b.len() != next.n_out {
+            return Err(Error::invalid(format!(
+                "{what}: next layer bias has {} values, expected {}",
+                b.len(),
+                next.n_out
+            )));
+        }
+        if let Some(i) = b.iter().position(|v| !v.is_finite()) {
+            return Err(Error::invalid(format!(
+                "{what}: next layer bias[{i}] is not finite"
+            )));
+        }
+    }
+    if let Some(i) = next.weight.iter().position(|v| !v.is_finite()) {
+        return Err(Error::invalid(format!(
+            "{what}: next layer weight[{}, {}] is not finite",
+            i / n.max(1),
+            i % n.max(1)
+        )));
+    }
+    Ok(())
+}
+
+/// Solves the assembled system for `opts.mode` and builds the fused layer and its error:
+/// the one solve of every route. `system`, `keep` and `next` are checked by the caller.
+pub(crate) fn solve_fusion(
     system: &FusionSystem,
     keep: &[usize],
     next: NextLayer<'_>,

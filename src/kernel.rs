@@ -14,7 +14,7 @@ use crate::cpu::gram::{CpuGram, Precision};
 use crate::error::{Error, Result};
 use crate::gpu::gram::{Product, RowFormat, StagedProduct};
 use crate::gpu::GpuContext;
-use crate::memory::ensure_host_matrices;
+use crate::memory::{ensure_host_matrices, Allocation};
 use crate::progress::Progress;
 
 pub use crate::rbf::{rbf_from_distances, Beta, RbfKernel};
@@ -129,6 +129,66 @@ impl LayerStats {
             },
         };
         Ok(Self { n, kind, engine })
+    }
+
+    /// The host memory an engine of `kind` for `n` neurons holds at its peak over a pass of
+    /// `rows` rows (during the pass, or while [`LayerStats::finish`] builds its results),
+    /// allocation by allocation: what a caller's [`crate::memory::MemoryPlan`] counts before
+    /// it starts a pass.
+    ///
+    /// It describes the engines as they are: the CPU twin keeps its f64 sum beside one
+    /// n x n product per thread (one when n > 1024, where faer splits the output instead)
+    /// and a chunk of rows (8192 rows or 2^24 values at most), and hands back G and D as
+    /// two matrices for [`StatsKind::Both`]; the GPU engine keeps each product's triangle
+    /// in an n x n f64 buffer and builds its result beside it.
+    pub fn planned_host_memory(
+        backend: &Backend,
+        n: usize,
+        rows: usize,
+        kind: StatsKind,
+    ) -> Vec<Allocation> {
+        match backend {
+            Backend::Cpu => {
+                let elem = if kind.has_distances() { 8 } else { 4 };
+                let parts = if n > 1024 {
+                    1
+                } else {
+                    std::thread::available_parallelism().map_or(1, |t| t.get())
+                };
+                let chunk_rows = 8192.min((1usize << 24) / n).clamp(1, rows.max(1));
+                let mut pass = vec![Allocation::matrix("the statistics' f64 sum", n, n, 8)];
+                pass.extend(
+                    (0..parts).map(|_| Allocation::matrix("a chunk's n x n product", n, n, elem)),
+                );
+                pass.push(Allocation::matrix("a chunk of rows", chunk_rows, n, 4));
+                if elem == 8 {
+                    pass.push(Allocation::matrix("the chunk in f64", chunk_rows, n, 8));
+                }
+                let mut finish = Vec::new();
+                if kind.has_gram() {
+                    finish.push(Allocation::matrix("the Gram matrix G", n, n, 8));
+                }
+                if kind.has_distances() {
+                    finish.push(Allocation::matrix("the distances D", n, n, 8));
+                }
+                if finish.iter().map(|a| a.bytes).sum::<u64>()
+                    >= pass.iter().map(|a| a.bytes).sum::<u64>()
+                {
+                    finish
+                } else {
+                    pass
+                }
+            }
+            Backend::Gpu(_) => {
+                // Each product's triangle, and the last result built beside them.
+                let products = usize::from(kind.has_gram()) + usize::from(kind.has_distances());
+                let mut holds: Vec<Allocation> = (0..products)
+                    .map(|_| Allocation::matrix("a product's accumulated triangle", n, n, 8))
+                    .collect();
+                holds.push(Allocation::matrix("a result being built", n, n, 8));
+                holds
+            }
+        }
     }
 
     /// n, the layer's width.
@@ -324,5 +384,5 @@ pub fn rbf_kernel(
     beta: Beta,
     eps: f64,
 ) -> Result<RbfKernel> {
-    rbf_from_distances(&distances(backend, rows, n)?, beta, eps)
+    rbf_from_distances(distances(backend, rows, n)?, beta, eps)
 }

@@ -9,7 +9,6 @@
 use faer::Mat;
 
 use crate::error::{Error, Result};
-use crate::io::npy::{NpyArray, NpyData};
 
 /// Row-major activations: `rows x n` samples x neurons, as f32 or as f16.
 #[derive(Clone, Copy, Debug)]
@@ -21,20 +20,6 @@ pub enum ActivationRows<'a> {
 }
 
 impl<'a> ActivationRows<'a> {
-    /// The rows of an npy array as the kernels take them: f16 and f32 as stored, any other
-    /// type rounded to f32 into `rounded` (which then holds the data).
-    pub fn from_npy(a: &'a NpyArray, rounded: &'a mut Vec<f32>) -> Self {
-        match &a.data {
-            NpyData::F16(v) => ActivationRows::F16(v),
-            NpyData::F32(v) => ActivationRows::F32(v),
-            _ => {
-                *rounded = a.to_f32();
-                let rounded: &'a Vec<f32> = rounded;
-                ActivationRows::F32(rounded)
-            }
-        }
-    }
-
     /// The number of values.
     pub fn len(&self) -> usize {
         match self {
@@ -83,14 +68,18 @@ impl<'a> ActivationRows<'a> {
             ActivationRows::F16(v) => v.iter().position(|x| !x.is_finite()),
         };
         match bad {
-            Some(k) => Err(Error::invalid(format!(
-                "activation at row {}, neuron {} is not finite",
-                k / n,
-                k % n
-            ))),
+            Some(k) => Err(non_finite_activation(k / n, k % n)),
             None => Ok(()),
         }
     }
+}
+
+/// The error for a NaN or infinite activation at `row` (counted from the first row of the
+/// pass) and `neuron`.
+pub(crate) fn non_finite_activation(row: usize, neuron: usize) -> Error {
+    Error::invalid(format!(
+        "activation at row {row}, neuron {neuron} is not finite"
+    ))
 }
 
 /// Where a layer's activations come from, one pass at a time: an in-memory matrix, an npy

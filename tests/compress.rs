@@ -275,3 +275,123 @@ fn compress_layer_fuses_several_next_layers_as_one_stack() {
         assert_eq!(stages, want, "{method}");
     }
 }
+
+/// The two routes of `compress_layer` (G beside the kernel in one pass, or the fusion's
+/// statistics from a second pass after selection) keep the same neurons and fuse them into
+/// the same next layers, several at once; the report says which route ran, its stages, the
+/// plan and the peak memory after each stage. Importance selection needs G: the two-pass
+/// route refuses it.
+#[test]
+fn both_routes_of_compress_layer_give_the_same_layer() {
+    use divnet::compress::{compress_layer, LayerOptions, Route};
+    use divnet::fusion::NextLayer;
+    use divnet::kernel::{ActivationRows, SliceRows};
+
+    let (m, n) = (400, 40);
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let acts: Vec<f32> = (0..m * n)
+        .map(|_| rng.random_range(-0.3f32..1.0).max(0.0))
+        .collect();
+    let w1: Vec<f32> = (0..5 * n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let b1: Vec<f32> = (0..5).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let w2: Vec<f32> = (0..60 * n)
+        .map(|_| rng.random_range(-1.0f32..1.0))
+        .collect();
+    let next = [
+        NextLayer {
+            weight: &w1,
+            bias: Some(&b1),
+            n_out: 5,
+            n_in: n,
+        },
+        NextLayer {
+            weight: &w2,
+            bias: None,
+            n_out: 60,
+            n_in: n,
+        },
+    ];
+    let run = |method, route| {
+        let mut opts = LayerOptions::new(KeepSpec::Count(12));
+        opts.method = method;
+        opts.route = Some(route);
+        let mut source = SliceRows::new(ActivationRows::F32(&acts), n)
+            .unwrap()
+            .with_chunk_rows(33);
+        compress_layer(&Backend::Cpu, &mut source, &next, &opts, &mut NoProgress)
+    };
+    for method in [
+        SelectionMethod::KDpp,
+        SelectionMethod::Greedy,
+        SelectionMethod::Random,
+    ] {
+        let one = run(method, Route::OnePass).unwrap();
+        let two = run(method, Route::TwoPass).unwrap();
+        assert_eq!(one.kept, two.kept, "{method}");
+        for (a, b) in one.next.iter().zip(&two.next) {
+            let dw = max_rel_diff(&a.weight, &b.weight);
+            let db = max_rel_diff(&a.bias, &b.bias);
+            assert!(dw < 1e-5 && db < 1e-5, "{method}: {dw:e} {db:e}");
+        }
+        let (e1, e2) = (one.report.relative_error, two.report.relative_error);
+        assert!((e1 - e2).abs() < 1e-6 * e1, "{method}: {e1} vs {e2}");
+        assert_eq!(one.report.diversity.is_some(), method.needs_kernel());
+        if let (Some(d1), Some(d2)) = (one.report.diversity, two.report.diversity) {
+            assert_eq!(d1.log_det, d2.log_det);
+        }
+        assert_eq!(
+            (one.report.route.as_str(), two.report.route.as_str()),
+            ("one-pass", "two-pass")
+        );
+        assert_eq!(
+            (one.plan.route, two.plan.route),
+            (Route::OnePass, Route::TwoPass)
+        );
+        let stages = |r: &divnet::compress::LayerOutcome| -> Vec<String> {
+            r.report.seconds.iter().map(|(s, _)| s.clone()).collect()
+        };
+        let (s1, s2) = (stages(&one), stages(&two));
+        if method.needs_kernel() {
+            assert_eq!(s1, ["statistics", "kernel", "select", "fuse"]);
+            assert_eq!(
+                s2,
+                [
+                    "statistics",
+                    "kernel",
+                    "select",
+                    "fusion statistics",
+                    "fuse"
+                ]
+            );
+        } else {
+            assert_eq!(s1, ["statistics", "select", "fuse"]);
+            assert_eq!(
+                s2,
+                ["select", "fusion statistics", "fuse"],
+                "no pass before selection"
+            );
+        }
+        for outcome in [&one, &two] {
+            let memory = &outcome.report.memory;
+            assert_eq!(memory.peak_rss_after.len(), outcome.report.seconds.len());
+            assert_eq!(memory.planned_peak_bytes, Some(outcome.plan.memory.peak()));
+            if cfg!(target_os = "linux") {
+                // VmHWM, read after each stage (the kernel syncs its counters lazily, so
+                // successive reads are not strictly ordered: only their presence is checked).
+                assert!(memory.peak_rss_after.iter().all(|p| p.1.is_some()));
+                assert!(memory.peak_rss_bytes.is_some());
+            }
+        }
+    }
+    let mut opts = LayerOptions::new(KeepSpec::Count(12));
+    opts.method = SelectionMethod::Importance;
+    opts.route = Some(Route::TwoPass);
+    let mut source = SliceRows::new(ActivationRows::F32(&acts), n).unwrap();
+    let err = compress_layer(&Backend::Cpu, &mut source, &next, &opts, &mut NoProgress)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("importance") && err.contains("one-pass"),
+        "{err}"
+    );
+}

@@ -63,10 +63,16 @@ impl Fixture {
     }
 
     fn run(&self, extra: &[&str]) -> Output {
+        self.run_on("acts.npy", extra, &[])
+    }
+
+    /// `compress-layer` on the activations in `acts` (a file of the fixture), with `env`
+    /// set for the child.
+    fn run_on(&self, acts: &str, extra: &[&str], env: &[(&str, &str)]) -> Output {
         let mut args: Vec<String> = vec![
             "compress-layer".into(),
             "--activations".into(),
-            self.path("acts.npy").display().to_string(),
+            self.path(acts).display().to_string(),
             "--weights".into(),
             self.path("model.safetensors").display().to_string(),
             "--backend".into(),
@@ -75,8 +81,29 @@ impl Fixture {
         args.extend(extra.iter().map(|s| s.to_string()));
         Command::new(env!("CARGO_BIN_EXE_divnet"))
             .args(&args)
+            .envs(env.iter().copied())
             .output()
             .unwrap()
+    }
+
+    /// The activations as f16 in an npy file, C or Fortran order.
+    fn write_f16(&self, name: &str, fortran: bool) {
+        let order = if fortran { "True" } else { "False" };
+        let header =
+            format!("{{'descr': '<f2', 'fortran_order': {order}, 'shape': ({M}, {N}), }}\n");
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(header.as_bytes());
+        for k in 0..M * N {
+            let (t, i) = if fortran {
+                (k % M, k / M)
+            } else {
+                (k / N, k % N)
+            };
+            let v = half::f16::from_f32(self.acts[t * N + i]);
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        std::fs::write(self.path(name), bytes).unwrap();
     }
 
     fn a(&self, t: usize, i: usize) -> f64 {
@@ -469,4 +496,205 @@ fn several_next_layers_are_fused_together() {
         assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b}");
     }
     assert_eq!(both.get("gate.weight").unwrap().shape, vec![6, D]);
+}
+
+/// f16 activations in Fortran order stream through `compress-layer` as C-order ones do (the
+/// same output, byte for byte), and the two-pass route keeps the same neurons with the same
+/// fused layer; the report says which route ran, with the plan and the peak memory.
+#[test]
+fn fortran_f16_activations_and_the_two_pass_route() {
+    let f = Fixture::new(21);
+    f.write_f16("c.npy", false);
+    f.write_f16("f.npy", true);
+    let run = |acts: &str, route: &str, out: &str| {
+        let (out, rep) = (f.path(out), f.path(&format!("{out}.json")));
+        let o = f.run_on(
+            acts,
+            &[
+                "--next",
+                "down",
+                "--prev",
+                "gate,up",
+                "--select",
+                "greedy",
+                "-k",
+                "6",
+                "--route",
+                route,
+                "--out",
+                out.to_str().unwrap(),
+                "--report",
+                rep.to_str().unwrap(),
+            ],
+            &[],
+        );
+        let stderr = String::from_utf8_lossy(&ok(&o).stderr).to_string();
+        (std::fs::read(&out).unwrap(), report(&rep), stderr)
+    };
+    let (c_one, r_c_one, _) = run("c.npy", "one-pass", "c1.safetensors");
+    let (f_one, _, stderr) = run("f.npy", "one-pass", "f1.safetensors");
+    assert!(stderr.contains("Fortran order"), "{stderr}");
+    assert_eq!(c_one, f_one, "Fortran and C order give the same output");
+    let (f_two, r_two, stderr) = run("f.npy", "two-pass", "f2.safetensors");
+    assert!(stderr.contains("route: two-pass"), "{stderr}");
+    assert_eq!(r_two["route"], "two-pass");
+    assert_eq!(r_c_one["route"], "one-pass");
+    assert_eq!(r_two["kept"], r_c_one["kept"]);
+    let tensors = |bytes: &[u8]| {
+        let path = f.path("tmp.safetensors");
+        std::fs::write(&path, bytes).unwrap();
+        read_safetensors(&path).unwrap()
+    };
+    let (one, two) = (tensors(&c_one), tensors(&f_two));
+    let (w1, w2) = (
+        one.get("down.weight").unwrap().to_f32().unwrap(),
+        two.get("down.weight").unwrap().to_f32().unwrap(),
+    );
+    for (a, b) in w1.iter().zip(&w2) {
+        assert!((a - b).abs() <= 1e-5 * (1.0 + a.abs()), "{a} vs {b}");
+    }
+    let (e1, e2) = (
+        r_c_one["relative_error"].as_f64().unwrap(),
+        r_two["relative_error"].as_f64().unwrap(),
+    );
+    assert!((e1 - e2).abs() <= 1e-5 * e1, "{e1} vs {e2}");
+    assert_eq!(r_two["plan"]["route"], "two-pass");
+    assert!(r_two["plan"]["memory"]["stages"].as_array().unwrap().len() >= 4);
+    let memory = &r_two["memory"];
+    assert!(memory["planned_peak_bytes"].as_u64().unwrap() > 0);
+    let stages: Vec<&str> = memory["peak_rss_after"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s[0].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        stages,
+        [
+            "statistics",
+            "kernel",
+            "select",
+            "fusion statistics",
+            "fuse"
+        ]
+    );
+}
+
+/// A layer of 1500 neurons with random selection: the plan of each route, as the library
+/// makes it, decides what `DIVNET_MEMORY_AVAILABLE` must pretend for the command to take
+/// one pass, two passes, or to refuse the layer with a message that says what it needs and
+/// what is free, exit code 2 and no output. `--dry-run` prints the plan and writes nothing.
+#[test]
+fn the_memory_check_chooses_the_route_or_refuses_the_layer() {
+    use divnet::compress::{plan_layer, KeepSpec, LayerOptions, Route};
+    use divnet::select::SelectionMethod;
+
+    let (m, n, n_out) = (40, 1500, 4);
+    let dir = tempfile::tempdir().unwrap();
+    let acts: Vec<f32> = (0..m * n)
+        .map(|i| ((i * 37) % 101) as f32 / 101.0)
+        .collect();
+    let acts_path = dir.path().join("wide.npy");
+    write_npy(&acts_path, &[m, n], &acts).unwrap();
+    let mut model = TensorFile::default();
+    let w: Vec<f32> = (0..n_out * n)
+        .map(|i| ((i * 13) % 7) as f32 - 3.0)
+        .collect();
+    model.insert(
+        "down.weight".into(),
+        Tensor::from_f32(&w, vec![n_out, n], Dtype::F32).unwrap(),
+    );
+    let model_path = dir.path().join("m.safetensors");
+    write_safetensors(&model_path, &model).unwrap();
+
+    let mut opts = LayerOptions::new(KeepSpec::Count(100));
+    opts.method = SelectionMethod::Random;
+    let mut need = |route| {
+        opts.route = Some(route);
+        plan_layer(&divnet::Backend::Cpu, n, m, &[n_out], &opts)
+            .unwrap()
+            .memory
+            .need_with_margin()
+    };
+    let (one, two) = (need(Route::OnePass), need(Route::TwoPass));
+    assert!(two < one, "the two-pass route needs less: {two} vs {one}");
+
+    let out = dir.path().join("out.safetensors");
+    let rep = dir.path().join("r.json");
+    let run = |available: u64, extra: &[&str]| {
+        let mut args = vec![
+            "compress-layer".to_string(),
+            "--activations".into(),
+            acts_path.display().to_string(),
+            "--weights".into(),
+            model_path.display().to_string(),
+            "--next".into(),
+            "down".into(),
+            "--select".into(),
+            "random".into(),
+            "-k".into(),
+            "100".into(),
+            "--backend".into(),
+            "cpu".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Command::new(env!("CARGO_BIN_EXE_divnet"))
+            .args(&args)
+            .env("DIVNET_MEMORY_AVAILABLE", available.to_string())
+            .output()
+            .unwrap()
+    };
+    let to_file = [
+        "--out",
+        out.to_str().unwrap(),
+        "--report",
+        rep.to_str().unwrap(),
+    ];
+    for (available, route) in [(one, "one-pass"), ((one + two) / 2, "two-pass")] {
+        ok(&run(available, &to_file));
+        let r = report(&rep);
+        assert_eq!(r["route"], route, "{available} bytes free");
+        assert_eq!(r["memory"]["available_bytes"].as_u64(), Some(available));
+        std::fs::remove_file(&out).unwrap();
+        std::fs::remove_file(&rep).unwrap();
+    }
+
+    let refused = run(two - 1, &to_file);
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    let last = stderr.lines().last().unwrap();
+    assert!(
+        last.starts_with("divnet: error: a layer of 1500 neurons")
+            && last.contains("needs")
+            && last.contains("is available (DIVNET_MEMORY_AVAILABLE)"),
+        "{stderr}"
+    );
+    assert!(!out.exists() && !rep.exists(), "nothing is written");
+
+    let bad = Command::new(env!("CARGO_BIN_EXE_divnet"))
+        .args(["compress-layer", "--activations"])
+        .arg(&acts_path)
+        .args(["--weights"])
+        .arg(&model_path)
+        .args(["--next", "down", "-k", "3", "--dry-run"])
+        .env("DIVNET_MEMORY_AVAILABLE", "lots")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("DIVNET_MEMORY_AVAILABLE=\"lots\" is not a size"),
+        "{stderr}"
+    );
+
+    let dry = run(one, &["--dry-run"]);
+    let stdout = String::from_utf8_lossy(&ok(&dry).stdout).to_string();
+    assert!(
+        stdout.starts_with("route: one-pass") && stdout.contains("at its peak"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("is available (DIVNET_MEMORY_AVAILABLE)"),
+        "{stdout}"
+    );
+    assert!(!out.exists());
 }

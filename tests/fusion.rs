@@ -1,8 +1,11 @@
 //! Fusion against independent references: least squares by QR of the activations
 //! themselves, the next layer's pre-activations computed explicitly from A.
 
-use divnet::fusion::{fuse_next_layer, FusedLayer, FusionMode, FusionOptions, NextLayer};
-use divnet::kernel::GramStats;
+use divnet::fusion::{
+    fuse_next_layer, fuse_next_layer_from_rows, FusedLayer, FusionMode, FusionOptions, NextLayer,
+};
+use divnet::kernel::{ActivationRows, GramStats, SliceRows};
+use divnet::progress::NoProgress;
 use divnet::{Backend, Error};
 use faer::linalg::solvers::SolveLstsq;
 use faer::Mat;
@@ -37,6 +40,14 @@ impl Case {
 
     fn n(&self) -> usize {
         self.a.ncols()
+    }
+
+    /// The activations as f32 rows (row-major), after rounding A to f32 so that the rows
+    /// and the f64 statistics describe the same numbers.
+    fn f32_rows(&mut self) -> Vec<f32> {
+        let (m, n) = (self.a.nrows(), self.n());
+        self.a = Mat::from_fn(m, n, |t, i| self.a[(t, i)] as f32 as f64);
+        (0..m * n).map(|k| self.a[(k / n, k % n)] as f32).collect()
     }
 
     /// G and s by naive f64 loops: independent of the crate's accumulators.
@@ -530,5 +541,96 @@ fn gpu_reported_error_resolves_small_errors() {
         rel < 0.05,
         "GPU reported {:e}, explicit {explicit:e}",
         f.relative_error
+    );
+}
+
+/// The fusion from a second pass over the activations (no n x n Gram) equals the fusion from
+/// the Gram statistics: weights, bias, ridge and reported error, in every mode, for unsorted,
+/// single and complete kept sets, next layers narrower and wider than the layer, and chunks
+/// of one row to all of them.
+#[test]
+fn fusion_from_a_second_pass_equals_fusion_from_the_gram() {
+    let cases: Vec<(usize, usize, usize, Vec<usize>)> = vec![
+        (150, 24, 12, keep_set()),
+        (60, 30, 70, (0..30).rev().step_by(3).collect()),
+        (90, 16, 5, (0..16).collect()),
+        (300, 20, 3, vec![4]),
+    ];
+    for (seed, (m, n, n_out, keep)) in cases.into_iter().enumerate() {
+        let mut case = Case::random(m, n, n_out, 20 + seed as u64);
+        let rows = case.f32_rows();
+        let k = keep.len();
+        for mode in [FusionMode::Fuse, FusionMode::FuseNoBias, FusionMode::Prune] {
+            let from_gram = fuse_next_layer(
+                &Backend::Cpu,
+                &case.stats(),
+                &keep,
+                case.next(),
+                &opts(mode),
+            )
+            .unwrap();
+            for chunk in [1, 7, m] {
+                let mut source = SliceRows::new(ActivationRows::F32(&rows), n)
+                    .unwrap()
+                    .with_chunk_rows(chunk);
+                let streamed = fuse_next_layer_from_rows(
+                    &Backend::Cpu,
+                    &mut source,
+                    &keep,
+                    case.next(),
+                    &opts(mode),
+                    &mut NoProgress,
+                )
+                .unwrap();
+                let what = format!("n = {n}, k = {k}, {mode:?}, chunks of {chunk}");
+                let dw = max_rel_diff(&streamed.weight, |i| from_gram.weight[i] as f64, n_out * k);
+                let db = max_rel_diff(&streamed.bias, |o| from_gram.bias[o] as f64, n_out);
+                assert!(
+                    dw < 2e-5 && db < 2e-5,
+                    "{what}: weights {dw:e}, bias {db:e}"
+                );
+                let dr = (streamed.ridge - from_gram.ridge).abs();
+                assert!(dr <= 1e-6 * from_gram.ridge, "{what}: ridge {dr:e}");
+                let de = (streamed.relative_error - from_gram.relative_error).abs();
+                assert!(
+                    de <= 1e-5 * from_gram.relative_error + 1e-7,
+                    "{what}: error {} vs {}",
+                    streamed.relative_error,
+                    from_gram.relative_error
+                );
+                // And the reported error is the explicit one.
+                let explicit = frob_rel(&case.z(), &case.z_fused(&keep, &streamed));
+                assert!(
+                    (streamed.relative_error - explicit).abs() <= 1e-4 * explicit + 1e-7,
+                    "{what}: reported {} vs explicit {explicit}",
+                    streamed.relative_error
+                );
+            }
+        }
+    }
+}
+
+/// A NaN met by the second pass is an error naming its row (across chunks) and neuron.
+#[test]
+fn second_pass_names_a_non_finite_activation() {
+    let mut case = Case::random(20, 6, 3, 30);
+    let mut rows = case.f32_rows();
+    rows[13 * 6 + 4] = f32::NAN;
+    let mut source = SliceRows::new(ActivationRows::F32(&rows), 6)
+        .unwrap()
+        .with_chunk_rows(5);
+    let err = fuse_next_layer_from_rows(
+        &Backend::Cpu,
+        &mut source,
+        &[0, 2],
+        case.next(),
+        &FusionOptions::default(),
+        &mut NoProgress,
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::InvalidInput(_)), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "activation at row 13, neuron 4 is not finite"
     );
 }

@@ -8,19 +8,25 @@
 //! activations. Every interface (the CLI's `compress-layer`, the Python package) is a thin
 //! layer over these two.
 
+use std::borrow::Cow;
 use std::path::Path;
 use std::time::Instant;
 
 use safetensors::Dtype;
 
-use super::{check_keep, fusion_name, KeepSpec, LayerReport, DEFAULT_EPS};
+use super::plan::{plan_layer, LayerPlan, Route};
+use super::{check_keep, fusion_name, KeepSpec, LayerReport, MemoryReport, DEFAULT_EPS};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::fusion::{fuse_next_layer, FusedLayer, FusionOptions, NextLayer};
+use crate::fusion::{
+    fuse_next_layer, fusion_system_from_rows, solve_fusion, FusedLayer, FusionOptions, NextLayer,
+};
 use crate::io::safetensors::{Tensor, TensorFile};
 use crate::kernel::{
-    rbf_from_distances, Beta, Distances, GramStats, LayerStats, RbfKernel, RowSource, StatsKind,
+    rbf_from_distances, Beta, Distances, GramStats, LayerStatistics, LayerStats, RbfKernel,
+    RowSource, StatsKind,
 };
+use crate::memory;
 use crate::model::tensor_name;
 use crate::progress::Progress;
 use crate::select::{
@@ -46,11 +52,14 @@ pub struct LayerOptions {
     /// limit too small), run it again on the CPU and say so in the report's notes. Off: the
     /// error stands.
     pub cpu_fallback: bool,
+    /// Where the fusion's statistics come from (see [`Route`]); `None` lets
+    /// [`plan_layer`] choose by the free memory.
+    pub route: Option<Route>,
 }
 
 impl LayerOptions {
     /// The paper's setup for `keep`: k-DPP selection, fusion with bias, beta = 10/m,
-    /// seed 0, no CPU fallback.
+    /// seed 0, no CPU fallback, the route chosen by the free memory.
     pub fn new(keep: KeepSpec) -> Self {
         Self {
             method: SelectionMethod::KDpp,
@@ -60,6 +69,7 @@ impl LayerOptions {
             eps: DEFAULT_EPS,
             seed: 0,
             cpu_fallback: false,
+            route: None,
         }
     }
 }
@@ -73,14 +83,27 @@ pub struct LayerOutcome {
     pub next: Vec<FusedLayer>,
     /// What happened, stage by stage.
     pub report: LayerReport,
+    /// The route and memory plan the pipeline followed.
+    pub plan: LayerPlan,
 }
 
-/// Compresses one hidden layer: one pass over `activations` (m x n, any [`RowSource`]) for
-/// the statistics the method needs, selection, then fusion of the dropped neurons into every
+/// Compresses one hidden layer: the statistics the method needs from `activations`
+/// (m x n, any [`RowSource`]), selection, then fusion of the dropped neurons into every
 /// layer in `next` (each must read the n neurons; several next layers are fused together, as
 /// one least-squares problem with their rows stacked).
 ///
-/// The report's stages are `statistics`, `kernel` (DPP methods), `select` and `fuse`.
+/// Before the first pass, [`plan_layer`] chooses the route and checks that its peak fits
+/// the free memory (an error saying what the layer needs and what is available when not):
+/// one pass collecting the Gram statistics beside the distances, or, when G and the kernel
+/// do not fit together (or `opts.route` asks), the distances alone and after selection a
+/// second pass over the activations for the fusion system. Either way no n x n matrix is
+/// copied: the kernel is built over the distances, and each matrix is dropped before the
+/// next is made.
+///
+/// The report's stages are `statistics` (the first pass; it includes reading the
+/// activations when they come from a file), `kernel` (DPP methods), `select`, `fusion
+/// statistics` (the second pass, two-pass route only) and `fuse`; the report says which
+/// route ran, the plan, and the process's peak memory after each stage.
 pub fn compress_layer(
     backend: &Backend,
     activations: &mut dyn RowSource,
@@ -89,50 +112,91 @@ pub fn compress_layer(
     progress: &mut dyn Progress,
 ) -> Result<LayerOutcome> {
     let n = activations.width();
+    let m = activations.rows();
+    let next_rows: Vec<usize> = next.iter().map(|l| l.n_out).collect();
     let stacked = StackedNext::new(next, n)?;
-    let plan = SelectionPlan::new(opts, n)?;
+    let selection = SelectionPlan::new(opts, n)?;
+    let layer_plan = plan_layer(backend, n, m, &next_rows, opts)?;
     let mut work = LayerWork::new(backend, opts.cpu_fallback);
 
-    let kind = StatsKind::of(true, plan.needs_kernel(opts)).expect("the Gram is always needed");
-    let t = Instant::now();
-    let statistics = work.on_backend("statistics", |b| {
-        let mut stats = LayerStats::new(b, n, kind)?;
-        stats.push_source(activations, "statistics", progress)?;
-        stats.finish()
-    })?;
-    work.stage("statistics", t);
-    let stats = statistics.gram.expect("collected");
-
-    let selected = select_and_fuse(
-        &mut work,
-        &stats,
-        statistics.distances,
-        stacked.view(),
-        &plan,
-        opts,
-        opts.seed,
-        progress,
-    )?;
-    let fused = stacked.split(&selected.fused);
+    let (selected, fused) = match layer_plan.route {
+        Route::OnePass => {
+            let kind = StatsKind::of(true, selection.needs_kernel(opts))
+                .expect("the Gram is always collected");
+            let statistics = work.statistics(activations, kind, progress)?;
+            let stats = statistics.gram.expect("collected");
+            let selected = select_neurons(
+                &mut work,
+                Some(&stats),
+                statistics.distances,
+                stacked.view(),
+                &selection,
+                opts,
+                opts.seed,
+                progress,
+            )?;
+            let fused = fuse_from_gram(
+                &mut work,
+                &stats,
+                &selected.kept,
+                stacked.view(),
+                opts,
+                progress,
+            )?;
+            (selected, fused)
+        }
+        Route::TwoPass => {
+            let distances = if selection.needs_kernel(opts) {
+                Some(
+                    work.statistics(activations, StatsKind::Distances, progress)?
+                        .into_distances()?,
+                )
+            } else {
+                None
+            };
+            let selected = select_neurons(
+                &mut work,
+                None,
+                distances,
+                stacked.view(),
+                &selection,
+                opts,
+                opts.seed,
+                progress,
+            )?;
+            let fused = fuse_from_rows(
+                &mut work,
+                activations,
+                &selected.kept,
+                stacked.view(),
+                opts,
+                progress,
+            )?;
+            (selected, fused)
+        }
+    };
     let report = LayerReport {
         name: String::new(),
         index: 0,
         neurons_before: n,
-        samples: stats.samples,
+        samples: m,
         kept: selected.kept.clone(),
-        method: plan.method_name(opts).into(),
+        method: selection.method_name(opts).into(),
         fusion: fusion_name(opts.fusion.mode).into(),
         beta: selected.beta,
-        ridge: selected.fused.ridge,
-        relative_error: selected.fused.relative_error,
+        ridge: fused.ridge,
+        relative_error: fused.relative_error,
         diversity: selected.diversity,
+        route: layer_plan.route.name().into(),
+        memory: work.memory_report(Some(&layer_plan)),
         seconds: work.seconds,
         notes: work.notes,
     };
     Ok(LayerOutcome {
         kept: selected.kept,
-        next: fused,
+        next: stacked.split(fused),
         report,
+        plan: layer_plan,
     })
 }
 
@@ -165,65 +229,16 @@ pub fn compress_layer_tensors(
     progress: &mut dyn Progress,
 ) -> Result<LayerOutcome> {
     let n = activations.width();
+    check_tensors(n, &tensors)?;
     let file = tensors.file;
-    let source = tensors.source;
-    if tensors.next.is_empty() {
-        return Err(Error::invalid(
-            "name the layer(s) that read the activations (next)",
-        ));
-    }
     let mut next_weights = Vec::new();
     for name in tensors.next {
-        let w_name = tensor_name(name, "weight");
-        let w = float_tensor(file, &w_name, source)?;
-        if w.shape.len() != 2 || w.shape[1] != n {
-            return Err(Error::format(
-                source,
-                format!(
-                    "{w_name} has shape {:?}, expected [n_out, {n}] to read the {n} neurons of {}",
-                    w.shape,
-                    tensors.activations.display()
-                ),
-            ));
-        }
-        let n_out = w.shape[0];
-        let b_name = tensor_name(name, "bias");
-        let bias = match file.get(&b_name) {
-            Some(_) => {
-                let b = float_tensor(file, &b_name, source)?;
-                if b.shape != [n_out] {
-                    return Err(Error::format(
-                        source,
-                        format!("{b_name} has shape {:?}, expected [{n_out}]", b.shape),
-                    ));
-                }
-                Some(b.to_f32()?)
-            }
+        let w = file.get(&tensor_name(name, "weight")).expect("checked");
+        let bias = match file.get(&tensor_name(name, "bias")) {
+            Some(b) => Some(b.to_f32()?),
             None => None,
         };
-        next_weights.push((w.to_f32()?, bias, n_out));
-    }
-    for p in tensors.prev {
-        let w_name = tensor_name(p, "weight");
-        let w = float_tensor(file, &w_name, source)?;
-        if w.shape.first() != Some(&n) {
-            return Err(Error::format(
-                source,
-                format!(
-                    "{w_name} has shape {:?}, expected {n} rows (one per neuron)",
-                    w.shape
-                ),
-            ));
-        }
-        let b_name = tensor_name(p, "bias");
-        if let Some(b) = file.get(&b_name) {
-            if b.shape != [n] {
-                return Err(Error::format(
-                    source,
-                    format!("{b_name} has shape {:?}, expected [{n}]", b.shape),
-                ));
-            }
-        }
+        next_weights.push((w.to_f32()?, bias, w.shape[0]));
     }
     let next: Vec<NextLayer> = next_weights
         .iter()
@@ -269,6 +284,87 @@ pub fn compress_layer_tensors(
     Ok(outcome)
 }
 
+/// The plan [`compress_layer_tensors`] would follow on these tensors (see [`plan_layer`]),
+/// after the same checks of the tensors, without reading the activations' data.
+pub fn plan_layer_tensors(
+    backend: &Backend,
+    activations: &dyn RowSource,
+    tensors: &LayerTensors<'_>,
+    opts: &LayerOptions,
+) -> Result<LayerPlan> {
+    let next_rows = check_tensors(activations.width(), tensors)?;
+    plan_layer(
+        backend,
+        activations.width(),
+        activations.rows(),
+        &next_rows,
+        opts,
+    )
+}
+
+/// Checks the named tensors against a layer of `n` neurons: every next layer's weight
+/// `[n_out, n]` (floats) and bias `[n_out]`, every producing layer's weight with n rows and
+/// bias `[n]`. Returns each next layer's n_out.
+fn check_tensors(n: usize, tensors: &LayerTensors<'_>) -> Result<Vec<usize>> {
+    let file: &TensorFile = tensors.file;
+    let source = tensors.source;
+    if tensors.next.is_empty() {
+        return Err(Error::invalid(
+            "name the layer(s) that read the activations (next)",
+        ));
+    }
+    let mut next_rows = Vec::new();
+    for name in tensors.next {
+        let w_name = tensor_name(name, "weight");
+        let w = float_tensor(file, &w_name, source)?;
+        if w.shape.len() != 2 || w.shape[1] != n {
+            return Err(Error::format(
+                source,
+                format!(
+                    "{w_name} has shape {:?}, expected [n_out, {n}] to read the {n} neurons of {}",
+                    w.shape,
+                    tensors.activations.display()
+                ),
+            ));
+        }
+        let n_out = w.shape[0];
+        let b_name = tensor_name(name, "bias");
+        if file.get(&b_name).is_some() {
+            let b = float_tensor(file, &b_name, source)?;
+            if b.shape != [n_out] {
+                return Err(Error::format(
+                    source,
+                    format!("{b_name} has shape {:?}, expected [{n_out}]", b.shape),
+                ));
+            }
+        }
+        next_rows.push(n_out);
+    }
+    for p in tensors.prev {
+        let w_name = tensor_name(p, "weight");
+        let w = float_tensor(file, &w_name, source)?;
+        if w.shape.first() != Some(&n) {
+            return Err(Error::format(
+                source,
+                format!(
+                    "{w_name} has shape {:?}, expected {n} rows (one per neuron)",
+                    w.shape
+                ),
+            ));
+        }
+        let b_name = tensor_name(p, "bias");
+        if let Some(b) = file.get(&b_name) {
+            if b.shape != [n] {
+                return Err(Error::format(
+                    source,
+                    format!("{b_name} has shape {:?}, expected [{n}]", b.shape),
+                ));
+            }
+        }
+    }
+    Ok(next_rows)
+}
+
 /// The tensor `name`, which must exist and hold floats.
 fn float_tensor<'a>(file: &'a TensorFile, name: &str, source: &Path) -> Result<&'a Tensor> {
     let t = file
@@ -302,17 +398,18 @@ pub(crate) fn slice_rows(t: &Tensor, keep: &[usize]) -> Tensor {
 
 /// Several next layers as one: their rows stacked (PyTorch layout), missing biases as
 /// zeros. Fusing the stack is fusing each: the normal equations share their left-hand side
-/// and every output row is its own right-hand side.
-struct StackedNext {
-    weight: Vec<f32>,
-    bias: Option<Vec<f32>>,
+/// and every output row is its own right-hand side. A single next layer is borrowed, not
+/// copied.
+struct StackedNext<'a> {
+    weight: Cow<'a, [f32]>,
+    bias: Option<Cow<'a, [f32]>>,
     /// Rows of each next layer, in order.
     rows: Vec<usize>,
     n_in: usize,
 }
 
-impl StackedNext {
-    fn new(next: &[NextLayer<'_>], n: usize) -> Result<Self> {
+impl<'a> StackedNext<'a> {
+    fn new(next: &[NextLayer<'a>], n: usize) -> Result<Self> {
         if next.is_empty() {
             return Err(Error::invalid(
                 "fusion needs the layer(s) that read the activations",
@@ -325,6 +422,15 @@ impl StackedNext {
                     l.n_in
                 )));
             }
+        }
+        let rows = next.iter().map(|l| l.n_out).collect();
+        if let [one] = next {
+            return Ok(Self {
+                weight: Cow::Borrowed(one.weight),
+                bias: one.bias.map(Cow::Borrowed),
+                rows,
+                n_in: n,
+            });
         }
         let total: usize = next.iter().map(|l| l.n_out).sum();
         let mut weight = Vec::with_capacity(total * n);
@@ -340,9 +446,9 @@ impl StackedNext {
                 .collect()
         });
         Ok(Self {
-            weight,
-            bias,
-            rows: next.iter().map(|l| l.n_out).collect(),
+            weight: Cow::Owned(weight),
+            bias: bias.map(Cow::Owned),
+            rows,
             n_in: n,
         })
     }
@@ -357,7 +463,10 @@ impl StackedNext {
     }
 
     /// The stacked fused layer cut back into one per next layer.
-    fn split(&self, fused: &FusedLayer) -> Vec<FusedLayer> {
+    fn split(&self, fused: FusedLayer) -> Vec<FusedLayer> {
+        if self.rows.len() == 1 {
+            return vec![fused];
+        }
         let k = fused.weight.len() / self.rows.iter().sum::<usize>().max(1);
         let mut start = 0;
         self.rows
@@ -418,7 +527,17 @@ impl SelectionPlan {
         self.given.is_none() && opts.method.needs_kernel()
     }
 
-    fn method_name(&self, opts: &LayerOptions) -> &'static str {
+    /// The given kept neurons, sorted, if the selection is given.
+    pub(crate) fn given(&self) -> Option<&[usize]> {
+        self.given.as_deref()
+    }
+
+    /// How many neurons the selection keeps.
+    pub(crate) fn size(&self) -> SelectionSize {
+        self.size
+    }
+
+    pub(crate) fn method_name(&self, opts: &LayerOptions) -> &'static str {
         match self.given {
             Some(_) => "given",
             None => opts.method.name(),
@@ -426,11 +545,13 @@ impl SelectionPlan {
     }
 }
 
-/// Stage times and notes of one layer, and the GPU-to-CPU fallback.
+/// Stage times, peak memory and notes of one layer, and the GPU-to-CPU fallback.
 pub(crate) struct LayerWork<'a> {
     backend: &'a Backend,
     fallback: bool,
     pub(crate) seconds: Vec<(String, f64)>,
+    /// The process's peak resident memory after each stage.
+    peak_rss: Vec<(String, Option<u64>)>,
     pub(crate) notes: Vec<String>,
 }
 
@@ -440,14 +561,28 @@ impl<'a> LayerWork<'a> {
             backend,
             fallback,
             seconds: Vec::new(),
+            peak_rss: Vec::new(),
             notes: Vec::new(),
         }
     }
 
-    /// Records stage `name` as having run since `start`.
+    /// Records stage `name` as having run since `start`, and the peak memory after it.
     pub(crate) fn stage(&mut self, name: &str, start: Instant) {
         self.seconds
             .push((name.to_string(), start.elapsed().as_secs_f64()));
+        self.peak_rss.push((name.to_string(), memory::peak_rss()));
+    }
+
+    /// What the report says about memory: the plan's figures (when there was a plan) and
+    /// the peaks measured after each stage.
+    pub(crate) fn memory_report(&self, plan: Option<&LayerPlan>) -> MemoryReport {
+        MemoryReport {
+            planned_peak_bytes: plan.map(|p| p.memory.peak()),
+            rss_at_plan_bytes: plan.and_then(|p| p.rss_at_plan),
+            available_bytes: plan.and_then(|p| p.available.bytes),
+            peak_rss_bytes: memory::peak_rss(),
+            peak_rss_after: self.peak_rss.clone(),
+        }
     }
 
     /// Runs `work` on the backend; with the fallback on, a GPU device error runs it again on
@@ -467,22 +602,41 @@ impl<'a> LayerWork<'a> {
             other => other,
         }
     }
+
+    /// The stage `statistics`: one pass of `source` through a [`LayerStats`] of `kind`.
+    fn statistics(
+        &mut self,
+        source: &mut dyn RowSource,
+        kind: StatsKind,
+        progress: &mut dyn Progress,
+    ) -> Result<LayerStatistics> {
+        let t = Instant::now();
+        let n = source.width();
+        let statistics = self.on_backend("statistics", |b| {
+            let mut stats = LayerStats::new(b, n, kind)?;
+            stats.push_source(source, "statistics", progress)?;
+            stats.finish()
+        })?;
+        self.stage("statistics", t);
+        Ok(statistics)
+    }
 }
 
-/// The outcome of [`select_and_fuse`].
+/// The outcome of [`select_neurons`].
 pub(crate) struct Selected {
     pub(crate) kept: Vec<usize>,
-    pub(crate) fused: FusedLayer,
     pub(crate) beta: Option<f64>,
     pub(crate) diversity: Option<Diversity>,
 }
 
 /// What every pipeline does once a layer's statistics are in: the kernel (when the method
-/// needs one), the selection and the fusion into `next`. Stages `kernel`, `select`, `fuse`.
+/// needs one, built over `distances`), and the selection. `stats` is needed by the methods
+/// that choose from G (importance). The kernel is dropped before returning, so that the
+/// fusion that follows does not hold it. Stages `kernel`, `select`.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn select_and_fuse(
+pub(crate) fn select_neurons(
     work: &mut LayerWork<'_>,
-    stats: &GramStats,
+    stats: Option<&GramStats>,
     distances: Option<Distances>,
     next: NextLayer<'_>,
     plan: &SelectionPlan,
@@ -490,12 +644,11 @@ pub(crate) fn select_and_fuse(
     seed: u64,
     progress: &mut dyn Progress,
 ) -> Result<Selected> {
-    let n = stats.len();
+    let n = next.n_in;
     let kernel: Option<RbfKernel> = match distances {
         Some(d) if plan.needs_kernel(opts) => {
             let t = Instant::now();
-            let kernel = rbf_from_distances(&d, opts.beta, opts.eps)?;
-            drop(d);
+            let kernel = rbf_from_distances(d, opts.beta, opts.eps)?;
             work.stage("kernel", t);
             Some(kernel)
         }
@@ -508,6 +661,9 @@ pub(crate) fn select_and_fuse(
         Some(given) => given.clone(),
         None => {
             let scores = if opts.method == SelectionMethod::Importance {
+                let stats = stats.ok_or_else(|| {
+                    Error::invalid("importance selection needs the layer's Gram statistics")
+                })?;
                 Some(importance_scores(stats, next.weight, next.n_out)?)
             } else {
                 None
@@ -517,18 +673,57 @@ pub(crate) fn select_and_fuse(
             selector.select(opts.method, plan.size, seed)?
         }
     };
+    let diversity = kernel.as_ref().map(|k| diversity(&k.matrix, &kept));
     progress.finish();
     work.stage("select", t);
-
-    let t = Instant::now();
-    let fused = work.on_backend("fuse", |b| {
-        fuse_next_layer(b, stats, &kept, next, &opts.fusion)
-    })?;
-    work.stage("fuse", t);
     Ok(Selected {
-        diversity: kernel.as_ref().map(|k| diversity(&k.matrix, &kept)),
         beta: kernel.as_ref().map(|k| k.beta),
+        diversity,
         kept,
-        fused,
     })
+}
+
+/// Stage `fuse` from the layer's Gram statistics.
+pub(crate) fn fuse_from_gram(
+    work: &mut LayerWork<'_>,
+    stats: &GramStats,
+    kept: &[usize],
+    next: NextLayer<'_>,
+    opts: &LayerOptions,
+    progress: &mut dyn Progress,
+) -> Result<FusedLayer> {
+    let t = Instant::now();
+    progress.start("fuse", 1);
+    let fused = work.on_backend("fuse", |b| {
+        fuse_next_layer(b, stats, kept, next, &opts.fusion)
+    });
+    progress.finish();
+    work.stage("fuse", t);
+    fused
+}
+
+/// Stages `fusion statistics` (a second pass over `activations`) and `fuse` (the solve),
+/// without the layer's Gram.
+fn fuse_from_rows(
+    work: &mut LayerWork<'_>,
+    activations: &mut dyn RowSource,
+    kept: &[usize],
+    next: NextLayer<'_>,
+    opts: &LayerOptions,
+    progress: &mut dyn Progress,
+) -> Result<FusedLayer> {
+    if work.backend.gpu().is_some() {
+        work.notes.push(
+            "fusion statistics: computed on the CPU (the second pass has no GPU kernel yet)".into(),
+        );
+    }
+    let t = Instant::now();
+    let system = fusion_system_from_rows(activations, kept, next, &opts.fusion, progress)?;
+    work.stage("fusion statistics", t);
+    let t = Instant::now();
+    progress.start("fuse", 1);
+    let fused = solve_fusion(&system, kept, next, &opts.fusion);
+    progress.finish();
+    work.stage("fuse", t);
+    fused
 }

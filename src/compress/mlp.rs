@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use super::layer::{select_and_fuse, LayerOptions, LayerWork, SelectionPlan};
+use super::layer::{fuse_from_gram, select_neurons, LayerOptions, LayerWork, SelectionPlan};
 use super::{fusion_name, CompressReport, KeepSpec, LayerReport, DEFAULT_CHUNK_ROWS, DEFAULT_EPS};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
@@ -218,6 +218,7 @@ pub fn compress_mlp(
             eps: opts.eps,
             seed: opts.seed.wrapping_add(layer as u64),
             cpu_fallback: false,
+            route: Some(super::Route::OnePass),
         };
         let plan = SelectionPlan::new(&layer_opts, n)?;
         let mut work = LayerWork::new(backend, false);
@@ -236,23 +237,32 @@ pub fn compress_mlp(
         work.stage("observe", t);
 
         let next = &out.layers[layer + 1];
-        let selected = select_and_fuse(
+        let next = NextLayer {
+            weight: &next.weight,
+            bias: next.has_bias.then_some(next.bias.as_slice()),
+            n_out: next.out_dim,
+            n_in: next.in_dim,
+        };
+        let selected = select_neurons(
             &mut work,
-            &obs.stats,
+            Some(&obs.stats),
             obs.distances,
-            NextLayer {
-                weight: &next.weight,
-                bias: next.has_bias.then_some(next.bias.as_slice()),
-                n_out: next.out_dim,
-                n_in: next.in_dim,
-            },
+            next,
             &plan,
             &layer_opts,
             layer_opts.seed,
             progress,
         )?;
-        let (ridge, relative_error) = (selected.fused.ridge, selected.fused.relative_error);
-        replace_layer(&mut out, layer, &selected.kept, selected.fused);
+        let fused = fuse_from_gram(
+            &mut work,
+            &obs.stats,
+            &selected.kept,
+            next,
+            &layer_opts,
+            progress,
+        )?;
+        let (ridge, relative_error) = (fused.ridge, fused.relative_error);
+        replace_layer(&mut out, layer, &selected.kept, fused);
 
         reports.push(LayerReport {
             name: out.layers[layer].name.clone(),
@@ -270,6 +280,8 @@ pub fn compress_mlp(
             beta: selected.beta,
             ridge,
             relative_error,
+            route: super::Route::OnePass.name().into(),
+            memory: work.memory_report(None),
             seconds: work.seconds,
             notes: work.notes,
         });

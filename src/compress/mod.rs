@@ -11,11 +11,16 @@
 
 mod layer;
 mod mlp;
+mod plan;
 
-pub use layer::{compress_layer, compress_layer_tensors, LayerOptions, LayerOutcome, LayerTensors};
+pub use layer::{
+    compress_layer, compress_layer_tensors, plan_layer_tensors, LayerOptions, LayerOutcome,
+    LayerTensors,
+};
 pub use mlp::{
     apply_selection, compress_mlp, observe_hidden_layer, CompressOptions, LayerObservation,
 };
+pub use plan::{plan_layer, LayerPlan, Route};
 
 use crate::error::{Error, Result};
 use crate::fusion::FusionMode;
@@ -87,11 +92,34 @@ pub struct LayerReport {
     pub relative_error: f64,
     /// Diversity of the kept set under the kernel, when one was built.
     pub diversity: Option<Diversity>,
-    /// Seconds per stage: observe, kernel, select, fuse.
+    /// How the fusion got its statistics: "one-pass" (G collected with the kernel's
+    /// distances) or "two-pass" (a second pass over the activations after selection); see
+    /// [`Route`].
+    pub route: String,
+    /// Planned and measured memory.
+    pub memory: MemoryReport,
+    /// Seconds per stage, in order (e.g. statistics, kernel, select, fuse).
     pub seconds: Vec<(String, f64)>,
     /// What the user should know about how the layer was processed: a stage that fell back
     /// to the CPU after a GPU failure, a bias created to hold the fused constant, ...
     pub notes: Vec<String>,
+}
+
+/// The memory of one layer's compression: what the plan predicted and what the process
+/// reached. Bytes; `None` where the system does not say (peaks come from `VmHWM`, Linux).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct MemoryReport {
+    /// The plan's peak, above what the process held when planning (`None` without a plan).
+    pub planned_peak_bytes: Option<u64>,
+    /// The process's resident memory when planning.
+    pub rss_at_plan_bytes: Option<u64>,
+    /// The memory available when planning.
+    pub available_bytes: Option<u64>,
+    /// The process's peak resident memory when the layer was done.
+    pub peak_rss_bytes: Option<u64>,
+    /// The process's peak resident memory after each stage, in stage order: the stage
+    /// where it grows is the one that raised it.
+    pub peak_rss_after: Vec<(String, Option<u64>)>,
 }
 
 /// What happened to the whole network.

@@ -1,10 +1,18 @@
-//! CPU twin of [`crate::gpu::fusion::assemble`]: the fusion system in f64 with faer.
+//! The fusion system on the CPU, in f64 with faer, two ways:
+//! - [`assemble`], the CPU twin of [`crate::gpu::fusion::assemble`]: from the layer's Gram
+//!   statistics (an n x n G);
+//! - [`FusionPass`]: from the activations themselves, streamed once more after selection,
+//!   without any n x n matrix (the route of layers whose G would not fit beside their
+//!   kernel). The GPU backend runs this one on the CPU too, for now.
+//!
+//! Both produce the same [`FusionSystem`], which [`crate::fusion`] solves one way.
 
 use faer::linalg::matmul::matmul;
+use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::{Accum, Mat, MatRef, Par};
 
-use crate::error::Result;
-use crate::types::{FusionSystem, GramStats, NextLayer};
+use crate::error::{Error, Result};
+use crate::types::{non_finite_activation, ActivationRows, FusionSystem, GramStats, NextLayer};
 
 /// Assembles the normal equations of the fusion and the two energies of the reconstruction
 /// error, in f64. `keep` and `dropped` partition the layer's neurons (validated by the
@@ -31,36 +39,240 @@ pub fn assemble(
         (false, true) => s[j],
         (false, false) => stats.samples as f64,
     };
-    let w_aug_t = |cols: &[usize]| -> Mat<f64> {
-        // (|cols| x n_out): column o is row o of W~ gathered, read contiguously.
-        let mut m = Mat::<f64>::zeros(cols.len(), n_out);
-        for o in 0..n_out {
-            let row = &next.weight[o * n..(o + 1) * n];
-            let b = next.bias.map_or(0.0, |b| b[o] as f64);
-            for (j, &c) in cols.iter().enumerate() {
-                m[(j, o)] = if c < n { row[c] as f64 } else { b };
-            }
-        }
-        m
-    };
 
-    let wp_t = w_aug_t(dropped);
-    let wy_t = w_aug_t(&aug_keep);
-
+    let wp_t = augmented_weight_t(next, dropped);
     let g_yp = Mat::<f64>::from_fn(k + 1, dropped.len(), |i, j| g_aug(aug_keep[i], dropped[j]));
     let mut rhs = Mat::<f64>::zeros(k + 1, n_out);
     matmul(rhs.as_mut(), Accum::Replace, &g_yp, &wp_t, 1.0, par);
     drop(g_yp);
 
-    let kept_energy = quadratic_trace(wy_t.as_ref(), |i, j| g_aug(aug_keep[i], aug_keep[j]), par);
+    let lhs = stats.augmented_block(keep);
+    let kept_energy = kept_energy(&lhs, keep, next, par);
     let dropped_energy = quadratic_trace(wp_t.as_ref(), |i, j| g[(dropped[i], dropped[j])], par);
 
     Ok(FusionSystem {
-        lhs: stats.augmented_block(keep),
+        lhs,
         rhs,
         kept_energy,
         dropped_energy,
     })
+}
+
+/// `W~^T` gathered at the columns `cols` of `W~ = [W, b]` (index `n_in` is the bias), in
+/// f64: `|cols| x n_out`, column o is row o of W~ (read contiguously).
+fn augmented_weight_t(next: NextLayer<'_>, cols: &[usize]) -> Mat<f64> {
+    let n = next.n_in;
+    let mut m = Mat::<f64>::zeros(cols.len(), next.n_out);
+    for o in 0..next.n_out {
+        let row = &next.weight[o * n..(o + 1) * n];
+        let b = next.bias.map_or(0.0, |b| b[o] as f64);
+        for (j, &c) in cols.iter().enumerate() {
+            m[(j, o)] = if c < n { row[c] as f64 } else { b };
+        }
+    }
+    m
+}
+
+/// `tr(W~_Y G~_YY W~_Y^T)`, the energy of the kept part of the next layer's input, from the
+/// left-hand side `G~_YY` (rows `keep, const`).
+fn kept_energy(lhs: &Mat<f64>, keep: &[usize], next: NextLayer<'_>, par: Par) -> f64 {
+    let mut aug_keep = keep.to_vec();
+    aug_keep.push(next.n_in);
+    let wy_t = augmented_weight_t(next, &aug_keep);
+    quadratic_trace(wy_t.as_ref(), |i, j| lhs[(i, j)], par)
+}
+
+/// Rows per product at most in [`FusionPass`]: bounds each f32 partial sum before it is
+/// added in f64, as the CPU Gram does.
+const PASS_ROWS: usize = 8192;
+/// Values per product at most (64 MiB of f32 across the gathered rows and their image).
+const PASS_VALUES: usize = 1 << 24;
+
+/// The fusion system from a pass over the activations after selection, without the n x n
+/// Gram: for each chunk of rows, with `U = [A_Y, 1]` (the kept activations and a
+/// constant, in the order of `keep`) and `Z_P = A_P W_P^T` (the dropped neurons' share of
+/// the next layer's input),
+///
+/// - `G~_YY += U^T U` (the left-hand side; k+1 square),
+/// - `R += U^T Z_P` (the right-hand side, which is `[G_YP; s_P^T] W_P^T`; k+1 x n_out),
+/// - `tr(W_P G_PP W_P^T) += ||Z_P||^2` (the dropped part's energy).
+///
+/// That is the least-squares problem `min ||Z_P - U X||` itself, so the energies and the
+/// system are those of the same numbers and the reported error keeps no cancellation that
+/// the Gram route does not have. Products run in f32 per chunk of at most 8192 rows and are
+/// added in f64, as the CPU Gram does. Memory: O(k^2 + (k + n - k) n_out) and one chunk,
+/// no n x n or n x k matrix. Work: `m (n - k) n_out` for `Z_P`, `m k n_out` for `R` and
+/// `m k^2 / 2` for `G~_YY`, against `m n^2 / 2` for a Gram.
+pub struct FusionPass<'a> {
+    next: NextLayer<'a>,
+    keep: Vec<usize>,
+    dropped: Vec<usize>,
+    /// `W_P^T`, |P| x n_out, f32 as the weights are.
+    wp_t: Mat<f32>,
+    /// The lower triangle of `G~_YY` so far.
+    lhs: Mat<f64>,
+    rhs: Mat<f64>,
+    dropped_energy: f64,
+    samples: usize,
+    /// Per-product buffers, kept between chunks.
+    u: Vec<f32>,
+    a_p: Vec<f32>,
+    z: Mat<f32>,
+    uu: Mat<f32>,
+    uz: Mat<f32>,
+}
+
+impl<'a> FusionPass<'a> {
+    /// An empty pass for the kept neurons `keep` (in the order of the system's rows) and
+    /// the dropped ones `dropped`, which partition the `next.n_in` neurons (validated by
+    /// the caller, [`crate::fusion::fuse_next_layer_from_rows`]).
+    pub fn new(keep: &[usize], dropped: &[usize], next: NextLayer<'a>) -> Self {
+        let (k, n_out, n) = (keep.len(), next.n_out, next.n_in);
+        let wp_t =
+            Mat::<f32>::from_fn(dropped.len(), n_out, |j, o| next.weight[o * n + dropped[j]]);
+        Self {
+            next,
+            keep: keep.to_vec(),
+            dropped: dropped.to_vec(),
+            wp_t,
+            lhs: Mat::zeros(k + 1, k + 1),
+            rhs: Mat::zeros(k + 1, n_out),
+            dropped_energy: 0.0,
+            samples: 0,
+            u: Vec::new(),
+            a_p: Vec::new(),
+            z: Mat::zeros(0, 0),
+            uu: Mat::zeros(0, 0),
+            uz: Mat::zeros(0, 0),
+        }
+    }
+
+    /// Adds a chunk of whole rows of the n neurons (any number, even 0). A value that is
+    /// not finite is an error naming its row (counted from the first row of the pass) and
+    /// neuron.
+    pub fn push(&mut self, rows: ActivationRows<'_>) -> Result<()> {
+        let n = self.next.n_in;
+        let count = rows.whole_rows(n)?;
+        let n_out = self.next.n_out;
+        let limit = PASS_ROWS.min((PASS_VALUES / (n + n_out)).max(1));
+        let mut first = 0;
+        while first < count {
+            let take = limit.min(count - first);
+            let chunk = rows.slice(first * n..(first + take) * n);
+            match chunk {
+                ActivationRows::F32(v) => self.gather(v, take, |x| x),
+                ActivationRows::F16(v) => self.gather(v, take, |x| x.to_f32()),
+            }?;
+            self.product(take);
+            self.samples += take;
+            first += take;
+        }
+        Ok(())
+    }
+
+    /// Fills `u` (`rows x (k+1)`, row-major, the last column 1) and `a_p` (`rows x |P|`)
+    /// from `rows` row-major rows of the n neurons, checking every value.
+    fn gather<T: Copy>(&mut self, v: &[T], rows: usize, to_f32: impl Fn(T) -> f32) -> Result<()> {
+        let n = self.next.n_in;
+        let (k, p) = (self.keep.len(), self.dropped.len());
+        self.u.resize(rows * (k + 1), 0.0);
+        self.a_p.resize(rows * p, 0.0);
+        let mut finite = true;
+        for t in 0..rows {
+            let row = &v[t * n..(t + 1) * n];
+            let u = &mut self.u[t * (k + 1)..(t + 1) * (k + 1)];
+            for (dst, &i) in u.iter_mut().zip(&self.keep) {
+                *dst = to_f32(row[i]);
+                finite &= dst.is_finite();
+            }
+            u[k] = 1.0;
+            for (dst, &i) in self.a_p[t * p..(t + 1) * p].iter_mut().zip(&self.dropped) {
+                *dst = to_f32(row[i]);
+                finite &= dst.is_finite();
+            }
+        }
+        if finite {
+            return Ok(());
+        }
+        let k = v[..rows * n]
+            .iter()
+            .position(|&x| !to_f32(x).is_finite())
+            .expect("a value is not finite");
+        Err(non_finite_activation(self.samples + k / n, k % n))
+    }
+
+    /// The products of the gathered `rows` rows, added to the sums.
+    fn product(&mut self, rows: usize) {
+        let (k, p, n_out) = (self.keep.len(), self.dropped.len(), self.next.n_out);
+        let par = Par::rayon(0);
+        let u = MatRef::from_row_major_slice(&self.u, rows, k + 1);
+        let a_p = MatRef::from_row_major_slice(&self.a_p, rows, p);
+        self.z.resize_with(rows, n_out, |_, _| 0.0);
+        matmul(self.z.as_mut(), Accum::Replace, a_p, &self.wp_t, 1.0, par);
+        self.uz.resize_with(k + 1, n_out, |_, _| 0.0);
+        matmul(
+            self.uz.as_mut(),
+            Accum::Replace,
+            u.transpose(),
+            &self.z,
+            1.0,
+            par,
+        );
+        self.uu.resize_with(k + 1, k + 1, |_, _| 0.0);
+        triangular::matmul(
+            self.uu.as_mut(),
+            BlockStructure::TriangularLower,
+            Accum::Replace,
+            u.transpose(),
+            BlockStructure::Rectangular,
+            u,
+            BlockStructure::Rectangular,
+            1.0,
+            par,
+        );
+        for j in 0..=k {
+            for i in j..=k {
+                self.lhs[(i, j)] += self.uu[(i, j)] as f64;
+            }
+        }
+        for o in 0..n_out {
+            for i in 0..=k {
+                self.rhs[(i, o)] += self.uz[(i, o)] as f64;
+            }
+            let col = crate::cpu::contiguous(self.z.col(o));
+            self.dropped_energy += col.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>();
+        }
+    }
+
+    /// Rows pushed so far.
+    pub fn samples(&self) -> usize {
+        self.samples
+    }
+
+    /// The fusion system; an error when no row was pushed.
+    pub fn finish(mut self) -> Result<FusionSystem> {
+        if self.samples == 0 {
+            return Err(Error::invalid("fusion: the activations have no rows"));
+        }
+        let k = self.keep.len();
+        for j in 0..=k {
+            for i in j + 1..=k {
+                self.lhs[(j, i)] = self.lhs[(i, j)];
+            }
+        }
+        let kept_energy = kept_energy(
+            &self.lhs,
+            &self.keep,
+            self.next,
+            faer::get_global_parallelism(),
+        );
+        Ok(FusionSystem {
+            lhs: self.lhs,
+            rhs: self.rhs,
+            kept_energy,
+            dropped_energy: self.dropped_energy,
+        })
+    }
 }
 
 /// Rows of `V V^T` formed at a time in [`quadratic_trace`]: bounds the memory to

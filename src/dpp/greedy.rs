@@ -4,7 +4,8 @@
 //! The greedy step adds the item j maximising `log det L_{Y+j} - log det L_Y = log d_j^2`,
 //! where `d_j^2` is the Schur complement of `L_Y` in `L_{Y+j}`. Keeping the rows of the
 //! incremental Cholesky factor (`c_i`, one entry per step) makes every update
-//! `e_i = (L_ji - <c_j, c_i>) / d_j`, `d_i^2 -= e_i^2`: O(n k^2) time, O(n k) memory.
+//! `e_i = (L_ji - <c_j, c_i>) / d_j`, `d_i^2 -= e_i^2`: O(n k^2) time, O(n k) memory
+//! beside L, which is only read, one column per step.
 
 use faer::MatRef;
 
@@ -54,8 +55,12 @@ pub fn greedy_map(l: MatRef<'_, f64>, stop: GreedyStop) -> Result<Vec<usize>> {
     // A Schur complement this small relative to the largest diagonal entry is rounding:
     // the item is (numerically) in the span of those chosen.
     let tol = n as f64 * f64::EPSILON * d2.iter().copied().fold(0.0, f64::max);
-    // c[t * n + i]: entry t of item i's Cholesky row.
+    // c[t * n + i]: entry t of item i's Cholesky row; with a known count, reserved once
+    // (growing by doubling would hold up to three times n k while it copies).
     let mut c: Vec<f64> = Vec::new();
+    if let GreedyStop::Count(k) = stop {
+        c.reserve_exact(k * n);
+    }
     let mut chosen = Vec::new();
     let mut is_chosen = vec![false; n];
     let mut e = vec![0.0f64; n];
@@ -83,8 +88,10 @@ pub fn greedy_map(l: MatRef<'_, f64>, stop: GreedyStop) -> Result<Vec<usize>> {
             break;
         }
         let dj = gain_d2.sqrt();
-        for (i, ei) in e.iter_mut().enumerate() {
-            *ei = l[(j, i)];
+        // Row j of L read as column j (L is symmetric): contiguous in faer's column-major
+        // layout, where a row is n cache misses.
+        for (ei, &lij) in e.iter_mut().zip(l.col(j).iter()) {
+            *ei = lij;
         }
         for t in 0..chosen.len() {
             let row = &c[t * n..(t + 1) * n];

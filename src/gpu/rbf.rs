@@ -34,5 +34,5 @@ pub fn rbf_from_buffer(
     eps: f64,
 ) -> Result<RbfKernel> {
     let d = distances_from_buffer(ctx, buffer, format, m, n)?;
-    rbf_from_distances(&d, beta, eps)
+    rbf_from_distances(d, beta, eps)
 }

@@ -5,13 +5,16 @@
 //! real size before any allocation, and every malformed field yields an [`Error::Format`]
 //! naming the file.
 
-use std::io::Write;
-use std::path::Path;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
 
+use faer::MatRef;
 use half::f16;
 
 use crate::error::{Error, Result};
 use crate::io::atomic::write_atomic;
+use crate::types::{ActivationRows, RowSource};
 
 const MAGIC: &[u8] = b"\x93NUMPY";
 
@@ -118,10 +121,6 @@ impl NpyArray {
         }
     }
 
-    fn is_float(&self) -> bool {
-        matches!(self.dtype(), NpyDtype::F16 | NpyDtype::F32 | NpyDtype::F64)
-    }
-
     /// Position of the first NaN or infinite element, if any.
     pub fn first_non_finite(&self) -> Option<usize> {
         match &self.data {
@@ -140,7 +139,8 @@ pub fn read_npy(path: &Path) -> Result<NpyArray> {
 }
 
 /// Reads a 2-D floating-point array (m x n, f16/f32/f64) with m, n > 0 and only finite
-/// values: a layer's activations or a kernel matrix.
+/// values: a layer's activations or a kernel matrix. [`NpyRowReader`] reads the same files
+/// in row chunks, never holding the whole array.
 pub fn read_matrix(path: &Path) -> Result<NpyArray> {
     let a = read_npy(path)?;
     check_float_matrix(path, &a)?;
@@ -149,66 +149,88 @@ pub fn read_matrix(path: &Path) -> Result<NpyArray> {
 
 /// Checks that `a` (read from `path`) is a non-empty, finite, 2-D float array.
 pub fn check_float_matrix(path: &Path, a: &NpyArray) -> Result<()> {
-    if !a.is_float() {
-        return Err(Error::format(
-            path,
-            format!(
-                "dtype {:?} is not supported here: expected float16, float32 or float64",
-                a.dtype()
-            ),
-        ));
-    }
-    if a.shape.len() != 2 {
-        return Err(Error::format(
-            path,
-            format!(
-                "expected a 2-D array (samples x neurons), got shape {:?}",
-                a.shape
-            ),
-        ));
-    }
-    if a.shape[0] == 0 || a.shape[1] == 0 {
-        return Err(Error::format(
-            path,
-            format!(
-                "empty array of shape {:?}: need at least one row and one column",
-                a.shape
-            ),
-        ));
-    }
+    check_matrix_header(path, a.dtype(), &a.shape)?;
     if let Some(i) = a.first_non_finite() {
         let cols = a.shape[1];
+        return Err(non_finite_value(path, i / cols, i % cols));
+    }
+    Ok(())
+}
+
+/// The part of [`check_float_matrix`] that the header decides: a float type, two
+/// dimensions, neither empty.
+fn check_matrix_header(path: &Path, dtype: NpyDtype, shape: &[usize]) -> Result<()> {
+    if !matches!(dtype, NpyDtype::F16 | NpyDtype::F32 | NpyDtype::F64) {
         return Err(Error::format(
             path,
-            format!(
-                "non-finite value (NaN or Inf) at row {}, column {}",
-                i / cols,
-                i % cols
-            ),
+            format!("dtype {dtype:?} is not supported here: expected float16, float32 or float64"),
+        ));
+    }
+    if shape.len() != 2 {
+        return Err(Error::format(
+            path,
+            format!("expected a 2-D array (samples x neurons), got shape {shape:?}"),
+        ));
+    }
+    if shape[0] == 0 || shape[1] == 0 {
+        return Err(Error::format(
+            path,
+            format!("empty array of shape {shape:?}: need at least one row and one column"),
         ));
     }
     Ok(())
 }
 
-/// Parses the bytes of an npy file. Errors are messages, without the file name.
-pub fn parse_npy(bytes: &[u8]) -> std::result::Result<NpyArray, String> {
+/// The error for a NaN or infinite value at (`row`, `column`) of the matrix in `path`.
+fn non_finite_value(path: &Path, row: usize, column: usize) -> Error {
+    Error::format(
+        path,
+        format!("non-finite value (NaN or Inf) at row {row}, column {column}"),
+    )
+}
+
+/// What an npy header declares.
+#[derive(Clone, Debug)]
+struct Header {
+    dtype: NpyDtype,
+    /// The `descr` text, for messages.
+    descr: String,
+    fortran: bool,
+    shape: Vec<usize>,
+    /// Offset of the first data byte.
+    data_start: usize,
+    /// Bytes of data the shape and dtype call for.
+    data_bytes: usize,
+}
+
+/// Bytes of an npy file enough to read the length of its header.
+const PREFIX_BYTES: usize = 12;
+
+/// Where the header text lies, from the first bytes of a file (at least [`PREFIX_BYTES`]
+/// of them when the file has that many): `(start, length)`.
+fn header_extent(bytes: &[u8]) -> std::result::Result<(usize, usize), String> {
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
         return Err("not an npy file (missing the \\x93NUMPY magic)".into());
     }
-    let major = bytes[6];
-    let (header_len, header_start): (usize, usize) = match major {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+    match bytes[6] {
+        1 => Ok((u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10)),
         2 | 3 => {
             if bytes.len() < 12 {
                 return Err("truncated npy header".into());
             }
-            (
+            Ok((
                 u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
                 12,
-            )
+            ))
         }
-        v => return Err(format!("unsupported npy format version {v}")),
-    };
+        v => Err(format!("unsupported npy format version {v}")),
+    }
+    .map(|(len, start)| (start, len))
+}
+
+/// Parses the header of an npy file from its first bytes (the whole header, at least).
+fn parse_header(bytes: &[u8]) -> std::result::Result<Header, String> {
+    let (header_start, header_len) = header_extent(bytes)?;
     let data_start = header_start
         .checked_add(header_len)
         .filter(|&e| e <= bytes.len())
@@ -230,25 +252,47 @@ pub fn parse_npy(bytes: &[u8]) -> std::result::Result<NpyArray, String> {
         };
     let shape_text = dict_value(header, "shape").ok_or("npy header has no 'shape'")?;
     let shape = parse_shape(shape_text)?;
-    let count = shape
+    let data_bytes = shape
         .iter()
         .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .and_then(|count| count.checked_mul(dtype.size()))
         .ok_or_else(|| format!("shape {shape:?} overflows"))?;
-    let nbytes = count
-        .checked_mul(dtype.size())
-        .ok_or_else(|| format!("shape {shape:?} overflows"))?;
-    let available = bytes.len() - data_start;
-    if available < nbytes {
-        return Err(format!(
-            "truncated data: shape {shape:?} of {descr} needs {nbytes} bytes, the file has {available}"
-        ));
+    Ok(Header {
+        dtype,
+        descr: descr.to_string(),
+        fortran,
+        shape,
+        data_start,
+        data_bytes,
+    })
+}
+
+impl Header {
+    /// An error when the `available` bytes after the header are fewer than the data needs.
+    fn check_data_len(&self, available: u64) -> std::result::Result<(), String> {
+        if available < self.data_bytes as u64 {
+            return Err(format!(
+                "truncated data: shape {:?} of {} needs {} bytes, the file has {available}",
+                self.shape, self.descr, self.data_bytes
+            ));
+        }
+        Ok(())
     }
-    let raw = &bytes[data_start..data_start + nbytes];
-    let mut data = decode(dtype, raw);
-    if fortran && shape.len() >= 2 {
-        data = fortran_to_c(data, &shape);
+}
+
+/// Parses the bytes of an npy file. Errors are messages, without the file name.
+pub fn parse_npy(bytes: &[u8]) -> std::result::Result<NpyArray, String> {
+    let h = parse_header(bytes)?;
+    h.check_data_len((bytes.len() - h.data_start) as u64)?;
+    let raw = &bytes[h.data_start..h.data_start + h.data_bytes];
+    let mut data = decode(h.dtype, raw);
+    if h.fortran && h.shape.len() >= 2 {
+        data = fortran_to_c(data, &h.shape);
     }
-    Ok(NpyArray { shape, data })
+    Ok(NpyArray {
+        shape: h.shape,
+        data,
+    })
 }
 
 /// The text of `key`'s value in the header's Python dict literal.
@@ -334,6 +378,225 @@ fn fortran_to_c(data: NpyData, shape: &[usize]) -> NpyData {
     }
 }
 
+/// Values per chunk that [`NpyRowReader`] hands out by default (64 MiB as f32).
+const READER_CHUNK_VALUES: usize = 1 << 24;
+
+/// A layer's activations in an npy file (m x n, f16/f32/f64, C or Fortran order) as a
+/// [`RowSource`]: the header is read and checked when the file is opened, the data in
+/// chunks of whole rows on every [`RowSource::pass`], so that the m x n matrix is never in
+/// memory at once (one chunk, 64 MiB as f32 by default, is).
+///
+/// f16 and f32 rows are handed out as stored; f64 is rounded to f32 chunk by chunk. In C
+/// order a chunk is one read; in Fortran order (column-major on disk) it is one read per
+/// column segment, transposed into rows. Every chunk is checked for NaN and infinity, and
+/// the error names the file, the row and the column, as [`read_matrix`] does.
+pub struct NpyRowReader {
+    path: PathBuf,
+    file: File,
+    header: Header,
+    rows: usize,
+    cols: usize,
+    chunk_rows: usize,
+}
+
+impl NpyRowReader {
+    /// Opens `path` and checks its header as [`read_matrix`] checks the whole file: an npy
+    /// file, a 2-D float array with at least one row and column, and as many data bytes as
+    /// the header declares (a longer file is accepted, as numpy does). No data is read.
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut file = File::open(path).map_err(|e| Error::io(path, e))?;
+        let len = file.metadata().map_err(|e| Error::io(path, e))?.len();
+        let mut bytes = vec![0u8; (len as usize).min(PREFIX_BYTES)];
+        file.read_exact(&mut bytes)
+            .map_err(|e| Error::io(path, e))?;
+        let (start, header_len) = header_extent(&bytes).map_err(|m| Error::format(path, m))?;
+        let end = (start as u64 + header_len as u64).min(len) as usize;
+        if end > bytes.len() {
+            let have = bytes.len();
+            bytes.resize(end, 0);
+            file.read_exact(&mut bytes[have..])
+                .map_err(|e| Error::io(path, e))?;
+        }
+        let header = parse_header(&bytes).map_err(|m| Error::format(path, m))?;
+        header
+            .check_data_len(len - header.data_start as u64)
+            .map_err(|m| Error::format(path, m))?;
+        check_matrix_header(path, header.dtype, &header.shape)?;
+        let (rows, cols) = (header.shape[0], header.shape[1]);
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            header,
+            rows,
+            cols,
+            chunk_rows: (READER_CHUNK_VALUES / cols).max(1),
+        })
+    }
+
+    /// The same reader, handing out `rows` (at least 1) rows per chunk.
+    pub fn with_chunk_rows(mut self, rows: usize) -> Self {
+        self.chunk_rows = rows.max(1);
+        self
+    }
+
+    /// The element type as stored.
+    pub fn dtype(&self) -> NpyDtype {
+        self.header.dtype
+    }
+
+    /// Whether the file is in Fortran (column-major) order.
+    pub fn is_fortran_order(&self) -> bool {
+        self.header.fortran
+    }
+
+    /// The file being read.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads rows `first..first + count` into `raw` as stored: row-major in C order,
+    /// column-major (`count` values per column) in Fortran order.
+    fn read_rows(&mut self, first: usize, count: usize, raw: &mut Vec<u8>) -> Result<()> {
+        let size = self.header.dtype.size();
+        let (m, n) = (self.rows, self.cols);
+        raw.resize(count * n * size, 0);
+        let start = self.header.data_start as u64;
+        let segments: Vec<(u64, std::ops::Range<usize>)> = if self.header.fortran {
+            (0..n)
+                .map(|j| {
+                    let offset = start + ((j * m + first) * size) as u64;
+                    (offset, j * count * size..(j + 1) * count * size)
+                })
+                .collect()
+        } else {
+            vec![(start + (first * n * size) as u64, 0..count * n * size)]
+        };
+        for (offset, range) in segments {
+            self.file
+                .seek(SeekFrom::Start(offset))
+                .and_then(|_| self.file.read_exact(&mut raw[range]))
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::UnexpectedEof => Error::format(
+                        &self.path,
+                        format!(
+                            "the file ends before the {} data bytes its header declares \
+                             (was it changed after it was opened?)",
+                            self.header.data_bytes
+                        ),
+                    ),
+                    _ => Error::io(&self.path, e),
+                })?;
+        }
+        Ok(())
+    }
+}
+
+/// Rows of one chunk decoded from the bytes of an npy file, row-major.
+enum ChunkValues {
+    F16(Vec<f16>),
+    F32(Vec<f32>),
+}
+
+impl ChunkValues {
+    /// `raw` (`count` rows of `n` values as stored, column-major when `fortran`) decoded:
+    /// f16 and f32 as they are, f64 rounded to f32.
+    fn decode_into(&mut self, dtype: NpyDtype, raw: &[u8], count: usize, n: usize, fortran: bool) {
+        match (self, dtype) {
+            (ChunkValues::F16(out), NpyDtype::F16) => {
+                rows_from_bytes(raw, count, n, fortran, out, f16::from_le_bytes)
+            }
+            (ChunkValues::F32(out), NpyDtype::F32) => {
+                rows_from_bytes(raw, count, n, fortran, out, f32::from_le_bytes)
+            }
+            (ChunkValues::F32(out), NpyDtype::F64) => {
+                rows_from_bytes(raw, count, n, fortran, out, |b| {
+                    f64::from_le_bytes(b) as f32
+                })
+            }
+            _ => unreachable!("the chunk type follows the file's dtype"),
+        }
+    }
+
+    fn first_non_finite(&self) -> Option<usize> {
+        match self {
+            ChunkValues::F16(v) => v.iter().position(|x| !x.is_finite()),
+            ChunkValues::F32(v) => v.iter().position(|x| !x.is_finite()),
+        }
+    }
+
+    fn rows(&self) -> ActivationRows<'_> {
+        match self {
+            ChunkValues::F16(v) => ActivationRows::F16(v),
+            ChunkValues::F32(v) => ActivationRows::F32(v),
+        }
+    }
+}
+
+/// Decodes `count x n` values of `N` bytes each from `raw` into `out`, row-major;
+/// `raw` is column-major when `fortran` (transposed in square tiles, so that both sides
+/// stay in cache).
+fn rows_from_bytes<const N: usize, T: Copy + Default>(
+    raw: &[u8],
+    count: usize,
+    n: usize,
+    fortran: bool,
+    out: &mut Vec<T>,
+    decode: impl Fn([u8; N]) -> T,
+) {
+    let value = |k: usize| decode(raw[k * N..(k + 1) * N].try_into().expect("N bytes"));
+    out.clear();
+    if !fortran {
+        out.extend((0..count * n).map(value));
+        return;
+    }
+    const TILE: usize = 32;
+    out.resize(count * n, T::default());
+    for j0 in (0..n).step_by(TILE) {
+        for t0 in (0..count).step_by(TILE) {
+            for j in j0..(j0 + TILE).min(n) {
+                for t in t0..(t0 + TILE).min(count) {
+                    out[t * n + j] = value(j * count + t);
+                }
+            }
+        }
+    }
+}
+
+impl RowSource for NpyRowReader {
+    fn width(&self) -> usize {
+        self.cols
+    }
+
+    fn rows(&self) -> usize {
+        self.rows
+    }
+
+    fn pass(&mut self, visit: &mut dyn FnMut(ActivationRows<'_>) -> Result<()>) -> Result<()> {
+        let (m, n) = (self.rows, self.cols);
+        let dtype = self.header.dtype;
+        let fortran = self.header.fortran;
+        // The buffers live for one pass only: between passes the pipeline holds its n x n
+        // matrices, and a chunk's 100+ MB need not sit beside them.
+        let mut raw = Vec::new();
+        let mut values = match dtype {
+            NpyDtype::F16 => ChunkValues::F16(Vec::new()),
+            _ => ChunkValues::F32(Vec::new()),
+        };
+        let mut first = 0;
+        while first < m {
+            let count = self.chunk_rows.min(m - first);
+            self.read_rows(first, count, &mut raw)?;
+            values.decode_into(dtype, &raw, count, n, fortran);
+            if let Some(k) = values.first_non_finite() {
+                return Err(non_finite_value(&self.path, first + k / n, k % n));
+            }
+            visit(values.rows())?;
+            first += count;
+        }
+        Ok(())
+    }
+}
+
 /// Element types the writer accepts.
 pub trait NpyElement: bytemuck::Pod {
     /// The npy `descr` string.
@@ -349,6 +612,31 @@ impl NpyElement for i64 {
     const DESCR: &'static str = "<i8";
 }
 
+/// The header of an npy (version 1.0) file of `T` with `shape`: magic, version, length
+/// and the dict, padded so that the data starts on a 64-byte boundary.
+fn npy_header<T: NpyElement>(shape: &[usize], fortran: bool) -> Vec<u8> {
+    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
+    let shape_text = match dims.len() {
+        1 => format!("({},)", dims[0]),
+        _ => format!("({})", dims.join(", ")),
+    };
+    let order = if fortran { "True" } else { "False" };
+    let mut header = format!(
+        "{{'descr': '{}', 'fortran_order': {order}, 'shape': {shape_text}, }}",
+        T::DESCR
+    );
+    // Pad so that the data starts on a 64-byte boundary, ending the header with '\n'.
+    let unpadded = MAGIC.len() + 4 + header.len() + 1;
+    header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
+    header.push('\n');
+    let mut out = Vec::with_capacity(10 + header.len());
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&[1, 0]);
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out
+}
+
 /// The bytes of an npy (version 1.0) file holding `data` with `shape`, C order.
 pub fn npy_bytes<T: NpyElement>(shape: &[usize], data: &[T]) -> Vec<u8> {
     assert_eq!(
@@ -356,30 +644,13 @@ pub fn npy_bytes<T: NpyElement>(shape: &[usize], data: &[T]) -> Vec<u8> {
         data.len(),
         "shape does not match data length"
     );
-    let dims: Vec<String> = shape.iter().map(|d| d.to_string()).collect();
-    let shape_text = match dims.len() {
-        1 => format!("({},)", dims[0]),
-        _ => format!("({})", dims.join(", ")),
-    };
-    let mut header = format!(
-        "{{'descr': '{}', 'fortran_order': False, 'shape': {shape_text}, }}",
-        T::DESCR
-    );
-    // Pad so that the data starts on a 64-byte boundary, ending the header with '\n'.
-    let unpadded = MAGIC.len() + 4 + header.len() + 1;
-    header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
-    header.push('\n');
-    let mut out = Vec::with_capacity(10 + header.len() + std::mem::size_of_val(data));
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&[1, 0]);
-    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-    out.extend_from_slice(header.as_bytes());
+    let mut out = npy_header::<T>(shape, false);
     // npy data is little-endian; so is every platform divnet supports.
     out.extend_from_slice(bytemuck::cast_slice(data));
     out
 }
 
-/// Writes `data` with `shape` to `path` atomically.
+/// Writes `data` with `shape` to `path` atomically, C order.
 pub fn write_npy<T: NpyElement>(path: &Path, shape: &[usize], data: &[T]) -> Result<()> {
     if shape.iter().product::<usize>() != data.len() {
         return Err(Error::invalid(format!(
@@ -388,9 +659,31 @@ pub fn write_npy<T: NpyElement>(path: &Path, shape: &[usize], data: &[T]) -> Res
             data.len()
         )));
     }
-    let bytes = npy_bytes(shape, data);
     write_atomic(path, |w| {
-        w.write_all(&bytes).map_err(|e| Error::io(path, e))
+        w.write_all(&npy_header::<T>(shape, false))
+            .and_then(|_| w.write_all(bytemuck::cast_slice(data)))
+            .map_err(|e| Error::io(path, e))
+    })
+}
+
+/// Writes the matrix `a` to `path` atomically, in Fortran order (numpy reads it as any
+/// array): faer's columns go out as they lie in memory, without a row-major copy, which for
+/// an n x n kernel would be a second n x n matrix.
+pub fn write_npy_matrix(path: &Path, a: MatRef<'_, f64>) -> Result<()> {
+    write_atomic(path, |w| {
+        w.write_all(&npy_header::<f64>(&[a.nrows(), a.ncols()], true))
+            .map_err(|e| Error::io(path, e))?;
+        for col in a.col_iter() {
+            match col.try_as_col_major() {
+                Some(c) => w.write_all(bytemuck::cast_slice(c.as_slice())),
+                None => {
+                    let values: Vec<f64> = col.iter().copied().collect();
+                    w.write_all(bytemuck::cast_slice(&values))
+                }
+            }
+            .map_err(|e| Error::io(path, e))?;
+        }
+        Ok(())
     })
 }
 

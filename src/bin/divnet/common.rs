@@ -1,7 +1,12 @@
 //! What every subcommand shares: backend selection with a report, progress bars, timing.
 
+use std::path::Path;
 use std::time::Instant;
 
+use divnet::io::npy::NpyRowReader;
+use divnet::kernel::{
+    layer_statistics, rbf_from_distances, Beta, LayerStatistics, RbfKernel, RowSource, StatsKind,
+};
 use divnet::{Backend, BackendChoice};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -66,6 +71,72 @@ pub fn with_cpu_fallback<T>(
             work(&Backend::Cpu)
         }
         other => other,
+    }
+}
+
+/// Opens the activations in `path` for streaming (stage `open`: the header only; the data
+/// is read by each pass) and says on stderr what they are.
+pub fn open_activations(path: &Path, timer: &mut StageTimer) -> divnet::Result<NpyRowReader> {
+    let reader = timer.try_stage("open", || NpyRowReader::open(path))?;
+    eprintln!(
+        "activations: {} samples x {} neurons ({:?}{}) from {}",
+        reader.rows(),
+        reader.width(),
+        reader.dtype(),
+        if reader.is_fortran_order() {
+            ", Fortran order"
+        } else {
+            ""
+        },
+        path.display()
+    );
+    Ok(reader)
+}
+
+/// One pass over `reader` collecting `kind`, with a progress bar, on `backend` (falling
+/// back to the CPU as [`with_cpu_fallback`] says).
+pub fn activation_statistics(
+    arg: BackendArg,
+    backend: &Backend,
+    reader: &mut NpyRowReader,
+    kind: StatsKind,
+) -> divnet::Result<LayerStatistics> {
+    with_cpu_fallback(arg, backend, |b| {
+        layer_statistics(b, reader, kind, &mut BarProgress::default())
+    })
+}
+
+/// The RBF kernel over the neurons of the activations in `reader` (stage `read + rbf
+/// kernel`: the pass reads the file), the beta used said on stderr.
+pub fn activation_kernel(
+    reader: &mut NpyRowReader,
+    arg: BackendArg,
+    backend: &Backend,
+    beta: Beta,
+    eps: f64,
+    timer: &mut StageTimer,
+) -> anyhow::Result<RbfKernel> {
+    let path = reader.path().to_path_buf();
+    let kernel = timer
+        .try_stage("read + rbf kernel", || {
+            let d = activation_statistics(arg, backend, reader, StatsKind::Distances)?
+                .into_distances()?;
+            rbf_from_distances(d, beta, eps)
+        })
+        .map_err(|e| naming_file(&path, e))?;
+    eprintln!(
+        "beta = {:e} ({beta:?}), eps = {:e}",
+        kernel.beta, kernel.eps
+    );
+    Ok(kernel)
+}
+
+/// `e` as an error that names `path`: as it is when it names a file already (a read or
+/// format error), else with the path before it.
+pub fn naming_file(path: &Path, e: divnet::Error) -> anyhow::Error {
+    match e {
+        divnet::Error::Io { .. } | divnet::Error::Format { .. } => e.into(),
+        other => anyhow::Error::from(other).context(path.display().to_string()),
     }
 }
 

@@ -6,17 +6,19 @@ use std::path::PathBuf;
 
 use anyhow::{bail, ensure};
 use divnet::compress::{
-    compress_layer_tensors, fusion_name, KeepSpec, LayerOptions, LayerReport, LayerTensors,
-    DEFAULT_EPS,
+    compress_layer_tensors, fusion_name, plan_layer_tensors, KeepSpec, LayerOptions, LayerPlan,
+    LayerReport, LayerTensors, Route, DEFAULT_EPS,
 };
 use divnet::fusion::{FusionMode, FusionOptions};
 use divnet::io::keep::read_keep_list;
-use divnet::io::npy::read_matrix;
 use divnet::io::safetensors::{read_safetensors, write_safetensors};
-use divnet::kernel::{ActivationRows, Beta, SliceRows};
+use divnet::kernel::{Beta, RowSource};
+use divnet::memory::gb;
 use divnet::select::SelectionMethod;
 
-use crate::common::{select_backend, write_json, BackendArg, BarProgress, StageTimer};
+use crate::common::{
+    open_activations, select_backend, write_json, BackendArg, BarProgress, StageTimer,
+};
 
 /// Compress one hidden layer of a network stored as safetensors.
 ///
@@ -26,7 +28,8 @@ use crate::common::{select_backend, write_json, BackendArg, BarProgress, StageTi
 /// rows of the kept neurons. Every other tensor is copied unchanged, dtypes kept.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Activations of the layer: m x n npy (samples x neurons; f16, f32 or f64).
+    /// Activations of the layer: m x n npy (samples x neurons; f16, f32 or f64; C or Fortran
+    /// order). Read in row chunks, once per pass, never whole.
     #[arg(long)]
     activations: PathBuf,
     /// The network: safetensors (a PyTorch state dict).
@@ -74,12 +77,33 @@ pub struct Args {
     /// Where the kernels run.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     backend: BackendArg,
-    /// Output safetensors (written atomically).
+    /// How the fusion gets its statistics: one-pass (the n x n Gram collected with the
+    /// kernel's distances: two n x n matrices at once, one read of the activations) or
+    /// two-pass (the fusion's statistics from a second read after selection: one n x n
+    /// matrix at a time). auto takes one pass when it fits the free memory.
+    #[arg(long, value_enum, default_value_t = RouteArg::Auto)]
+    route: RouteArg,
+    /// Check the inputs, print the route and the memory plan (what each stage holds, the
+    /// peak, what is available), and stop: nothing is computed or written.
     #[arg(long)]
-    out: PathBuf,
+    dry_run: bool,
+    /// Output safetensors (written atomically).
+    #[arg(long, required_unless_present = "dry_run")]
+    out: Option<PathBuf>,
     /// Report (JSON): kept indices, ridge, reconstruction error, time per stage.
     #[arg(long)]
     report: Option<PathBuf>,
+}
+
+/// `--route` as clap sees it.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum RouteArg {
+    /// One pass when it fits the free memory, else two.
+    Auto,
+    /// G collected with the kernel's distances.
+    OnePass,
+    /// The fusion's statistics from a second pass.
+    TwoPass,
 }
 
 #[derive(serde::Serialize)]
@@ -87,6 +111,7 @@ struct Report<'a> {
     backend: &'a str,
     #[serde(flatten)]
     layer: &'a LayerReport,
+    plan: &'a LayerPlan,
 }
 
 /// Runs the command.
@@ -101,8 +126,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut timer = StageTimer::default();
 
-    let a = timer.try_stage("read", || read_matrix(&args.activations))?;
-    let (m, n) = (a.shape[0], a.shape[1]);
+    let mut reader = open_activations(&args.activations, &mut timer)?;
+    let n = reader.width();
     // Every input file is checked before any work, so that a bad one is the only message.
     let keep = match &args.keep {
         Some(path) => KeepSpec::Indices(read_keep_list(path, n)?),
@@ -122,10 +147,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         },
     };
     let mut file = read_safetensors(&args.weights)?;
-    eprintln!(
-        "activations: {m} samples x {n} neurons; next layer(s): {}",
-        args.next.join(", ")
-    );
+    eprintln!("next layer(s): {}", args.next.join(", "));
 
     let backend = select_backend(args.backend)?;
     let opts = LayerOptions {
@@ -139,31 +161,60 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         eps: args.eps,
         seed: args.seed,
         cpu_fallback: matches!(args.backend, BackendArg::Auto),
+        route: match args.route {
+            RouteArg::Auto => None,
+            RouteArg::OnePass => Some(Route::OnePass),
+            RouteArg::TwoPass => Some(Route::TwoPass),
+        },
     };
-    let mut rounded = Vec::new();
-    let rows = ActivationRows::from_npy(&a, &mut rounded);
-    let mut source = SliceRows::new(rows, n)?;
+    let tensors = LayerTensors {
+        file: &mut file,
+        source: &args.weights,
+        activations: &args.activations,
+        next: &args.next,
+        prev: &args.prev,
+    };
+    if args.dry_run {
+        let plan = plan_layer_tensors(&backend, &reader, &tensors, &opts)?;
+        print!("{}", describe_plan(&plan));
+        return Ok(());
+    }
+    let out = args
+        .out
+        .as_ref()
+        .expect("clap requires --out without --dry-run");
     let outcome = compress_layer_tensors(
         &backend,
-        &mut source,
-        LayerTensors {
-            file: &mut file,
-            source: &args.weights,
-            activations: &args.activations,
-            next: &args.next,
-            prev: &args.prev,
-        },
+        &mut reader,
+        tensors,
         &opts,
         &mut BarProgress::default(),
     )?;
     let mut report = outcome.report;
+    eprintln!(
+        "route: {} ({}); planned peak {} above {}",
+        report.route,
+        outcome.plan.reason,
+        gb(outcome.plan.memory.peak()),
+        outcome.plan.rss_at_plan.map_or("?".into(), gb),
+    );
+    let peaks: std::collections::HashMap<&str, Option<u64>> = report
+        .memory
+        .peak_rss_after
+        .iter()
+        .map(|(s, p)| (s.as_str(), *p))
+        .collect();
     for (stage, secs) in &report.seconds {
-        eprintln!("  {stage:<24} {secs:>9.3} s");
+        let peak = peaks.get(stage.as_str()).copied().flatten();
+        eprintln!(
+            "  {stage:<24} {secs:>9.3} s   peak memory {}",
+            peak.map_or("?".into(), gb)
+        );
     }
     for note in &report.notes {
         eprintln!("{note}");
     }
-    timer.try_stage("write", || write_safetensors(&args.out, &file))?;
+    timer.try_stage("write", || write_safetensors(out, &file))?;
 
     let k = outcome.kept.len();
     eprintln!(
@@ -182,6 +233,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             &Report {
                 backend: backend.name(),
                 layer: &report,
+                plan: &outcome.plan,
             },
         )
         .map_err(|e| e.context(format!("writing {}", path.display())))?;
@@ -191,7 +243,30 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         n,
         k,
         report.relative_error,
-        args.out.display()
+        out.display()
     );
     Ok(())
+}
+
+/// The plan as `--dry-run` prints it: the route and why, each stage's footprint with what
+/// makes it up, the peak and the free memory.
+fn describe_plan(plan: &LayerPlan) -> String {
+    let mut text = format!("route: {} ({})\n", plan.route.name(), plan.reason);
+    for stage in &plan.memory.stages {
+        text.push_str(&format!("  {:<20} {:>9}\n", stage.stage, gb(stage.bytes())));
+        for a in &stage.holds {
+            text.push_str(&format!("      {:>9}  {}\n", gb(a.bytes), a.what));
+        }
+    }
+    text.push_str(&format!(
+        "{} needs {}\nwith the margin {}; {}\n",
+        plan.memory.subject,
+        plan.memory.describe_peak(),
+        gb(plan.memory.need_with_margin()),
+        plan.available.describe()
+    ));
+    if let Some(peak) = plan.predicted_peak_rss() {
+        text.push_str(&format!("predicted peak resident memory: {}\n", gb(peak)));
+    }
+    text
 }

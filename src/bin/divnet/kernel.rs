@@ -3,11 +3,13 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
-use divnet::io::npy::{read_matrix, write_npy};
-use divnet::kernel::{gram_stats, rbf_kernel, ActivationRows, Beta};
+use divnet::io::npy::write_npy_matrix;
+use divnet::kernel::{Beta, RowSource, StatsKind};
 
-use crate::common::{select_backend, with_cpu_fallback, BackendArg, StageTimer};
+use crate::common::{
+    activation_kernel, activation_statistics, naming_file, open_activations, select_backend,
+    BackendArg, StageTimer,
+};
 
 /// Which n x n matrix to write.
 #[derive(Clone, Copy, Debug, Default, clap::ValueEnum)]
@@ -23,7 +25,7 @@ pub enum Kind {
 #[derive(clap::Args)]
 pub struct Args {
     /// Activations: an m x n npy array (samples x neurons; float16, float32 or float64, which
-    /// is rounded to float32 for the computation).
+    /// is rounded to float32 for the computation; C or Fortran order), read in row chunks.
     #[arg(long)]
     activations: PathBuf,
     /// The matrix to compute.
@@ -40,7 +42,8 @@ pub struct Args {
     /// Where the kernels run.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     backend: BackendArg,
-    /// Output: the n x n matrix as float64 npy (written atomically).
+    /// Output: the n x n matrix as float64 npy in Fortran order, which numpy reads as any
+    /// other (written atomically, straight from the matrix: no second copy).
     #[arg(long)]
     out: PathBuf,
 }
@@ -48,40 +51,33 @@ pub struct Args {
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let mut timer = StageTimer::default();
-    let a = timer.try_stage("read activations", || read_matrix(&args.activations))?;
-    let (m, n) = (a.shape[0], a.shape[1]);
-    eprintln!(
-        "activations: {m} samples x {n} neurons ({:?}) from {}",
-        a.dtype(),
-        args.activations.display()
-    );
+    let mut reader = open_activations(&args.activations, &mut timer)?;
+    let n = reader.width();
     let backend = select_backend(args.backend)?;
-    let mut rounded = Vec::new();
-    let rows = ActivationRows::from_npy(&a, &mut rounded);
-    let what = format!("{}", args.activations.display());
+    // The pass reads the activations from disk: its time includes the reads.
     let matrix = match args.kind {
         Kind::Gram => {
             timer
-                .stage("gram", || {
-                    with_cpu_fallback(args.backend, &backend, |b| gram_stats(b, rows, n))
+                .try_stage("read + gram", || {
+                    activation_statistics(args.backend, &backend, &mut reader, StatsKind::Gram)?
+                        .into_gram()
                 })
-                .with_context(|| what.clone())?
+                .map_err(|e| naming_file(&args.activations, e))?
                 .gram
         }
         Kind::Rbf => {
-            let l = timer
-                .stage("rbf kernel", || {
-                    with_cpu_fallback(args.backend, &backend, |b| {
-                        rbf_kernel(b, rows, n, args.beta, args.eps)
-                    })
-                })
-                .with_context(|| what.clone())?;
-            eprintln!("beta = {:e} ({:?}), eps = {:e}", l.beta, args.beta, l.eps);
-            l.matrix
+            activation_kernel(
+                &mut reader,
+                args.backend,
+                &backend,
+                args.beta,
+                args.eps,
+                &mut timer,
+            )?
+            .matrix
         }
     };
-    let data: Vec<f64> = (0..n * n).map(|k| matrix[(k / n, k % n)]).collect();
-    timer.stage("write", || write_npy(&args.out, &[n, n], &data))?;
+    timer.try_stage("write", || write_npy_matrix(&args.out, matrix.as_ref()))?;
     eprintln!("wrote {n} x {n} float64 to {}", args.out.display());
     Ok(())
 }

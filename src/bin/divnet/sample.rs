@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use divnet::dpp::{greedy_map, DppSampler, GreedyStop, KDppSampler, Spectrum};
 use divnet::io::{atomic::write_atomic, npy::read_matrix};
-use divnet::kernel::{rbf_kernel, ActivationRows, Beta};
+use divnet::kernel::Beta;
 use divnet::Error;
 use faer::Mat;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::common::{progress_bar, select_backend, BackendArg, StageTimer};
+use crate::common::{self, open_activations, progress_bar, select_backend, BackendArg, StageTimer};
 
 /// Arguments.
 #[derive(clap::Args)]
@@ -140,23 +140,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
 /// The RBF kernel over the neurons of the activations in `path` (samples x neurons).
 fn activation_kernel(path: &Path, args: &Args, timer: &mut StageTimer) -> anyhow::Result<Mat<f64>> {
-    let a = timer.stage("read activations", || read_matrix(path))?;
-    let (m, n) = (a.shape[0], a.shape[1]);
-    eprintln!(
-        "activations: {m} samples x {n} neurons ({:?}) from {}",
-        a.dtype(),
-        path.display()
-    );
+    let mut reader = open_activations(path, timer)?;
     let backend = select_backend(args.backend)?;
-    let mut rounded = Vec::new();
-    let rows = ActivationRows::from_npy(&a, &mut rounded);
-    let l = timer
-        .stage("rbf kernel", || {
-            rbf_kernel(&backend, rows, n, args.beta, args.eps)
-        })
-        .with_context(|| path.display().to_string())?;
-    eprintln!("beta = {:e} ({:?}), eps = {:e}", l.beta, args.beta, l.eps);
-    Ok(l.matrix)
+    Ok(common::activation_kernel(
+        &mut reader,
+        args.backend,
+        &backend,
+        args.beta,
+        args.eps,
+        timer,
+    )?
+    .matrix)
 }
 
 /// Reads an n x n kernel from an npy file as f64.
