@@ -119,62 +119,50 @@ pub fn compress_layer(
     let layer_plan = plan_layer(backend, n, m, &next_rows, opts)?;
     let mut work = LayerWork::new(backend, opts.cpu_fallback);
 
-    let (selected, fused) = match layer_plan.route {
+    // The first pass: G beside the distances (one-pass), or the distances alone when the
+    // method needs a kernel (two-pass); none for a two-pass method that needs neither.
+    let needs_kernel = selection.needs_kernel(opts);
+    let (gram, distances) = match layer_plan.route {
         Route::OnePass => {
-            let kind = StatsKind::of(true, selection.needs_kernel(opts))
-                .expect("the Gram is always collected");
+            let kind = StatsKind::of(true, needs_kernel).expect("the Gram is collected");
             let statistics = work.statistics(activations, kind, progress)?;
-            let stats = statistics.gram.expect("collected");
-            let selected = select_neurons(
-                &mut work,
-                Some(&stats),
-                statistics.distances,
-                stacked.view(),
-                &selection,
-                opts,
-                opts.seed,
-                progress,
-            )?;
-            let fused = fuse_from_gram(
-                &mut work,
-                &stats,
-                &selected.kept,
-                stacked.view(),
-                opts,
-                progress,
-            )?;
-            (selected, fused)
+            (statistics.gram, statistics.distances)
         }
-        Route::TwoPass => {
-            let distances = if selection.needs_kernel(opts) {
-                Some(
-                    work.statistics(activations, StatsKind::Distances, progress)?
-                        .into_distances()?,
-                )
-            } else {
-                None
-            };
-            let selected = select_neurons(
-                &mut work,
-                None,
-                distances,
-                stacked.view(),
-                &selection,
-                opts,
-                opts.seed,
-                progress,
-            )?;
-            let fused = fuse_from_rows(
-                &mut work,
-                activations,
-                &selected.kept,
-                stacked.view(),
-                opts,
-                progress,
-            )?;
-            (selected, fused)
+        Route::TwoPass if needs_kernel => {
+            let statistics = work.statistics(activations, StatsKind::Distances, progress)?;
+            (None, statistics.distances)
         }
+        Route::TwoPass => (None, None),
     };
+    let selected = select_neurons(
+        &mut work,
+        gram.as_ref(),
+        distances,
+        stacked.view(),
+        &selection,
+        opts,
+        opts.seed,
+        progress,
+    )?;
+    let fused = match &gram {
+        Some(stats) => fuse_from_gram(
+            &mut work,
+            stats,
+            &selected.kept,
+            stacked.view(),
+            opts,
+            progress,
+        )?,
+        None => fuse_from_rows(
+            &mut work,
+            activations,
+            &selected.kept,
+            stacked.view(),
+            opts,
+            progress,
+        )?,
+    };
+    drop(gram);
     let report = LayerReport {
         name: String::new(),
         index: 0,
