@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use divnet::io::data::{read_inputs, read_labels};
+use divnet::io::data::{inputs_from_bytes, labels_from_bytes, read_inputs, read_labels};
 use divnet::io::idx::{idx_bytes, parse_idx, read_idx, write_idx};
 use divnet::io::keep::read_keep_list;
 use divnet::io::npy::{npy_bytes, write_npy};
@@ -310,6 +310,47 @@ fn shipped_fashion_mnist_files_read() {
         .unwrap();
         assert_eq!(full_images.data[..5000 * 784], cal.data[..]);
     }
+}
+
+/// The bytes entry points (the demo's built-in data) read exactly what the file readers read,
+/// npy and IDX alike, and name the path they are given in errors without opening it.
+#[test]
+fn inputs_and_labels_from_bytes_match_the_file_readers() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist");
+    for name in [
+        "train-images-first5000-idx3-ubyte.gz",
+        "train-labels-first5000-idx1-ubyte.gz",
+    ] {
+        let path = root.join(name);
+        let bytes = std::fs::read(&path).unwrap();
+        if name.contains("images") {
+            assert_eq!(
+                inputs_from_bytes(&path, bytes).unwrap(),
+                read_inputs(&path).unwrap()
+            );
+        } else {
+            assert_eq!(
+                labels_from_bytes(&path, &bytes).unwrap(),
+                read_labels(&path).unwrap()
+            );
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let x = npy_bytes(&[2, 3], &[0.5f32, -1.0, 2.0, 0.0, 1.5, 3.0]);
+    let p = write(dir.path(), "x.npy", &x);
+    assert_eq!(
+        inputs_from_bytes(&p, x.clone()).unwrap(),
+        read_inputs(&p).unwrap()
+    );
+    let y = npy_bytes(&[3], &[2i64, 0, 1]);
+    let p = write(dir.path(), "y.npy", &y);
+    assert_eq!(labels_from_bytes(&p, &y).unwrap(), vec![2, 0, 1]);
+
+    let nowhere = Path::new("(built in)/calibration.npy");
+    let nan = npy_bytes(&[1, 2], &[1.0f32, f32::NAN]);
+    assert_format_err(inputs_from_bytes(nowhere, nan), nowhere, "non-finite");
+    let images = idx_bytes(&[2, 2, 2], &[0; 8]).unwrap();
+    assert_format_err(labels_from_bytes(nowhere, &images), nowhere, "1-D");
 }
 
 #[test]
