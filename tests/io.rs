@@ -13,6 +13,8 @@ use divnet::io::safetensors::{read_safetensors, write_safetensors, Tensor, Tenso
 use divnet::Error;
 use safetensors::Dtype;
 
+mod python;
+
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, bytes).unwrap();
@@ -143,30 +145,13 @@ fn insert_replaces_in_place() {
     assert_eq!(f.get("fc1.bias"), Some(&t));
 }
 
-/// The Python reference package must load what we write. Skips without python3 and the
+/// The Python reference package must load what we write. Skips without Python and the
 /// `safetensors` package unless DIVNET_REQUIRE_PYTHON=1, where their absence fails the test.
 #[test]
 fn python_safetensors_loads_our_files() {
-    let required = std::env::var("DIVNET_REQUIRE_PYTHON").is_ok_and(|v| v == "1");
-    let probe = std::process::Command::new("python3")
-        .args(["-c", "import safetensors, numpy"])
-        .output();
-    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
-        let why = match &probe {
-            Err(e) => format!("python3 not runnable: {e}"),
-            Ok(o) => String::from_utf8_lossy(&o.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-                .to_string(),
-        };
-        assert!(
-            !required,
-            "DIVNET_REQUIRE_PYTHON=1 but python3 with safetensors and numpy is missing: {why}"
-        );
-        eprintln!("skipping: python3 with safetensors and numpy is missing ({why})");
+    let Some(python) = python::python_with_safetensors() else {
         return;
-    }
+    };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/check_safetensors.py");
     let dir = tempfile::tempdir().unwrap();
     let f = sample_file();
@@ -208,7 +193,7 @@ fn python_safetensors_loads_our_files() {
         let expected = serde_json::json!({"tensors": tensors, "metadata": {"format": "pt"}});
         let exp_path = dir.path().join(format!("{name}.json"));
         std::fs::write(&exp_path, expected.to_string()).unwrap();
-        let out = std::process::Command::new("python3")
+        let out = std::process::Command::new(&python)
             .arg(&script)
             .arg(&path)
             .arg(&exp_path)
