@@ -6,31 +6,37 @@ use std::process::Command;
 /// The repository's copy of the demo's data, for `--data`.
 const DATA_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/fashion-mnist");
 
+/// Runs `command`, fails the test unless it succeeds, and returns its stdout and stderr.
+fn run_ok(command: &mut Command) -> (String, String) {
+    let result = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&result.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&result.stderr).into_owned();
+    assert!(result.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
 #[test]
 fn demo_runs_on_a_reduced_grid_and_writes_its_outputs() {
     let out = tempfile::tempdir().unwrap();
-    let result = Command::new(env!("CARGO_BIN_EXE_divnet"))
-        .args([
-            "demo",
-            "--sizes",
-            "10,50",
-            "--seeds",
-            "2",
-            "--calibration-rows",
-            "500",
-            "--no-one-layer",
-            "--backend",
-            "cpu",
-            "--data",
-            DATA_DIR,
-            "--out",
-        ])
-        .arg(out.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&result.stdout);
-    let stderr = String::from_utf8_lossy(&result.stderr);
-    assert!(result.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    let (stdout, stderr) = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_divnet"))
+            .args([
+                "demo",
+                "--sizes",
+                "10,50",
+                "--seeds",
+                "2",
+                "--calibration-rows",
+                "500",
+                "--no-one-layer",
+                "--backend",
+                "cpu",
+                "--data",
+                DATA_DIR,
+                "--out",
+            ])
+            .arg(out.path()),
+    );
     assert!(stderr.contains(DATA_DIR), "--data not used: {stderr}");
     for name in ["report.json", "table.txt", "accuracy.png", "diversity.png"] {
         let meta =
@@ -142,23 +148,20 @@ fn demo_runs_from_an_empty_folder_without_system_fonts() {
     )
     .unwrap();
 
-    let result = Command::new(&bin)
-        .args(TINY_DEMO)
-        .current_dir(&work)
-        .env_clear()
-        .env("HOME", &home)
-        .env("XDG_CONFIG_HOME", home.join(".config"))
-        .env("XDG_DATA_HOME", home.join(".local/share"))
-        .env("XDG_CACHE_HOME", home.join(".cache"))
-        .env("XDG_DATA_DIRS", &home)
-        .env("XDG_CONFIG_DIRS", &home)
-        .env("FONTCONFIG_FILE", &fonts_conf)
-        .env("FONTCONFIG_PATH", root.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&result.stdout);
-    let stderr = String::from_utf8_lossy(&result.stderr);
-    assert!(result.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    let (stdout, stderr) = run_ok(
+        Command::new(&bin)
+            .args(TINY_DEMO)
+            .current_dir(&work)
+            .env_clear()
+            .env("HOME", &home)
+            .env("XDG_CONFIG_HOME", home.join(".config"))
+            .env("XDG_DATA_HOME", home.join(".local/share"))
+            .env("XDG_CACHE_HOME", home.join(".cache"))
+            .env("XDG_DATA_DIRS", &home)
+            .env("XDG_CONFIG_DIRS", &home)
+            .env("FONTCONFIG_FILE", &fonts_conf)
+            .env("FONTCONFIG_PATH", root.path()),
+    );
     assert!(!stderr.contains("warning"), "{stderr}");
     assert!(stderr.contains("built into divnet"), "{stderr}");
     assert!(
@@ -191,15 +194,12 @@ fn a_plot_that_cannot_be_written_is_a_warning_not_a_lost_run() {
     // A folder where the plot should go: renaming the finished picture onto it fails.
     let blocked = out.path().join("accuracy.png");
     std::fs::create_dir(&blocked).unwrap();
-    let result = Command::new(env!("CARGO_BIN_EXE_divnet"))
-        .args(TINY_DEMO)
-        .args(["--no-one-layer", "--out"])
-        .arg(out.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&result.stdout);
-    let stderr = String::from_utf8_lossy(&result.stderr);
-    assert!(result.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    let (stdout, stderr) = run_ok(
+        Command::new(env!("CARGO_BIN_EXE_divnet"))
+            .args(TINY_DEMO)
+            .args(["--no-one-layer", "--out"])
+            .arg(out.path()),
+    );
     let warning = format!("divnet: warning: {} not written", blocked.display());
     assert!(stderr.contains(&warning), "{stderr}");
     assert!(
