@@ -14,6 +14,8 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use safetensors::Dtype;
 
+mod python;
+
 const M: usize = 60;
 const N: usize = 16;
 const D: usize = 5;
@@ -404,20 +406,11 @@ fn bad_inputs_fail_with_one_line_and_no_output() {
 }
 
 /// The output loads with Python's safetensors (scripts/check_safetensors.py): skips without
-/// python3 + safetensors + numpy unless DIVNET_REQUIRE_PYTHON=1 (as in CI).
+/// Python + safetensors + numpy unless DIVNET_REQUIRE_PYTHON=1 (as in CI).
 fn python_loads(path: &Path, file: &TensorFile) {
-    let required = std::env::var("DIVNET_REQUIRE_PYTHON").is_ok_and(|v| v == "1");
-    let probe = Command::new("python3")
-        .args(["-c", "import safetensors, numpy"])
-        .output();
-    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
-        assert!(
-            !required,
-            "DIVNET_REQUIRE_PYTHON=1 but python3 with safetensors and numpy is missing"
-        );
-        eprintln!("skipping the Python check: python3 with safetensors and numpy is missing");
+    let Some(python) = python::python_with_safetensors() else {
         return;
-    }
+    };
     let mut tensors = serde_json::Map::new();
     for (name, t) in &file.tensors {
         let values: Vec<f64> = t.to_f32().unwrap().iter().map(|&v| v as f64).collect();
@@ -433,7 +426,7 @@ fn python_loads(path: &Path, file: &TensorFile) {
     )
     .unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/check_safetensors.py");
-    let o = Command::new("python3")
+    let o = Command::new(&python)
         .arg(script)
         .arg(path)
         .arg(&expected)
