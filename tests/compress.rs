@@ -328,10 +328,12 @@ fn both_routes_of_compress_layer_give_the_same_layer() {
         let one = run(method, Route::OnePass).unwrap();
         let two = run(method, Route::TwoPass).unwrap();
         assert_eq!(one.kept, two.kept, "{method}");
+        // One pass has an f64 G here (the distances need it); the second pass multiplies in
+        // f32 over blocks of rows, as the CPU's Gram-only statistics do.
         for (a, b) in one.next.iter().zip(&two.next) {
             let dw = max_rel_diff(&a.weight, &b.weight);
             let db = max_rel_diff(&a.bias, &b.bias);
-            assert!(dw < 1e-5 && db < 1e-5, "{method}: {dw:e} {db:e}");
+            assert!(dw < 5e-5 && db < 5e-5, "{method}: {dw:e} {db:e}");
         }
         let (e1, e2) = (one.report.relative_error, two.report.relative_error);
         assert!((e1 - e2).abs() < 1e-6 * e1, "{method}: {e1} vs {e2}");

@@ -99,9 +99,9 @@ const PASS_VALUES: usize = 1 << 24;
 ///
 /// That is the least-squares problem `min ||Z_P - U X||` itself, so the energies and the
 /// system are those of the same numbers and the reported error keeps no cancellation that
-/// the Gram route does not have. Products run in f32 per chunk of at most 8192 rows and are
-/// added in f64, as the CPU Gram does. Memory: O(k^2 + (k + n - k) n_out) and one chunk,
-/// no n x n or n x k matrix. Work: `m (n - k) n_out` for `Z_P`, `m k n_out` for `R` and
+/// the Gram route does not have. Products run in f32, summed over blocks of at most 8192
+/// rows, and the blocks are added in f64, as the CPU Gram does. Memory: O(k^2 + n n_out)
+/// and one chunk, no n x n or n x k matrix. Work: `m (n - k) n_out` for `Z_P`, `m k n_out` for `R` and
 /// `m k^2 / 2` for `G~_YY`, against `m n^2 / 2` for a Gram.
 pub struct FusionPass<'a> {
     next: NextLayer<'a>,
@@ -113,8 +113,15 @@ pub struct FusionPass<'a> {
     lhs: Mat<f64>,
     rhs: Mat<f64>,
     dropped_energy: f64,
+    /// Rows multiplied into the sums.
     samples: usize,
-    /// Per-product buffers, kept between chunks.
+    /// Rows per product.
+    limit: usize,
+    /// Rows gathered in `u` and `a_p`, not multiplied yet.
+    staged: usize,
+    /// Rows in the f32 partials `uu` and `uz` not yet added to `lhs` and `rhs`.
+    block_rows: usize,
+    /// The staged rows and the per-product buffers, kept between chunks.
     u: Vec<f32>,
     a_p: Vec<f32>,
     z: Mat<f32>,
@@ -139,6 +146,9 @@ impl<'a> FusionPass<'a> {
             rhs: Mat::zeros(k + 1, n_out),
             dropped_energy: 0.0,
             samples: 0,
+            limit: PASS_ROWS.min((PASS_VALUES / (n + n_out)).max(1)),
+            staged: 0,
+            block_rows: 0,
             u: Vec::new(),
             a_p: Vec::new(),
             z: Mat::zeros(0, 0),
@@ -147,46 +157,49 @@ impl<'a> FusionPass<'a> {
         }
     }
 
-    /// Adds a chunk of whole rows of the n neurons (any number, even 0). A value that is
-    /// not finite is an error naming its row (counted from the first row of the pass) and
-    /// neuron.
+    /// Adds a chunk of whole rows of the n neurons (any number, even 0, one or many: rows
+    /// are gathered until a product is full, so that small chunks cost neither speed nor
+    /// precision). A value that is not finite is an error naming its row (counted from the
+    /// first row of the pass) and neuron.
     pub fn push(&mut self, rows: ActivationRows<'_>) -> Result<()> {
         let n = self.next.n_in;
         let count = rows.whole_rows(n)?;
-        let n_out = self.next.n_out;
-        let limit = PASS_ROWS.min((PASS_VALUES / (n + n_out)).max(1));
         let mut first = 0;
         while first < count {
-            let take = limit.min(count - first);
+            let take = (self.limit - self.staged).min(count - first);
             let chunk = rows.slice(first * n..(first + take) * n);
             match chunk {
                 ActivationRows::F32(v) => self.gather(v, take, |x| x),
                 ActivationRows::F16(v) => self.gather(v, take, |x| x.to_f32()),
             }?;
-            self.product(take);
-            self.samples += take;
+            self.staged += take;
             first += take;
+            if self.staged == self.limit {
+                self.multiply_staged();
+            }
         }
         Ok(())
     }
 
-    /// Fills `u` (`rows x (k+1)`, row-major, the last column 1) and `a_p` (`rows x |P|`)
-    /// from `rows` row-major rows of the n neurons, checking every value.
+    /// Appends `rows` row-major rows of the n neurons to the staged `u` (`[A_Y, 1]`,
+    /// row-major) and `a_p`, checking every value.
     fn gather<T: Copy>(&mut self, v: &[T], rows: usize, to_f32: impl Fn(T) -> f32) -> Result<()> {
         let n = self.next.n_in;
         let (k, p) = (self.keep.len(), self.dropped.len());
-        self.u.resize(rows * (k + 1), 0.0);
-        self.a_p.resize(rows * p, 0.0);
+        let start = self.staged;
+        self.u.resize(self.limit * (k + 1), 0.0);
+        self.a_p.resize(self.limit * p, 0.0);
         let mut finite = true;
         for t in 0..rows {
             let row = &v[t * n..(t + 1) * n];
-            let u = &mut self.u[t * (k + 1)..(t + 1) * (k + 1)];
+            let r = start + t;
+            let u = &mut self.u[r * (k + 1)..(r + 1) * (k + 1)];
             for (dst, &i) in u.iter_mut().zip(&self.keep) {
                 *dst = to_f32(row[i]);
                 finite &= dst.is_finite();
             }
             u[k] = 1.0;
-            for (dst, &i) in self.a_p[t * p..(t + 1) * p].iter_mut().zip(&self.dropped) {
+            for (dst, &i) in self.a_p[r * p..(r + 1) * p].iter_mut().zip(&self.dropped) {
                 *dst = to_f32(row[i]);
                 finite &= dst.is_finite();
             }
@@ -198,31 +211,45 @@ impl<'a> FusionPass<'a> {
             .iter()
             .position(|&x| !to_f32(x).is_finite())
             .expect("a value is not finite");
-        Err(non_finite_activation(self.samples + k / n, k % n))
+        Err(non_finite_activation(self.samples() + k / n, k % n))
+    }
+
+    /// Multiplies the staged rows into the sums.
+    fn multiply_staged(&mut self) {
+        let rows = std::mem::take(&mut self.staged);
+        if rows == 0 {
+            return;
+        }
+        if self.block_rows + rows > PASS_ROWS {
+            self.flush();
+        }
+        self.product(rows);
+        self.samples += rows;
     }
 
     /// The products of the gathered `rows` rows, added to the sums.
     fn product(&mut self, rows: usize) {
         let (k, p, n_out) = (self.keep.len(), self.dropped.len(), self.next.n_out);
         let par = Par::rayon(0);
-        let u = MatRef::from_row_major_slice(&self.u, rows, k + 1);
-        let a_p = MatRef::from_row_major_slice(&self.a_p, rows, p);
+        let u = MatRef::from_row_major_slice(&self.u[..rows * (k + 1)], rows, k + 1);
+        let a_p = MatRef::from_row_major_slice(&self.a_p[..rows * p], rows, p);
         self.z.resize_with(rows, n_out, |_, _| 0.0);
         matmul(self.z.as_mut(), Accum::Replace, a_p, &self.wp_t, 1.0, par);
+        // The f32 partials sum over a block of up to PASS_ROWS rows before they are added
+        // in f64: at k = 8192 a product covers a few hundred rows, and adding the 0.8 GB of
+        // partials after each would cost as much memory traffic as the products themselves.
+        let accum = if self.block_rows == 0 {
+            Accum::Replace
+        } else {
+            Accum::Add
+        };
         self.uz.resize_with(k + 1, n_out, |_, _| 0.0);
-        matmul(
-            self.uz.as_mut(),
-            Accum::Replace,
-            u.transpose(),
-            &self.z,
-            1.0,
-            par,
-        );
+        matmul(self.uz.as_mut(), accum, u.transpose(), &self.z, 1.0, par);
         self.uu.resize_with(k + 1, k + 1, |_, _| 0.0);
         triangular::matmul(
             self.uu.as_mut(),
             BlockStructure::TriangularLower,
-            Accum::Replace,
+            accum,
             u.transpose(),
             BlockStructure::Rectangular,
             u,
@@ -230,30 +257,47 @@ impl<'a> FusionPass<'a> {
             1.0,
             par,
         );
-        for j in 0..=k {
-            for i in j..=k {
-                self.lhs[(i, j)] += self.uu[(i, j)] as f64;
-            }
-        }
+        self.block_rows += rows;
         for o in 0..n_out {
-            for i in 0..=k {
-                self.rhs[(i, o)] += self.uz[(i, o)] as f64;
-            }
             let col = crate::cpu::contiguous(self.z.col(o));
             self.dropped_energy += col.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>();
         }
     }
 
+    /// Adds the f32 partials of the current block to the f64 sums.
+    fn flush(&mut self) {
+        if std::mem::take(&mut self.block_rows) == 0 {
+            return;
+        }
+        let k = self.keep.len();
+        for j in 0..=k {
+            let src = &crate::cpu::contiguous(self.uu.col(j))[j..];
+            let dst = &mut crate::cpu::contiguous_mut(self.lhs.col_mut(j))[j..];
+            for (d, &x) in dst.iter_mut().zip(src) {
+                *d += x as f64;
+            }
+        }
+        for o in 0..self.next.n_out {
+            let src = crate::cpu::contiguous(self.uz.col(o));
+            let dst = crate::cpu::contiguous_mut(self.rhs.col_mut(o));
+            for (d, &x) in dst.iter_mut().zip(src) {
+                *d += x as f64;
+            }
+        }
+    }
+
     /// Rows pushed so far.
     pub fn samples(&self) -> usize {
-        self.samples
+        self.samples + self.staged
     }
 
     /// The fusion system; an error when no row was pushed.
     pub fn finish(mut self) -> Result<FusionSystem> {
+        self.multiply_staged();
         if self.samples == 0 {
             return Err(Error::invalid("fusion: the activations have no rows"));
         }
+        self.flush();
         let k = self.keep.len();
         for j in 0..=k {
             for i in j + 1..=k {
