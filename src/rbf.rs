@@ -114,47 +114,43 @@ fn median_off_diagonal(d: &Mat<f64>) -> Option<f64> {
     if count == 0 {
         return None;
     }
-    let upper_triangle = |visit: &mut dyn FnMut(u64)| {
-        for j in 1..n {
-            for &v in &crate::cpu::contiguous(d.col(j))[..j] {
-                visit(order_key(v));
-            }
-        }
+    let keys = || {
+        (1..n).flat_map(move |j| {
+            crate::cpu::contiguous(d.col(j))[..j]
+                .iter()
+                .map(|&v| order_key(v))
+        })
     };
     let mid = count / 2;
-    let upper = select_key(upper_triangle, mid);
+    let upper = select_key(keys, mid);
     let median = if count % 2 == 1 {
         from_order_key(upper)
     } else {
         // The lower middle value has rank mid - 1: the largest key below `upper` when
         // `mid` keys lie below it, else `upper` itself repeated.
-        let (mut lower, mut below) = (0u64, 0usize);
-        upper_triangle(&mut |key| {
-            if key < upper {
-                lower = lower.max(key);
-                below += 1;
-            }
-        });
+        let (lower, below) = keys()
+            .filter(|&key| key < upper)
+            .fold((0u64, 0usize), |(max, c), key| (max.max(key), c + 1));
         let lower = if below >= mid { lower } else { upper };
         0.5 * (from_order_key(lower) + from_order_key(upper))
     };
     Some(median)
 }
 
-/// The key of rank `rank` (0-based, ascending) among those `keys` visits.
-fn select_key(keys: impl Fn(&mut dyn FnMut(u64)), rank: usize) -> u64 {
+/// The key of rank `rank` (0-based, ascending) among those each call of `keys` yields.
+fn select_key<I: Iterator<Item = u64>>(keys: impl Fn() -> I, rank: usize) -> u64 {
     const BITS: u32 = 16;
     let mut prefix = 0u64;
     let mut rank = rank;
     for level in 0..(64 / BITS) {
         let shift = 64 - BITS * (level + 1);
-        let high = if level == 0 { 0 } else { shift + BITS };
         let mut counts = vec![0usize; 1 << BITS];
-        keys(&mut |key| {
-            if level == 0 || key >> high == prefix >> high {
+        for key in keys() {
+            // The digits fixed so far (none at the first level) must match.
+            if level == 0 || key >> (shift + BITS) == prefix >> (shift + BITS) {
                 counts[((key >> shift) & ((1 << BITS) - 1)) as usize] += 1;
             }
-        });
+        }
         let mut digit = 0;
         while rank >= counts[digit] {
             rank -= counts[digit];
