@@ -14,7 +14,7 @@ use crate::cpu::gram::{CpuGram, Precision};
 use crate::error::{Error, Result};
 use crate::gpu::gram::{Product, RowFormat, StagedProduct};
 use crate::gpu::GpuContext;
-use crate::memory::{ensure_host_matrices, Allocation};
+use crate::memory::{ensure_fits, Allocation};
 use crate::progress::Progress;
 
 pub use crate::rbf::{rbf_from_distances, Beta, RbfKernel};
@@ -100,13 +100,17 @@ pub struct LayerStats {
 
 impl LayerStats {
     /// An empty engine for a layer of `n >= 1` neurons on `backend`. Checks that the host
-    /// can hold the n x n results; allocates no GPU memory yet.
+    /// can hold the n x n results and what the engine holds beside them
+    /// ([`LayerStats::planned_host_memory`]); allocates no GPU memory yet.
     pub fn new(backend: &Backend, n: usize, kind: StatsKind) -> Result<Self> {
         if n == 0 {
             return Err(Error::invalid("a layer needs at least one neuron (n = 0)"));
         }
-        let matrices = if kind == StatsKind::Both { 2 } else { 1 };
-        ensure_host_matrices(n, matrices)?;
+        ensure_fits(
+            n,
+            "statistics",
+            Self::planned_host_memory(backend, n, usize::MAX, kind),
+        )?;
         let engine = match backend {
             Backend::Cpu => {
                 let precision = if kind.has_distances() {

@@ -368,6 +368,19 @@ impl MemoryPlan {
     }
 }
 
+/// Fails with an error when what one stage of work on a layer of `n` neurons `holds` does
+/// not fit the memory available now (see [`available`]), before the stage allocates it.
+pub(crate) fn ensure_fits(n: usize, stage: &str, holds: Vec<Allocation>) -> Result<()> {
+    let plan = MemoryPlan {
+        subject: format!("a layer of {n} neurons"),
+        stages: vec![StageFootprint {
+            stage: stage.into(),
+            holds,
+        }],
+    };
+    plan.check(&available()?)
+}
+
 /// Fails with an error when `count` n x n f64 matrices do not fit the memory available
 /// now (see [`available`]), before any work: a 200 KB file of one sample over 100000
 /// neurons asks for 80 GB, which Linux would grant and then kill the process for.
@@ -387,16 +400,10 @@ pub(crate) fn ensure_host_matrices(n: usize, count: usize) -> Result<()> {
             "a layer of {n} neurons needs {what}: more bytes than this machine can address"
         )));
     }
-    let plan = MemoryPlan {
-        subject: format!("a layer of {n} neurons"),
-        stages: vec![StageFootprint {
-            stage: what,
-            holds: (0..count)
-                .map(|_| Allocation::matrix("an n x n matrix", n, n, 8))
-                .collect(),
-        }],
-    };
-    plan.check(&available()?)
+    let holds = (0..count)
+        .map(|_| Allocation::matrix("an n x n matrix", n, n, 8))
+        .collect();
+    ensure_fits(n, &what, holds)
 }
 
 #[cfg(test)]
