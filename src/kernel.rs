@@ -106,10 +106,12 @@ impl LayerStats {
         if n == 0 {
             return Err(Error::invalid("a layer needs at least one neuron (n = 0)"));
         }
+        // The n x n matrices; the chunk of rows (its size depends on the rows pushed, 200 MB
+        // at most) is left to the check's margin.
         ensure_fits(
             n,
             "statistics",
-            Self::planned_host_memory(backend, n, usize::MAX, kind),
+            Self::planned_host_memory(backend, n, 1, kind),
         )?;
         let engine = match backend {
             Backend::Cpu => {
