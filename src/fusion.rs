@@ -82,6 +82,9 @@ pub struct FusedLayer {
     /// ||Z - Z'||_F / ||Z||_F of the next layer's pre-activation on the calibration set,
     /// computed from G and s without a second pass over the data.
     pub relative_error: f64,
+    /// ||Z||_F^2, the denominator of `relative_error`: combines the errors of several next
+    /// layers fused with the same kept set (sum of `relative_error^2 * z_energy`).
+    pub z_energy: f64,
 }
 
 /// What the assembly step produces (on either backend): everything the host needs to solve
@@ -128,62 +131,8 @@ fn validate(
     next: &NextLayer<'_>,
     opts: &FusionOptions,
 ) -> Result<Vec<usize>> {
-    let n = stats.gram.nrows();
-    if stats.gram.ncols() != n {
-        return Err(Error::invalid(format!(
-            "fusion: Gram matrix is {} x {}, expected square",
-            n,
-            stats.gram.ncols()
-        )));
-    }
-    if stats.col_sums.len() != n {
-        return Err(Error::invalid(format!(
-            "fusion: {} column sums for a {n} x {n} Gram matrix",
-            stats.col_sums.len()
-        )));
-    }
-    if stats.samples == 0 {
-        return Err(Error::invalid("fusion: Gram statistics over 0 samples"));
-    }
-    if next.n_in != n {
-        return Err(Error::invalid(format!(
-            "fusion: next layer reads {} inputs but the layer has {n} neurons",
-            next.n_in
-        )));
-    }
-    if next.n_out == 0 {
-        return Err(Error::invalid("fusion: next layer has 0 outputs"));
-    }
-    if next.weight.len() != next.n_out * next.n_in {
-        return Err(Error::invalid(format!(
-            "fusion: next layer weight has {} values, expected {} x {} = {}",
-            next.weight.len(),
-            next.n_out,
-            next.n_in,
-            next.n_out * next.n_in
-        )));
-    }
-    if let Some(b) = next.bias {
-        if b.len() != next.n_out {
-            return Err(Error::invalid(format!(
-                "fusion: next layer bias has {} values, expected {}",
-                b.len(),
-                next.n_out
-            )));
-        }
-        if let Some(i) = b.iter().position(|v| !v.is_finite()) {
-            return Err(Error::invalid(format!(
-                "fusion: next layer bias[{i}] is not finite"
-            )));
-        }
-    }
-    if let Some(i) = next.weight.iter().position(|v| !v.is_finite()) {
-        return Err(Error::invalid(format!(
-            "fusion: next layer weight[{}, {}] is not finite",
-            i / n.max(1),
-            i % n.max(1)
-        )));
-    }
+    let n = check_stats(stats, "fusion")?;
+    check_next_layer(next, n, "fusion")?;
     if !(opts.ridge_factor.is_finite() && opts.ridge_factor >= 0.0) {
         return Err(Error::invalid(format!(
             "fusion: ridge factor {} must be finite and >= 0",
@@ -207,10 +156,35 @@ fn validate(
         }
         seen[i] = true;
     }
+    Ok((0..n).filter(|&i| !seen[i]).collect())
+}
+
+/// Checks Gram statistics (square, finite, over at least one sample, one column sum per
+/// neuron) and returns n. `what` starts the error messages ("fusion", ...).
+pub(crate) fn check_stats(stats: &GramStats, what: &str) -> Result<usize> {
+    let n = stats.gram.nrows();
+    if stats.gram.ncols() != n {
+        return Err(Error::invalid(format!(
+            "{what}: Gram matrix is {} x {}, expected square",
+            n,
+            stats.gram.ncols()
+        )));
+    }
+    if stats.col_sums.len() != n {
+        return Err(Error::invalid(format!(
+            "{what}: {} column sums for a {n} x {n} Gram matrix",
+            stats.col_sums.len()
+        )));
+    }
+    if stats.samples == 0 {
+        return Err(Error::invalid(format!(
+            "{what}: Gram statistics over 0 samples"
+        )));
+    }
     for (j, s) in stats.col_sums.iter().enumerate() {
         if !s.is_finite() {
             return Err(Error::invalid(format!(
-                "fusion: column sum {j} is not finite"
+                "{what}: column sum {j} is not finite"
             )));
         }
     }
@@ -218,12 +192,56 @@ fn validate(
         for i in 0..n {
             if !stats.gram[(i, j)].is_finite() {
                 return Err(Error::invalid(format!(
-                    "fusion: Gram entry ({i}, {j}) is not finite"
+                    "{what}: Gram entry ({i}, {j}) is not finite"
                 )));
             }
         }
     }
-    Ok((0..n).filter(|&i| !seen[i]).collect())
+    Ok(n)
+}
+
+/// Checks that `next` reads the `n` neurons of the layer: shapes, finite values.
+pub(crate) fn check_next_layer(next: &NextLayer<'_>, n: usize, what: &str) -> Result<()> {
+    if next.n_in != n {
+        return Err(Error::invalid(format!(
+            "{what}: next layer reads {} inputs but the layer has {n} neurons",
+            next.n_in
+        )));
+    }
+    if next.n_out == 0 {
+        return Err(Error::invalid(format!("{what}: next layer has 0 outputs")));
+    }
+    if next.weight.len() != next.n_out * next.n_in {
+        return Err(Error::invalid(format!(
+            "{what}: next layer weight has {} values, expected {} x {} = {}",
+            next.weight.len(),
+            next.n_out,
+            next.n_in,
+            next.n_out * next.n_in
+        )));
+    }
+    if let Some(b) = next.bias {
+        if b.len() != next.n_out {
+            return Err(Error::invalid(format!(
+                "{what}: next layer bias has {} values, expected {}",
+                b.len(),
+                next.n_out
+            )));
+        }
+        if let Some(i) = b.iter().position(|v| !v.is_finite()) {
+            return Err(Error::invalid(format!(
+                "{what}: next layer bias[{i}] is not finite"
+            )));
+        }
+    }
+    if let Some(i) = next.weight.iter().position(|v| !v.is_finite()) {
+        return Err(Error::invalid(format!(
+            "{what}: next layer weight[{}, {}] is not finite",
+            i / n.max(1),
+            i % n.max(1)
+        )));
+    }
+    Ok(())
 }
 
 /// `G~_YY` in the order `keep, const`, from the f64 statistics.
@@ -318,6 +336,7 @@ fn solve_system(
         bias,
         ridge,
         relative_error,
+        z_energy,
     })
 }
 
