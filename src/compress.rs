@@ -346,8 +346,15 @@ pub fn compress_mlp(
                 } else {
                     None
                 };
+                let next_layer = NextLayer {
+                    weight: &next.weight,
+                    bias: next.has_bias.then_some(next.bias.as_slice()),
+                    n_out: next.out_dim,
+                    n_in: next.in_dim,
+                };
                 let selector =
-                    LayerSelector::new(n, kernel.as_ref().map(|k| &k.matrix), scores.as_deref());
+                    LayerSelector::new(n, kernel.as_ref().map(|k| &k.matrix), scores.as_deref())
+                        .with_next_layers(&obs.stats, &[next_layer]);
                 selector.select(
                     opts.method,
                     spec.size(n)?,

@@ -1,7 +1,9 @@
 //! The layer-by-layer pipeline and the experiment, end to end on tiny MLPs.
 
 use divnet::compress::{compress_mlp, CompressOptions, KeepSpec, NoProgress};
-use divnet::experiment::{run_experiment, ExperimentConfig, ExperimentData, VARIANTS};
+use divnet::experiment::{
+    run_experiment, ExperimentConfig, ExperimentData, FINETUNE_VARIANTS, VARIANTS,
+};
 use divnet::fusion::{FusionMode, FusionOptions};
 use divnet::io::safetensors::{read_safetensors, write_safetensors};
 use divnet::kernel::Beta;
@@ -32,12 +34,10 @@ fn max_rel_diff(a: &[f32], b: &[f32]) -> f64 {
 fn every_method_gives_consistent_shapes_and_names() {
     let mlp = Mlp::init(&[6, 12, 9, 3], Activation::Relu, 1);
     let x = random_inputs(200, 6, 2);
-    for method in [
-        SelectionMethod::KDpp,
-        SelectionMethod::Greedy,
-        SelectionMethod::Random,
-        SelectionMethod::Importance,
-    ] {
+    for method in SelectionMethod::ALL
+        .into_iter()
+        .filter(|&m| m != SelectionMethod::Dpp)
+    {
         let mut opts = CompressOptions::new(vec![KeepSpec::Count(5), KeepSpec::Count(4)]);
         opts.method = method;
         let (out, report) =
@@ -54,6 +54,7 @@ fn every_method_gives_consistent_shapes_and_names() {
         }
         assert_eq!(report.layers.len(), 2);
         assert_eq!(report.layers[0].kept.len(), 5);
+        assert_eq!(report.layers[0].method, method.name());
         assert!(report.params_after < report.params_before);
         let y = out.forward(&x[..6 * 10], 10);
         assert_eq!(y.len(), 30);
@@ -198,6 +199,16 @@ fn experiment_runs_on_a_reduced_grid() {
     assert_eq!(r.heatmaps.len(), 2);
     assert_eq!(r.heatmaps[0].values.len(), 36);
     assert_eq!(r.diversity.len(), 2);
-    let ft = r.finetune.expect("fine-tune requested");
-    assert!((0.0..=1.0).contains(&ft.after));
+    assert_eq!(
+        r.finetune.len(),
+        FINETUNE_VARIANTS.len(),
+        "fine-tune requested"
+    );
+    for ft in &r.finetune {
+        let draws = if ft.variant.method.is_random() { 2 } else { 1 };
+        assert_eq!(ft.before_draws.len(), draws, "{}", ft.label);
+        assert_eq!(ft.after_draws.len(), draws, "{}", ft.label);
+        assert!((0.0..=1.0).contains(&ft.after), "{}", ft.label);
+        assert_eq!(ft.kept, 6);
+    }
 }

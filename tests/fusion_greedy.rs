@@ -277,11 +277,12 @@ fn greedy_is_the_best_subset_when_centred_activations_are_orthogonal() {
 /// the fused layers make on the calibration data, layer by layer and stacked.
 #[test]
 fn predicted_error_equals_fusion_error_and_the_fused_layers_error() {
-    let layer = Layer::random(200, 24, &[7, 5], 11);
+    // Past 32 steps, so that the residual updates held back per panel are checked too.
+    let layer = Layer::random(300, 80, &[7, 5], 11);
     let next = layer.next();
     for stats in [layer.exact_stats(), layer.pipeline_stats()] {
-        let selection = fusion_greedy(&stats, &next, 20).unwrap();
-        for k in [1, 3, 8, 15, 20] {
+        let selection = fusion_greedy(&stats, &next, 75).unwrap();
+        for k in [1, 3, 8, 31, 32, 33, 64, 65, 75] {
             let keep = &selection.order[..k];
             let mut fused_energy = 0.0;
             let mut direct_energy = 0.0;

@@ -9,20 +9,23 @@ use divnet::compress::{fusion_name, KeepSpec, DEFAULT_EPS};
 use divnet::fusion::{fuse_next_layer, FusionMode, FusionOptions, NextLayer};
 use divnet::io::keep::read_keep_list;
 use divnet::io::npy::read_matrix;
-use divnet::io::safetensors::{read_safetensors, write_safetensors, Tensor, TensorFile};
+use divnet::io::safetensors::{read_safetensors, write_safetensors, Tensor};
 use divnet::kernel::{gram_stats, rbf_kernel, ActivationRows, Beta};
 use divnet::model::tensor_name;
 use divnet::select::{importance_scores, LayerSelector, SelectionMethod, SelectionSize};
-use safetensors::Dtype;
 
-use crate::common::{select_backend, with_cpu_fallback, write_json, BackendArg, StageTimer};
+use crate::common::{
+    float_tensor, read_next_tensors, select_backend, selection_method_parser, with_cpu_fallback,
+    write_json, BackendArg, NextTensors, StageTimer,
+};
 
 /// Compress one hidden layer of a network stored as safetensors.
 ///
 /// The layer's activations (m samples x n neurons) decide which neurons to keep; the next
 /// layer `NAME.weight` (n_out x n) absorbs the dropped ones by least squares (its bias too,
-/// created if missing); the layers that produce the activations (`--prev`) keep only the
-/// rows of the kept neurons. Every other tensor is copied unchanged, dtypes kept.
+/// created if missing), or each of several next layers when more than one reads the layer;
+/// the layers that produce the activations (`--prev`) keep only the rows of the kept
+/// neurons. Every other tensor is copied unchanged, dtypes kept.
 #[derive(clap::Args)]
 pub struct Args {
     /// Activations of the layer: m x n npy (samples x neurons; f16, f32 or f64).
@@ -32,8 +35,10 @@ pub struct Args {
     #[arg(long)]
     weights: PathBuf,
     /// Tensor prefix of the next layer: NAME.weight [n_out, n], optional NAME.bias [n_out].
-    #[arg(long)]
-    next: String,
+    /// Several (comma list) when several layers read this one: each is fused, and the
+    /// selection methods that look at the next layer use them all.
+    #[arg(long, value_delimiter = ',', required = true)]
+    next: Vec<String>,
     /// Tensor prefixes of the layer(s) producing the activations (several for a gated FFN,
     /// e.g. gate and up projections): rows of NAME.weight and entries of NAME.bias are sliced.
     #[arg(long, value_delimiter = ',')]
@@ -47,9 +52,11 @@ pub struct Args {
     /// The neurons to keep: a JSON array of 0-based indices (skips selection).
     #[arg(long, group = "size")]
     keep: Option<PathBuf>,
-    /// Selection method (dpp chooses the number of neurons itself).
-    #[arg(long = "select", default_value = "kdpp", value_parser = ["kdpp", "dpp", "greedy", "random", "importance"])]
-    select: String,
+    /// Selection method (dpp chooses the number of neurons itself; fusion-greedy keeps the
+    /// neurons that best explain the next layers' pre-activation; quality-kdpp and
+    /// quality-greedy weigh the kernel by what each neuron explains).
+    #[arg(long = "select", default_value = "kdpp", value_parser = selection_method_parser())]
+    select: SelectionMethod,
     /// RBF bandwidth of the DPP kernel: paper (10/m), median or a positive number.
     #[arg(long, default_value = "paper")]
     beta: Beta,
@@ -88,14 +95,24 @@ struct Report<'a> {
     method: &'a str,
     fusion: &'a str,
     beta: Option<f64>,
+    /// The largest ridge over the next layers.
+    ridge: f64,
+    /// ||Z - Z'||_F / ||Z||_F over all next layers together.
+    relative_error: f64,
+    next: Vec<NextReport<'a>>,
+    seconds: &'a [(String, f64)],
+}
+
+#[derive(serde::Serialize)]
+struct NextReport<'a> {
+    name: &'a str,
     ridge: f64,
     relative_error: f64,
-    seconds: &'a [(String, f64)],
 }
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let method: SelectionMethod = args.select.parse()?;
+    let method = args.select;
     let mode = if args.no_fusion {
         FusionMode::Prune
     } else if args.no_bias {
@@ -115,30 +132,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .transpose()?;
     let mut file = read_safetensors(&args.weights)?;
     let weights = args.weights.display().to_string();
-    let next_w_name = tensor_name(&args.next, "weight");
-    let next_b_name = tensor_name(&args.next, "bias");
-    let next_w = float_tensor(&file, &next_w_name, &weights)?;
-    ensure!(
-        next_w.shape.len() == 2 && next_w.shape[1] == n,
-        "{weights}: {next_w_name} has shape {:?}, expected [n_out, {n}] to read the {n} \
-         neurons of {}",
-        next_w.shape,
-        args.activations.display()
-    );
-    let n_out = next_w.shape[0];
-    let next_weight = next_w.to_f32()?;
-    let next_bias = match file.get(&next_b_name) {
-        Some(_) => {
-            let b = float_tensor(&file, &next_b_name, &weights)?;
-            ensure!(
-                b.shape == [n_out],
-                "{weights}: {next_b_name} has shape {:?}, expected [{n_out}]",
-                b.shape
-            );
-            Some(b.to_f32()?)
-        }
-        None => None,
-    };
+    let mut nexts = Vec::with_capacity(args.next.len());
+    for name in &args.next {
+        ensure!(
+            !args.prev.contains(name),
+            "{name} is given as both --prev and --next"
+        );
+        ensure!(
+            nexts.iter().all(|x: &NextTensors| &x.name != name),
+            "--next {name} is given twice"
+        );
+        nexts.push(read_next_tensors(
+            &file,
+            name,
+            n,
+            &weights,
+            &args.activations,
+        )?);
+    }
     for p in &args.prev {
         let name = tensor_name(p, "weight");
         let w = float_tensor(&file, &name, &weights)?;
@@ -156,10 +167,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             );
         }
     }
-    eprintln!(
-        "activations: {m} samples x {n} neurons; next layer {}: {n_out} x {n}",
-        args.next
-    );
+    for next in &nexts {
+        eprintln!(
+            "activations: {m} samples x {n} neurons; next layer {}: {} x {n}",
+            next.name, next.n_out
+        );
+    }
 
     let backend = select_backend(args.backend)?;
     let mut rounded = Vec::new();
@@ -203,13 +216,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             } else {
                 None
             };
+            let next_layers: Vec<NextLayer> = nexts.iter().map(|x| x.layer(n)).collect();
             let scores = if method == SelectionMethod::Importance {
-                Some(importance_scores(&stats, &next_weight, n_out)?)
+                // The next layers' columns stacked: one norm per neuron over all of them.
+                let stacked: Vec<f32> = nexts
+                    .iter()
+                    .flat_map(|x| x.weight.iter().copied())
+                    .collect();
+                let rows = nexts.iter().map(|x| x.n_out).sum();
+                Some(importance_scores(&stats, &stacked, rows)?)
             } else {
                 None
             };
             let selector =
-                LayerSelector::new(n, kernel.as_ref().map(|k| &k.matrix), scores.as_deref());
+                LayerSelector::new(n, kernel.as_ref().map(|k| &k.matrix), scores.as_deref())
+                    .with_next_layers(&stats, &next_layers);
             let keep = timer.stage("select", || selector.select(method, size, args.seed))?;
             (keep, method.name(), kernel.map(|k| k.beta))
         }
@@ -220,35 +241,54 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         mode,
         ridge_factor: args.ridge_factor,
     };
-    let next = NextLayer {
-        weight: &next_weight,
-        bias: next_bias.as_deref(),
-        n_out,
-        n_in: n,
-    };
     let fused = timer.stage("fuse", || {
-        with_cpu_fallback(args.backend, &backend, |b| {
-            fuse_next_layer(b, &stats, &keep, next, &opts)
-        })
+        nexts
+            .iter()
+            .map(|next| {
+                with_cpu_fallback(args.backend, &backend, |b| {
+                    fuse_next_layer(b, &stats, &keep, next.layer(n), &opts)
+                })
+            })
+            .collect::<divnet::Result<Vec<_>>>()
     })?;
 
-    // The next layer: fused weights, and a bias when it had one or fusion created one.
-    let w_dtype = file.get(&next_w_name).map(|t| t.dtype).expect("checked");
-    file.insert(
-        next_w_name,
-        Tensor::from_f32(&fused.weight, vec![n_out, k], w_dtype)?,
-    );
-    let had_bias = next_bias.is_some();
-    if had_bias || fused.bias.iter().any(|&b| b != 0.0) {
-        let dtype = file.get(&next_b_name).map_or(w_dtype, |t| t.dtype);
-        if !had_bias {
-            eprintln!("{next_b_name}: created to hold the fused constant term ({dtype:?})");
-        }
+    // Each next layer: fused weights, and a bias when it had one or fusion created one.
+    for (next, fused) in nexts.iter().zip(&fused) {
+        let w_dtype = file
+            .get(&next.weight_name)
+            .map(|t| t.dtype)
+            .expect("checked");
         file.insert(
-            next_b_name,
-            Tensor::from_f32(&fused.bias, vec![n_out], dtype)?,
+            next.weight_name.clone(),
+            Tensor::from_f32(&fused.weight, vec![next.n_out, k], w_dtype)?,
         );
+        let had_bias = next.bias.is_some();
+        if had_bias || fused.bias.iter().any(|&b| b != 0.0) {
+            let dtype = file.get(&next.bias_name).map_or(w_dtype, |t| t.dtype);
+            if !had_bias {
+                eprintln!(
+                    "{}: created to hold the fused constant term ({dtype:?})",
+                    next.bias_name
+                );
+            }
+            file.insert(
+                next.bias_name.clone(),
+                Tensor::from_f32(&fused.bias, vec![next.n_out], dtype)?,
+            );
+        }
     }
+    let z_energy: f64 = fused.iter().map(|f| f.z_energy).sum();
+    let relative_error = if z_energy > 0.0 {
+        (fused
+            .iter()
+            .map(|f| f.relative_error.powi(2) * f.z_energy)
+            .sum::<f64>()
+            / z_energy)
+            .sqrt()
+    } else {
+        0.0
+    };
+    let ridge = fused.iter().map(|f| f.ridge).fold(0.0, f64::max);
     // The producing layers: rows of the kept neurons, bytes copied as stored.
     for p in &args.prev {
         for name in [tensor_name(p, "weight"), tensor_name(p, "bias")] {
@@ -260,11 +300,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     timer.stage("write", || write_safetensors(&args.out, &file))?;
 
+    if nexts.len() > 1 {
+        for (next, f) in nexts.iter().zip(&fused) {
+            eprintln!(
+                "{}: ridge {:.2e}, next-layer error {:.4}",
+                next.name, f.ridge, f.relative_error
+            );
+        }
+    }
     eprintln!(
-        "kept {k} of {n} neurons ({method_name}), fusion {}: ridge {:.2e}, next-layer error {:.4}",
+        "kept {k} of {n} neurons ({method_name}), fusion {}: ridge {ridge:.2e}, next-layer error {relative_error:.4}",
         fusion_name(mode),
-        fused.ridge,
-        fused.relative_error
     );
     if let Some(path) = &args.report {
         let report = Report {
@@ -275,8 +321,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             method: method_name,
             fusion: fusion_name(mode),
             beta,
-            ridge: fused.ridge,
-            relative_error: fused.relative_error,
+            ridge,
+            relative_error,
+            next: nexts
+                .iter()
+                .zip(&fused)
+                .map(|(x, f)| NextReport {
+                    name: &x.name,
+                    ridge: f.ridge,
+                    relative_error: f.relative_error,
+                })
+                .collect(),
             seconds: timer.stages(),
         };
         write_json(path, &report).with_context(|| format!("writing {}", path.display()))?;
@@ -285,21 +340,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "{} -> {} neurons, next-layer error {:.4}; wrote {}",
         n,
         k,
-        fused.relative_error,
+        relative_error,
         args.out.display()
     );
     Ok(())
-}
-
-/// The tensor `name`, which must exist and hold floats.
-fn float_tensor<'a>(file: &'a TensorFile, name: &str, path: &str) -> anyhow::Result<&'a Tensor> {
-    let t = file
-        .get(name)
-        .with_context(|| format!("{path}: no tensor {name}"))?;
-    match t.dtype {
-        Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64 => Ok(t),
-        other => bail!("{path}: {name} is {other:?}, expected F32, F16, BF16 or F64"),
-    }
 }
 
 /// Rows `keep` (along the first dimension) of `t`, bytes as stored.

@@ -1,24 +1,32 @@
 //! `divnet sample`: draw subsets from a k-DPP or DPP over a kernel, or pick one by greedy
-//! MAP, and print each as a JSON array of sorted 0-based indices, one per line.
+//! MAP or (from activations and the layers that read them) by fusion-greedy, and print each
+//! as a JSON array of sorted 0-based indices, one per line.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use divnet::dpp::{greedy_map, DppSampler, GreedyStop, KDppSampler, Spectrum};
-use divnet::io::{atomic::write_atomic, npy::read_matrix};
-use divnet::kernel::{rbf_kernel, ActivationRows, Beta};
-use divnet::Error;
+use divnet::io::atomic::write_atomic;
+use divnet::io::npy::{read_matrix, NpyArray};
+use divnet::io::safetensors::read_safetensors;
+use divnet::kernel::{gram_stats, rbf_kernel, ActivationRows, Beta, GramStats};
+use divnet::select::quality::{quality_kernel, quality_scores};
+use divnet::select::{fusion_greedy_with_progress, QUALITY};
+use divnet::{Backend, Error};
 use faer::Mat;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::common::{progress_bar, select_backend, BackendArg, StageTimer};
+use crate::common::{
+    progress_bar, read_next_tensors, select_backend, BackendArg, BarProgress, NextTensors,
+    StageTimer,
+};
 
 /// Arguments.
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["kernel", "activations"])))]
-#[command(group(clap::ArgGroup::new("mode").required(true).args(["k", "dpp", "greedy"])))]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["k", "dpp", "greedy", "fusion_greedy"])))]
 pub struct Args {
     /// The n x n kernel L (npy, float16/32/64, symmetric positive semi-definite).
     #[arg(long, value_name = "L.npy")]
@@ -45,6 +53,22 @@ pub struct Args {
     /// Pick K items by greedy MAP (deterministic: one line).
     #[arg(long, value_name = "K")]
     greedy: Option<usize>,
+    /// Pick K neurons by fusion-greedy: those that best explain the pre-activation of the
+    /// layers reading them (deterministic: one line). Needs --activations, --weights and
+    /// --next: a kernel alone does not say what the next layer reads.
+    #[arg(long, value_name = "K")]
+    fusion_greedy: Option<usize>,
+    /// Weigh the kernel by what each neuron explains of the next layers (the
+    /// quality-diversity kernel diag(q) L diag(q)) before drawing or greedy MAP. Needs
+    /// --activations, --weights and --next.
+    #[arg(long)]
+    quality: bool,
+    /// Safetensors holding the layer(s) that read the activations (with --next).
+    #[arg(long, value_name = "M.safetensors")]
+    weights: Option<PathBuf>,
+    /// Tensor prefix(es) of the layer(s) reading the activations: NAME.weight [n_out, n].
+    #[arg(long, value_delimiter = ',', value_name = "NAME")]
+    next: Vec<String>,
     /// Number of draws (one line each); not with --greedy.
     #[arg(long, default_value_t = 1, value_name = "N")]
     samples: usize,
@@ -58,16 +82,80 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if args.greedy.is_some() && args.samples != 1 {
-        bail!("--samples does not apply to --greedy, which is deterministic");
+    if (args.greedy.is_some() || args.fusion_greedy.is_some()) && args.samples != 1 {
+        bail!("--samples does not apply to --greedy or --fusion-greedy, which are deterministic");
     }
     if args.samples == 0 {
         bail!("--samples must be at least 1");
     }
+    let wants_next = args.fusion_greedy.is_some() || args.quality;
+    if wants_next && (args.activations.is_none() || args.weights.is_none() || args.next.is_empty())
+    {
+        bail!(
+            "{} needs the layer's activations and the layers that read them \
+             (--activations A.npy --weights M.safetensors --next NAME): a kernel alone does not \
+             say what the next layer reads",
+            if args.fusion_greedy.is_some() {
+                "--fusion-greedy"
+            } else {
+                "--quality"
+            }
+        );
+    }
+    if !wants_next && (args.weights.is_some() || !args.next.is_empty()) {
+        bail!("--weights and --next are only used by --fusion-greedy and --quality");
+    }
     let mut timer = StageTimer::default();
-    let l = match (&args.kernel, &args.activations) {
+    let activations = match &args.activations {
+        Some(path) => {
+            let a = timer.stage("read activations", || read_matrix(path))?;
+            eprintln!(
+                "activations: {} samples x {} neurons ({:?}) from {}",
+                a.shape[0],
+                a.shape[1],
+                a.dtype(),
+                path.display()
+            );
+            Some((path, a, select_backend(args.backend)?))
+        }
+        None => None,
+    };
+    if let Some(k) = args.fusion_greedy {
+        let (path, a, backend) = activations.as_ref().expect("checked above");
+        let (stats, nexts) = layer_and_readers(a, path, backend, &args, &mut timer)?;
+        let n = stats.col_sums.len();
+        let layers: Vec<_> = nexts.iter().map(|x| x.layer(n)).collect();
+        let selection = timer
+            .stage("fusion-greedy", || {
+                fusion_greedy_with_progress(&stats, &layers, k, &mut BarProgress::default())
+            })
+            .with_context(|| path.display().to_string())?;
+        eprintln!(
+            "predicted next-layer error after fusion {:.4} (||Z - Z'|| / ||Z|| on these samples)",
+            selection.relative_error(k)
+        );
+        let mut y = selection.order;
+        y.sort_unstable();
+        return write_lines(&args, &[y]);
+    }
+    let l = match (&args.kernel, &activations) {
         (Some(path), _) => timer.stage("read kernel", || read_kernel(path))?,
-        (None, Some(path)) => activation_kernel(path, &args, &mut timer)?,
+        (None, Some((path, a, backend))) => {
+            let l = activation_kernel(a, path, backend, &args, &mut timer)?;
+            if args.quality {
+                let (stats, nexts) = layer_and_readers(a, path, backend, &args, &mut timer)?;
+                let n = stats.col_sums.len();
+                let layers: Vec<_> = nexts.iter().map(|x| x.layer(n)).collect();
+                timer
+                    .stage("quality kernel", || -> divnet::Result<Mat<f64>> {
+                        let scores = quality_scores(&stats, &layers, QUALITY)?;
+                        quality_kernel(l.as_ref(), &scores)
+                    })
+                    .with_context(|| path.display().to_string())?
+            } else {
+                l
+            }
+        }
         (None, None) => unreachable!("clap requires --kernel or --activations"),
     };
     let source = args
@@ -121,8 +209,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         lines?
     };
 
+    write_lines(&args, &lines)
+}
+
+/// Prints the subsets, one JSON array per line, to `--out` (atomically) or stdout.
+fn write_lines(args: &Args, lines: &[Vec<usize>]) -> anyhow::Result<()> {
     let mut text = String::new();
-    for y in &lines {
+    for y in lines {
         text.push_str(&serde_json::to_string(y)?);
         text.push('\n');
     }
@@ -138,21 +231,46 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The RBF kernel over the neurons of the activations in `path` (samples x neurons).
-fn activation_kernel(path: &Path, args: &Args, timer: &mut StageTimer) -> anyhow::Result<Mat<f64>> {
-    let a = timer.stage("read activations", || read_matrix(path))?;
-    let (m, n) = (a.shape[0], a.shape[1]);
-    eprintln!(
-        "activations: {m} samples x {n} neurons ({:?}) from {}",
-        a.dtype(),
-        path.display()
-    );
-    let backend = select_backend(args.backend)?;
+/// The Gram statistics of the activations `a` (read from `path`) and the layers `--next` in
+/// `--weights` that read them.
+fn layer_and_readers(
+    a: &NpyArray,
+    path: &Path,
+    backend: &Backend,
+    args: &Args,
+    timer: &mut StageTimer,
+) -> anyhow::Result<(GramStats, Vec<NextTensors>)> {
+    let weights = args.weights.as_ref().expect("checked by the caller");
+    let n = a.shape[1];
+    let file = read_safetensors(weights)?;
+    let shown = weights.display().to_string();
+    let nexts = args
+        .next
+        .iter()
+        .map(|name| read_next_tensors(&file, name, n, &shown, path))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let mut rounded = Vec::new();
-    let rows = ActivationRows::from_npy(&a, &mut rounded);
+    let rows = ActivationRows::from_npy(a, &mut rounded);
+    let stats = timer
+        .stage("gram", || gram_stats(backend, rows, n))
+        .with_context(|| path.display().to_string())?;
+    Ok((stats, nexts))
+}
+
+/// The RBF kernel over the neurons of the activations `a` (samples x neurons, from `path`).
+fn activation_kernel(
+    a: &NpyArray,
+    path: &Path,
+    backend: &Backend,
+    args: &Args,
+    timer: &mut StageTimer,
+) -> anyhow::Result<Mat<f64>> {
+    let n = a.shape[1];
+    let mut rounded = Vec::new();
+    let rows = ActivationRows::from_npy(a, &mut rounded);
     let l = timer
         .stage("rbf kernel", || {
-            rbf_kernel(&backend, rows, n, args.beta, args.eps)
+            rbf_kernel(backend, rows, n, args.beta, args.eps)
         })
         .with_context(|| path.display().to_string())?;
     eprintln!("beta = {:e} ({:?}), eps = {:e}", l.beta, args.beta, l.eps);
