@@ -608,7 +608,7 @@ fn quality_kernel_weighs_determinants_by_scores() {
     let mean = scores.iter().sum::<f64>() / n as f64;
     for i in 0..n {
         for j in 0..n {
-            let want = l[(i, j)] * (scores[i] * scores[j]).sqrt() / mean;
+            let want = l[(i, j)] * scores[i] * scores[j] / (mean * mean);
             assert!((lq[(i, j)] - want).abs() < 1e-15, "({i}, {j})");
         }
     }

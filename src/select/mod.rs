@@ -41,16 +41,16 @@ pub enum SelectionMethod {
     /// Greedy forward selection of the neurons that best explain the next layer's
     /// pre-activation after fusion ([`fusion_greedy()`]; deterministic).
     FusionGreedy,
-    /// A k-DPP on the quality-diversity kernel `diag(q) L diag(q)`, `q_i^2` each neuron's
+    /// A k-DPP on the quality-diversity kernel `diag(q) L diag(q)`, `q_i` each neuron's
     /// [`QUALITY`] score ([`quality`]).
     QualityKDpp,
     /// Greedy MAP on the quality-diversity kernel (deterministic).
     QualityGreedy,
 }
 
-/// The score the quality-diversity methods weigh neurons by. The fusion gain was chosen by
-/// the demo's measurement (README, finding e).
-pub const QUALITY: QualityScore = QualityScore::FusionGain;
+/// The score the quality-diversity methods weigh neurons by, chosen by the demo's
+/// measurement (see [`quality`]).
+pub const QUALITY: QualityScore = QualityScore::NextLayerEnergy;
 
 impl SelectionMethod {
     /// All methods, in the order the CLI lists them.

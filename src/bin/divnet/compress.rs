@@ -46,8 +46,8 @@ pub struct Args {
     dpp: bool,
     /// Selection method: the paper's kdpp (or dpp, greedy MAP), random, importance, or
     /// fusion-greedy (the neurons that best explain the next layer's pre-activation), or the
-    /// k-DPP and greedy MAP on the kernel weighed by what each neuron explains
-    /// (quality-kdpp, quality-greedy).
+    /// k-DPP and greedy MAP on the kernel weighed by the energy each neuron sends into the
+    /// next layer (quality-kdpp, quality-greedy).
     #[arg(long = "select", default_value = "kdpp", value_parser = selection_method_parser())]
     select: SelectionMethod,
     /// Plain pruning: drop the unselected neurons without fusing them into the next layer.

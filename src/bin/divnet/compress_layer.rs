@@ -54,7 +54,7 @@ pub struct Args {
     keep: Option<PathBuf>,
     /// Selection method (dpp chooses the number of neurons itself; fusion-greedy keeps the
     /// neurons that best explain the next layers' pre-activation; quality-kdpp and
-    /// quality-greedy weigh the kernel by what each neuron explains).
+    /// quality-greedy weigh the kernel by the energy each neuron sends into them).
     #[arg(long = "select", default_value = "kdpp", value_parser = selection_method_parser())]
     select: SelectionMethod,
     /// RBF bandwidth of the DPP kernel: paper (10/m), median or a positive number.

@@ -58,7 +58,7 @@ pub struct Args {
     /// --next: a kernel alone does not say what the next layer reads.
     #[arg(long, value_name = "K")]
     fusion_greedy: Option<usize>,
-    /// Weigh the kernel by what each neuron explains of the next layers (the
+    /// Weigh the kernel by the energy each neuron sends into the next layers (the
     /// quality-diversity kernel diag(q) L diag(q)) before drawing or greedy MAP. Needs
     /// --activations, --weights and --next.
     #[arg(long)]
