@@ -11,7 +11,8 @@
 //! `cargo bench --bench select` runs criterion at n = 2048, k = 512, n_out = 512
 //! (`SELECT_BENCH_SIZES=n:k:n_out,...` to change). One selection at the size takes
 //! minutes for the k-DPP, too long for criterion's ten samples: `cargo bench --bench select
-//! -- --once 8192:2048:1024` times each method once, in alternation, and prints the times.
+//! -- --once 8192:2048:1024 [rounds]` times each method once per round, in alternation, and
+//! prints the times (`SELECT_BENCH_ONLY=fusion-greedy` skips the k-DPP, for profiling).
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -138,6 +139,10 @@ fn once(spec: &str, rounds: usize) {
             let keep = layer.fusion_greedy(k);
             let fg = t.elapsed().as_secs_f64();
             assert_eq!(keep.len(), k);
+            if std::env::var("SELECT_BENCH_ONLY").as_deref() == Ok("fusion-greedy") {
+                println!("round {round}: fusion-greedy {fg:.2} s");
+                continue;
+            }
             let t = Instant::now();
             let keep = layer.k_dpp(k, round as u64);
             let kdpp = t.elapsed().as_secs_f64();

@@ -44,7 +44,7 @@
 //! parallel, but each one's arithmetic is sequential and the same whatever the thread count.
 
 use faer::linalg::matmul::matmul;
-use faer::{Accum, MatMut, MatRef};
+use faer::{Accum, Mat, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use crate::cpu::contiguous;
@@ -70,8 +70,8 @@ pub const RESIDUAL_VARIANCE_TOL: f64 = 1e-4;
 /// Far below any gain that matters: it changes the fused layer's relative error by 3e-5.
 pub const ZERO_GAIN_TOL: f64 = 1e-9;
 
-/// Candidates updated together by one thread.
-const ROWS_PER_TASK: usize = 64;
+/// Candidates updated together by one thread (their products are one matrix product).
+const ROWS_PER_TASK: usize = 128;
 
 /// What [`fusion_greedy`] selected and the error of the fused next layer it predicts.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -167,12 +167,20 @@ pub fn fusion_greedy_with_progress(
             }
             b.iter_mut().for_each(|v| *v /= dt);
             let b_norm2 = dot(&b, &b);
-            // <B_q, B> for the panel's earlier steps: H_res[j] . B without forming H_res[j].
-            let cross: Vec<f64> = (0..panel.len()).map(|q| dot(panel.row(q), &b)).collect();
+            // The two products every candidate needs, over the Cholesky rows so far: column 0
+            // is c_t (for <c_t, c_j>), column 1 holds <B_q, B> at the panel's earlier steps
+            // (for H_res[j] . B = H_start[j] . B - sum_q c_j[q] <B_q, B>).
+            let first = panel.first_step;
+            let mut coeffs = Mat::<f64>::zeros(step, 2);
+            for (i, &c) in ct.iter().enumerate() {
+                coeffs[(i, 0)] = c;
+            }
+            for q in 0..panel.len() {
+                coeffs[(first + q, 1)] = dot(panel.row(q), &b);
+            }
             // G_c[t, j] = G[j, t] - s_t s_j / m, column t of G read once.
             let g_t = contiguous(g.col(t));
             let st = s[t] / m;
-            let first = panel.first_step;
             let (taken, floor) = (&taken, &floor);
             chol.par_chunks_mut(ROWS_PER_TASK * k)
                 .zip(h_start.par_chunks(ROWS_PER_TASK * n_out))
@@ -180,16 +188,38 @@ pub fn fusion_greedy_with_progress(
                 .zip(norm2.par_chunks_mut(ROWS_PER_TASK))
                 .enumerate()
                 .for_each(|(task, (((c, h), d2), norm2))| {
-                    for r in 0..d2.len() {
+                    let rows = d2.len();
+                    // Products of a fixed block on one thread: the same bits whatever the
+                    // number of threads.
+                    let mut dots = Mat::<f64>::zeros(rows, 3);
+                    if step > 0 {
+                        matmul(
+                            dots.as_mut().subcols_mut(0, 2),
+                            Accum::Replace,
+                            MatRef::from_column_major_slice(c, k, rows)
+                                .subrows(0, step)
+                                .transpose(),
+                            coeffs.as_ref(),
+                            1.0,
+                            Par::Seq,
+                        );
+                    }
+                    matmul(
+                        dots.as_mut().subcols_mut(2, 1),
+                        Accum::Replace,
+                        MatRef::from_column_major_slice(h, n_out, rows).transpose(),
+                        MatRef::from_column_major_slice(&b, n_out, 1),
+                        1.0,
+                        Par::Seq,
+                    );
+                    for r in 0..rows {
                         let j = task * ROWS_PER_TASK + r;
                         if taken[j] || d2[r] <= floor[j] {
                             continue;
                         }
-                        let cj = &mut c[r * k..(r + 1) * k];
-                        let e = (g_t[j] - st * s[j] - dot(&ct, &cj[..step])) / dt;
-                        let y =
-                            dot(&h[r * n_out..(r + 1) * n_out], &b) - dot(&cj[first..step], &cross);
-                        cj[step] = e;
+                        let e = (g_t[j] - st * s[j] - dots[(r, 0)]) / dt;
+                        let y = dots[(r, 2)] - dots[(r, 1)];
+                        c[r * k + step] = e;
                         d2[r] -= e * e;
                         // ||H_res[j] - e B||^2; exact again at the panel's end.
                         norm2[r] = (norm2[r] - 2.0 * e * y + e * e * b_norm2).max(0.0);
