@@ -18,7 +18,7 @@ use faer::{Mat, Side};
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::kernel::GramStats;
+pub use crate::types::{FusionSystem, GramStats, NextLayer};
 
 /// How the next layer absorbs the dropped neurons.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,19 +57,6 @@ impl Default for FusionOptions {
     }
 }
 
-/// The next layer z = W a + b; W is n_out x n_in, row-major (PyTorch layout).
-#[derive(Clone, Copy, Debug)]
-pub struct NextLayer<'a> {
-    /// W, `n_out * n_in` values, row-major.
-    pub weight: &'a [f32],
-    /// b, `n_out` values, or none (treated as zeros).
-    pub bias: Option<&'a [f32]>,
-    /// Rows of W: the next layer's width.
-    pub n_out: usize,
-    /// Columns of W: the width of the layer being compressed.
-    pub n_in: usize,
-}
-
 /// The next layer after fusion.
 #[derive(Clone, Debug)]
 pub struct FusedLayer {
@@ -82,26 +69,6 @@ pub struct FusedLayer {
     /// ||Z - Z'||_F / ||Z||_F of the next layer's pre-activation on the calibration set,
     /// computed from G and s without a second pass over the data.
     pub relative_error: f64,
-    /// ||Z||_F^2, the denominator of `relative_error`: combines the errors of several next
-    /// layers fused with the same kept set (sum of `relative_error^2 * z_energy`).
-    pub z_energy: f64,
-}
-
-/// What the assembly step produces (on either backend): everything the host needs to solve
-/// the normal equations and to report the reconstruction error.
-///
-/// The row order of the augmented kept set is `keep[0], ..., keep[k-1], const`.
-#[derive(Clone, Debug)]
-pub struct FusionSystem {
-    /// `G~_YY = [[G_YY, s_Y], [s_Y^T, m]]`, (k+1) x (k+1), f64 (gathered on the host: the
-    /// solve needs full precision).
-    pub lhs: Mat<f64>,
-    /// `R = [G_YP; s_P^T] W_P^T`, (k+1) x n_out.
-    pub rhs: Mat<f64>,
-    /// `tr(W~_Y G~_YY W~_Y^T)` with `W~_Y = [W_Y, b]`: the energy of the kept part of Z.
-    pub kept_energy: f64,
-    /// `tr(W_P G_PP W_P^T)`: the energy of the dropped part of Z.
-    pub dropped_energy: f64,
 }
 
 /// Rewrites the next layer so that it reads only the kept neurons `keep` of the layer whose
@@ -244,20 +211,6 @@ pub(crate) fn check_next_layer(next: &NextLayer<'_>, n: usize, what: &str) -> Re
     Ok(())
 }
 
-/// `G~_YY` in the order `keep, const`, from the f64 statistics.
-pub(crate) fn gather_lhs(stats: &GramStats, keep: &[usize]) -> Mat<f64> {
-    let k = keep.len();
-    let g = &stats.gram;
-    let s = &stats.col_sums;
-    let m = stats.samples as f64;
-    Mat::from_fn(k + 1, k + 1, |i, j| match (i < k, j < k) {
-        (true, true) => g[(keep[i], keep[j])],
-        (true, false) => s[keep[i]],
-        (false, true) => s[keep[j]],
-        (false, false) => m,
-    })
-}
-
 /// Solves the assembled system for `opts.mode` and builds the fused layer and its error.
 fn solve_system(
     system: &FusionSystem,
@@ -336,7 +289,6 @@ fn solve_system(
         bias,
         ridge,
         relative_error,
-        z_energy,
     })
 }
 

@@ -6,12 +6,16 @@
 //! least squares.
 //!
 //! The crate is organised by algorithm:
-//! - [`kernel`]: Gram accumulation and the RBF kernel over neurons, on the GPU ([`gpu`]) or
-//!   the CPU ([`cpu`]), chosen by a [`Backend`];
+//! - [`types`]: the data that flows between stages and backends (activation rows, Gram
+//!   statistics, distances, the next layer, the fusion system); [`rbf`]: the kernel from
+//!   distances;
+//! - [`kernel`]: the statistics engine ([`kernel::LayerStats`]) and the RBF kernel over
+//!   neurons, on the GPU ([`gpu`]) or the CPU ([`cpu`]), chosen by a [`Backend`];
 //! - [`dpp`]: eigendecomposition, k-DPP and DPP sampling, greedy MAP;
 //! - [`fusion`]: the least-squares reweighting of the next layer;
 //! - [`model`]: MLPs, forward pass, training; [`io`]: npy, safetensors, IDX;
-//! - [`compress`]: the layer-by-layer pipeline.
+//! - [`compress`]: the pipelines: one layer of any network, every layer of an MLP;
+//! - [`progress`], [`memory`]: progress reports and host-memory checks for long work.
 
 #![warn(missing_docs)]
 
@@ -28,7 +32,9 @@ pub mod kernel;
 pub mod memory;
 pub mod model;
 pub mod progress;
+pub mod rbf;
 pub mod select;
+pub mod types;
 
 pub use backend::{Backend, BackendChoice, BackendSelection};
 pub use error::{Error, Result};

@@ -3,15 +3,10 @@
 
 use crate::error::{Error, Result};
 
-/// Fails with an error when this process cannot allocate an n x n f64 matrix, before any
-/// work: a 200 KB file of one sample over 100000 neurons asks for 80 GB, and both backends
-/// end with such a matrix on the host, where a failed allocation would abort the process.
-pub(crate) fn ensure_host_matrix(n: usize) -> Result<()> {
-    ensure_host_matrices(n, 1)
-}
-
 /// Fails with an error when this process cannot allocate `count` n x n f64 matrices at
-/// once (a probe: the memory is reserved and released at once).
+/// once (a probe: the memory is reserved and released at once), before any work: a 200 KB
+/// file of one sample over 100000 neurons asks for 80 GB, and a failed allocation would
+/// abort the process.
 pub(crate) fn ensure_host_matrices(n: usize, count: usize) -> Result<()> {
     let fits = n
         .checked_mul(n)

@@ -325,3 +325,77 @@ fn compress_cli_runs_fusion_greedy() {
     let dims: Vec<usize> = small.layers.iter().map(|l| l.out_dim).collect();
     assert_eq!(dims, vec![6, 4, 3]);
 }
+
+/// `compress_layer` with two next layers fuses both as one problem: the same kept set as
+/// a single next layer holding both layers' rows, the same fused rows, each next layer's
+/// own bias (one of them missing) kept or created; and it matches `compress_mlp` on the
+/// same layer.
+#[test]
+fn compress_layer_fuses_several_next_layers_as_one_stack() {
+    use divnet::compress::{compress_layer, LayerOptions};
+    use divnet::fusion::NextLayer;
+    use divnet::kernel::{ActivationRows, SliceRows};
+
+    let (m, n) = (300, 10);
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let acts: Vec<f32> = (0..m * n)
+        .map(|_| rng.random_range(-0.3f32..1.0).max(0.0))
+        .collect();
+    let w1: Vec<f32> = (0..4 * n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let b1: Vec<f32> = (0..4).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let w2: Vec<f32> = (0..3 * n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let stacked_w: Vec<f32> = w1.iter().chain(&w2).copied().collect();
+    let stacked_b: Vec<f32> = b1.iter().copied().chain([0.0; 3]).collect();
+
+    for method in [SelectionMethod::Importance, SelectionMethod::Greedy] {
+        let mut opts = LayerOptions::new(KeepSpec::Count(6));
+        opts.method = method;
+        let run = |next: &[NextLayer]| {
+            let mut source = SliceRows::new(ActivationRows::F32(&acts), n)
+                .unwrap()
+                .with_chunk_rows(64);
+            compress_layer(&Backend::Cpu, &mut source, next, &opts, &mut NoProgress).unwrap()
+        };
+        let two = run(&[
+            NextLayer {
+                weight: &w1,
+                bias: Some(&b1),
+                n_out: 4,
+                n_in: n,
+            },
+            NextLayer {
+                weight: &w2,
+                bias: None,
+                n_out: 3,
+                n_in: n,
+            },
+        ]);
+        let one = run(&[NextLayer {
+            weight: &stacked_w,
+            bias: Some(&stacked_b),
+            n_out: 7,
+            n_in: n,
+        }]);
+        assert_eq!(two.kept, one.kept, "{method}");
+        assert_eq!(two.kept.len(), 6);
+        assert_eq!(two.next.len(), 2);
+        let joined: Vec<f32> = two.next[0]
+            .weight
+            .iter()
+            .chain(&two.next[1].weight)
+            .copied()
+            .collect();
+        assert_eq!(joined, one.next[0].weight, "{method}");
+        assert_eq!(two.next[0].bias, one.next[0].bias[..4], "{method}");
+        assert_eq!(two.next[1].bias, one.next[0].bias[4..], "{method}");
+        assert_eq!(two.report.relative_error, one.report.relative_error);
+        assert_eq!(two.report.samples, m);
+        let stages: Vec<&str> = two.report.seconds.iter().map(|(s, _)| s.as_str()).collect();
+        let want: &[&str] = if method.needs_kernel() {
+            &["statistics", "kernel", "select", "fuse"]
+        } else {
+            &["statistics", "select", "fuse"]
+        };
+        assert_eq!(stages, want, "{method}");
+    }
+}

@@ -293,16 +293,17 @@ fn gram_on_arc(ctx: std::sync::Arc<GpuContext>, m: usize, n: usize) -> divnet::R
 /// any address space) is refused up front on both backends, with an error, before any work.
 #[test]
 fn result_too_large_for_the_host_is_an_error_on_both_backends() {
-    use divnet::kernel::{DistanceAccumulator, GramAccumulator};
+    use divnet::kernel::{LayerStats, StatsKind};
     let mut backends = vec![Backend::Cpu];
     if let Some(ctx) = divnet::gpu::test_context() {
         backends.push(Backend::Gpu(std::sync::Arc::new(ctx)));
     }
     let n = 1usize << 26;
     for backend in backends {
-        let gram = GramAccumulator::new(&backend, n).map(|_| ());
-        let dist = DistanceAccumulator::new(&backend, n).map(|_| ());
-        for (what, r) in [("gram", gram), ("distances", dist)] {
+        let gram = LayerStats::new(&backend, n, StatsKind::Gram).map(|_| ());
+        let dist = LayerStats::new(&backend, n, StatsKind::Distances).map(|_| ());
+        let both = LayerStats::new(&backend, n, StatsKind::Both).map(|_| ());
+        for (what, r) in [("gram", gram), ("distances", dist), ("both", both)] {
             match r {
                 Err(Error::InvalidInput(msg)) => {
                     assert!(msg.contains("67108864 neurons"), "{msg}")

@@ -5,13 +5,15 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use divnet::io::data::{read_inputs, read_labels};
+use divnet::io::data::{inputs_from_bytes, labels_from_bytes, read_inputs, read_labels};
 use divnet::io::idx::{idx_bytes, parse_idx, read_idx, write_idx};
 use divnet::io::keep::read_keep_list;
 use divnet::io::npy::{npy_bytes, write_npy};
 use divnet::io::safetensors::{read_safetensors, write_safetensors, Tensor, TensorFile};
 use divnet::Error;
 use safetensors::Dtype;
+
+mod python;
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let p = dir.join(name);
@@ -143,30 +145,13 @@ fn insert_replaces_in_place() {
     assert_eq!(f.get("fc1.bias"), Some(&t));
 }
 
-/// The Python reference package must load what we write. Skips without python3 and the
+/// The Python reference package must load what we write. Skips without Python and the
 /// `safetensors` package unless DIVNET_REQUIRE_PYTHON=1, where their absence fails the test.
 #[test]
 fn python_safetensors_loads_our_files() {
-    let required = std::env::var("DIVNET_REQUIRE_PYTHON").is_ok_and(|v| v == "1");
-    let probe = std::process::Command::new("python3")
-        .args(["-c", "import safetensors, numpy"])
-        .output();
-    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
-        let why = match &probe {
-            Err(e) => format!("python3 not runnable: {e}"),
-            Ok(o) => String::from_utf8_lossy(&o.stderr)
-                .lines()
-                .last()
-                .unwrap_or("")
-                .to_string(),
-        };
-        assert!(
-            !required,
-            "DIVNET_REQUIRE_PYTHON=1 but python3 with safetensors and numpy is missing: {why}"
-        );
-        eprintln!("skipping: python3 with safetensors and numpy is missing ({why})");
+    let Some(python) = python::python_with_safetensors() else {
         return;
-    }
+    };
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/check_safetensors.py");
     let dir = tempfile::tempdir().unwrap();
     let f = sample_file();
@@ -208,7 +193,7 @@ fn python_safetensors_loads_our_files() {
         let expected = serde_json::json!({"tensors": tensors, "metadata": {"format": "pt"}});
         let exp_path = dir.path().join(format!("{name}.json"));
         std::fs::write(&exp_path, expected.to_string()).unwrap();
-        let out = std::process::Command::new("python3")
+        let out = std::process::Command::new(&python)
             .arg(&script)
             .arg(&path)
             .arg(&exp_path)
@@ -310,6 +295,47 @@ fn shipped_fashion_mnist_files_read() {
         .unwrap();
         assert_eq!(full_images.data[..5000 * 784], cal.data[..]);
     }
+}
+
+/// The bytes entry points (the demo's built-in data) read exactly what the file readers read,
+/// npy and IDX alike, and name the path they are given in errors without opening it.
+#[test]
+fn inputs_and_labels_from_bytes_match_the_file_readers() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/fashion-mnist");
+    for name in [
+        "train-images-first5000-idx3-ubyte.gz",
+        "train-labels-first5000-idx1-ubyte.gz",
+    ] {
+        let path = root.join(name);
+        let bytes = std::fs::read(&path).unwrap();
+        if name.contains("images") {
+            assert_eq!(
+                inputs_from_bytes(&path, bytes).unwrap(),
+                read_inputs(&path).unwrap()
+            );
+        } else {
+            assert_eq!(
+                labels_from_bytes(&path, &bytes).unwrap(),
+                read_labels(&path).unwrap()
+            );
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let x = npy_bytes(&[2, 3], &[0.5f32, -1.0, 2.0, 0.0, 1.5, 3.0]);
+    let p = write(dir.path(), "x.npy", &x);
+    assert_eq!(
+        inputs_from_bytes(&p, x.clone()).unwrap(),
+        read_inputs(&p).unwrap()
+    );
+    let y = npy_bytes(&[3], &[2i64, 0, 1]);
+    let p = write(dir.path(), "y.npy", &y);
+    assert_eq!(labels_from_bytes(&p, &y).unwrap(), vec![2, 0, 1]);
+
+    let nowhere = Path::new("(built in)/calibration.npy");
+    let nan = npy_bytes(&[1, 2], &[1.0f32, f32::NAN]);
+    assert_format_err(inputs_from_bytes(nowhere, nan), nowhere, "non-finite");
+    let images = idx_bytes(&[2, 2, 2], &[0; 8]).unwrap();
+    assert_format_err(labels_from_bytes(nowhere, &images), nowhere, "1-D");
 }
 
 #[test]

@@ -6,9 +6,7 @@ use std::sync::Arc;
 use divnet::gpu::gram::{gram_from_buffer, RowFormat};
 use divnet::gpu::rbf::{distances_from_buffer, rbf_from_buffer};
 use divnet::gpu::test_context;
-use divnet::kernel::{
-    gram_stats, rbf_kernel, ActivationRows, Beta, DistanceAccumulator, GramAccumulator,
-};
+use divnet::kernel::{gram_stats, rbf_kernel, ActivationRows, Beta, LayerStats, StatsKind};
 use divnet::{Backend, GpuContext};
 use half::f16;
 use rand::{Rng, SeedableRng};
@@ -121,8 +119,8 @@ fn backends(ctx: Option<GpuContext>) -> Vec<Backend> {
     b
 }
 
-/// Pushes `a` in chunks of the given row counts (cycled) into a Gram and a distance
-/// accumulator.
+/// Pushes `a` in chunks of the given row counts (cycled) into a Gram-only and a
+/// distances-only statistics engine.
 fn accumulate(
     backend: &Backend,
     a: &[f32],
@@ -130,8 +128,8 @@ fn accumulate(
     n: usize,
     chunks: &[usize],
 ) -> (divnet::kernel::GramStats, divnet::kernel::Distances) {
-    let mut g = GramAccumulator::new(backend, n).unwrap();
-    let mut d = DistanceAccumulator::new(backend, n).unwrap();
+    let mut g = LayerStats::new(backend, n, StatsKind::Gram).unwrap();
+    let mut d = LayerStats::new(backend, n, StatsKind::Distances).unwrap();
     let mut t = 0;
     let mut k = 0;
     while t < m || k == 0 {
@@ -144,7 +142,10 @@ fn accumulate(
         assert_eq!(g.samples(), t);
         assert_eq!(d.samples(), t);
     }
-    (g.finish().unwrap(), d.finish().unwrap())
+    let g = g.finish().unwrap();
+    let d = d.finish().unwrap();
+    assert!(g.distances.is_none() && d.gram.is_none());
+    (g.into_gram().unwrap(), d.into_distances().unwrap())
 }
 
 fn check_dist(d: &divnet::kernel::Distances, a: &[f32], m: usize, n: usize, what: &str) {
@@ -219,12 +220,18 @@ fn f16_rows_match_reference() {
             let what = format!("{} f16 m={m} n={n}", backend.name());
             let stats = gram_stats(&backend, ActivationRows::F16(&halves), n).unwrap();
             check_gram(&stats, &exact, m, n, &what);
-            let mut d = DistanceAccumulator::new(&backend, n).unwrap();
+            let mut d = LayerStats::new(&backend, n, StatsKind::Distances).unwrap();
             // Mixed formats in one accumulator: f16 then f32 rows.
             let split = m / 2;
             d.push(ActivationRows::F16(&halves[..split * n])).unwrap();
             d.push(ActivationRows::F32(&exact[split * n..])).unwrap();
-            check_dist(&d.finish().unwrap(), &exact, m, n, &what);
+            check_dist(
+                &d.finish().unwrap().into_distances().unwrap(),
+                &exact,
+                m,
+                n,
+                &what,
+            );
         }
     }
 }
@@ -348,9 +355,10 @@ fn application_owned_device() {
 #[test]
 fn bad_inputs_are_errors() {
     for backend in backends(test_context()) {
-        assert!(GramAccumulator::new(&backend, 0).is_err());
-        assert!(DistanceAccumulator::new(&backend, 0).is_err());
-        let mut g = GramAccumulator::new(&backend, 3).unwrap();
+        for kind in [StatsKind::Gram, StatsKind::Distances, StatsKind::Both] {
+            assert!(LayerStats::new(&backend, 0, kind).is_err());
+        }
+        let mut g = LayerStats::new(&backend, 3, StatsKind::Gram).unwrap();
         assert!(g.push(ActivationRows::F32(&[1.0; 4])).is_err());
         assert!(g.push(ActivationRows::F32(&[1.0, f32::NAN, 0.0])).is_err());
         // Identical neurons: the median distance is 0.
@@ -484,20 +492,36 @@ mod cli {
     }
 }
 
-/// The one-pass accumulator of the pipeline gives the same Gram statistics and distances as
-/// the two separate accumulators, against the f64 references, near-duplicates included.
+/// One pass collecting both statistics gives the same Gram statistics and distances as the
+/// f64 references, near-duplicates included; so does a pass over a [`RowSource`].
 #[test]
-fn layer_stats_accumulator_matches_references() {
+fn both_statistics_in_one_pass_match_references() {
     let (m, n) = (700, 37);
     let a = near_duplicates(m, n, 21);
     for backend in backends(test_context()) {
-        let mut acc = divnet::kernel::LayerStatsAccumulator::new(&backend, n).unwrap();
+        let mut acc = LayerStats::new(&backend, n, StatsKind::Both).unwrap();
         for part in a.chunks(n * 150) {
             acc.push(ActivationRows::F32(part)).unwrap();
         }
         assert_eq!(acc.samples(), m);
-        let (stats, dist) = acc.finish().unwrap();
+        let both = acc.finish().unwrap();
+        let (stats, dist) = (both.gram.unwrap(), both.distances.unwrap());
         let what = format!("{} one-pass", backend.name());
+        check_gram(&stats, &a, m, n, &what);
+        check_dist(&dist, &a, m, n, &what);
+
+        let mut source = divnet::kernel::SliceRows::new(ActivationRows::F32(&a), n)
+            .unwrap()
+            .with_chunk_rows(97);
+        let both = divnet::kernel::layer_statistics(
+            &backend,
+            &mut source,
+            StatsKind::Both,
+            &mut divnet::progress::NoProgress,
+        )
+        .unwrap();
+        let (stats, dist) = (both.gram.unwrap(), both.distances.unwrap());
+        let what = format!("{} source pass", backend.name());
         check_gram(&stats, &a, m, n, &what);
         check_dist(&dist, &a, m, n, &what);
     }

@@ -4,8 +4,7 @@ use faer::linalg::matmul::matmul;
 use faer::{Accum, Mat, MatRef, Par};
 
 use crate::error::Result;
-use crate::fusion::{gather_lhs, FusionSystem, NextLayer};
-use crate::kernel::GramStats;
+use crate::types::{FusionSystem, GramStats, NextLayer};
 
 /// Assembles the normal equations of the fusion and the two energies of the reconstruction
 /// error, in f64. `keep` and `dropped` partition the layer's neurons (validated by the
@@ -57,7 +56,7 @@ pub fn assemble(
     let dropped_energy = quadratic_trace(wp_t.as_ref(), |i, j| g[(dropped[i], dropped[j])], par);
 
     Ok(FusionSystem {
-        lhs: gather_lhs(stats, keep),
+        lhs: stats.augmented_block(keep),
         rhs,
         kept_energy,
         dropped_energy,

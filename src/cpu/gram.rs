@@ -6,7 +6,7 @@ use faer::{Accum, Mat, MatMut, MatRef, Par};
 
 use super::{contiguous, contiguous_mut};
 use crate::error::{Error, Result};
-use crate::kernel::{ActivationRows, GramStats};
+use crate::types::{ActivationRows, GramStats};
 
 /// Rows per chunk at most: bounds each f32 partial sum before it is added in f64 (faer
 /// accumulates in registers and in its blocking, about `sqrt(K) * 2^-24` relative).

@@ -8,38 +8,9 @@ use faer::Mat;
 
 use crate::cpu::gram::{CpuGram, Precision};
 use crate::error::Result;
-use crate::kernel::{ActivationRows, Distances};
+use crate::types::{ActivationRows, Distances};
 
-/// Streams row chunks into pairwise squared distances between neuron columns.
-pub(crate) struct CpuDistances {
-    gram: CpuGram,
-}
-
-impl CpuDistances {
-    pub(crate) fn new(n: usize) -> Result<Self> {
-        Ok(Self {
-            gram: CpuGram::new(n, Precision::F64)?,
-        })
-    }
-
-    pub(crate) fn samples(&self) -> usize {
-        self.gram.samples()
-    }
-
-    pub(crate) fn push(&mut self, rows: ActivationRows<'_>) -> Result<()> {
-        self.gram.push(rows)
-    }
-
-    pub(crate) fn finish(self) -> Distances {
-        let (g, _, samples) = self.gram.finish();
-        Distances {
-            squared: squared_distances_from_gram(&g),
-            samples,
-        }
-    }
-}
-
-/// `D_ij = G_ii + G_jj - 2 G_ij` (clamped at 0) from an f64 Gram matrix.
+/// `D_ij = G_ii + G_jj - 2 G_ij` (clamped at 0) from an f64 Gram matrix, into a new matrix.
 pub(crate) fn squared_distances_from_gram(g: &Mat<f64>) -> Mat<f64> {
     Mat::from_fn(g.nrows(), g.ncols(), |i, j| {
         if i == j {
@@ -50,9 +21,31 @@ pub(crate) fn squared_distances_from_gram(g: &Mat<f64>) -> Mat<f64> {
     })
 }
 
+/// [`squared_distances_from_gram`] overwriting the Gram matrix itself, so that a layer's
+/// distances never need a second n x n matrix.
+pub(crate) fn distances_in_place(mut g: Mat<f64>) -> Mat<f64> {
+    let n = g.nrows();
+    let diag: Vec<f64> = (0..n).map(|i| g[(i, i)]).collect();
+    for j in 0..n {
+        let col = crate::cpu::contiguous_mut(g.col_mut(j));
+        for (i, v) in col.iter_mut().enumerate() {
+            *v = if i == j {
+                0.0
+            } else {
+                (diag[i] + diag[j] - 2.0 * *v).max(0.0)
+            };
+        }
+    }
+    g
+}
+
 /// `D_ij = ||v_i - v_j||^2` of whole in-memory activations (`rows x n`) on the CPU.
 pub fn distances(rows: ActivationRows<'_>, n: usize) -> Result<Distances> {
-    let mut acc = CpuDistances::new(n)?;
+    let mut acc = CpuGram::new(n, Precision::F64)?;
     acc.push(rows)?;
-    Ok(acc.finish())
+    let (gram, _, samples) = acc.finish();
+    Ok(Distances {
+        squared: distances_in_place(gram),
+        samples,
+    })
 }

@@ -19,8 +19,7 @@ use faer::Mat;
 
 use super::context::{GpuContext, ShaderEntry};
 use crate::error::{Error, Result};
-use crate::fusion::{gather_lhs, FusionSystem, NextLayer};
-use crate::kernel::GramStats;
+use crate::types::{FusionSystem, GramStats, NextLayer};
 
 const PRODUCT: ShaderEntry = ShaderEntry {
     key: "fusion::gathered_product",
@@ -242,7 +241,7 @@ pub fn assemble(
     }
 
     Ok(FusionSystem {
-        lhs: gather_lhs(stats, keep),
+        lhs: stats.augmented_block(keep),
         rhs,
         kept_energy,
         dropped_energy,

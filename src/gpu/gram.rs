@@ -9,7 +9,7 @@ use faer::Mat;
 
 use crate::error::{Error, Result};
 use crate::gpu::{GpuContext, ShaderEntry};
-use crate::kernel::{ActivationRows, GramStats};
+use crate::types::{ActivationRows, GramStats};
 
 /// The kernels with f32 input. The f16 variant is a separate module because
 /// `unpack2x16float` needs f16-in-f32 shader support, which the f32 kernels must not.
@@ -430,6 +430,42 @@ impl StagedProduct {
         self.staged.clear();
         self.staged_rows = 0;
         self.engine.accumulate(ctx, input, 0, rows, self.format)
+    }
+
+    /// Adds `rows` rows already on the device (see [`BlockedProduct::accumulate`]), after
+    /// the rows staged so far.
+    pub(crate) fn push_buffer(
+        &mut self,
+        ctx: &GpuContext,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        rows: usize,
+        format: RowFormat,
+    ) -> Result<()> {
+        self.flush(ctx)?;
+        let n = self.engine.n;
+        let row_bytes = (format.row_words(n) * 4) as u64;
+        let need = offset + rows as u64 * row_bytes;
+        if buffer.size() < need {
+            return Err(Error::invalid(format!(
+                "activation buffer holds {} bytes, {rows} x {n} {format:?} rows from byte {offset} need {need}",
+                buffer.size()
+            )));
+        }
+        if !buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+            return Err(Error::invalid(
+                "activation buffer lacks wgpu::BufferUsages::STORAGE",
+            ));
+        }
+        let chunk = BlockedProduct::chunk_rows(ctx, n, format);
+        let mut start = 0;
+        while start < rows {
+            let take = chunk.min(rows - start);
+            self.engine
+                .accumulate(ctx, buffer, offset + start as u64 * row_bytes, take, format)?;
+            start += take;
+        }
+        Ok(())
     }
 
     pub(crate) fn finish(mut self, ctx: &GpuContext) -> Result<(Mat<f64>, Vec<f64>, usize)> {

@@ -7,7 +7,8 @@
 use crate::error::Result;
 use crate::gpu::gram::{product_from_buffer, Product, RowFormat};
 use crate::gpu::GpuContext;
-use crate::kernel::{rbf_from_distances, Beta, Distances, RbfKernel};
+use crate::rbf::{rbf_from_distances, Beta, RbfKernel};
+use crate::types::Distances;
 
 /// `D_ij = ||v_i - v_j||^2` between the columns of the `m x n` activations already in
 /// `buffer` (row-major, laid out as `format` says; usage must include `STORAGE`).

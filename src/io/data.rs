@@ -1,6 +1,5 @@
 //! Inputs and labels for evaluation, training and calibration, from npy or IDX files.
 
-use std::io::Read;
 use std::path::Path;
 
 use crate::error::{Error, Result};
@@ -20,17 +19,16 @@ pub struct Inputs {
 
 const NPY_MAGIC: &[u8] = b"\x93NUMPY";
 
-/// Which reader a file needs, from its first bytes.
-fn is_npy(path: &Path) -> Result<bool> {
-    let mut head = [0u8; 6];
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let n = f.read(&mut head).map_err(|e| Error::io(path, e))?;
-    Ok(n == 6 && head == NPY_MAGIC)
-}
-
 /// Inputs: npy (m x d, f16/f32/f64) or IDX images (m x h x w -> m x (h*w), pixels / 255).
 pub fn read_inputs(path: &Path) -> Result<Inputs> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    inputs_from_bytes(path, bytes)
+}
+
+/// [`read_inputs`] on the bytes of such a file (data built into a program, say): `path` is
+/// not opened, only named in errors. The bytes are taken by value so that they are freed
+/// before the f32 copy is made.
+pub fn inputs_from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Inputs> {
     if bytes.starts_with(NPY_MAGIC) {
         let a = parse_npy(&bytes).map_err(|m| Error::format(path, m))?;
         drop(bytes);
@@ -66,9 +64,14 @@ pub fn read_inputs(path: &Path) -> Result<Inputs> {
 
 /// Labels: npy 1-D integers (u8/i32/i64) or IDX labels; values must be < 2^31 and >= 0.
 pub fn read_labels(path: &Path) -> Result<Vec<u32>> {
-    if is_npy(path)? {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let a = parse_npy(&bytes).map_err(|m| Error::format(path, m))?;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    labels_from_bytes(path, &bytes)
+}
+
+/// [`read_labels`] on the bytes of such a file: `path` is not opened, only named in errors.
+pub fn labels_from_bytes(path: &Path, bytes: &[u8]) -> Result<Vec<u32>> {
+    if bytes.starts_with(NPY_MAGIC) {
+        let a = parse_npy(bytes).map_err(|m| Error::format(path, m))?;
         if a.shape.len() != 1 {
             return Err(Error::format(
                 path,
@@ -107,8 +110,7 @@ pub fn read_labels(path: &Path) -> Result<Vec<u32>> {
             })
             .collect()
     } else {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let a = parse_idx(&bytes).map_err(|m| Error::format(path, m))?;
+        let a = parse_idx(bytes).map_err(|m| Error::format(path, m))?;
         if a.shape.len() != 1 {
             return Err(Error::format(
                 path,

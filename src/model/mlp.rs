@@ -298,7 +298,7 @@ fn shape_chains(cands: &[Candidate]) -> Option<Vec<Vec<usize>>> {
 }
 
 impl Mlp {
-    /// From a PyTorch state dict: NAME.weight [out, in] (+ optional NAME.bias [out]).
+    /// From a PyTorch state dict: `NAME.weight [out, in]` (+ optional `NAME.bias [out]`).
     /// `order` = Some(names) uses exactly those prefixes; None infers the chain from shapes
     /// (each layer's in = previous out), with a clear error naming the candidates when it is
     /// ambiguous or broken. nn.Sequential names ("0.weight", "2.weight") and "fc1.weight" both work.
@@ -455,7 +455,7 @@ impl Mlp {
     }
 
     /// The activation-function output of hidden layer `layer` (0-based; < layers.len()-1)
-    /// for m rows of x: m x layers[layer].out_dim. Only layers 0..=layer are evaluated.
+    /// for m rows of x: m x `layers[layer].out_dim`. Only layers 0..=layer are evaluated.
     ///
     /// # Panics
     /// If `layer` is not a hidden layer or `x.len() != m * input_dim()`.

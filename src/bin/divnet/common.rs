@@ -2,13 +2,8 @@
 
 use std::time::Instant;
 
-use anyhow::{bail, ensure, Context};
-use divnet::fusion::NextLayer;
-use divnet::io::safetensors::{Tensor, TensorFile};
-use divnet::model::tensor_name;
 use divnet::{Backend, BackendChoice};
 use indicatif::{ProgressBar, ProgressStyle};
-use safetensors::Dtype;
 
 /// The error chain on one line: "outer: inner: innermost".
 pub fn one_line(e: &anyhow::Error) -> String {
@@ -178,90 +173,4 @@ pub fn selection_method_parser(
         name.parse::<divnet::select::SelectionMethod>()
             .expect("a name from SelectionMethod::ALL")
     })
-}
-
-/// A next layer as read from the file: W (n_out x n, f32) and its bias.
-pub struct NextTensors {
-    /// The tensor prefix.
-    pub name: String,
-    /// `name.weight`.
-    pub weight_name: String,
-    /// `name.bias`.
-    pub bias_name: String,
-    /// W, n_out x n, row-major.
-    pub weight: Vec<f32>,
-    /// b, when the file has one.
-    pub bias: Option<Vec<f32>>,
-    /// Rows of W.
-    pub n_out: usize,
-}
-
-impl NextTensors {
-    /// The layer as the library takes it, reading `n` neurons.
-    pub fn layer(&self, n: usize) -> NextLayer<'_> {
-        NextLayer {
-            weight: &self.weight,
-            bias: self.bias.as_deref(),
-            n_out: self.n_out,
-            n_in: n,
-        }
-    }
-}
-
-/// Reads the layer `name` that reads the `n` neurons of `activations` (weight [n_out, n],
-/// optional bias [n_out]) from `file` (read from `weights`), as f32.
-pub fn read_next_tensors(
-    file: &TensorFile,
-    name: &str,
-    n: usize,
-    weights: &str,
-    activations: &std::path::Path,
-) -> anyhow::Result<NextTensors> {
-    let weight_name = tensor_name(name, "weight");
-    let bias_name = tensor_name(name, "bias");
-    let w = float_tensor(file, &weight_name, weights)?;
-    ensure!(
-        w.shape.len() == 2 && w.shape[1] == n,
-        "{weights}: {weight_name} has shape {:?}, expected [n_out, {n}] to read the {n} \
-         neurons of {}",
-        w.shape,
-        activations.display()
-    );
-    let n_out = w.shape[0];
-    let weight = w.to_f32()?;
-    let bias = match file.get(&bias_name) {
-        Some(_) => {
-            let b = float_tensor(file, &bias_name, weights)?;
-            ensure!(
-                b.shape == [n_out],
-                "{weights}: {bias_name} has shape {:?}, expected [{n_out}]",
-                b.shape
-            );
-            Some(b.to_f32()?)
-        }
-        None => None,
-    };
-    Ok(NextTensors {
-        name: name.to_string(),
-        weight_name,
-        bias_name,
-        weight,
-        bias,
-        n_out,
-    })
-}
-
-/// The tensor `name`, which must exist and hold floats.
-pub fn float_tensor<'a>(
-    file: &'a TensorFile,
-    name: &str,
-    path: &str,
-) -> anyhow::Result<&'a Tensor> {
-    let t = file
-        .get(name)
-        .with_context(|| format!("{path}: no tensor {name}"))?;
-    match t.dtype {
-        Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64 => Ok(t),
-        other => bail!("{path}: {name} is {other:?}, expected F32, F16, BF16 or F64"),
-    }
 }

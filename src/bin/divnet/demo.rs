@@ -9,7 +9,6 @@ use divnet::compress::{DEFAULT_CHUNK_ROWS, DEFAULT_EPS};
 use divnet::experiment::{
     mean_std, run_experiment, ExperimentConfig, ExperimentData, ExperimentReport,
 };
-use divnet::io::data::{read_inputs, read_labels};
 use divnet::io::safetensors::read_safetensors;
 use divnet::kernel::Beta;
 use divnet::model::{Activation, Mlp};
@@ -18,14 +17,10 @@ use divnet::select::SelectionMethod;
 use crate::common::{
     parse_list, select_backend, with_cpu_fallback, write_json, BackendArg, BarProgress,
 };
+use crate::demo_data::{
+    DemoData, CALIBRATION_IMAGES, CALIBRATION_LABELS, MODEL, TEST_IMAGES, TEST_LABELS,
+};
 use crate::plots;
-
-const DATA_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/data/fashion-mnist");
-const MODEL: &str = "mlp-784-1000-1000-10.safetensors";
-const TEST_IMAGES: &str = "t10k-images-idx3-ubyte.gz";
-const TEST_LABELS: &str = "t10k-labels-idx1-ubyte.gz";
-const CALIBRATION_IMAGES: &str = "train-images-first5000-idx3-ubyte.gz";
-const CALIBRATION_LABELS: &str = "train-labels-first5000-idx1-ubyte.gz";
 
 /// Reproduce the paper's findings on the shipped Fashion-MNIST MLP (784-1000-1000-10).
 ///
@@ -38,10 +33,11 @@ const CALIBRATION_LABELS: &str = "train-labels-first5000-idx1-ubyte.gz";
 /// folder and prints the table.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Folder with the shipped data and model.
-    #[arg(long, default_value = DATA_DIR)]
-    data: PathBuf,
-    /// Model to compress (default: the shipped reference MLP in the data folder).
+    /// Folder with the demo's data files, named as in divnet's data/fashion-mnist
+    /// (default: the copy of those files built into the binary).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Model to compress (default: the shipped reference MLP, from --data if given).
     #[arg(long)]
     model: Option<PathBuf>,
     /// Output folder (created if missing).
@@ -77,11 +73,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         s.parse::<usize>().ok().filter(|&k| k > 0)
     })?;
     let beta: Beta = args.beta.parse()?;
-    let model_path = args.model.clone().unwrap_or_else(|| args.data.join(MODEL));
-    let file = read_safetensors(&model_path)?;
+    let source = DemoData::new(args.data.clone());
+    let (model_path, file) = match &args.model {
+        Some(path) => (path.clone(), read_safetensors(path)?),
+        None => (source.path(&MODEL), source.model(&MODEL)?),
+    };
     let model = Mlp::from_tensors(&file, None, Activation::Relu)?;
-    let mut calibration = read_inputs(&args.data.join(CALIBRATION_IMAGES))?;
-    let mut calibration_labels = read_labels(&args.data.join(CALIBRATION_LABELS))?;
+    let mut calibration = source.inputs(&CALIBRATION_IMAGES)?;
+    let mut calibration_labels = source.labels(&CALIBRATION_LABELS)?;
     if let Some(rows) = args.calibration_rows {
         anyhow::ensure!(rows > 0, "--calibration-rows must be positive");
         let rows = rows.min(calibration.rows);
@@ -89,12 +88,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         calibration.rows = rows;
         calibration_labels.truncate(rows);
     }
-    let test = read_inputs(&args.data.join(TEST_IMAGES))?;
-    let test_labels = read_labels(&args.data.join(TEST_LABELS))?;
+    let test = source.inputs(&TEST_IMAGES)?;
+    let test_labels = source.labels(&TEST_LABELS)?;
     anyhow::ensure!(
         test_labels.len() == test.rows && calibration_labels.len() == calibration.rows,
         "{}: images and labels disagree in count",
-        args.data.display()
+        source.location().display()
     );
     let backend = select_backend(args.backend)?;
     std::fs::create_dir_all(&args.out)
@@ -135,13 +134,39 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let table = format_table(&report, args.seeds);
     print!("{table}");
+    // The tables first: they are the run's result, and a plot that fails must not lose them.
     divnet::io::atomic::write_bytes_atomic(&args.out.join("table.txt"), table.as_bytes())?;
     write_json(&args.out.join("report.json"), &report)?;
-    plots::accuracy_plot(&args.out.join("accuracy.png"), &report)?;
-    plots::one_layer_plot(&args.out.join("one_layer.png"), &report)?;
-    plots::diversity_plot(&args.out.join("diversity.png"), &report.heatmaps)?;
+    let mut written = vec!["report.json", "table.txt"];
+    let plot_path = |name: &str| args.out.join(name);
+    let drawn = [
+        (
+            "accuracy.png",
+            plots::accuracy_plot(&plot_path("accuracy.png"), &report).map(|()| true),
+        ),
+        (
+            "one_layer.png",
+            plots::one_layer_plot(&plot_path("one_layer.png"), &report),
+        ),
+        (
+            "diversity.png",
+            plots::diversity_plot(&plot_path("diversity.png"), &report.heatmaps),
+        ),
+    ];
+    for (name, result) in drawn {
+        match result {
+            Ok(true) => written.push(name),
+            Ok(false) => {}
+            Err(e) => eprintln!(
+                "divnet: warning: {} not written: {}",
+                plot_path(name).display(),
+                crate::common::one_line(&e)
+            ),
+        }
+    }
     println!(
-        "\nwrote report.json, table.txt, accuracy.png, one_layer.png, diversity.png to {}",
+        "\nwrote {} to {}",
+        written.join(", "),
         absolute(&args.out).display()
     );
     println!("total time {:.1} s", start.elapsed().as_secs_f64());

@@ -6,6 +6,7 @@ mod common;
 mod compress;
 mod compress_layer;
 mod demo;
+mod demo_data;
 mod evaluate;
 mod kernel;
 mod plots;

@@ -1,7 +1,12 @@
 //! The demo's figures (PNG, plotters). Each is drawn to a temporary file in the output
 //! folder and renamed into place, so a failed run leaves no half-drawn picture.
+//!
+//! Text is drawn with DejaVu Sans built into the binary (assets/fonts, Bitstream Vera
+//! licence) through plotters' pure-Rust `ab_glyph` renderer: no fontconfig, freetype or
+//! system fonts are needed, so the plots cannot fail on a machine without them.
 
 use std::path::Path;
+use std::sync::OnceLock;
 
 use divnet::experiment::{Curve, ExperimentReport, Heatmap};
 use plotters::prelude::*;
@@ -25,6 +30,23 @@ const COLORS: [RGBColor; 14] = [
     RGBColor(227, 119, 194),
 ];
 
+/// The font every caption and label uses, under the family name plotters asks for.
+const FONT_FAMILY: &str = "sans-serif";
+const FONT: &[u8] = include_bytes!("../../../assets/fonts/DejaVuSans.ttf");
+
+/// Registers the built-in font with plotters, once per process (plotters keeps it in a
+/// global table); later calls return the first call's outcome.
+fn register_font() -> anyhow::Result<()> {
+    static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
+    REGISTERED
+        .get_or_init(|| {
+            plotters::style::register_font(FONT_FAMILY, FontStyle::Normal, FONT)
+                .map_err(|_| "the built-in font DejaVuSans.ttf is not a valid TrueType font".into())
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
 fn render(
     path: &Path,
     size: (u32, u32),
@@ -36,6 +58,7 @@ fn render(
         .unwrap_or("plot.png");
     let tmp = path.with_file_name(format!(".{name}.{}.tmp.png", std::process::id()));
     let result = (|| {
+        register_font()?;
         let root = BitMapBackend::new(&tmp, size).into_drawing_area();
         root.fill(&WHITE).map_err(plot_err)?;
         draw(root.clone())?;
@@ -68,7 +91,7 @@ fn accuracy_chart(
         .iter()
         .fold((f64::MAX, f64::MIN), |(a, b), &x| (a.min(x), b.max(x)));
     let mut chart = ChartBuilder::on(area)
-        .caption(title, ("sans-serif", 22))
+        .caption(title, (FONT_FAMILY, 22))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(55)
@@ -198,7 +221,7 @@ pub fn diversity_plot(path: &Path, heatmaps: &[Heatmap]) -> anyhow::Result<bool>
                         "{}: L_Y of {k} kept neurons (mean off-diag {mean:.3})",
                         h.method
                     ),
-                    ("sans-serif", 18),
+                    (FONT_FAMILY, 18),
                 )
                 .margin(10)
                 .x_label_area_size(25)

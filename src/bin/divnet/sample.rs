@@ -6,6 +6,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use divnet::compress::{read_next_tensors, NextTensors};
 use divnet::dpp::{greedy_map, DppSampler, GreedyStop, KDppSampler, Spectrum};
 use divnet::io::atomic::write_atomic;
 use divnet::io::npy::{read_matrix, NpyArray};
@@ -18,10 +19,7 @@ use faer::Mat;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::common::{
-    progress_bar, read_next_tensors, select_backend, BackendArg, BarProgress, NextTensors,
-    StageTimer,
-};
+use crate::common::{progress_bar, select_backend, BackendArg, BarProgress, StageTimer};
 
 /// Arguments.
 #[derive(clap::Args)]
@@ -243,12 +241,7 @@ fn layer_and_readers(
     let weights = args.weights.as_ref().expect("checked by the caller");
     let n = a.shape[1];
     let file = read_safetensors(weights)?;
-    let shown = weights.display().to_string();
-    let nexts = args
-        .next
-        .iter()
-        .map(|name| read_next_tensors(&file, name, n, &shown, path))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let nexts = read_next_tensors(&file, &args.next, n, weights, path)?;
     let mut rounded = Vec::new();
     let rows = ActivationRows::from_npy(a, &mut rounded);
     let stats = timer

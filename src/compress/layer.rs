@@ -1,0 +1,577 @@
+//! One layer of any network, from its activations on a calibration set and the layer(s)
+//! that read it: the statistics pass, the kernel, the selection, the fusion.
+//!
+//! [`compress_layer`] works on numbers ([`NextLayer`] views of the next weights);
+//! [`compress_layer_tensors`] works on named tensors (a safetensors file, a Python dict),
+//! checks their shapes against the activations before any work, writes the fused next
+//! layers back with their dtypes and slices the rows of the layers that produce the
+//! activations. Every interface (the CLI's `compress-layer`, the Python package) is a thin
+//! layer over these two.
+
+use std::path::Path;
+use std::time::Instant;
+
+use safetensors::Dtype;
+
+use super::{check_keep, fusion_name, KeepSpec, LayerReport, DEFAULT_EPS};
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::fusion::{fuse_next_layer, FusedLayer, FusionOptions, NextLayer};
+use crate::io::safetensors::{Tensor, TensorFile};
+use crate::kernel::{
+    rbf_from_distances, Beta, Distances, GramStats, LayerStats, RbfKernel, RowSource, StatsKind,
+};
+use crate::model::tensor_name;
+use crate::progress::Progress;
+use crate::select::{
+    diversity, importance_scores, Diversity, LayerSelector, SelectionMethod, SelectionSize,
+};
+
+/// Everything [`compress_layer`] needs besides the activations and the next layer(s).
+#[derive(Clone, Debug)]
+pub struct LayerOptions {
+    /// How the kept neurons are chosen (ignored when `keep` lists them).
+    pub method: SelectionMethod,
+    /// How many neurons to keep, or which.
+    pub keep: KeepSpec,
+    /// Fusion into the next layer(s), or plain pruning.
+    pub fusion: FusionOptions,
+    /// The RBF bandwidth of the DPP kernel.
+    pub beta: Beta,
+    /// Added to the kernel's diagonal.
+    pub eps: f64,
+    /// Seed of the random selection methods.
+    pub seed: u64,
+    /// When a stage fails on the GPU with a device error (out of memory, a lost device, a
+    /// limit too small), run it again on the CPU and say so in the report's notes. Off: the
+    /// error stands.
+    pub cpu_fallback: bool,
+}
+
+impl LayerOptions {
+    /// The paper's setup for `keep`: k-DPP selection, fusion with bias, beta = 10/m,
+    /// seed 0, no CPU fallback.
+    pub fn new(keep: KeepSpec) -> Self {
+        Self {
+            method: SelectionMethod::KDpp,
+            keep,
+            fusion: FusionOptions::default(),
+            beta: Beta::Paper,
+            eps: DEFAULT_EPS,
+            seed: 0,
+            cpu_fallback: false,
+        }
+    }
+}
+
+/// What [`compress_layer`] produced.
+#[derive(Clone, Debug)]
+pub struct LayerOutcome {
+    /// The kept neurons, sorted: rows to keep in the producing layer(s).
+    pub kept: Vec<usize>,
+    /// The next layers after fusion, in the order given: each reads only the kept neurons.
+    pub next: Vec<FusedLayer>,
+    /// What happened, stage by stage.
+    pub report: LayerReport,
+}
+
+/// Compresses one hidden layer: one pass over `activations` (m x n, any [`RowSource`]) for
+/// the statistics the method needs, selection, then fusion of the dropped neurons into every
+/// layer in `next` (each must read the n neurons; several next layers are fused together, as
+/// one least-squares problem with their rows stacked).
+///
+/// The report's stages are `statistics`, `kernel` (DPP methods), `select` and `fuse`.
+pub fn compress_layer(
+    backend: &Backend,
+    activations: &mut dyn RowSource,
+    next: &[NextLayer<'_>],
+    opts: &LayerOptions,
+    progress: &mut dyn Progress,
+) -> Result<LayerOutcome> {
+    let n = activations.width();
+    let stacked = StackedNext::new(next, n)?;
+    let plan = SelectionPlan::new(opts, n)?;
+    let mut work = LayerWork::new(backend, opts.cpu_fallback);
+
+    let kind = StatsKind::of(true, plan.needs_kernel(opts)).expect("the Gram is always needed");
+    let t = Instant::now();
+    let statistics = work.on_backend("statistics", |b| {
+        let mut stats = LayerStats::new(b, n, kind)?;
+        stats.push_source(activations, "statistics", progress)?;
+        stats.finish()
+    })?;
+    work.stage("statistics", t);
+    let stats = statistics.gram.expect("collected");
+
+    let selected = select_and_fuse(
+        &mut work,
+        &stats,
+        statistics.distances,
+        stacked.view(),
+        &plan,
+        opts,
+        opts.seed,
+        progress,
+    )?;
+    let fused = stacked.split(&selected.fused);
+    let report = LayerReport {
+        name: String::new(),
+        index: 0,
+        neurons_before: n,
+        samples: stats.samples,
+        kept: selected.kept.clone(),
+        method: plan.method_name(opts).into(),
+        fusion: fusion_name(opts.fusion.mode).into(),
+        beta: selected.beta,
+        ridge: selected.fused.ridge,
+        relative_error: selected.fused.relative_error,
+        diversity: selected.diversity,
+        seconds: work.seconds,
+        notes: work.notes,
+    };
+    Ok(LayerOutcome {
+        kept: selected.kept,
+        next: fused,
+        report,
+    })
+}
+
+/// Named tensors for [`compress_layer_tensors`]: the network and which of its layers read
+/// and produce the compressed activations.
+pub struct LayerTensors<'a> {
+    /// The network's tensors (a PyTorch state dict); rewritten in place.
+    pub file: &'a mut TensorFile,
+    /// Where the tensors came from, for messages (a file path, or a name like `weights`).
+    pub source: &'a Path,
+    /// Where the activations came from, for messages.
+    pub activations: &'a Path,
+    /// Tensor prefixes of the layers reading the activations: `NAME.weight` `[n_out, n]`,
+    /// optional `NAME.bias` `[n_out]`; fused (a bias is created when fusion needs one).
+    pub next: &'a [String],
+    /// Tensor prefixes of the layers producing the activations (several for a gated FFN:
+    /// gate and up projections): rows of `NAME.weight` and entries of `NAME.bias` are sliced,
+    /// bytes kept as stored.
+    pub prev: &'a [String],
+}
+
+/// [`compress_layer`] on named tensors: checks every named tensor against the activations'
+/// width before any work, runs the pipeline, writes the fused next layers back (dtypes kept)
+/// and slices the producing layers. Every other tensor is left as it was.
+pub fn compress_layer_tensors(
+    backend: &Backend,
+    activations: &mut dyn RowSource,
+    tensors: LayerTensors<'_>,
+    opts: &LayerOptions,
+    progress: &mut dyn Progress,
+) -> Result<LayerOutcome> {
+    let n = activations.width();
+    let file = tensors.file;
+    let source = tensors.source;
+    if tensors.next.is_empty() {
+        return Err(Error::invalid(
+            "name the layer(s) that read the activations (next)",
+        ));
+    }
+    for (i, name) in tensors.next.iter().enumerate() {
+        if tensors.next[..i].contains(name) {
+            return Err(Error::invalid(format!("next layer {name} is given twice")));
+        }
+        if tensors.prev.contains(name) {
+            return Err(Error::invalid(format!(
+                "{name} is given both as a layer producing the activations and as one reading them"
+            )));
+        }
+    }
+    let next_weights = read_next_tensors(file, tensors.next, n, source, tensors.activations)?;
+    for p in tensors.prev {
+        let w_name = tensor_name(p, "weight");
+        let w = float_tensor(file, &w_name, source)?;
+        if w.shape.first() != Some(&n) {
+            return Err(Error::format(
+                source,
+                format!(
+                    "{w_name} has shape {:?}, expected {n} rows (one per neuron)",
+                    w.shape
+                ),
+            ));
+        }
+        let b_name = tensor_name(p, "bias");
+        if let Some(b) = file.get(&b_name) {
+            if b.shape != [n] {
+                return Err(Error::format(
+                    source,
+                    format!("{b_name} has shape {:?}, expected [{n}]", b.shape),
+                ));
+            }
+        }
+    }
+    let next: Vec<NextLayer> = next_weights.iter().map(|x| x.layer(n)).collect();
+    let mut outcome = compress_layer(backend, activations, &next, opts, progress)?;
+    let k = outcome.kept.len();
+
+    for ((name, fused), read) in tensors.next.iter().zip(&outcome.next).zip(&next_weights) {
+        let (had_bias, n_out) = (&read.bias, &read.n_out);
+        let w_name = tensor_name(name, "weight");
+        let w_dtype = file.get(&w_name).expect("checked").dtype;
+        file.insert(
+            w_name,
+            Tensor::from_f32(&fused.weight, vec![*n_out, k], w_dtype)?,
+        );
+        let b_name = tensor_name(name, "bias");
+        if had_bias.is_some() || fused.bias.iter().any(|&b| b != 0.0) {
+            let dtype = file.get(&b_name).map_or(w_dtype, |t| t.dtype);
+            if had_bias.is_none() {
+                outcome.report.notes.push(format!(
+                    "{b_name}: created to hold the fused constant term ({dtype:?})"
+                ));
+            }
+            file.insert(b_name, Tensor::from_f32(&fused.bias, vec![*n_out], dtype)?);
+        }
+    }
+    for p in tensors.prev {
+        for name in [tensor_name(p, "weight"), tensor_name(p, "bias")] {
+            if let Some(t) = file.get(&name) {
+                let sliced = slice_rows(t, &outcome.kept);
+                file.insert(name, sliced);
+            }
+        }
+    }
+    outcome.report.name = tensors.prev.join(",");
+    Ok(outcome)
+}
+
+/// A layer that reads the compressed activations, as read from named tensors (f32).
+#[derive(Clone, Debug)]
+pub struct NextTensors {
+    /// `NAME.weight`, n_out x n, row-major.
+    pub weight: Vec<f32>,
+    /// `NAME.bias`, when there is one.
+    pub bias: Option<Vec<f32>>,
+    /// Rows of the weight.
+    pub n_out: usize,
+}
+
+impl NextTensors {
+    /// The layer as fusion and selection take it, reading `n_in` neurons.
+    pub fn layer(&self, n_in: usize) -> NextLayer<'_> {
+        NextLayer {
+            weight: &self.weight,
+            bias: self.bias.as_deref(),
+            n_out: self.n_out,
+            n_in,
+        }
+    }
+}
+
+/// Reads the layers `names` that read the `n` neurons of `activations` from `file` (read
+/// from `source`): `NAME.weight` `[n_out, n]` and the optional `NAME.bias` `[n_out]`, any
+/// float dtype, as f32. Errors name the file and the tensor whose shape or dtype is wrong.
+pub fn read_next_tensors(
+    file: &TensorFile,
+    names: &[String],
+    n: usize,
+    source: &Path,
+    activations: &Path,
+) -> Result<Vec<NextTensors>> {
+    let mut next = Vec::with_capacity(names.len());
+    for name in names {
+        let w_name = tensor_name(name, "weight");
+        let w = float_tensor(file, &w_name, source)?;
+        if w.shape.len() != 2 || w.shape[1] != n {
+            return Err(Error::format(
+                source,
+                format!(
+                    "{w_name} has shape {:?}, expected [n_out, {n}] to read the {n} neurons of {}",
+                    w.shape,
+                    activations.display()
+                ),
+            ));
+        }
+        let n_out = w.shape[0];
+        let b_name = tensor_name(name, "bias");
+        let bias = match file.get(&b_name) {
+            Some(_) => {
+                let b = float_tensor(file, &b_name, source)?;
+                if b.shape != [n_out] {
+                    return Err(Error::format(
+                        source,
+                        format!("{b_name} has shape {:?}, expected [{n_out}]", b.shape),
+                    ));
+                }
+                Some(b.to_f32()?)
+            }
+            None => None,
+        };
+        next.push(NextTensors {
+            weight: w.to_f32()?,
+            bias,
+            n_out,
+        });
+    }
+    Ok(next)
+}
+
+/// The tensor `name`, which must exist and hold floats.
+fn float_tensor<'a>(file: &'a TensorFile, name: &str, source: &Path) -> Result<&'a Tensor> {
+    let t = file
+        .get(name)
+        .ok_or_else(|| Error::format(source, format!("no tensor {name}")))?;
+    match t.dtype {
+        Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64 => Ok(t),
+        other => Err(Error::format(
+            source,
+            format!("{name} is {other:?}, expected F32, F16, BF16 or F64"),
+        )),
+    }
+}
+
+/// Rows `keep` (along the first dimension) of `t`, bytes as stored.
+pub(crate) fn slice_rows(t: &Tensor, keep: &[usize]) -> Tensor {
+    let rows = t.shape[0];
+    let row_bytes = t.bytes.len() / rows.max(1);
+    let mut bytes = Vec::with_capacity(row_bytes * keep.len());
+    for &i in keep {
+        bytes.extend_from_slice(&t.bytes[i * row_bytes..(i + 1) * row_bytes]);
+    }
+    let mut shape = t.shape.clone();
+    shape[0] = keep.len();
+    Tensor {
+        dtype: t.dtype,
+        shape,
+        bytes,
+    }
+}
+
+/// Several next layers as one: their rows stacked (PyTorch layout), missing biases as
+/// zeros. Fusing the stack is fusing each: the normal equations share their left-hand side
+/// and every output row is its own right-hand side.
+struct StackedNext {
+    weight: Vec<f32>,
+    bias: Option<Vec<f32>>,
+    /// Rows of each next layer, in order.
+    rows: Vec<usize>,
+    n_in: usize,
+}
+
+impl StackedNext {
+    fn new(next: &[NextLayer<'_>], n: usize) -> Result<Self> {
+        if next.is_empty() {
+            return Err(Error::invalid(
+                "fusion needs the layer(s) that read the activations",
+            ));
+        }
+        for (i, l) in next.iter().enumerate() {
+            if l.n_in != n {
+                return Err(Error::invalid(format!(
+                    "next layer {i} reads {} inputs but the activations have {n} neurons",
+                    l.n_in
+                )));
+            }
+        }
+        let total: usize = next.iter().map(|l| l.n_out).sum();
+        let mut weight = Vec::with_capacity(total * n);
+        for l in next {
+            weight.extend_from_slice(l.weight);
+        }
+        let bias = next.iter().any(|l| l.bias.is_some()).then(|| {
+            next.iter()
+                .flat_map(|l| match l.bias {
+                    Some(b) => b.to_vec(),
+                    None => vec![0.0; l.n_out],
+                })
+                .collect()
+        });
+        Ok(Self {
+            weight,
+            bias,
+            rows: next.iter().map(|l| l.n_out).collect(),
+            n_in: n,
+        })
+    }
+
+    fn view(&self) -> NextLayer<'_> {
+        NextLayer {
+            weight: &self.weight,
+            bias: self.bias.as_deref(),
+            n_out: self.rows.iter().sum(),
+            n_in: self.n_in,
+        }
+    }
+
+    /// The stacked fused layer cut back into one per next layer.
+    fn split(&self, fused: &FusedLayer) -> Vec<FusedLayer> {
+        let k = fused.weight.len() / self.rows.iter().sum::<usize>().max(1);
+        let mut start = 0;
+        self.rows
+            .iter()
+            .map(|&rows| {
+                let part = FusedLayer {
+                    weight: fused.weight[start * k..(start + rows) * k].to_vec(),
+                    bias: fused.bias[start..start + rows].to_vec(),
+                    ridge: fused.ridge,
+                    relative_error: fused.relative_error,
+                };
+                start += rows;
+                part
+            })
+            .collect()
+    }
+}
+
+/// How the kept neurons of a layer will be found: a given list, or a method and a size.
+/// Checked before the statistics pass, so that a bad size costs nothing.
+pub(crate) struct SelectionPlan {
+    given: Option<Vec<usize>>,
+    size: SelectionSize,
+}
+
+impl SelectionPlan {
+    pub(crate) fn new(opts: &LayerOptions, n: usize) -> Result<Self> {
+        let given = match &opts.keep {
+            KeepSpec::Indices(v) => Some(check_keep(v, n)?),
+            _ => None,
+        };
+        let size = opts.keep.size(n)?;
+        if given.is_none() {
+            match (opts.method, size) {
+                (SelectionMethod::Dpp, SelectionSize::Exactly(_)) => {
+                    return Err(Error::invalid(
+                        "a DPP chooses its own size: use kdpp for an exact number of neurons",
+                    ))
+                }
+                (SelectionMethod::Dpp, SelectionSize::Drawn) => {}
+                (method, SelectionSize::Drawn) => {
+                    return Err(Error::invalid(format!(
+                        "{method} needs a number of neurons to keep"
+                    )))
+                }
+                (_, SelectionSize::Exactly(k)) if k == 0 || k > n => {
+                    return Err(Error::invalid(format!(
+                        "cannot keep {k} of {n} neurons: k must be between 1 and {n}"
+                    )))
+                }
+                _ => {}
+            }
+        }
+        Ok(Self { given, size })
+    }
+
+    pub(crate) fn needs_kernel(&self, opts: &LayerOptions) -> bool {
+        self.given.is_none() && opts.method.needs_kernel()
+    }
+
+    fn method_name(&self, opts: &LayerOptions) -> &'static str {
+        match self.given {
+            Some(_) => "given",
+            None => opts.method.name(),
+        }
+    }
+}
+
+/// Stage times and notes of one layer, and the GPU-to-CPU fallback.
+pub(crate) struct LayerWork<'a> {
+    backend: &'a Backend,
+    fallback: bool,
+    pub(crate) seconds: Vec<(String, f64)>,
+    pub(crate) notes: Vec<String>,
+}
+
+impl<'a> LayerWork<'a> {
+    pub(crate) fn new(backend: &'a Backend, fallback: bool) -> Self {
+        Self {
+            backend,
+            fallback,
+            seconds: Vec::new(),
+            notes: Vec::new(),
+        }
+    }
+
+    /// Records stage `name` as having run since `start`.
+    pub(crate) fn stage(&mut self, name: &str, start: Instant) {
+        self.seconds
+            .push((name.to_string(), start.elapsed().as_secs_f64()));
+    }
+
+    /// Runs `work` on the backend; with the fallback on, a GPU device error runs it again on
+    /// the CPU and leaves a note.
+    pub(crate) fn on_backend<T>(
+        &mut self,
+        what: &str,
+        mut work: impl FnMut(&Backend) -> Result<T>,
+    ) -> Result<T> {
+        match work(self.backend) {
+            Err(Error::Gpu(e)) if self.fallback && self.backend.gpu().is_some() => {
+                self.notes.push(format!(
+                    "{what}: the GPU failed ({e}); continued on the CPU"
+                ));
+                work(&Backend::Cpu)
+            }
+            other => other,
+        }
+    }
+}
+
+/// The outcome of [`select_and_fuse`].
+pub(crate) struct Selected {
+    pub(crate) kept: Vec<usize>,
+    pub(crate) fused: FusedLayer,
+    pub(crate) beta: Option<f64>,
+    pub(crate) diversity: Option<Diversity>,
+}
+
+/// What every pipeline does once a layer's statistics are in: the kernel (when the method
+/// needs one), the selection and the fusion into `next`. Stages `kernel`, `select`, `fuse`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn select_and_fuse(
+    work: &mut LayerWork<'_>,
+    stats: &GramStats,
+    distances: Option<Distances>,
+    next: NextLayer<'_>,
+    plan: &SelectionPlan,
+    opts: &LayerOptions,
+    seed: u64,
+    progress: &mut dyn Progress,
+) -> Result<Selected> {
+    let n = stats.len();
+    let kernel: Option<RbfKernel> = match distances {
+        Some(d) if plan.needs_kernel(opts) => {
+            let t = Instant::now();
+            let kernel = rbf_from_distances(&d, opts.beta, opts.eps)?;
+            drop(d);
+            work.stage("kernel", t);
+            Some(kernel)
+        }
+        _ => None,
+    };
+
+    let t = Instant::now();
+    progress.start("select", 1);
+    let kept = match &plan.given {
+        Some(given) => given.clone(),
+        None => {
+            let scores = if opts.method == SelectionMethod::Importance {
+                Some(importance_scores(stats, next.weight, next.n_out)?)
+            } else {
+                None
+            };
+            let selector =
+                LayerSelector::new(n, kernel.as_ref().map(|k| &k.matrix), scores.as_deref())
+                    .with_next_layers(stats, &[next]);
+            selector.select(opts.method, plan.size, seed)?
+        }
+    };
+    progress.finish();
+    work.stage("select", t);
+
+    let t = Instant::now();
+    let fused = work.on_backend("fuse", |b| {
+        fuse_next_layer(b, stats, &kept, next, &opts.fusion)
+    })?;
+    work.stage("fuse", t);
+    Ok(Selected {
+        diversity: kernel.as_ref().map(|k| diversity(&k.matrix, &kept)),
+        beta: kernel.as_ref().map(|k| k.beta),
+        kept,
+        fused,
+    })
+}

@@ -1,0 +1,286 @@
+//! Every hidden layer of an MLP in turn: each observed through the already compressed layers
+//! before it, on the calibration inputs, its activations streamed from the forward pass into
+//! the statistics engine chunk by chunk.
+
+use std::time::Instant;
+
+use super::layer::{select_and_fuse, LayerOptions, LayerWork, SelectionPlan};
+use super::{fusion_name, CompressReport, KeepSpec, LayerReport, DEFAULT_CHUNK_ROWS, DEFAULT_EPS};
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::fusion::{fuse_next_layer, FusedLayer, FusionOptions, NextLayer};
+use crate::gpu::forward::GpuMlp;
+use crate::kernel::{ActivationRows, Beta, Distances, GramStats, LayerStats, StatsKind};
+use crate::model::Mlp;
+use crate::progress::Progress;
+use crate::select::SelectionMethod;
+
+/// Everything `compress_mlp` needs besides the model and the data.
+#[derive(Clone, Debug)]
+pub struct CompressOptions {
+    /// How neurons are selected.
+    pub method: SelectionMethod,
+    /// One entry per hidden layer, or a single entry for all of them.
+    pub keep: Vec<KeepSpec>,
+    /// Fusion into the next layer (or plain pruning).
+    pub fusion: FusionOptions,
+    /// The RBF bandwidth.
+    pub beta: Beta,
+    /// Added to the kernel's diagonal.
+    pub eps: f64,
+    /// Seed of the random methods; layer l uses `seed + l`.
+    pub seed: u64,
+    /// Calibration rows per chunk.
+    pub chunk_rows: usize,
+}
+
+impl CompressOptions {
+    /// The paper's setup: k-DPP selection, fusion with bias, beta = 10/m.
+    pub fn new(keep: Vec<KeepSpec>) -> Self {
+        Self {
+            method: SelectionMethod::KDpp,
+            keep,
+            fusion: FusionOptions::default(),
+            beta: Beta::Paper,
+            eps: DEFAULT_EPS,
+            seed: 0,
+            chunk_rows: DEFAULT_CHUNK_ROWS,
+        }
+    }
+
+    fn keep_for(&self, layer: usize, hidden: usize) -> Result<&KeepSpec> {
+        match self.keep.len() {
+            1 => Ok(&self.keep[0]),
+            n if n == hidden => Ok(&self.keep[layer]),
+            n => Err(Error::invalid(format!(
+                "{n} keep values given for {hidden} hidden layers: give one for all or one per layer"
+            ))),
+        }
+    }
+}
+
+/// One pass of the calibration set through the network up to a hidden layer.
+pub struct LayerObservation {
+    /// G = A^T A and s = A^T 1 of the layer's activations (for fusion and importance).
+    pub stats: GramStats,
+    /// Pairwise squared distances between neurons (for the kernel), when asked for.
+    pub distances: Option<Distances>,
+}
+
+/// Streams the calibration set `x` (m x input_dim, row-major) through `mlp` up to hidden layer
+/// `layer`, accumulating the layer's Gram statistics and, if `with_distances`, the pairwise
+/// squared distances between its neurons.
+#[allow(clippy::too_many_arguments)]
+pub fn observe_hidden_layer(
+    backend: &Backend,
+    mlp: &Mlp,
+    x: &[f32],
+    m: usize,
+    layer: usize,
+    chunk_rows: usize,
+    with_distances: bool,
+    progress: &mut dyn Progress,
+) -> Result<LayerObservation> {
+    check_hidden(mlp, layer)?;
+    let d = mlp.input_dim();
+    if x.len() != m * d {
+        return Err(Error::invalid(format!(
+            "calibration data has {} values, expected {m} rows x {d} inputs",
+            x.len()
+        )));
+    }
+    if m == 0 {
+        return Err(Error::invalid("the calibration set is empty"));
+    }
+    let n = mlp.layers[layer].out_dim;
+    let kind = if with_distances {
+        StatsKind::Both
+    } else {
+        StatsKind::Gram
+    };
+    let mut acc = LayerStats::new(backend, n, kind)?;
+    // On the GPU backend the forward pass runs there too. A network whose layers do not fit
+    // the device's bindings is run on the CPU instead: the forward pass is cheap next to the
+    // Gram accumulation, which stays on the GPU.
+    let gpu_net = match backend {
+        Backend::Gpu(ctx) => GpuMlp::upload(ctx, mlp).ok().map(|net| (ctx, net)),
+        Backend::Cpu => None,
+    };
+    // Never more rows than there are: keeps chunk_rows * d from overflowing.
+    let chunk_rows = match &gpu_net {
+        Some((ctx, net)) => chunk_rows.min(net.max_rows(ctx, layer)),
+        None => chunk_rows,
+    }
+    .clamp(1, m);
+    progress.start(&format!("observe {}", mlp.layers[layer].name), m as u64);
+    for (rows, chunk) in x.chunks(chunk_rows * d).map(|c| (c.len() / d, c)) {
+        let h = match &gpu_net {
+            Some((ctx, net)) => net.hidden(ctx, chunk, rows, layer)?,
+            None => mlp.hidden(chunk, rows, layer),
+        };
+        acc.push(ActivationRows::F32(&h))?;
+        progress.advance(rows as u64);
+    }
+    progress.finish();
+    let statistics = acc.finish()?;
+    Ok(LayerObservation {
+        distances: statistics.distances,
+        stats: statistics.gram.expect("always collected"),
+    })
+}
+
+fn check_hidden(mlp: &Mlp, layer: usize) -> Result<()> {
+    if layer + 1 >= mlp.layers.len() {
+        return Err(Error::invalid(format!(
+            "layer {layer} is not a hidden layer: the model has {} hidden layers",
+            mlp.layers.len().saturating_sub(1)
+        )));
+    }
+    Ok(())
+}
+
+/// Replaces hidden layer `layer` by the neurons `keep` and folds the dropped ones into the
+/// next layer, given the layer's Gram statistics. Returns the ridge and the relative error.
+pub fn apply_selection(
+    backend: &Backend,
+    mlp: &mut Mlp,
+    layer: usize,
+    keep: &[usize],
+    stats: &GramStats,
+    fusion: &FusionOptions,
+) -> Result<(f64, f64)> {
+    check_hidden(mlp, layer)?;
+    let next = &mlp.layers[layer + 1];
+    let fused = fuse_next_layer(
+        backend,
+        stats,
+        keep,
+        NextLayer {
+            weight: &next.weight,
+            bias: next.has_bias.then_some(next.bias.as_slice()),
+            n_out: next.out_dim,
+            n_in: next.in_dim,
+        },
+        fusion,
+    )?;
+    let (ridge, relative_error) = (fused.ridge, fused.relative_error);
+    replace_layer(mlp, layer, keep, fused);
+    Ok((ridge, relative_error))
+}
+
+/// Slices hidden layer `layer` to the rows `keep` and installs the fused next layer.
+fn replace_layer(mlp: &mut Mlp, layer: usize, keep: &[usize], fused: FusedLayer) {
+    let cur = &mut mlp.layers[layer];
+    let d = cur.in_dim;
+    cur.weight = keep
+        .iter()
+        .flat_map(|&i| cur.weight[i * d..(i + 1) * d].iter().copied())
+        .collect();
+    cur.bias = keep.iter().map(|&i| cur.bias[i]).collect();
+    cur.out_dim = keep.len();
+    let next = &mut mlp.layers[layer + 1];
+    next.in_dim = keep.len();
+    next.weight = fused.weight;
+    next.has_bias = next.has_bias || fused.bias.iter().any(|&b| b != 0.0);
+    next.bias = fused.bias;
+}
+
+/// Compresses every hidden layer of `mlp` in turn (as the paper does): each is observed
+/// through the already compressed layers before it, on the calibration set `x` (m rows).
+pub fn compress_mlp(
+    backend: &Backend,
+    mlp: &Mlp,
+    x: &[f32],
+    m: usize,
+    opts: &CompressOptions,
+    progress: &mut dyn Progress,
+) -> Result<(Mlp, CompressReport)> {
+    let start = Instant::now();
+    let hidden = mlp.layers.len().saturating_sub(1);
+    if hidden == 0 {
+        return Err(Error::invalid(
+            "the model has a single layer: there is no hidden layer to compress",
+        ));
+    }
+    let mut out = mlp.clone();
+    let mut reports = Vec::new();
+    for layer in 0..hidden {
+        let spec = opts.keep_for(layer, hidden)?;
+        if *spec == KeepSpec::All {
+            continue;
+        }
+        let n = out.layers[layer].out_dim;
+        let layer_opts = LayerOptions {
+            method: opts.method,
+            keep: spec.clone(),
+            fusion: opts.fusion,
+            beta: opts.beta,
+            eps: opts.eps,
+            seed: opts.seed.wrapping_add(layer as u64),
+            cpu_fallback: false,
+        };
+        let plan = SelectionPlan::new(&layer_opts, n)?;
+        let mut work = LayerWork::new(backend, false);
+
+        let t = Instant::now();
+        let obs = observe_hidden_layer(
+            backend,
+            &out,
+            x,
+            m,
+            layer,
+            opts.chunk_rows,
+            plan.needs_kernel(&layer_opts),
+            progress,
+        )?;
+        work.stage("observe", t);
+
+        let next = &out.layers[layer + 1];
+        let selected = select_and_fuse(
+            &mut work,
+            &obs.stats,
+            obs.distances,
+            NextLayer {
+                weight: &next.weight,
+                bias: next.has_bias.then_some(next.bias.as_slice()),
+                n_out: next.out_dim,
+                n_in: next.in_dim,
+            },
+            &plan,
+            &layer_opts,
+            layer_opts.seed,
+            progress,
+        )?;
+        let (ridge, relative_error) = (selected.fused.ridge, selected.fused.relative_error);
+        replace_layer(&mut out, layer, &selected.kept, selected.fused);
+
+        reports.push(LayerReport {
+            name: out.layers[layer].name.clone(),
+            index: layer,
+            neurons_before: n,
+            samples: m,
+            diversity: selected.diversity,
+            kept: selected.kept,
+            method: if matches!(spec, KeepSpec::Indices(_)) {
+                "given".into()
+            } else {
+                opts.method.name().into()
+            },
+            fusion: fusion_name(opts.fusion.mode).into(),
+            beta: selected.beta,
+            ridge,
+            relative_error,
+            seconds: work.seconds,
+            notes: work.notes,
+        });
+    }
+    let report = CompressReport {
+        backend: backend.name().into(),
+        samples: m,
+        params_before: mlp.param_count(),
+        params_after: out.param_count(),
+        layers: reports,
+        seconds: start.elapsed().as_secs_f64(),
+    };
+    Ok((out, report))
+}

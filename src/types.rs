@@ -1,0 +1,241 @@
+//! The data that flows between the stages and the backends: activation rows going in,
+//! the Gram statistics and distances coming out of the statistics pass, and the next
+//! layer and fusion system of the least-squares step.
+//!
+//! These types sit below everything that computes: [`crate::cpu`] and [`crate::gpu`] produce
+//! and consume them, and the dispatchers ([`crate::kernel`], [`crate::fusion`]) choose
+//! between the two. Nothing here knows about a backend.
+
+use faer::Mat;
+
+use crate::error::{Error, Result};
+use crate::io::npy::{NpyArray, NpyData};
+
+/// Row-major activations: `rows x n` samples x neurons, as f32 or as f16.
+#[derive(Clone, Copy, Debug)]
+pub enum ActivationRows<'a> {
+    /// Single precision.
+    F32(&'a [f32]),
+    /// Half precision (uploaded to the GPU as is, two values per 32-bit word).
+    F16(&'a [half::f16]),
+}
+
+impl<'a> ActivationRows<'a> {
+    /// The rows of an npy array as the kernels take them: f16 and f32 as stored, any other
+    /// type rounded to f32 into `rounded` (which then holds the data).
+    pub fn from_npy(a: &'a NpyArray, rounded: &'a mut Vec<f32>) -> Self {
+        match &a.data {
+            NpyData::F16(v) => ActivationRows::F16(v),
+            NpyData::F32(v) => ActivationRows::F32(v),
+            _ => {
+                *rounded = a.to_f32();
+                let rounded: &'a Vec<f32> = rounded;
+                ActivationRows::F32(rounded)
+            }
+        }
+    }
+
+    /// The number of values.
+    pub fn len(&self) -> usize {
+        match self {
+            ActivationRows::F32(v) => v.len(),
+            ActivationRows::F16(v) => v.len(),
+        }
+    }
+
+    /// True when there are no values.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The values in `range` (indices into the flat row-major data).
+    pub fn slice(&self, range: std::ops::Range<usize>) -> ActivationRows<'a> {
+        match *self {
+            ActivationRows::F32(v) => ActivationRows::F32(&v[range]),
+            ActivationRows::F16(v) => ActivationRows::F16(&v[range]),
+        }
+    }
+
+    /// The number of whole rows of `n` values; an error when the length is not a multiple
+    /// of `n` or a value is not finite.
+    pub fn row_count(&self, n: usize) -> Result<usize> {
+        let count = self.whole_rows(n)?;
+        self.check_finite(n)?;
+        Ok(count)
+    }
+
+    /// The number of whole rows of `n` values; an error when the length is not a multiple
+    /// of `n`. Values are not looked at.
+    pub(crate) fn whole_rows(&self, n: usize) -> Result<usize> {
+        let len = self.len();
+        if n == 0 || !len.is_multiple_of(n) {
+            return Err(Error::invalid(format!(
+                "{len} activation values are not whole rows of n = {n}"
+            )));
+        }
+        Ok(len / n)
+    }
+
+    /// An error naming the first value that is not finite (row and neuron), if any.
+    pub(crate) fn check_finite(&self, n: usize) -> Result<()> {
+        let bad = match self {
+            ActivationRows::F32(v) => v.iter().position(|x| !x.is_finite()),
+            ActivationRows::F16(v) => v.iter().position(|x| !x.is_finite()),
+        };
+        match bad {
+            Some(k) => Err(Error::invalid(format!(
+                "activation at row {}, neuron {} is not finite",
+                k / n,
+                k % n
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Where a layer's activations come from, one pass at a time: an in-memory matrix, an npy
+/// file read in row chunks, a network evaluated chunk by chunk. A pipeline that needs a
+/// second look at the data (after selection, say) asks for a second pass.
+pub trait RowSource {
+    /// n, the number of neurons (values per row).
+    fn width(&self) -> usize;
+
+    /// m, the number of rows one pass yields.
+    fn rows(&self) -> usize;
+
+    /// Calls `visit` on consecutive chunks of whole rows, in order, covering all `rows()`
+    /// rows once. Stops at the first error, from `visit` or from reading.
+    fn pass(&mut self, visit: &mut dyn FnMut(ActivationRows<'_>) -> Result<()>) -> Result<()>;
+}
+
+/// Row-major activations held in memory, as a [`RowSource`] that hands them out in chunks of
+/// at most `chunk_rows` rows (so a consumer's progress advances as it would from a file).
+#[derive(Clone, Copy, Debug)]
+pub struct SliceRows<'a> {
+    rows: ActivationRows<'a>,
+    n: usize,
+    m: usize,
+    chunk_rows: usize,
+}
+
+impl<'a> SliceRows<'a> {
+    /// `rows` as whole rows of `n` values; an error when they are not.
+    pub fn new(rows: ActivationRows<'a>, n: usize) -> Result<Self> {
+        let m = rows.whole_rows(n)?;
+        Ok(Self {
+            rows,
+            n,
+            m,
+            chunk_rows: (SLICE_CHUNK_VALUES / n).max(1),
+        })
+    }
+
+    /// The same rows, handed out `chunk_rows` (at least 1) at a time.
+    pub fn with_chunk_rows(mut self, chunk_rows: usize) -> Self {
+        self.chunk_rows = chunk_rows.max(1);
+        self
+    }
+}
+
+/// Values per chunk handed out by [`SliceRows`] by default (64 MiB of f32).
+const SLICE_CHUNK_VALUES: usize = 1 << 24;
+
+impl RowSource for SliceRows<'_> {
+    fn width(&self) -> usize {
+        self.n
+    }
+
+    fn rows(&self) -> usize {
+        self.m
+    }
+
+    fn pass(&mut self, visit: &mut dyn FnMut(ActivationRows<'_>) -> Result<()>) -> Result<()> {
+        let step = self.chunk_rows * self.n;
+        let mut start = 0;
+        while start < self.m * self.n {
+            let end = (start + step).min(self.m * self.n);
+            visit(self.rows.slice(start..end))?;
+            start = end;
+        }
+        Ok(())
+    }
+}
+
+/// What one pass over a calibration set yields for a layer of n neurons over m samples:
+/// the Gram matrix `G = A^T A` (n x n, f64, both triangles filled) and the column sums
+/// `s = A^T 1`. Everything fusion needs, and the RBF kernel can be derived from it.
+#[derive(Clone, Debug)]
+pub struct GramStats {
+    /// `G = A^T A`, n x n, symmetric.
+    pub gram: Mat<f64>,
+    /// `s = A^T 1`, length n.
+    pub col_sums: Vec<f64>,
+    /// m, the number of samples accumulated.
+    pub samples: usize,
+}
+
+impl GramStats {
+    /// n, the number of neurons.
+    pub fn len(&self) -> usize {
+        self.col_sums.len()
+    }
+
+    /// True when the statistics cover no neuron.
+    pub fn is_empty(&self) -> bool {
+        self.col_sums.is_empty()
+    }
+
+    /// `G~_YY = [[G_YY, s_Y], [s_Y^T, m]]` in the order `keep, const`: the left-hand side of
+    /// the fusion's normal equations.
+    pub(crate) fn augmented_block(&self, keep: &[usize]) -> Mat<f64> {
+        let k = keep.len();
+        let g = &self.gram;
+        let s = &self.col_sums;
+        let m = self.samples as f64;
+        Mat::from_fn(k + 1, k + 1, |i, j| match (i < k, j < k) {
+            (true, true) => g[(keep[i], keep[j])],
+            (true, false) => s[keep[i]],
+            (false, true) => s[keep[j]],
+            (false, false) => m,
+        })
+    }
+}
+
+/// Pairwise squared distances between a layer's neurons over m samples.
+#[derive(Clone, Debug)]
+pub struct Distances {
+    /// `D_ij = ||v_i - v_j||^2`, n x n, symmetric, zero diagonal.
+    pub squared: Mat<f64>,
+    /// m.
+    pub samples: usize,
+}
+
+/// The next layer z = W a + b; W is n_out x n_in, row-major (PyTorch layout).
+#[derive(Clone, Copy, Debug)]
+pub struct NextLayer<'a> {
+    /// W, `n_out * n_in` values, row-major.
+    pub weight: &'a [f32],
+    /// b, `n_out` values, or none (treated as zeros).
+    pub bias: Option<&'a [f32]>,
+    /// Rows of W: the next layer's width.
+    pub n_out: usize,
+    /// Columns of W: the width of the layer being compressed.
+    pub n_in: usize,
+}
+
+/// What the assembly step produces (on either backend): everything the host needs to solve
+/// the normal equations and to report the reconstruction error.
+///
+/// The row order of the augmented kept set is `keep[0], ..., keep[k-1], const`.
+#[derive(Clone, Debug)]
+pub struct FusionSystem {
+    /// `G~_YY = [[G_YY, s_Y], [s_Y^T, m]]`, (k+1) x (k+1), f64 (gathered on the host: the
+    /// solve needs full precision).
+    pub lhs: Mat<f64>,
+    /// `R = [G_YP; s_P^T] W_P^T`, (k+1) x n_out.
+    pub rhs: Mat<f64>,
+    /// `tr(W~_Y G~_YY W~_Y^T)` with `W~_Y = [W_Y, b]`: the energy of the kept part of Z.
+    pub kept_energy: f64,
+    /// `tr(W_P G_PP W_P^T)`: the energy of the dropped part of Z.
+    pub dropped_energy: f64,
+}
