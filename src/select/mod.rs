@@ -96,17 +96,6 @@ impl SelectionMethod {
         )
     }
 
-    /// Whether the method needs the layer's Gram statistics and the next layers' weights
-    /// ([`LayerSelector::with_next_layers`]).
-    pub fn needs_next_layers(self) -> bool {
-        matches!(
-            self,
-            SelectionMethod::FusionGreedy
-                | SelectionMethod::QualityKDpp
-                | SelectionMethod::QualityGreedy
-        )
-    }
-
     /// Whether the method draws at random (and so takes a seed).
     pub fn is_random(self) -> bool {
         matches!(

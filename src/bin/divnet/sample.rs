@@ -67,7 +67,7 @@ pub struct Args {
     /// Tensor prefix(es) of the layer(s) reading the activations: NAME.weight [n_out, n].
     #[arg(long, value_delimiter = ',', value_name = "NAME")]
     next: Vec<String>,
-    /// Number of draws (one line each); not with --greedy.
+    /// Number of draws (one line each); not with --greedy or --fusion-greedy.
     #[arg(long, default_value_t = 1, value_name = "N")]
     samples: usize,
     /// Seed of the random generator: the same seed gives the same lines.
