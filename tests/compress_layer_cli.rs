@@ -128,13 +128,24 @@ impl Fixture {
         (wy, by)
     }
 
-    /// ||Z - Z'||_F / ||Z||_F with Z = A W^T + b and Z' = A_Y W'^T + b'.
+    /// ||Z - Z'||_F / ||Z||_F for `down`: see [`Fixture::explicit_energies`].
     fn explicit_error(&self, keep: &[usize], w2: &[f32], b2: &[f32]) -> f64 {
+        let (num, den) = self.explicit_energies((&self.w(), &self.b()), keep, (w2, b2));
+        (num / den).sqrt()
+    }
+
+    /// `(||Z - Z'||_F^2, ||Z||_F^2)` with `Z = A W^T + b` and `Z' = A_Y W'^T + b'` for a
+    /// next layer `(W, b)` and its fused `(W', b')`.
+    fn explicit_energies(
+        &self,
+        (w, b): (&[f32], &[f32]),
+        keep: &[usize],
+        (w2, b2): (&[f32], &[f32]),
+    ) -> (f64, f64) {
         let k = keep.len();
-        let (w, b) = (self.w(), self.b());
         let (mut num, mut den) = (0.0, 0.0);
         for t in 0..M {
-            for o in 0..N_OUT {
+            for o in 0..b.len() {
                 let z = b[o] as f64
                     + (0..N)
                         .map(|i| self.a(t, i) * w[o * N + i] as f64)
@@ -147,7 +158,7 @@ impl Fixture {
                 den += z * z;
             }
         }
-        (num / den).sqrt()
+        (num, den)
     }
 }
 
@@ -403,24 +414,11 @@ fn fusion_greedy_selects_for_every_next_layer_and_fuses_each() {
         assert_eq!(w.shape, vec![n_out, 6], "{name}");
         let w2 = w.to_f32().unwrap();
         let b2 = out.get(&format!("{name}.bias")).unwrap().to_f32().unwrap();
-        let (w1, b1) = (&layers[l].weight, layers[l].bias.unwrap());
-        let (mut e, mut z2) = (0.0, 0.0);
-        for t in 0..M {
-            for o in 0..n_out {
-                let z = b1[o] as f64
-                    + (0..N)
-                        .map(|i| f.a(t, i) * w1[o * N + i] as f64)
-                        .sum::<f64>();
-                let zf = b2[o] as f64
-                    + kept
-                        .iter()
-                        .enumerate()
-                        .map(|(c, &i)| f.a(t, i) * w2[o * 6 + c] as f64)
-                        .sum::<f64>();
-                e += (z - zf).powi(2);
-                z2 += z * z;
-            }
-        }
+        let (e, z2) = f.explicit_energies(
+            (layers[l].weight, layers[l].bias.unwrap()),
+            &kept,
+            (&w2, &b2),
+        );
         num += e;
         den += z2;
     }
