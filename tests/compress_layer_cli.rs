@@ -463,7 +463,13 @@ fn missing_bias_is_created_for_the_constant_term() {
 
 #[test]
 fn bad_inputs_fail_with_one_line_and_no_output() {
-    let f = Fixture::new(4);
+    let mut f = Fixture::new(4);
+    // A square n x n layer, which could both produce and read the activations by its shape.
+    f.model.insert(
+        "mix.weight".into(),
+        Tensor::from_f32(&vec![0.5; N * N], vec![N, N], Dtype::F32).unwrap(),
+    );
+    write_safetensors(&f.path("model.safetensors"), &f.model).unwrap();
     let out_path = f.path("never.safetensors");
     let out = out_path.to_str().unwrap();
     std::fs::write(f.path("bad_keep.json"), "[1, 99]").unwrap();
@@ -486,8 +492,8 @@ fn bad_inputs_fail_with_one_line_and_no_output() {
             "next layer down is given twice",
         ),
         (
-            vec!["--next", "down", "--prev", "up,down", "-k", "4"],
-            "down is given both",
+            vec!["--next", "mix", "--prev", "up,mix", "-k", "4"],
+            "mix is given both",
         ),
         (
             vec!["--next", "down", "-k", "4", "--select", "recon"],

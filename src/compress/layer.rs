@@ -172,16 +172,6 @@ pub fn compress_layer_tensors(
             "name the layer(s) that read the activations (next)",
         ));
     }
-    for (i, name) in tensors.next.iter().enumerate() {
-        if tensors.next[..i].contains(name) {
-            return Err(Error::invalid(format!("next layer {name} is given twice")));
-        }
-        if tensors.prev.contains(name) {
-            return Err(Error::invalid(format!(
-                "{name} is given both as a layer producing the activations and as one reading them"
-            )));
-        }
-    }
     let next_weights = read_next_tensors(file, tensors.next, n, source, tensors.activations)?;
     for p in tensors.prev {
         let w_name = tensor_name(p, "weight");
@@ -203,6 +193,17 @@ pub fn compress_layer_tensors(
                     format!("{b_name} has shape {:?}, expected [{n}]", b.shape),
                 ));
             }
+        }
+    }
+    // Shapes first (they name the tensor that is wrong), then names that make no sense.
+    for (i, name) in tensors.next.iter().enumerate() {
+        if tensors.next[..i].contains(name) {
+            return Err(Error::invalid(format!("next layer {name} is given twice")));
+        }
+        if tensors.prev.contains(name) {
+            return Err(Error::invalid(format!(
+                "{name} is given both as a layer producing the activations and as one reading them"
+            )));
         }
     }
     let next: Vec<NextLayer> = next_weights.iter().map(|x| x.layer(n)).collect();
