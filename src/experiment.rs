@@ -1,11 +1,15 @@
 //! The paper's experiment on a trained MLP (Mariet & Sra 2016, section 5): how diverse the
 //! neurons a k-DPP keeps are, and test accuracy against the number of neurons kept per hidden
 //! layer for k-DPP, random, importance and greedy MAP selection, each with and without fusion,
-//! with all hidden layers compressed or one at a time.
+//! with all hidden layers compressed or one at a time; and the selection built for the fusion
+//! (fusion-greedy, and the k-DPP and greedy MAP on the quality-diversity kernel) against them,
+//! before and after a one-epoch fine-tune.
 //!
-//! Observations of the original network's layers are computed once and shared by every
-//! configuration that sees them; a layer behind an already compressed one is observed afresh.
+//! Observations of the original network's layers, and their selectors (so the kernels'
+//! eigendecompositions), are computed once and shared by every size, seed and configuration
+//! that sees them; a layer behind an already compressed one is observed afresh.
 
+use std::cell::OnceCell;
 use std::time::Instant;
 
 use faer::Mat;
@@ -13,7 +17,7 @@ use faer::Mat;
 use crate::backend::Backend;
 use crate::compress::{apply_selection, observe_hidden_layer, Progress};
 use crate::error::{Error, Result};
-use crate::fusion::{FusionMode, FusionOptions};
+use crate::fusion::{FusionMode, FusionOptions, NextLayer};
 use crate::kernel::{rbf_from_distances, Beta, GramStats, RbfKernel};
 use crate::model::{evaluate, train, Mlp, Optimizer, TrainConfig};
 use crate::select::{
@@ -51,7 +55,8 @@ pub struct ExperimentConfig {
     pub heatmap_size: usize,
     /// Run the one-layer-at-a-time curves (finding c).
     pub one_layer_at_a_time: bool,
-    /// Fine-tune the k-DPP + fusion network at this size for one epoch on the calibration set.
+    /// Fine-tune each network of [`FINETUNE_VARIANTS`] at this size for one epoch on the
+    /// calibration set (finding e).
     pub finetune_size: Option<usize>,
 }
 
@@ -125,16 +130,25 @@ pub struct Heatmap {
     pub values: Vec<f64>,
 }
 
-/// The optional fine-tune.
+/// One variant's fine-tune (finding e): every hidden layer compressed to the same size, then
+/// one epoch on the calibration set with the same settings for every variant.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Finetune {
-    /// Size of the compressed network that was fine-tuned.
+    /// The variant.
+    pub variant: Variant,
+    /// "kdpp + fusion", ...
+    pub label: String,
+    /// Neurons kept per hidden layer.
     pub kept: usize,
-    /// Test accuracy before.
+    /// Test accuracy before, per seed (one for the deterministic methods).
+    pub before_draws: Vec<f64>,
+    /// Test accuracy after one epoch on the calibration set, per seed.
+    pub after_draws: Vec<f64>,
+    /// Mean test accuracy before.
     pub before: f64,
-    /// Test accuracy after one epoch on the calibration set.
+    /// Mean test accuracy after.
     pub after: f64,
-    /// (after - before) / (full - before).
+    /// (after - before) / (full - before), of the means.
     pub gap_closed: f64,
 }
 
@@ -157,16 +171,17 @@ pub struct ExperimentReport {
     pub diversity: Vec<DiversityPoint>,
     /// The heatmaps of finding (a).
     pub heatmaps: Vec<Heatmap>,
-    /// Findings (b), (c), (d).
+    /// Findings (b), (c), (d) and the selections built for fusion (e).
     pub curves: Vec<Curve>,
-    /// The optional fine-tune.
-    pub finetune: Option<Finetune>,
+    /// Finding (e): the fine-tunes, one per variant of [`FINETUNE_VARIANTS`] (none when not
+    /// asked for).
+    pub finetune: Vec<Finetune>,
     /// Wall-clock seconds.
     pub seconds: f64,
 }
 
-/// The variants of findings (b) and (d), plus greedy MAP.
-pub const VARIANTS: [Variant; 8] = [
+/// The variants of findings (b) and (d), greedy MAP, and the selections built for fusion.
+pub const VARIANTS: [Variant; 14] = [
     Variant {
         method: SelectionMethod::KDpp,
         fused: true,
@@ -197,24 +212,80 @@ pub const VARIANTS: [Variant; 8] = [
     },
     Variant {
         method: SelectionMethod::Greedy,
+        fused: false,
+    },
+    Variant {
+        method: SelectionMethod::FusionGreedy,
+        fused: true,
+    },
+    Variant {
+        method: SelectionMethod::FusionGreedy,
+        fused: false,
+    },
+    Variant {
+        method: SelectionMethod::QualityKDpp,
+        fused: true,
+    },
+    Variant {
+        method: SelectionMethod::QualityKDpp,
+        fused: false,
+    },
+    Variant {
+        method: SelectionMethod::QualityGreedy,
+        fused: true,
+    },
+    Variant {
+        method: SelectionMethod::QualityGreedy,
         fused: false,
     },
 ];
 
-/// A hidden layer as seen by selection: its statistics, kernel and importance scores.
-struct Observed {
+/// Finding (e): the selection built for fusion against the paper's rules and importance,
+/// each followed by fusion, fine-tuned alike.
+pub const FINETUNE_VARIANTS: [Variant; 6] = [
+    Variant {
+        method: SelectionMethod::KDpp,
+        fused: true,
+    },
+    Variant {
+        method: SelectionMethod::Greedy,
+        fused: true,
+    },
+    Variant {
+        method: SelectionMethod::Importance,
+        fused: true,
+    },
+    Variant {
+        method: SelectionMethod::FusionGreedy,
+        fused: true,
+    },
+    Variant {
+        method: SelectionMethod::QualityKDpp,
+        fused: true,
+    },
+    Variant {
+        method: SelectionMethod::QualityGreedy,
+        fused: true,
+    },
+];
+
+/// A hidden layer as seen by selection: its statistics, kernel (when a method needs it),
+/// importance scores and the layer that reads it.
+struct Observed<'n> {
     stats: GramStats,
-    kernel: RbfKernel,
+    kernel: Option<RbfKernel>,
     importance: Vec<f64>,
+    next: NextLayer<'n>,
 }
 
-impl Observed {
+impl Observed<'_> {
     fn selector(&self) -> LayerSelector<'_> {
         LayerSelector::new(
             self.stats.col_sums.len(),
-            Some(&self.kernel.matrix),
+            self.kernel.as_ref().map(|k| &k.matrix),
             Some(&self.importance),
         )
+        .with_next_layers(&self.stats, &[self.next])
     }
 }
 
@@ -223,12 +294,14 @@ struct Runner<'a> {
     data: &'a ExperimentData<'a>,
     cfg: &'a ExperimentConfig,
     m: usize,
-    /// Observations of the original network's hidden layers, computed on first use.
-    original: Vec<Option<Observed>>,
+    /// Observations of the original network's hidden layers, made on first use.
+    original: &'a [OnceCell<Observed<'a>>],
+    /// Their selectors, which keep the kernels' eigendecompositions for every draw.
+    selectors: Vec<OnceCell<LayerSelector<'a>>>,
 }
 
 impl<'a> Runner<'a> {
-    fn observe(&self, net: &Mlp, layer: usize) -> Result<Observed> {
+    fn observe<'n>(&self, net: &'n Mlp, layer: usize, with_kernel: bool) -> Result<Observed<'n>> {
         let obs = observe_hidden_layer(
             self.backend,
             net,
@@ -236,29 +309,46 @@ impl<'a> Runner<'a> {
             self.m,
             layer,
             self.cfg.chunk_rows,
-            true,
+            with_kernel,
             &mut crate::compress::NoProgress,
         )?;
-        let distances = obs.distances.expect("asked for distances");
-        let kernel = rbf_from_distances(distances, self.cfg.beta, self.cfg.eps)?;
+        let kernel = obs
+            .distances
+            .map(|d| rbf_from_distances(d, self.cfg.beta, self.cfg.eps))
+            .transpose()?;
         let next = &net.layers[layer + 1];
         let importance = importance_scores(&obs.stats, &next.weight, next.out_dim)?;
         Ok(Observed {
             stats: obs.stats,
             kernel,
             importance,
+            next: NextLayer {
+                weight: &next.weight,
+                bias: next.has_bias.then_some(next.bias.as_slice()),
+                n_out: next.out_dim,
+                n_in: next.in_dim,
+            },
         })
     }
 
-    fn original(&mut self, layer: usize) -> Result<&Observed> {
-        if self.original[layer].is_none() {
-            self.original[layer] = Some(self.observe(self.data.model, layer)?);
+    fn original(&self, layer: usize) -> Result<&'a Observed<'a>> {
+        let cell = &self.original[layer];
+        if cell.get().is_none() {
+            let _ = cell.set(self.observe(self.data.model, layer, true)?);
         }
-        Ok(self.original[layer].as_ref().expect("just filled"))
+        Ok(cell.get().expect("just filled"))
+    }
+
+    fn original_selector(&self, layer: usize) -> Result<&LayerSelector<'a>> {
+        let cell = &self.selectors[layer];
+        if cell.get().is_none() {
+            let _ = cell.set(self.original(layer)?.selector());
+        }
+        Ok(cell.get().expect("just filled"))
     }
 
     /// Compresses the layers with `Some(k)` in `sizes` by `variant` and returns the network.
-    fn compress(&mut self, variant: Variant, sizes: &[Option<usize>], seed: u64) -> Result<Mlp> {
+    fn compress(&self, variant: Variant, sizes: &[Option<usize>], seed: u64) -> Result<Mlp> {
         let backend = self.backend;
         let mut net = self.data.model.clone();
         let fusion = FusionOptions {
@@ -272,19 +362,22 @@ impl<'a> Runner<'a> {
         let mut touched = false;
         for (layer, size) in sizes.iter().enumerate() {
             let Some(k) = *size else { continue };
-            let fresh;
-            let observed = if touched {
-                fresh = self.observe(&net, layer)?;
-                &fresh
+            let size = SelectionSize::Exactly(k);
+            let seed = seed.wrapping_mul(1000).wrapping_add(layer as u64);
+            let fresh_stats;
+            let (keep, stats) = if touched {
+                // Behind a compressed layer: observed afresh, its selector used once.
+                let fresh = self.observe(&net, layer, variant.method.needs_kernel())?;
+                let keep = fresh.selector().select(variant.method, size, seed)?;
+                fresh_stats = fresh.stats;
+                (keep, &fresh_stats)
             } else {
-                self.original(layer)?
+                let keep = self
+                    .original_selector(layer)?
+                    .select(variant.method, size, seed)?;
+                (keep, &self.original(layer)?.stats)
             };
-            let keep = observed.selector().select(
-                variant.method,
-                SelectionSize::Exactly(k),
-                seed.wrapping_mul(1000).wrapping_add(layer as u64),
-            )?;
-            apply_selection(backend, &mut net, layer, &keep, &observed.stats, &fusion)?;
+            apply_selection(backend, &mut net, layer, &keep, stats, &fusion)?;
             touched = true;
         }
         Ok(net)
@@ -297,7 +390,7 @@ impl<'a> Runner<'a> {
     }
 
     fn curve(
-        &mut self,
+        &self,
         scope: String,
         variant: Variant,
         layers: &[bool],
@@ -379,12 +472,19 @@ pub fn run_experiment(
             "cannot keep {k} neurons: the narrowest hidden layer has {narrowest}"
         )));
     }
-    let mut runner = Runner {
+    if cfg.finetune_size.is_some() && data.calibration_labels.len() != m {
+        return Err(Error::invalid(
+            "calibration inputs and labels disagree in length",
+        ));
+    }
+    let original: Vec<OnceCell<Observed>> = (0..hidden).map(|_| OnceCell::new()).collect();
+    let runner = Runner {
         backend,
         data,
         cfg,
         m,
-        original: (0..hidden).map(|_| None).collect(),
+        original: &original,
+        selectors: (0..hidden).map(|_| OnceCell::new()).collect(),
     };
     let (full_accuracy, full_loss) = runner.accuracy(model)?;
 
@@ -392,8 +492,12 @@ pub fn run_experiment(
     progress.start("observe fc1", 1);
     let first = runner.original(0)?;
     progress.finish();
-    let beta_first_layer = first.kernel.beta;
-    let selector = first.selector();
+    let first_kernel = first
+        .kernel
+        .as_ref()
+        .expect("original layers have their kernel");
+    let beta_first_layer = first_kernel.beta;
+    let selector = runner.original_selector(0)?;
     let mut diversity_points = Vec::new();
     let mut heatmaps = Vec::new();
     for &k in &cfg.sizes {
@@ -408,12 +512,12 @@ pub fn run_experiment(
                 (SelectionMethod::Random, &mut point.random),
             ] {
                 let keep = selector.select(method, SelectionSize::Exactly(k), seed)?;
-                into.push(diversity(&first.kernel.matrix, &keep));
+                into.push(diversity(&first_kernel.matrix, &keep));
                 if k == cfg.heatmap_size && seed == 0 {
                     heatmaps.push(Heatmap {
                         method: method.name().into(),
                         size: k,
-                        values: submatrix(&first.kernel.matrix, &keep),
+                        values: submatrix(&first_kernel.matrix, &keep),
                     });
                 }
             }
@@ -451,46 +555,51 @@ pub fn run_experiment(
     }
     progress.finish();
 
-    // The optional fine-tune of the k-DPP + fusion network.
-    let finetune = match cfg.finetune_size {
-        None => None,
-        Some(k) => {
-            let variant = VARIANTS[0];
-            let mut net = runner.compress(variant, &vec![Some(k); hidden], 0)?;
-            let (before, _) = runner.accuracy(&net)?;
-            let rows = data.calibration_labels.len();
-            if rows != m {
-                return Err(Error::invalid(
-                    "calibration inputs and labels disagree in length",
-                ));
+    // Finding (e): every variant compressed to the same size and fine-tuned alike.
+    let mut finetune = Vec::new();
+    if let Some(k) = cfg.finetune_size {
+        let tc = TrainConfig {
+            epochs: 1,
+            batch_size: 64,
+            learning_rate: 3e-4,
+            optimizer: Optimizer::Adam,
+            seed: 0,
+        };
+        let total: u64 = FINETUNE_VARIANTS.iter().map(per_variant).sum();
+        progress.start("fine-tune", total);
+        for variant in FINETUNE_VARIANTS {
+            let mut before_draws = Vec::new();
+            let mut after_draws = Vec::new();
+            for seed in 0..per_variant(&variant) {
+                let mut net = runner.compress(variant, &vec![Some(k); hidden], seed)?;
+                before_draws.push(runner.accuracy(&net)?.0);
+                train(
+                    &mut net,
+                    data.calibration,
+                    m,
+                    data.calibration_labels,
+                    &tc,
+                    &mut |_, _| {},
+                    &mut |_| {},
+                )?;
+                after_draws.push(runner.accuracy(&net)?.0);
+                progress.advance(1);
             }
-            let tc = TrainConfig {
-                epochs: 1,
-                batch_size: 64,
-                learning_rate: 3e-4,
-                optimizer: Optimizer::Adam,
-                seed: 0,
-            };
-            progress.start("fine-tune", 1);
-            train(
-                &mut net,
-                data.calibration,
-                m,
-                data.calibration_labels,
-                &tc,
-                &mut |_, _| {},
-                &mut |_| {},
-            )?;
-            progress.finish();
-            let (after, _) = runner.accuracy(&net)?;
-            Some(Finetune {
+            let before = mean_std(&before_draws).0;
+            let after = mean_std(&after_draws).0;
+            finetune.push(Finetune {
+                variant,
+                label: variant.label(),
                 kept: k,
+                before_draws,
+                after_draws,
                 before,
                 after,
                 gap_closed: (after - before) / (full_accuracy - before),
-            })
+            });
         }
-    };
+        progress.finish();
+    }
 
     Ok(ExperimentReport {
         widths: std::iter::once(model.input_dim())

@@ -1,7 +1,9 @@
 //! The layer-by-layer pipeline and the experiment, end to end on tiny MLPs.
 
 use divnet::compress::{compress_mlp, CompressOptions, KeepSpec, NoProgress};
-use divnet::experiment::{run_experiment, ExperimentConfig, ExperimentData, VARIANTS};
+use divnet::experiment::{
+    run_experiment, ExperimentConfig, ExperimentData, FINETUNE_VARIANTS, VARIANTS,
+};
 use divnet::fusion::{FusionMode, FusionOptions};
 use divnet::io::safetensors::{read_safetensors, write_safetensors};
 use divnet::kernel::Beta;
@@ -32,12 +34,10 @@ fn max_rel_diff(a: &[f32], b: &[f32]) -> f64 {
 fn every_method_gives_consistent_shapes_and_names() {
     let mlp = Mlp::init(&[6, 12, 9, 3], Activation::Relu, 1);
     let x = random_inputs(200, 6, 2);
-    for method in [
-        SelectionMethod::KDpp,
-        SelectionMethod::Greedy,
-        SelectionMethod::Random,
-        SelectionMethod::Importance,
-    ] {
+    for method in SelectionMethod::ALL
+        .into_iter()
+        .filter(|&m| m != SelectionMethod::Dpp)
+    {
         let mut opts = CompressOptions::new(vec![KeepSpec::Count(5), KeepSpec::Count(4)]);
         opts.method = method;
         let (out, report) =
@@ -54,6 +54,7 @@ fn every_method_gives_consistent_shapes_and_names() {
         }
         assert_eq!(report.layers.len(), 2);
         assert_eq!(report.layers[0].kept.len(), 5);
+        assert_eq!(report.layers[0].method, method.name());
         assert!(report.params_after < report.params_before);
         let y = out.forward(&x[..6 * 10], 10);
         assert_eq!(y.len(), 30);
@@ -198,8 +199,131 @@ fn experiment_runs_on_a_reduced_grid() {
     assert_eq!(r.heatmaps.len(), 2);
     assert_eq!(r.heatmaps[0].values.len(), 36);
     assert_eq!(r.diversity.len(), 2);
-    let ft = r.finetune.expect("fine-tune requested");
-    assert!((0.0..=1.0).contains(&ft.after));
+    assert_eq!(
+        r.finetune.len(),
+        FINETUNE_VARIANTS.len(),
+        "fine-tune requested"
+    );
+    for ft in &r.finetune {
+        let draws = if ft.variant.method.is_random() { 2 } else { 1 };
+        assert_eq!(ft.before_draws.len(), draws, "{}", ft.label);
+        assert_eq!(ft.after_draws.len(), draws, "{}", ft.label);
+        assert!((0.0..=1.0).contains(&ft.after), "{}", ft.label);
+        assert_eq!(ft.kept, 6);
+    }
+}
+
+/// Fusion-greedy through the pipeline on a tiny MLP: the first layer's selection and error
+/// are what the library's selection predicts from the first layer's statistics, and the
+/// error is that of the compressed network's next pre-activation on the calibration inputs.
+#[test]
+fn fusion_greedy_through_compress_mlp_predicts_the_next_layers_error() {
+    use divnet::compress::observe_hidden_layer;
+    use divnet::fusion::NextLayer;
+    use divnet::select::fusion_greedy;
+
+    let mlp = Mlp::init(&[6, 14, 9, 3], Activation::Relu, 21);
+    let (m, d) = (300, 6);
+    let x = random_inputs(m, d, 22);
+    let mut opts = CompressOptions::new(vec![KeepSpec::Count(5), KeepSpec::All]);
+    opts.method = SelectionMethod::FusionGreedy;
+    let (out, report) = compress_mlp(&Backend::Cpu, &mlp, &x, m, &opts, &mut NoProgress).unwrap();
+    assert_eq!(report.layers.len(), 1);
+    let layer = &report.layers[0];
+    assert_eq!(layer.method, "fusion-greedy");
+
+    let obs =
+        observe_hidden_layer(&Backend::Cpu, &mlp, &x, m, 0, 64, false, &mut NoProgress).unwrap();
+    let fc2 = &mlp.layers[1];
+    let next = NextLayer {
+        weight: &fc2.weight,
+        bias: Some(&fc2.bias),
+        n_out: fc2.out_dim,
+        n_in: fc2.in_dim,
+    };
+    let selection = fusion_greedy(&obs.stats, &[next], 5).unwrap();
+    let mut want = selection.order.clone();
+    want.sort_unstable();
+    assert_eq!(layer.kept, want);
+    let predicted = selection.relative_error(5);
+    assert!(
+        (layer.relative_error - predicted).abs() < 1e-5 * predicted.max(1e-3),
+        "reported {} vs predicted {predicted}",
+        layer.relative_error
+    );
+
+    // fc2's pre-activation on the calibration inputs, original against compressed.
+    let pre = |net: &Mlp| -> Vec<f64> {
+        let h = net.hidden(&x, m, 0);
+        let l = &net.layers[1];
+        (0..m)
+            .flat_map(|t| (0..l.out_dim).map(move |o| (t, o)))
+            .map(|(t, o)| {
+                l.bias[o] as f64
+                    + (0..l.in_dim)
+                        .map(|i| h[t * l.in_dim + i] as f64 * l.weight[o * l.in_dim + i] as f64)
+                        .sum::<f64>()
+            })
+            .collect()
+    };
+    let (z, z2) = (pre(&mlp), pre(&out));
+    let err: f64 = z.iter().zip(&z2).map(|(a, b)| (a - b).powi(2)).sum();
+    let norm: f64 = z.iter().map(|a| a * a).sum();
+    let direct = (err / norm).sqrt();
+    assert!(
+        (direct - predicted).abs() < 1e-3 * predicted,
+        "on the data {direct} vs predicted {predicted}"
+    );
+}
+
+/// `divnet compress --select fusion-greedy` as a user runs it: the report names the method
+/// and gives each layer's error, the model shrinks as asked.
+#[test]
+fn compress_cli_runs_fusion_greedy() {
+    let dir = tempfile::tempdir().unwrap();
+    let mlp = Mlp::init(&[5, 12, 8, 3], Activation::Relu, 31);
+    let model = dir.path().join("m.safetensors");
+    write_safetensors(&model, &mlp.to_tensors(&Default::default()).unwrap()).unwrap();
+    let calib = dir.path().join("c.npy");
+    divnet::io::npy::write_npy(&calib, &[120, 5], &random_inputs(120, 5, 32)).unwrap();
+    let (out, rep) = (dir.path().join("o.safetensors"), dir.path().join("r.json"));
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_divnet"))
+        .args([
+            "compress",
+            "--select",
+            "fusion-greedy",
+            "-k",
+            "6,4",
+            "--backend",
+            "cpu",
+        ])
+        .arg("--model")
+        .arg(&model)
+        .arg("--calibration")
+        .arg(&calib)
+        .arg("--out")
+        .arg(&out)
+        .arg("--report")
+        .arg(&rep)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&rep).unwrap()).unwrap();
+    let layers = report["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 2);
+    for (l, k) in layers.iter().zip([6, 4]) {
+        assert_eq!(l["method"], "fusion-greedy");
+        assert_eq!(l["kept"].as_array().unwrap().len(), k);
+        let e = l["relative_error"].as_f64().unwrap();
+        assert!(e.is_finite() && (0.0..1.0).contains(&e), "{l}");
+    }
+    let small = Mlp::load(&out, None, Activation::Relu).unwrap();
+    let dims: Vec<usize> = small.layers.iter().map(|l| l.out_dim).collect();
+    assert_eq!(dims, vec![6, 4, 3]);
 }
 
 /// `compress_layer` with two next layers fuses both as one problem: the same kept set as

@@ -6,8 +6,12 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use divnet::fusion::NextLayer;
 use divnet::io::npy::write_npy;
 use divnet::io::safetensors::{read_safetensors, write_safetensors, Tensor, TensorFile};
+use divnet::kernel::{gram_stats, ActivationRows};
+use divnet::select::fusion_greedy;
+use divnet::Backend;
 use faer::linalg::solvers::SolveLstsq;
 use faer::Mat;
 use rand::{Rng, SeedableRng};
@@ -151,13 +155,24 @@ impl Fixture {
         (wy, by)
     }
 
-    /// ||Z - Z'||_F / ||Z||_F with Z = A W^T + b and Z' = A_Y W'^T + b'.
+    /// ||Z - Z'||_F / ||Z||_F for `down`: see [`Fixture::explicit_energies`].
     fn explicit_error(&self, keep: &[usize], w2: &[f32], b2: &[f32]) -> f64 {
+        let (num, den) = self.explicit_energies((&self.w(), &self.b()), keep, (w2, b2));
+        (num / den).sqrt()
+    }
+
+    /// `(||Z - Z'||_F^2, ||Z||_F^2)` with `Z = A W^T + b` and `Z' = A_Y W'^T + b'` for a
+    /// next layer `(W, b)` and its fused `(W', b')`.
+    fn explicit_energies(
+        &self,
+        (w, b): (&[f32], &[f32]),
+        keep: &[usize],
+        (w2, b2): (&[f32], &[f32]),
+    ) -> (f64, f64) {
         let k = keep.len();
-        let (w, b) = (self.w(), self.b());
         let (mut num, mut den) = (0.0, 0.0);
         for t in 0..M {
-            for o in 0..N_OUT {
+            for o in 0..b.len() {
                 let z = b[o] as f64
                     + (0..N)
                         .map(|i| self.a(t, i) * w[o * N + i] as f64)
@@ -170,7 +185,7 @@ impl Fixture {
                 den += z * z;
             }
         }
-        (num / den).sqrt()
+        (num, den)
     }
 }
 
@@ -319,7 +334,14 @@ fn no_fusion_slices_columns_and_selection_methods_keep_k() {
     // Without --prev the producing layers are untouched.
     assert_eq!(out.get("gate.weight"), f.model.get("gate.weight"));
 
-    for method in ["kdpp", "greedy", "random"] {
+    for method in [
+        "kdpp",
+        "greedy",
+        "random",
+        "fusion-greedy",
+        "quality-kdpp",
+        "quality-greedy",
+    ] {
         let p = f.path(&format!("{method}.safetensors"));
         ok(&f.run(&[
             "--next",
@@ -343,6 +365,103 @@ fn no_fusion_slices_columns_and_selection_methods_keep_k() {
         );
         assert_eq!(out.get("up.weight").unwrap().shape, vec![8, D], "{method}");
     }
+}
+
+/// Two layers read the activations (down and a second projection "skip"): fusion-greedy
+/// selects for both together, both are fused, and the report's error is theirs together,
+/// as computed from the activations, and what the selection predicted.
+#[test]
+fn fusion_greedy_selects_for_every_next_layer_and_fuses_each() {
+    let mut f = Fixture::new(5);
+    let mut rng = ChaCha8Rng::seed_from_u64(55);
+    let skip_w: Vec<f32> = (0..3 * N).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let skip_b: Vec<f32> = (0..3).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    f.model.insert(
+        "skip.weight".into(),
+        Tensor::from_f32(&skip_w, vec![3, N], Dtype::F16).unwrap(),
+    );
+    f.model.insert(
+        "skip.bias".into(),
+        Tensor::from_f32(&skip_b, vec![3], Dtype::F16).unwrap(),
+    );
+    write_safetensors(&f.path("model.safetensors"), &f.model).unwrap();
+    let (out_path, rep_path) = (f.path("out.safetensors"), f.path("r.json"));
+    ok(&f.run(&[
+        "--next",
+        "down,skip",
+        "--prev",
+        "gate,up",
+        "-k",
+        "6",
+        "--select",
+        "fusion-greedy",
+        "--out",
+        out_path.to_str().unwrap(),
+        "--report",
+        rep_path.to_str().unwrap(),
+    ]));
+    let r = report(&rep_path);
+    assert_eq!(r["method"], "fusion-greedy");
+    let kept: Vec<usize> = serde_json::from_value(r["kept"].clone()).unwrap();
+
+    // The library's selection over both layers, on the statistics the command accumulates.
+    let stats = gram_stats(&Backend::Cpu, ActivationRows::F32(&f.acts), N).unwrap();
+    let read = |name: &str| f.model.get(name).unwrap().to_f32().unwrap();
+    let (down_w, down_b, skip_w16, skip_b16) = (
+        read("down.weight"),
+        read("down.bias"),
+        read("skip.weight"),
+        read("skip.bias"),
+    );
+    let layers = [
+        NextLayer {
+            weight: &down_w,
+            bias: Some(&down_b),
+            n_out: N_OUT,
+            n_in: N,
+        },
+        NextLayer {
+            weight: &skip_w16,
+            bias: Some(&skip_b16),
+            n_out: 3,
+            n_in: N,
+        },
+    ];
+    let selection = fusion_greedy(&stats, &layers, 6).unwrap();
+    let mut want = selection.order.clone();
+    want.sort_unstable();
+    assert_eq!(kept, want);
+
+    // Both layers fused, each one's error and the combined one as the activations give them.
+    let out = read_safetensors(&out_path).unwrap();
+    let mut num = 0.0;
+    let mut den = 0.0;
+    for (l, (name, n_out)) in [("down", N_OUT), ("skip", 3)].into_iter().enumerate() {
+        let w = out.get(&format!("{name}.weight")).unwrap();
+        assert_eq!(w.shape, vec![n_out, 6], "{name}");
+        let w2 = w.to_f32().unwrap();
+        let b2 = out.get(&format!("{name}.bias")).unwrap().to_f32().unwrap();
+        let (e, z2) = f.explicit_energies(
+            (layers[l].weight, layers[l].bias.unwrap()),
+            &kept,
+            (&w2, &b2),
+        );
+        num += e;
+        den += z2;
+    }
+    let combined = (num / den).sqrt();
+    let reported = r["relative_error"].as_f64().unwrap();
+    assert!(
+        (reported - combined).abs() < 1e-3 * combined,
+        "combined: reported {reported} vs {combined}"
+    );
+    // ... which is what the selection predicted.
+    assert!(
+        (selection.relative_error(6) - reported).abs() < 1e-3 * reported,
+        "predicted {} vs reported {reported}",
+        selection.relative_error(6)
+    );
+    assert_eq!(out.get("up.weight").unwrap().shape, vec![6, D]);
 }
 
 #[test]
@@ -371,7 +490,13 @@ fn missing_bias_is_created_for_the_constant_term() {
 
 #[test]
 fn bad_inputs_fail_with_one_line_and_no_output() {
-    let f = Fixture::new(4);
+    let mut f = Fixture::new(4);
+    // A square n x n layer, which could both produce and read the activations by its shape.
+    f.model.insert(
+        "mix.weight".into(),
+        Tensor::from_f32(&vec![0.5; N * N], vec![N, N], Dtype::F32).unwrap(),
+    );
+    write_safetensors(&f.path("model.safetensors"), &f.model).unwrap();
     let out_path = f.path("never.safetensors");
     let out = out_path.to_str().unwrap();
     std::fs::write(f.path("bad_keep.json"), "[1, 99]").unwrap();
@@ -389,6 +514,18 @@ fn bad_inputs_fail_with_one_line_and_no_output() {
             "bad_keep.json",
         ),
         (vec!["--next", "down"], "-k"),
+        (
+            vec!["--next", "down,down", "-k", "4"],
+            "next layer down is given twice",
+        ),
+        (
+            vec!["--next", "mix", "--prev", "up,mix", "-k", "4"],
+            "mix is given both",
+        ),
+        (
+            vec!["--next", "down", "-k", "4", "--select", "recon"],
+            "recon",
+        ),
     ];
     for (args, needle) in cases {
         let mut all = args.clone();

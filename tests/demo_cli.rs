@@ -56,7 +56,7 @@ fn demo_runs_on_a_reduced_grid_and_writes_its_outputs() {
     assert_eq!(report["calibration_rows"].as_u64(), Some(500));
     assert_eq!(report["test_rows"].as_u64(), Some(10000));
     let curves = report["curves"].as_array().unwrap();
-    assert_eq!(curves.len(), 8, "one scope, eight variants");
+    assert_eq!(curves.len(), 14, "one scope, fourteen variants");
     for c in curves {
         for p in c["points"].as_array().unwrap() {
             let acc = p["mean"].as_f64().unwrap();
@@ -79,8 +79,30 @@ fn demo_runs_on_a_reduced_grid_and_writes_its_outputs() {
             .unwrap()
     };
     assert!(at("kdpp + fusion") > at("kdpp"));
-    let ft = &report["finetune"];
-    assert!(ft["after"].as_f64().unwrap() > 0.0);
+    // Finding (e): the selection built for fusion against the paper's rules, all fine-tuned.
+    let finetunes = report["finetune"].as_array().unwrap();
+    let labels: Vec<&str> = finetunes
+        .iter()
+        .map(|f| f["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        labels,
+        [
+            "kdpp + fusion",
+            "greedy + fusion",
+            "importance + fusion",
+            "fusion-greedy + fusion",
+            "quality-kdpp + fusion",
+            "quality-greedy + fusion"
+        ]
+    );
+    for f in finetunes {
+        assert!(f["after"].as_f64().unwrap() > 0.0, "{f}");
+    }
+    assert!(
+        stdout.contains("(e) selection built for fusion"),
+        "{stdout}"
+    );
 }
 
 /// The smallest demo that still draws every figure: one size, one seed, 200 images.

@@ -171,3 +171,119 @@ fn activations_give_the_same_draws_as_their_kernel() {
     assert_eq!(lines(&from_acts).len(), 3);
     assert_eq!(from_acts.stdout, from_kernel.stdout);
 }
+
+/// Activations and a next layer that reads them, written as a user would have them.
+fn write_layer(dir: &Path, m: usize, n: usize, n_out: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    use divnet::io::safetensors::{write_safetensors, Tensor, TensorFile};
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+    let acts: Vec<f32> = (0..m * n)
+        .map(|_| rng.random_range(-0.3f32..1.0).max(0.0))
+        .collect();
+    let w: Vec<f32> = (0..n_out * n)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    let b: Vec<f32> = (0..n_out).map(|_| rng.random_range(-1.0..1.0)).collect();
+    write_npy(&dir.join("A.npy"), &[m, n], &acts).unwrap();
+    let mut file = TensorFile::default();
+    file.insert(
+        "down.weight".into(),
+        Tensor::from_f32(&w, vec![n_out, n], safetensors::Dtype::F32).unwrap(),
+    );
+    file.insert(
+        "down.bias".into(),
+        Tensor::from_f32(&b, vec![n_out], safetensors::Dtype::F32).unwrap(),
+    );
+    write_safetensors(&dir.join("M.safetensors"), &file).unwrap();
+    (acts, w, b)
+}
+
+#[test]
+fn fusion_greedy_and_the_quality_kernel_from_activations_and_the_next_layer() {
+    use divnet::dpp::{greedy_map, GreedyStop};
+    use divnet::fusion::NextLayer;
+    use divnet::kernel::{gram_stats, rbf_kernel, ActivationRows, Beta};
+    use divnet::select::quality::{quality_kernel, quality_scores};
+    use divnet::select::{fusion_greedy, QUALITY};
+    use divnet::Backend;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (m, n, n_out) = (50, 14, 6);
+    let (acts, w, b) = write_layer(dir.path(), m, n, n_out);
+    let a = dir.path().join("A.npy");
+    let model = dir.path().join("M.safetensors");
+    let layer = [
+        "--activations",
+        a.to_str().unwrap(),
+        "--weights",
+        model.to_str().unwrap(),
+        "--next",
+        "down",
+        "--backend",
+        "cpu",
+    ];
+    let run = |extra: &[&str]| divnet(&[&layer[..], extra].concat());
+
+    // The library's answers on the statistics and kernel the command builds.
+    let rows = ActivationRows::F32(&acts);
+    let stats = gram_stats(&Backend::Cpu, rows, n).unwrap();
+    let next = [NextLayer {
+        weight: &w,
+        bias: Some(&b),
+        n_out,
+        n_in: n,
+    }];
+    let mut want = fusion_greedy(&stats, &next, 5).unwrap().order;
+    want.sort_unstable();
+    let out = run(&["--fusion-greedy", "5"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(lines(&out), vec![want]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("predicted next-layer error"));
+
+    let l = rbf_kernel(&Backend::Cpu, rows, n, Beta::Paper, 1e-6).unwrap();
+    let scores = quality_scores(&stats, &next, QUALITY).unwrap();
+    let lq = quality_kernel(l.matrix.as_ref(), &scores).unwrap();
+    let mut want = greedy_map(lq.as_ref(), GreedyStop::Count(4)).unwrap();
+    want.sort_unstable();
+    let out = run(&["--quality", "--greedy", "4"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(lines(&out), vec![want]);
+
+    let draws = run(&["--quality", "-k", "4", "--samples", "3", "--seed", "2"]);
+    assert!(draws.status.success());
+    assert_eq!(lines(&draws).len(), 3);
+    assert_eq!(
+        draws.stdout,
+        run(&["--quality", "-k", "4", "--samples", "3", "--seed", "2"]).stdout
+    );
+
+    // What fusion-greedy and the quality kernel cannot do without.
+    let kernel = dir.path().join("L.npy");
+    write_kernel(&kernel, n);
+    let k = kernel.to_str().unwrap();
+    assert_one_line_error(
+        &divnet(&["--kernel", k, "--fusion-greedy", "3"]),
+        "a kernel alone does not say what the next layer reads",
+    );
+    assert_one_line_error(
+        &divnet(&["--activations", a.to_str().unwrap(), "--quality", "-k", "3"]),
+        "--quality needs the layer's activations and the layers that read them",
+    );
+    assert_one_line_error(
+        &run(&["-k", "3"]),
+        "only used by --fusion-greedy and --quality",
+    );
+    assert_one_line_error(
+        &run(&["--fusion-greedy", "3", "--samples", "2"]),
+        "deterministic",
+    );
+    assert_one_line_error(&run(&["--fusion-greedy", "15"]), "between 1 and 14");
+}

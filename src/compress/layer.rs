@@ -219,35 +219,19 @@ pub fn compress_layer_tensors(
     let n = activations.width();
     check_tensors(n, &tensors)?;
     let file = tensors.file;
-    let mut next_weights = Vec::new();
-    for name in tensors.next {
-        let w = file.get(&tensor_name(name, "weight")).expect("checked");
-        let bias = match file.get(&tensor_name(name, "bias")) {
-            Some(b) => Some(b.to_f32()?),
-            None => None,
-        };
-        next_weights.push((w.to_f32()?, bias, w.shape[0]));
-    }
-    let next: Vec<NextLayer> = next_weights
-        .iter()
-        .map(|(w, b, n_out)| NextLayer {
-            weight: w,
-            bias: b.as_deref(),
-            n_out: *n_out,
-            n_in: n,
-        })
-        .collect();
+    let next_weights =
+        read_next_tensors(file, tensors.next, n, tensors.source, tensors.activations)?;
+    let next: Vec<NextLayer> = next_weights.iter().map(|x| x.layer(n)).collect();
     let mut outcome = compress_layer(backend, activations, &next, opts, progress)?;
     let k = outcome.kept.len();
 
-    for ((name, fused), (_, had_bias, n_out)) in
-        tensors.next.iter().zip(&outcome.next).zip(&next_weights)
-    {
+    for ((name, fused), read) in tensors.next.iter().zip(&outcome.next).zip(&next_weights) {
+        let (had_bias, n_out) = (&read.bias, read.n_out);
         let w_name = tensor_name(name, "weight");
         let w_dtype = file.get(&w_name).expect("checked").dtype;
         file.insert(
             w_name,
-            Tensor::from_f32(&fused.weight, vec![*n_out, k], w_dtype)?,
+            Tensor::from_f32(&fused.weight, vec![n_out, k], w_dtype)?,
         );
         let b_name = tensor_name(name, "bias");
         if had_bias.is_some() || fused.bias.iter().any(|&b| b != 0.0) {
@@ -257,7 +241,7 @@ pub fn compress_layer_tensors(
                     "{b_name}: created to hold the fused constant term ({dtype:?})"
                 ));
             }
-            file.insert(b_name, Tensor::from_f32(&fused.bias, vec![*n_out], dtype)?);
+            file.insert(b_name, Tensor::from_f32(&fused.bias, vec![n_out], dtype)?);
         }
     }
     for p in tensors.prev {
@@ -292,7 +276,8 @@ pub fn plan_layer_tensors(
 
 /// Checks the named tensors against a layer of `n` neurons: every next layer's weight
 /// `[n_out, n]` (floats) and bias `[n_out]`, every producing layer's weight with n rows and
-/// bias `[n]`. Returns each next layer's n_out.
+/// bias `[n]`; then that no next layer is named twice or also as a producing one. Returns
+/// each next layer's n_out.
 fn check_tensors(n: usize, tensors: &LayerTensors<'_>) -> Result<Vec<usize>> {
     let file: &TensorFile = tensors.file;
     let source = tensors.source;
@@ -301,33 +286,11 @@ fn check_tensors(n: usize, tensors: &LayerTensors<'_>) -> Result<Vec<usize>> {
             "name the layer(s) that read the activations (next)",
         ));
     }
-    let mut next_rows = Vec::new();
-    for name in tensors.next {
-        let w_name = tensor_name(name, "weight");
-        let w = float_tensor(file, &w_name, source)?;
-        if w.shape.len() != 2 || w.shape[1] != n {
-            return Err(Error::format(
-                source,
-                format!(
-                    "{w_name} has shape {:?}, expected [n_out, {n}] to read the {n} neurons of {}",
-                    w.shape,
-                    tensors.activations.display()
-                ),
-            ));
-        }
-        let n_out = w.shape[0];
-        let b_name = tensor_name(name, "bias");
-        if file.get(&b_name).is_some() {
-            let b = float_tensor(file, &b_name, source)?;
-            if b.shape != [n_out] {
-                return Err(Error::format(
-                    source,
-                    format!("{b_name} has shape {:?}, expected [{n_out}]", b.shape),
-                ));
-            }
-        }
-        next_rows.push(n_out);
-    }
+    let next_rows = tensors
+        .next
+        .iter()
+        .map(|name| check_next_tensor(file, name, n, source, tensors.activations))
+        .collect::<Result<Vec<usize>>>()?;
     for p in tensors.prev {
         let w_name = tensor_name(p, "weight");
         let w = float_tensor(file, &w_name, source)?;
@@ -350,7 +313,108 @@ fn check_tensors(n: usize, tensors: &LayerTensors<'_>) -> Result<Vec<usize>> {
             }
         }
     }
+    // Shapes first (they name the tensor that is wrong), then names that make no sense.
+    for (i, name) in tensors.next.iter().enumerate() {
+        if tensors.next[..i].contains(name) {
+            return Err(Error::invalid(format!("next layer {name} is given twice")));
+        }
+        if tensors.prev.contains(name) {
+            return Err(Error::invalid(format!(
+                "{name} is given both as a layer producing the activations and as one reading them"
+            )));
+        }
+    }
     Ok(next_rows)
+}
+
+/// Checks one layer reading the `n` neurons of `activations`: `NAME.weight` `[n_out, n]` and
+/// the optional `NAME.bias` `[n_out]`, floats. Returns n_out. Errors name the file `source`
+/// and the tensor whose shape or dtype is wrong.
+fn check_next_tensor(
+    file: &TensorFile,
+    name: &str,
+    n: usize,
+    source: &Path,
+    activations: &Path,
+) -> Result<usize> {
+    let w_name = tensor_name(name, "weight");
+    let w = float_tensor(file, &w_name, source)?;
+    if w.shape.len() != 2 || w.shape[1] != n {
+        return Err(Error::format(
+            source,
+            format!(
+                "{w_name} has shape {:?}, expected [n_out, {n}] to read the {n} neurons of {}",
+                w.shape,
+                activations.display()
+            ),
+        ));
+    }
+    let n_out = w.shape[0];
+    let b_name = tensor_name(name, "bias");
+    if file.get(&b_name).is_some() {
+        let b = float_tensor(file, &b_name, source)?;
+        if b.shape != [n_out] {
+            return Err(Error::format(
+                source,
+                format!("{b_name} has shape {:?}, expected [{n_out}]", b.shape),
+            ));
+        }
+    }
+    Ok(n_out)
+}
+
+/// A layer that reads the compressed activations, as read from named tensors (f32).
+#[derive(Clone, Debug)]
+pub struct NextTensors {
+    /// `NAME.weight`, n_out x n, row-major.
+    pub weight: Vec<f32>,
+    /// `NAME.bias`, when there is one.
+    pub bias: Option<Vec<f32>>,
+    /// Rows of the weight.
+    pub n_out: usize,
+}
+
+impl NextTensors {
+    /// The layer as fusion and selection take it, reading `n_in` neurons.
+    pub fn layer(&self, n_in: usize) -> NextLayer<'_> {
+        NextLayer {
+            weight: &self.weight,
+            bias: self.bias.as_deref(),
+            n_out: self.n_out,
+            n_in,
+        }
+    }
+}
+
+/// Reads the layers `names` that read the `n` neurons of `activations` from `file` (read
+/// from `source`): `NAME.weight` `[n_out, n]` and the optional `NAME.bias` `[n_out]`, any
+/// float dtype, as f32. Errors name the file and the tensor whose shape or dtype is wrong.
+pub fn read_next_tensors(
+    file: &TensorFile,
+    names: &[String],
+    n: usize,
+    source: &Path,
+    activations: &Path,
+) -> Result<Vec<NextTensors>> {
+    names
+        .iter()
+        .map(|name| {
+            let n_out = check_next_tensor(file, name, n, source, activations)?;
+            let weight = file
+                .get(&tensor_name(name, "weight"))
+                .expect("checked")
+                .to_f32()?;
+            let bias = file
+                .get(&tensor_name(name, "bias"))
+                .map(|b| b.to_f32())
+                .transpose()?;
+            Ok(NextTensors {
+                weight,
+                bias,
+                n_out,
+            })
+        })
+        .collect()
 }
 
 /// The tensor `name`, which must exist and hold floats.
@@ -656,8 +720,11 @@ pub(crate) fn select_neurons(
             } else {
                 None
             };
-            let selector =
+            let mut selector =
                 LayerSelector::new(n, kernel.as_ref().map(|k| &k.matrix), scores.as_deref());
+            if let Some(stats) = stats {
+                selector = selector.with_next_layers(stats, &[next]);
+            }
             selector.select(opts.method, plan.size, seed)?
         }
     };

@@ -14,8 +14,8 @@ mod mlp;
 mod plan;
 
 pub use layer::{
-    compress_layer, compress_layer_tensors, plan_layer_tensors, LayerOptions, LayerOutcome,
-    LayerTensors,
+    compress_layer, compress_layer_tensors, plan_layer_tensors, read_next_tensors, LayerOptions,
+    LayerOutcome, LayerTensors, NextTensors,
 };
 pub use mlp::{
     apply_selection, compress_mlp, observe_hidden_layer, CompressOptions, LayerObservation,

@@ -178,7 +178,7 @@ impl Shape {
             n_out: next_rows.iter().sum(),
             stacked: next_rows.len() > 1,
             needs_kernel: selection.needs_kernel(opts),
-            gram_selects: !given && selects_from_gram(opts.method),
+            gram_selects: !given && opts.method.selects_from_gram(),
             method: (!given).then_some(opts.method),
         }
     }
@@ -252,6 +252,21 @@ impl Shape {
             Some(SelectionMethod::Greedy) => {
                 vec![Allocation::matrix("greedy MAP's Cholesky rows", k, n, 8)]
             }
+            Some(SelectionMethod::QualityKDpp) => vec![
+                Allocation::matrix("the quality-diversity kernel", n, n, 8),
+                Allocation::matrix("the eigensolver's copy of L", n, n, 8),
+                Allocation::matrix("the eigenvectors", n, n, 8),
+                Allocation::matrix("the eigensolver's workspace", n, n, 8),
+                Allocation::matrix("the projection sampler's basis", n, k, 8),
+            ],
+            Some(SelectionMethod::QualityGreedy) => vec![
+                Allocation::matrix("the quality-diversity kernel", n, n, 8),
+                Allocation::matrix("greedy MAP's Cholesky rows", k, n, 8),
+            ],
+            Some(SelectionMethod::FusionGreedy) => vec![
+                Allocation::matrix("fusion-greedy's Cholesky rows", k, n, 8),
+                Allocation::matrix("the unexplained part of G W^T", n, self.n_out, 8),
+            ],
             Some(SelectionMethod::Importance | SelectionMethod::Random) | None => Vec::new(),
         };
         if self.needs_kernel {
@@ -304,18 +319,6 @@ impl Shape {
             Allocation::matrix("the solution", k + 1, n_out, 8),
             Allocation::matrix("the fused weights", n_out, k, 4),
         ]
-    }
-}
-
-/// Whether `method` chooses its neurons from the Gram statistics themselves (so that the
-/// layer's G must be collected before selection).
-fn selects_from_gram(method: SelectionMethod) -> bool {
-    match method {
-        SelectionMethod::Importance => true,
-        SelectionMethod::KDpp
-        | SelectionMethod::Dpp
-        | SelectionMethod::Greedy
-        | SelectionMethod::Random => false,
     }
 }
 

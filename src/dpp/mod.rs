@@ -19,7 +19,7 @@ mod spin_team;
 mod tridiag;
 mod tridiag_eigen;
 mod variable;
-mod vector;
+pub(crate) mod vector;
 
 pub use eigen::Spectrum;
 pub use greedy::{greedy_map, GreedyStop};

@@ -234,3 +234,14 @@ pub fn write_json<T: serde::Serialize>(path: &std::path::Path, value: &T) -> any
     divnet::io::atomic::write_bytes_atomic(path, text.as_bytes())?;
     Ok(())
 }
+
+/// `--select`'s parser: the names of `SelectionMethod::ALL`, so that `--help` lists them and
+/// the command line and the library never disagree on a method.
+pub fn selection_method_parser(
+) -> impl clap::builder::TypedValueParser<Value = divnet::select::SelectionMethod> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(divnet::select::SelectionMethod::names()).map(|name| {
+        name.parse::<divnet::select::SelectionMethod>()
+            .expect("a name from SelectionMethod::ALL")
+    })
+}

@@ -12,7 +12,8 @@ use divnet::model::{Activation, Mlp};
 use divnet::select::SelectionMethod;
 
 use crate::common::{
-    parse_list, select_backend, with_cpu_fallback, write_json, BackendArg, BarProgress,
+    parse_list, select_backend, selection_method_parser, with_cpu_fallback, write_json, BackendArg,
+    BarProgress,
 };
 
 /// Compress every hidden layer of an MLP read from safetensors (PyTorch state dict).
@@ -43,9 +44,12 @@ pub struct Args {
     /// Let a DPP choose how many neurons to keep (implies --select dpp).
     #[arg(long, group = "size")]
     dpp: bool,
-    /// Selection method.
-    #[arg(long = "select", default_value = "kdpp", value_parser = ["kdpp", "dpp", "greedy", "random", "importance"])]
-    select: String,
+    /// Selection method: the paper's kdpp (or dpp, greedy MAP), random, importance, or
+    /// fusion-greedy (the neurons that best explain the next layer's pre-activation), or the
+    /// k-DPP and greedy MAP on the kernel weighed by the energy each neuron sends into the
+    /// next layer (quality-kdpp, quality-greedy).
+    #[arg(long = "select", default_value = "kdpp", value_parser = selection_method_parser())]
+    select: SelectionMethod,
     /// Plain pruning: drop the unselected neurons without fusing them into the next layer.
     #[arg(long, conflicts_with = "no_bias")]
     no_fusion: bool,
@@ -79,7 +83,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let activation: Activation = args.activation.parse()?;
     let beta: Beta = args.beta.parse()?;
-    let mut method: SelectionMethod = args.select.parse()?;
+    let mut method = args.select;
     let keep = keep_specs(&args, &mut method)?;
     let file = read_safetensors(&args.model)?;
     // The same errors as Mlp::load: a missing tensor or a broken chain names the model file.

@@ -17,7 +17,8 @@ use divnet::memory::gb;
 use divnet::select::SelectionMethod;
 
 use crate::common::{
-    open_activations, select_backend, write_json, BackendArg, BarProgress, StageTimer,
+    open_activations, select_backend, selection_method_parser, write_json, BackendArg, BarProgress,
+    StageTimer,
 };
 
 /// Compress one hidden layer of a network stored as safetensors.
@@ -53,9 +54,11 @@ pub struct Args {
     /// The neurons to keep: a JSON array of 0-based indices (skips selection).
     #[arg(long, group = "size")]
     keep: Option<PathBuf>,
-    /// Selection method (dpp chooses the number of neurons itself).
-    #[arg(long = "select", default_value = "kdpp", value_parser = ["kdpp", "dpp", "greedy", "random", "importance"])]
-    select: String,
+    /// Selection method (dpp chooses the number of neurons itself; fusion-greedy keeps the
+    /// neurons that best explain the next layers' pre-activation; quality-kdpp and
+    /// quality-greedy weigh the kernel by the energy each neuron sends into them).
+    #[arg(long = "select", default_value = "kdpp", value_parser = selection_method_parser())]
+    select: SelectionMethod,
     /// RBF bandwidth of the DPP kernel: paper (10/m), median or a positive number.
     #[arg(long, default_value = "paper")]
     beta: Beta,
@@ -116,7 +119,7 @@ struct Report<'a> {
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let method: SelectionMethod = args.select.parse()?;
+    let method = args.select;
     let mode = if args.no_fusion {
         FusionMode::Prune
     } else if args.no_bias {

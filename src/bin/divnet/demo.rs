@@ -27,8 +27,10 @@ use crate::plots;
 /// (a) neurons kept by a k-DPP are more diverse than random ones; (b) test accuracy against
 /// neurons kept per hidden layer for k-DPP and random selection, with and without fusion;
 /// (c) the same with one hidden layer compressed at a time; (d) importance selection (and
-/// greedy MAP) with and without fusion. Writes report.json, table.txt and PNG plots to the
-/// output folder and prints the table.
+/// greedy MAP) with and without fusion; (e) selection built for the fusion (fusion-greedy,
+/// and the k-DPP and greedy MAP on the quality-diversity kernel) against them, before and
+/// after a one-epoch fine-tune. Writes report.json, table.txt and PNG plots to the output
+/// folder and prints the table.
 #[derive(clap::Args)]
 pub struct Args {
     /// Folder with the demo's data files, named as in divnet's data/fashion-mnist
@@ -56,7 +58,7 @@ pub struct Args {
     /// Skip the one-layer-at-a-time curves (finding c).
     #[arg(long)]
     no_one_layer: bool,
-    /// Skip the one-epoch fine-tune of the compressed network.
+    /// Skip the one-epoch fine-tunes of finding (e).
     #[arg(long)]
     no_finetune: bool,
     /// Where the kernels run.
@@ -246,15 +248,37 @@ pub fn format_table(r: &ExperimentReport, seeds: u64) -> String {
             let _ = writeln!(s);
         }
     }
-    if let Some(f) = &r.finetune {
+    if let Some(first) = r.finetune.first() {
         let _ = writeln!(
             s,
-            "\nfine-tune of k-DPP + fusion at {} kept (1 epoch on the calibration images): {:.2}% -> {:.2}%, {:.0}% of the gap to the full network closed",
-            f.kept,
-            f.before * 100.0,
-            f.after * 100.0,
-            f.gap_closed * 100.0
+            "\n(e) selection built for fusion against the paper's rules, {} kept per layer, each + fusion, \
+             before and after one epoch of fine-tuning on the calibration images; random methods: \
+             mean ± std over {seeds} seeds",
+            first.kept
         );
+        let _ = writeln!(
+            s,
+            "{:<26}{:>13}{:>13}{:>13}",
+            "method", "before", "after", "gap closed"
+        );
+        for f in &r.finetune {
+            let cell = |draws: &[f64]| {
+                let (mean, std) = mean_std(draws);
+                if draws.len() > 1 {
+                    format!("{:.1}±{:.1}", mean * 100.0, std * 100.0)
+                } else {
+                    format!("{:.1}", mean * 100.0)
+                }
+            };
+            let _ = writeln!(
+                s,
+                "{:<26}{:>13}{:>13}{:>12.0}%",
+                f.label,
+                cell(&f.before_draws),
+                cell(&f.after_draws),
+                f.gap_closed * 100.0
+            );
+        }
     }
     let find = |method: SelectionMethod, fused: bool, k: usize| {
         r.curves
@@ -288,6 +312,55 @@ pub fn format_table(r: &ExperimentReport, seeds: u64) -> String {
             full - gf,
             gf - imf
         );
+    }
+    let sizes: Vec<usize> = r
+        .curves
+        .first()
+        .map(|c| c.points.iter().map(|p| p.kept).collect())
+        .unwrap_or_default();
+    let margins: Vec<(usize, f64, f64)> = sizes
+        .iter()
+        .filter_map(|&k| {
+            let fg = find(SelectionMethod::FusionGreedy, true, k)?;
+            let g = find(SelectionMethod::Greedy, true, k)?;
+            let im = find(SelectionMethod::Importance, true, k)?;
+            Some((k, fg - g, fg - im))
+        })
+        .collect();
+    if !margins.is_empty() {
+        let full = r.full_accuracy * 100.0;
+        let _ = writeln!(
+            s,
+            "\nfusion-greedy + fusion, all hidden layers (target: at or above greedy + fusion and importance + fusion at every size):"
+        );
+        let _ = write!(s, "  {:<24}", "neurons kept");
+        for (k, _, _) in &margins {
+            let _ = write!(s, "{k:>8}");
+        }
+        for (name, pick) in [
+            ("vs greedy + fusion", 1usize),
+            ("vs importance + fusion", 2usize),
+        ] {
+            let _ = write!(s, "\n  {name:<24}");
+            for m in &margins {
+                let _ = write!(s, "{:>+8.1}", if pick == 1 { m.1 } else { m.2 });
+            }
+        }
+        let _ = writeln!(s);
+        if let Some(at100) = find(SelectionMethod::FusionGreedy, true, ten_percent) {
+            let _ = writeln!(
+                s,
+                "  at {ten_percent} kept: {at100:.1}%, {:.1} points below the full network (target: within 2)",
+                full - at100
+            );
+        }
+        if let Some(at25) = find(SelectionMethod::FusionGreedy, true, r.widths[1] / 40) {
+            let _ = writeln!(
+                s,
+                "  at {} kept: {at25:.1}% (target: at least 78)",
+                r.widths[1] / 40
+            );
+        }
     }
     let _ = writeln!(s, "\nexperiment time {:.1} s", r.seconds);
     s

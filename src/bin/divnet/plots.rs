@@ -11,7 +11,9 @@ use std::sync::OnceLock;
 use divnet::experiment::{Curve, ExperimentReport, Heatmap};
 use plotters::prelude::*;
 
-const COLORS: [RGBColor; 8] = [
+/// One colour per selection method, in the order of `divnet::experiment::VARIANTS` (each
+/// method with and without fusion).
+const COLORS: [RGBColor; 14] = [
     RGBColor(31, 119, 180),
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
@@ -20,6 +22,12 @@ const COLORS: [RGBColor; 8] = [
     RGBColor(44, 160, 44),
     RGBColor(148, 103, 189),
     RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(255, 127, 14),
+    RGBColor(140, 86, 75),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(227, 119, 194),
 ];
 
 /// The font every caption and label uses, under the family name plotters asks for.

@@ -1,24 +1,33 @@
 //! `divnet sample`: draw subsets from a k-DPP or DPP over a kernel, or pick one by greedy
-//! MAP, and print each as a JSON array of sorted 0-based indices, one per line.
+//! MAP or (from activations and the layers that read them) by fusion-greedy, and print each
+//! as a JSON array of sorted 0-based indices, one per line.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
+use divnet::compress::{read_next_tensors, NextTensors};
 use divnet::dpp::{greedy_map, DppSampler, GreedyStop, KDppSampler, Spectrum};
-use divnet::io::{atomic::write_atomic, npy::read_matrix};
-use divnet::kernel::Beta;
-use divnet::Error;
+use divnet::io::atomic::write_atomic;
+use divnet::io::npy::{read_matrix, NpyRowReader};
+use divnet::io::safetensors::read_safetensors;
+use divnet::kernel::{rbf_from_distances, Beta, GramStats, RowSource, StatsKind};
+use divnet::select::quality::{quality_kernel, quality_scores};
+use divnet::select::{fusion_greedy_with_progress, QUALITY};
+use divnet::{Backend, Error};
 use faer::Mat;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::common::{self, open_activations, progress_bar, select_backend, BackendArg, StageTimer};
+use crate::common::{
+    self, activation_statistics, naming_file, open_activations, progress_bar, select_backend,
+    BackendArg, BarProgress, StageTimer,
+};
 
 /// Arguments.
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["kernel", "activations"])))]
-#[command(group(clap::ArgGroup::new("mode").required(true).args(["k", "dpp", "greedy"])))]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["k", "dpp", "greedy", "fusion_greedy"])))]
 pub struct Args {
     /// The n x n kernel L (npy, float16/32/64, symmetric positive semi-definite).
     #[arg(long, value_name = "L.npy")]
@@ -45,7 +54,23 @@ pub struct Args {
     /// Pick K items by greedy MAP (deterministic: one line).
     #[arg(long, value_name = "K")]
     greedy: Option<usize>,
-    /// Number of draws (one line each); not with --greedy.
+    /// Pick K neurons by fusion-greedy: those that best explain the pre-activation of the
+    /// layers reading them (deterministic: one line). Needs --activations, --weights and
+    /// --next: a kernel alone does not say what the next layer reads.
+    #[arg(long, value_name = "K")]
+    fusion_greedy: Option<usize>,
+    /// Weigh the kernel by the energy each neuron sends into the next layers (the
+    /// quality-diversity kernel diag(q) L diag(q)) before drawing or greedy MAP. Needs
+    /// --activations, --weights and --next.
+    #[arg(long)]
+    quality: bool,
+    /// Safetensors holding the layer(s) that read the activations (with --next).
+    #[arg(long, value_name = "M.safetensors")]
+    weights: Option<PathBuf>,
+    /// Tensor prefix(es) of the layer(s) reading the activations: NAME.weight [n_out, n].
+    #[arg(long, value_delimiter = ',', value_name = "NAME")]
+    next: Vec<String>,
+    /// Number of draws (one line each); not with --greedy or --fusion-greedy.
     #[arg(long, default_value_t = 1, value_name = "N")]
     samples: usize,
     /// Seed of the random generator: the same seed gives the same lines.
@@ -58,16 +83,72 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    if args.greedy.is_some() && args.samples != 1 {
-        bail!("--samples does not apply to --greedy, which is deterministic");
+    if (args.greedy.is_some() || args.fusion_greedy.is_some()) && args.samples != 1 {
+        bail!("--samples does not apply to --greedy or --fusion-greedy, which are deterministic");
     }
     if args.samples == 0 {
         bail!("--samples must be at least 1");
     }
+    let wants_next = args.fusion_greedy.is_some() || args.quality;
+    if wants_next && (args.activations.is_none() || args.weights.is_none() || args.next.is_empty())
+    {
+        bail!(
+            "{} needs the layer's activations and the layers that read them \
+             (--activations A.npy --weights M.safetensors --next NAME): a kernel alone does not \
+             say what the next layer reads",
+            if args.fusion_greedy.is_some() {
+                "--fusion-greedy"
+            } else {
+                "--quality"
+            }
+        );
+    }
+    if !wants_next && (args.weights.is_some() || !args.next.is_empty()) {
+        bail!("--weights and --next are only used by --fusion-greedy and --quality");
+    }
     let mut timer = StageTimer::default();
-    let l = match (&args.kernel, &args.activations) {
+    let mut activations = match &args.activations {
+        Some(path) => Some((
+            open_activations(path, &mut timer)?,
+            select_backend(args.backend)?,
+        )),
+        None => None,
+    };
+    if let Some(k) = args.fusion_greedy {
+        let (reader, backend) = activations.as_mut().expect("checked above");
+        let path = reader.path().to_path_buf();
+        let (stats, _, nexts) = layer_and_readers(reader, backend, &args, &mut timer, false)?;
+        let n = stats.col_sums.len();
+        let layers: Vec<_> = nexts.iter().map(|x| x.layer(n)).collect();
+        let selection = timer
+            .try_stage("fusion-greedy", || {
+                fusion_greedy_with_progress(&stats, &layers, k, &mut BarProgress::default())
+            })
+            .map_err(|e| naming_file(&path, e))?;
+        eprintln!(
+            "predicted next-layer error after fusion {:.4} (||Z - Z'|| / ||Z|| on these samples)",
+            selection.relative_error(k)
+        );
+        let mut y = selection.order;
+        y.sort_unstable();
+        return write_lines(&args, &[y]);
+    }
+    let l = match (&args.kernel, activations.as_mut()) {
         (Some(path), _) => timer.stage("read kernel", || read_kernel(path))?,
-        (None, Some(path)) => activation_kernel(path, &args, &mut timer)?,
+        (None, Some((reader, backend))) if args.quality => {
+            let path = reader.path().to_path_buf();
+            let (stats, l, nexts) = layer_and_readers(reader, backend, &args, &mut timer, true)?;
+            let l = l.expect("asked for distances");
+            let n = stats.col_sums.len();
+            let layers: Vec<_> = nexts.iter().map(|x| x.layer(n)).collect();
+            timer
+                .try_stage("quality kernel", || -> divnet::Result<Mat<f64>> {
+                    let scores = quality_scores(&stats, &layers, QUALITY)?;
+                    quality_kernel(l.as_ref(), &scores)
+                })
+                .map_err(|e| naming_file(&path, e))?
+        }
+        (None, Some((reader, backend))) => activation_kernel(reader, backend, &args, &mut timer)?,
         (None, None) => unreachable!("clap requires --kernel or --activations"),
     };
     let source = args
@@ -121,8 +202,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         lines?
     };
 
+    write_lines(&args, &lines)
+}
+
+/// Prints the subsets, one JSON array per line, to `--out` (atomically) or stdout.
+fn write_lines(args: &Args, lines: &[Vec<usize>]) -> anyhow::Result<()> {
     let mut text = String::new();
-    for y in &lines {
+    for y in lines {
         text.push_str(&serde_json::to_string(y)?);
         text.push('\n');
     }
@@ -138,19 +224,53 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The RBF kernel over the neurons of the activations in `path` (samples x neurons).
-fn activation_kernel(path: &Path, args: &Args, timer: &mut StageTimer) -> anyhow::Result<Mat<f64>> {
-    let mut reader = open_activations(path, timer)?;
-    let backend = select_backend(args.backend)?;
-    Ok(common::activation_kernel(
-        &mut reader,
-        args.backend,
-        &backend,
-        args.beta,
-        args.eps,
-        timer,
-    )?
-    .matrix)
+/// The Gram statistics (and, with `distances`, the RBF kernel) of the activations in
+/// `reader`, from one pass, and the layers `--next` in `--weights` that read them.
+fn layer_and_readers(
+    reader: &mut NpyRowReader,
+    backend: &Backend,
+    args: &Args,
+    timer: &mut StageTimer,
+    distances: bool,
+) -> anyhow::Result<(GramStats, Option<Mat<f64>>, Vec<NextTensors>)> {
+    let weights = args.weights.as_ref().expect("checked by the caller");
+    let n = reader.width();
+    let path = reader.path().to_path_buf();
+    let file = read_safetensors(weights)?;
+    let nexts = read_next_tensors(&file, &args.next, n, weights, &path)?;
+    let kind = if distances {
+        StatsKind::Both
+    } else {
+        StatsKind::Gram
+    };
+    let stats = timer
+        .try_stage("read + statistics", || {
+            activation_statistics(args.backend, backend, reader, kind)
+        })
+        .map_err(|e| naming_file(&path, e))?;
+    let kernel = match stats.distances {
+        Some(d) => {
+            let l =
+                rbf_from_distances(d, args.beta, args.eps).map_err(|e| naming_file(&path, e))?;
+            eprintln!("beta = {:e} ({:?}), eps = {:e}", l.beta, args.beta, l.eps);
+            Some(l.matrix)
+        }
+        None => None,
+    };
+    Ok((stats.gram.expect("collected"), kernel, nexts))
+}
+
+/// The RBF kernel over the neurons of the activations in `reader` (samples x neurons).
+fn activation_kernel(
+    reader: &mut NpyRowReader,
+    backend: &Backend,
+    args: &Args,
+    timer: &mut StageTimer,
+) -> anyhow::Result<Mat<f64>> {
+    Ok(
+        common::activation_kernel(reader, args.backend, backend, args.beta, args.eps, timer)?
+            .matrix,
+    )
 }
 
 /// Reads an n x n kernel from an npy file as f64.

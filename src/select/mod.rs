@@ -1,7 +1,19 @@
 //! Neuron selection: which neurons of a layer to keep. Independent of fusion: any selection
 //! can be followed by fusion or by plain pruning.
+//!
+//! The paper's rules look at the layer alone (its RBF kernel); [`fusion_greedy()`] and the
+//! quality-diversity kernel ([`quality`]) also look at the next layer, which fusion has to
+//! reproduce.
 
-use std::cell::OnceCell;
+mod fusion_greedy;
+pub mod quality;
+
+pub use fusion_greedy::{
+    fusion_greedy, fusion_greedy_with_progress, single_neuron_gains, FusionGreedy,
+    RESIDUAL_VARIANCE_TOL, ZERO_GAIN_TOL,
+};
+
+use std::cell::{OnceCell, RefCell};
 
 use faer::Mat;
 use rand::SeedableRng;
@@ -9,11 +21,12 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::dpp::{greedy_map, DppSampler, GreedyStop, KDppSampler, Spectrum};
 use crate::error::{Error, Result};
+use crate::fusion::NextLayer;
 use crate::kernel::GramStats;
+use quality::{quality_kernel, quality_scores, QualityScore};
 
 /// How the kept neurons are chosen.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SelectionMethod {
     /// Exactly k neurons drawn from the k-DPP with the layer's RBF kernel (the paper's method).
     KDpp,
@@ -25,17 +38,37 @@ pub enum SelectionMethod {
     Random,
     /// The k neurons with the largest ||W_next[:, i]||_2 * RMS(a_i).
     Importance,
+    /// Greedy forward selection of the neurons that best explain the next layer's
+    /// pre-activation after fusion ([`fusion_greedy()`]; deterministic).
+    FusionGreedy,
+    /// A k-DPP on the quality-diversity kernel `diag(q) L diag(q)`, `q_i` each neuron's
+    /// [`QUALITY`] score ([`quality`]).
+    QualityKDpp,
+    /// Greedy MAP on the quality-diversity kernel (deterministic).
+    QualityGreedy,
 }
+
+/// The score the quality-diversity methods weigh neurons by, chosen by the demo's
+/// measurement (see [`quality`]).
+pub const QUALITY: QualityScore = QualityScore::NextLayerEnergy;
 
 impl SelectionMethod {
     /// All methods, in the order the CLI lists them.
-    pub const ALL: [SelectionMethod; 5] = [
+    pub const ALL: [SelectionMethod; 8] = [
         SelectionMethod::KDpp,
         SelectionMethod::Dpp,
         SelectionMethod::Greedy,
         SelectionMethod::Random,
         SelectionMethod::Importance,
+        SelectionMethod::FusionGreedy,
+        SelectionMethod::QualityKDpp,
+        SelectionMethod::QualityGreedy,
     ];
+
+    /// The names of [`SelectionMethod::ALL`], in order: what the command line accepts.
+    pub fn names() -> [&'static str; 8] {
+        Self::ALL.map(Self::name)
+    }
 
     /// The name used on the command line and in reports.
     pub fn name(self) -> &'static str {
@@ -45,6 +78,9 @@ impl SelectionMethod {
             SelectionMethod::Greedy => "greedy",
             SelectionMethod::Random => "random",
             SelectionMethod::Importance => "importance",
+            SelectionMethod::FusionGreedy => "fusion-greedy",
+            SelectionMethod::QualityKDpp => "quality-kdpp",
+            SelectionMethod::QualityGreedy => "quality-greedy",
         }
     }
 
@@ -52,7 +88,23 @@ impl SelectionMethod {
     pub fn needs_kernel(self) -> bool {
         matches!(
             self,
-            SelectionMethod::KDpp | SelectionMethod::Dpp | SelectionMethod::Greedy
+            SelectionMethod::KDpp
+                | SelectionMethod::Dpp
+                | SelectionMethod::Greedy
+                | SelectionMethod::QualityKDpp
+                | SelectionMethod::QualityGreedy
+        )
+    }
+
+    /// Whether the method chooses from the layer's Gram statistics (and the next layers'
+    /// weights), so that G must be collected before selection.
+    pub fn selects_from_gram(self) -> bool {
+        matches!(
+            self,
+            SelectionMethod::Importance
+                | SelectionMethod::FusionGreedy
+                | SelectionMethod::QualityKDpp
+                | SelectionMethod::QualityGreedy
         )
     }
 
@@ -60,8 +112,20 @@ impl SelectionMethod {
     pub fn is_random(self) -> bool {
         matches!(
             self,
-            SelectionMethod::KDpp | SelectionMethod::Dpp | SelectionMethod::Random
+            SelectionMethod::KDpp
+                | SelectionMethod::Dpp
+                | SelectionMethod::Random
+                | SelectionMethod::QualityKDpp
         )
+    }
+}
+
+impl serde::Serialize for SelectionMethod {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
     }
 }
 
@@ -73,7 +137,8 @@ impl std::str::FromStr for SelectionMethod {
             .find(|m| m.name() == s)
             .ok_or_else(|| {
                 Error::invalid(format!(
-                    "unknown selection method {s:?}: expected kdpp, dpp, greedy, random or importance"
+                    "unknown selection method {s:?}: expected one of {}",
+                    SelectionMethod::names().join(", ")
                 ))
             })
     }
@@ -116,25 +181,43 @@ pub fn importance_scores(stats: &GramStats, next_weight: &[f32], n_out: usize) -
         .collect())
 }
 
-/// Selects neurons of one layer. Holds what the methods need and computes the expensive part
-/// (the kernel's eigendecomposition) once, on first use, for any number of draws.
+/// Selects neurons of one layer. Holds what the methods need and computes the expensive parts
+/// (the kernels' eigendecompositions, the fusion-greedy order) once, on first use, for any
+/// number of draws.
 pub struct LayerSelector<'a> {
     n: usize,
     kernel: Option<&'a Mat<f64>>,
     importance: Option<&'a [f64]>,
     spectrum: OnceCell<Spectrum>,
+    target: Option<(&'a GramStats, Vec<NextLayer<'a>>)>,
+    quality_kernel: OnceCell<Mat<f64>>,
+    quality_spectrum: OnceCell<Spectrum>,
+    /// The longest fusion-greedy selection made so far: any shorter one is a prefix of it.
+    fusion_order: RefCell<Option<FusionGreedy>>,
 }
 
 impl<'a> LayerSelector<'a> {
     /// A selector over `n` neurons. `kernel` (n x n) is needed by kdpp, dpp and greedy;
-    /// `importance` (length n) by importance.
+    /// `importance` (length n) by importance; the methods that look at the next layer need
+    /// [`LayerSelector::with_next_layers`] too.
     pub fn new(n: usize, kernel: Option<&'a Mat<f64>>, importance: Option<&'a [f64]>) -> Self {
         Self {
             n,
             kernel,
             importance,
             spectrum: OnceCell::new(),
+            target: None,
+            quality_kernel: OnceCell::new(),
+            quality_spectrum: OnceCell::new(),
+            fusion_order: RefCell::new(None),
         }
+    }
+
+    /// Gives the layer's Gram statistics and the layers that read it (one or more, `n_in` =
+    /// n each), which fusion-greedy and the quality-diversity methods need.
+    pub fn with_next_layers(mut self, stats: &'a GramStats, next: &[NextLayer<'a>]) -> Self {
+        self.target = Some((stats, next.to_vec()));
+        self
     }
 
     /// The kernel's eigendecomposition, computed on first call.
@@ -149,6 +232,54 @@ impl<'a> LayerSelector<'a> {
     fn kernel(&self) -> Result<&'a Mat<f64>> {
         self.kernel
             .ok_or_else(|| Error::invalid("this selection method needs the layer's kernel"))
+    }
+
+    fn target(&self, method: SelectionMethod) -> Result<(&'a GramStats, &[NextLayer<'a>])> {
+        self.target
+            .as_ref()
+            .map(|(stats, next)| (*stats, next.as_slice()))
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "{method} needs the layer's Gram statistics and the next layer's weights"
+                ))
+            })
+    }
+
+    /// The quality-diversity kernel `diag(q) L diag(q)` ([`quality`]), built on first call.
+    pub fn quality_kernel(&self) -> Result<&Mat<f64>> {
+        if let Some(l) = self.quality_kernel.get() {
+            return Ok(l);
+        }
+        let (stats, next) = self.target(SelectionMethod::QualityKDpp)?;
+        let scores = quality_scores(stats, next, QUALITY)?;
+        let l = quality_kernel(self.kernel()?.as_ref(), &scores)?;
+        Ok(self.quality_kernel.get_or_init(|| l))
+    }
+
+    fn quality_spectrum(&self) -> Result<&Spectrum> {
+        if let Some(s) = self.quality_spectrum.get() {
+            return Ok(s);
+        }
+        let spectrum = Spectrum::new(self.quality_kernel()?.as_ref())?;
+        Ok(self.quality_spectrum.get_or_init(|| spectrum))
+    }
+
+    /// The fusion-greedy selection of `k` neurons ([`fusion_greedy()`]), reusing a longer
+    /// one made before (the greedy order of a smaller k is its prefix).
+    pub fn fusion_greedy(&self, k: usize) -> Result<FusionGreedy> {
+        if let Some(done) = self.fusion_order.borrow().as_ref() {
+            if done.order.len() >= k {
+                return Ok(FusionGreedy {
+                    order: done.order[..k].to_vec(),
+                    residual_energy: done.residual_energy[..k].to_vec(),
+                    ..done.clone()
+                });
+            }
+        }
+        let (stats, next) = self.target(SelectionMethod::FusionGreedy)?;
+        let selection = fusion_greedy(stats, next, k)?;
+        *self.fusion_order.borrow_mut() = Some(selection.clone());
+        Ok(selection)
     }
 
     /// Sorted, distinct indices of the neurons to keep. `seed` drives the random methods.
@@ -201,6 +332,13 @@ impl<'a> LayerSelector<'a> {
                 order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
                 order.truncate(k);
                 order
+            }
+            SelectionMethod::FusionGreedy => self.fusion_greedy(k)?.order,
+            SelectionMethod::QualityKDpp => {
+                KDppSampler::new(self.quality_spectrum()?, k)?.sample(&mut rng)
+            }
+            SelectionMethod::QualityGreedy => {
+                greedy_map(self.quality_kernel()?.as_ref(), GreedyStop::Count(k))?
             }
         };
         keep.sort_unstable();

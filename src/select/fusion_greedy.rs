@@ -1,0 +1,490 @@
+//! Selection built for the fusion: greedy forward selection of the neurons that best explain
+//! the next layer's pre-activation (orthogonal least squares, as ThiNet prunes channels).
+//!
+//! Fusion reconstructs the next layer's input from the kept neurons `Y` and a constant. Over
+//! the calibration set, with `Z = A W^T + b` the next layer's pre-activation (m x n_out),
+//! its error is the part of the centred `Z_c = A_c W^T` that the centred kept activations
+//! do not span:
+//!
+//! `||Z - Z'||_F^2 = ||(I - P_Y) Z_c||_F^2`, `P_Y` the projection onto the columns `Y` of `A_c`.
+//!
+//! The greedy step adds the neuron `j` whose activation, made orthogonal to those kept
+//! (`q_j = (I - P_Y) a_c,j`), explains most of what is left: the gain is
+//! `||q_j^T Z_c||^2 / ||q_j||^2`. Everything comes from the statistics: `G_c = G - s s^T / m`,
+//! `H = G_c W^T` (n x n_out, row j is `a_c,j^T Z_c`), an incremental Cholesky of `G_c` on the
+//! kept set (row `c_j` per neuron, as greedy MAP keeps for its kernel) and the residual of H:
+//! adding `t` with Schur complement `d_t^2 = ||q_t||^2` and `e_j = (G_c[t, j] - <c_t, c_j>) / d_t`
+//! updates, for every candidate j,
+//!
+//! `d_j^2 -= e_j^2`,  `H_res[j] -= (e_j / d_t) H_res[t]`,  gain_j = `||H_res[j]||^2 / d_j^2`,
+//!
+//! and the residual energy drops by the gain of `t`. One step costs O(n (k + n_out)), the
+//! whole selection O(n^2 n_out) for H plus O(n k (k + n_out)); memory O(n (k + n_out)), no
+//! second n x n matrix and no second look at the data. The steps stream through all
+//! candidates' rows, so memory traffic, not arithmetic, decides their speed: the H_res
+//! updates of [`PANEL_STEPS`] steps are held back (each step only reads `H_res[j] . B_t`,
+//! which updates `||H_res[j]||^2`) and applied as one matrix product per panel.
+//!
+//! With several next layers (a hidden layer read by several tensors) their rows are
+//! stacked: the objective is the sum of their errors.
+//!
+//! Degenerate neurons. A neuron whose variance left after centring and projection is at most
+//! [`RESIDUAL_VARIANCE_TOL`] of its second moment `G_jj` adds nothing fusion can resolve: a
+//! dead neuron, a duplicate (or linear combination) of kept ones, a constant. It is never
+//! picked while another one is left, and its residual is not updated (no division by a
+//! vanishing `d_j`). A candidate whose gain is at most [`ZERO_GAIN_TOL`] of the energy of
+//! `Z_c` explains nothing more (the next layer is already reproduced, or does not read it).
+//! Each step takes, in this order:
+//! 1. the largest gain above that floor (ties: the lowest index);
+//! 2. else, the largest residual variance relative to `G_jj`, i.e. the most new direction for
+//!    the layer (ties: the lowest index): once the next layer is explained the rest is chosen
+//!    for diversity in the geometry fusion uses;
+//! 3. else, the lowest index.
+//!
+//! Every step is a deterministic function of the statistics: the candidates are updated in
+//! parallel, in fixed blocks whose products run on one thread each, so the bits are the same
+//! whatever the thread count (on one machine: faer's kernels follow the CPU's SIMD level).
+
+use faer::linalg::matmul::matmul;
+use faer::{Accum, Mat, MatMut, MatRef, Par};
+use rayon::prelude::*;
+
+use crate::cpu::contiguous;
+use crate::dpp::vector::{dot, sub_scaled};
+use crate::error::{Error, Result};
+use crate::fusion::{check_next_layer, check_stats, NextLayer};
+use crate::kernel::GramStats;
+use crate::progress::{NoProgress, Progress};
+
+/// Residual variance, relative to the neuron's second moment `G_jj`, at or below which a
+/// neuron adds nothing. The statistics for fusion are sums of f32 products, and centring
+/// cancels them for a neuron whose mean dominates its spread: a constant neuron's
+/// `G_jj - s_j^2 / m` from the CPU accumulator is that rounding, not 0, up to 7.2e-6 of
+/// `G_jj` (measured over m = 100 ... 60000 rows and constants from 1e-3 to 1e3). The floor
+/// sits an order of magnitude above it; a neuron whose spread is below 1% of its RMS is
+/// below it too, and its centred variance is not resolved by such statistics anyway.
+pub const RESIDUAL_VARIANCE_TOL: f64 = 1e-4;
+
+/// Gain, relative to the centred energy `||Z_c||_F^2`, at or below which a neuron explains
+/// nothing more. Within a panel `||H_res[j]||^2` is updated, not recomputed, so it carries
+/// rounding of about 1e-14 of its value at the panel's start; divided by a residual variance
+/// down to [`RESIDUAL_VARIANCE_TOL`] of `G_jj`, that can reach 1e-10 of the centred energy.
+/// A gain of 1e-9 is a part of the centred pre-activation 3e-5 of its size: nothing that
+/// f32 weights would keep.
+pub const ZERO_GAIN_TOL: f64 = 1e-9;
+
+/// Candidates updated together by one thread (their products are one matrix product).
+const ROWS_PER_TASK: usize = 128;
+
+/// What [`fusion_greedy`] selected and the error of the fused next layer it predicts.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FusionGreedy {
+    /// The kept neurons in selection order: any prefix is the greedy selection of its size.
+    pub order: Vec<usize>,
+    /// `residual_energy[i]`: `||Z - Z'||_F^2` over the calibration set once the first `i + 1`
+    /// neurons of `order` are kept and the others fused (summed over the next layers), before
+    /// fusion's ridge (which adds about its relative size, 1e-6, to it).
+    pub residual_energy: Vec<f64>,
+    /// `||Z_c||_F^2`: the error with no neuron kept, only the constant.
+    pub centred_energy: f64,
+    /// `||Z||_F^2` with the bias: the denominator of fusion's `relative_error`.
+    pub z_energy: f64,
+}
+
+impl FusionGreedy {
+    /// The relative error `||Z - Z'||_F / ||Z||_F` predicted for the first `kept` neurons
+    /// of `order` (0: only the constant), as [`crate::fusion::FusedLayer::relative_error`]
+    /// reports it. Panics if `kept` exceeds the selection.
+    pub fn relative_error(&self, kept: usize) -> f64 {
+        let residual = match kept {
+            0 => self.centred_energy,
+            k => self.residual_energy[k - 1],
+        };
+        if self.z_energy > 0.0 {
+            (residual / self.z_energy).sqrt()
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Keeps `k` of the layer's neurons by greedy forward selection for the fusion into `next`
+/// (one or more layers reading this one, `n_in` = n each), from the layer's Gram statistics.
+///
+/// Errors (Error::InvalidInput): statistics not square or not finite or over no sample, no
+/// next layer, a next layer of the wrong shape or with non-finite values, `k` not in 1..=n,
+/// or buffers (`n (k + n_out)` values) this machine cannot allocate.
+pub fn fusion_greedy(stats: &GramStats, next: &[NextLayer<'_>], k: usize) -> Result<FusionGreedy> {
+    fusion_greedy_with_progress(stats, next, k, &mut NoProgress)
+}
+
+/// [`fusion_greedy`] reporting one unit of `progress` per kept neuron.
+pub fn fusion_greedy_with_progress(
+    stats: &GramStats,
+    next: &[NextLayer<'_>],
+    k: usize,
+    progress: &mut dyn Progress,
+) -> Result<FusionGreedy> {
+    let n = check_stats(stats, "fusion-greedy")?;
+    if k == 0 || k > n {
+        return Err(Error::invalid(format!(
+            "fusion-greedy: cannot keep {k} of {n} neurons: k must be between 1 and {n}"
+        )));
+    }
+    let target = Target::new(stats, next)?;
+    let n_out = target.n_out;
+    let mut chol = allocate(n, k, "the Cholesky rows")?;
+    let m = stats.samples as f64;
+    let s = &stats.col_sums;
+    let g = &stats.gram;
+
+    // H_res as of the start of the current panel; the panel's own steps are applied lazily.
+    let mut h_start = target.h;
+    let mut panel = Panel::new(n_out);
+    let mut d2: Vec<f64> = (0..n)
+        .map(|j| (g[(j, j)] - s[j] * s[j] / m).max(0.0))
+        .collect();
+    let floor: Vec<f64> = (0..n).map(|j| RESIDUAL_VARIANCE_TOL * g[(j, j)]).collect();
+    let mut norm2: Vec<f64> = h_start.chunks_exact(n_out).map(|h| dot(h, h)).collect();
+    let gain_floor = ZERO_GAIN_TOL * target.centred_energy;
+    let mut taken = vec![false; n];
+    let mut energy = target.centred_energy;
+    let mut order = Vec::with_capacity(k);
+    let mut residual_energy = Vec::with_capacity(k);
+
+    progress.start("fusion-greedy", k as u64);
+    for step in 0..k {
+        let (t, pick) = next_pick(&d2, &norm2, &floor, &taken, gain_floor, |j| g[(j, j)]);
+        taken[t] = true;
+        order.push(t);
+        if pick != Pick::Exhausted {
+            let dt2 = d2[t];
+            let dt = dt2.sqrt();
+            energy = (energy - norm2[t] / dt2).max(0.0);
+            let ct = chol[t * k..t * k + step].to_vec();
+            // B = H_res[t] / d_t, H_res[t] brought up to date from the panel's start.
+            let mut b = h_start[t * n_out..(t + 1) * n_out].to_vec();
+            let panel_ct = &ct[panel.first_step..];
+            for (q, &c) in panel_ct.iter().enumerate() {
+                sub_scaled(&mut b, c, panel.row(q));
+            }
+            b.iter_mut().for_each(|v| *v /= dt);
+            let b_norm2 = dot(&b, &b);
+            // The two products every candidate needs, over the Cholesky rows so far: column 0
+            // is c_t (for <c_t, c_j>), column 1 holds <B_q, B> at the panel's earlier steps
+            // (for H_res[j] . B = H_start[j] . B - sum_q c_j[q] <B_q, B>).
+            let first = panel.first_step;
+            let mut coeffs = Mat::<f64>::zeros(step, 2);
+            for (i, &c) in ct.iter().enumerate() {
+                coeffs[(i, 0)] = c;
+            }
+            for q in 0..panel.len() {
+                coeffs[(first + q, 1)] = dot(panel.row(q), &b);
+            }
+            // G_c[t, j] = G[j, t] - s_t s_j / m, column t of G read once.
+            let g_t = contiguous(g.col(t));
+            let st = s[t] / m;
+            let (taken, floor) = (&taken, &floor);
+            chol.par_chunks_mut(ROWS_PER_TASK * k)
+                .zip(h_start.par_chunks(ROWS_PER_TASK * n_out))
+                .zip(d2.par_chunks_mut(ROWS_PER_TASK))
+                .zip(norm2.par_chunks_mut(ROWS_PER_TASK))
+                .enumerate()
+                .for_each(|(task, (((c, h), d2), norm2))| {
+                    let rows = d2.len();
+                    // Products of a fixed block on one thread: the same bits whatever the
+                    // number of threads.
+                    let mut dots = Mat::<f64>::zeros(rows, 3);
+                    if step > 0 {
+                        matmul(
+                            dots.as_mut().subcols_mut(0, 2),
+                            Accum::Replace,
+                            MatRef::from_column_major_slice(c, k, rows)
+                                .subrows(0, step)
+                                .transpose(),
+                            coeffs.as_ref(),
+                            1.0,
+                            Par::Seq,
+                        );
+                    }
+                    matmul(
+                        dots.as_mut().subcols_mut(2, 1),
+                        Accum::Replace,
+                        MatRef::from_column_major_slice(h, n_out, rows).transpose(),
+                        MatRef::from_column_major_slice(&b, n_out, 1),
+                        1.0,
+                        Par::Seq,
+                    );
+                    for r in 0..rows {
+                        let j = task * ROWS_PER_TASK + r;
+                        if taken[j] || d2[r] <= floor[j] {
+                            continue;
+                        }
+                        let e = (g_t[j] - st * s[j] - dots[(r, 0)]) / dt;
+                        let y = dots[(r, 2)] - dots[(r, 1)];
+                        c[r * k + step] = e;
+                        d2[r] -= e * e;
+                        // ||H_res[j] - e B||^2; exact again at the panel's end.
+                        norm2[r] = (norm2[r] - 2.0 * e * y + e * e * b_norm2).max(0.0);
+                    }
+                });
+            panel.push(&b);
+        } else {
+            // Nothing to update; a zero vector keeps the panel aligned with the steps.
+            panel.push(&vec![0.0; n_out]);
+        }
+        if panel.len() == PANEL_STEPS || step + 1 == k {
+            panel.apply(&mut h_start, &chol, k, n);
+            let (taken, floor) = (&taken, &floor);
+            h_start
+                .par_chunks(n_out)
+                .zip(norm2.par_iter_mut())
+                .zip(d2.par_iter())
+                .enumerate()
+                .for_each(|(j, ((h, norm2), &d2))| {
+                    if !taken[j] && d2 > floor[j] {
+                        *norm2 = dot(h, h);
+                    }
+                });
+            panel.restart(step + 1);
+        }
+        residual_energy.push(energy);
+        progress.advance(1);
+    }
+    progress.finish();
+    Ok(FusionGreedy {
+        order,
+        residual_energy,
+        centred_energy: target.centred_energy,
+        z_energy: target.z_energy,
+    })
+}
+
+/// Greedy steps whose residual updates are held back and applied to H_res as one product:
+/// per step the candidates only read their row of H_res (`H_res[j] . B`), and the rows are
+/// rewritten once per panel instead of once per step, which halves the memory traffic of
+/// the residual.
+const PANEL_STEPS: usize = 32;
+
+/// The steps of the current panel: their vectors `B_q = H_res[t_q] / d_tq` (n_out each).
+/// Step `first_step + q` of the Cholesky rows holds each candidate's coefficient on `B_q`,
+/// so that `H_res[j] = H_start[j] - sum_q c_j[first_step + q] B_q`.
+struct Panel {
+    n_out: usize,
+    first_step: usize,
+    rows: Vec<f64>,
+}
+
+impl Panel {
+    fn new(n_out: usize) -> Self {
+        Panel {
+            n_out,
+            first_step: 0,
+            rows: Vec::with_capacity(PANEL_STEPS * n_out),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.rows.len() / self.n_out
+    }
+
+    fn row(&self, q: usize) -> &[f64] {
+        &self.rows[q * self.n_out..(q + 1) * self.n_out]
+    }
+
+    fn push(&mut self, b: &[f64]) {
+        self.rows.extend_from_slice(b);
+    }
+
+    /// `H_start -= C_panel^T B_panel` over all n rows (those of taken or exhausted neurons
+    /// are never read again, and are cheaper to update than to skip in a product).
+    fn apply(&self, h_start: &mut [f64], chol: &[f64], k: usize, n: usize) {
+        let p = self.len();
+        if p == 0 {
+            return;
+        }
+        // Column-major views: H_start^T is n_out x n, B_panel n_out x p, and the panel's
+        // Cholesky entries are rows first_step.. of the k x n matrix whose column j is c_j.
+        matmul(
+            MatMut::from_column_major_slice_mut(h_start, self.n_out, n),
+            Accum::Add,
+            MatRef::from_column_major_slice(&self.rows, self.n_out, p),
+            MatRef::from_column_major_slice(chol, k, n).subrows(self.first_step, p),
+            -1.0,
+            faer::get_global_parallelism(),
+        );
+    }
+
+    fn restart(&mut self, first_step: usize) {
+        self.first_step = first_step;
+        self.rows.clear();
+    }
+}
+
+/// The energy of `Z_c` each neuron explains on its own: its first greedy gain
+/// `||a_c,j^T Z_c||^2 / ||a_c,j||^2` (0 for a neuron that adds nothing, see the module docs).
+/// Same errors as [`fusion_greedy`].
+pub fn single_neuron_gains(stats: &GramStats, next: &[NextLayer<'_>]) -> Result<Vec<f64>> {
+    let n = check_stats(stats, "fusion gains")?;
+    let target = Target::new(stats, next)?;
+    let (g, s, m) = (&stats.gram, &stats.col_sums, stats.samples as f64);
+    Ok((0..n)
+        .map(|j| {
+            let variance = g[(j, j)] - s[j] * s[j] / m;
+            if variance <= RESIDUAL_VARIANCE_TOL * g[(j, j)] {
+                return 0.0;
+            }
+            let h = &target.h[j * target.n_out..(j + 1) * target.n_out];
+            dot(h, h) / variance
+        })
+        .collect())
+}
+
+/// How a step chose its neuron.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pick {
+    /// The largest gain above the floor.
+    Gain,
+    /// No gain left: the largest relative residual variance.
+    Variance,
+    /// Nothing left but neurons that add nothing: the lowest index.
+    Exhausted,
+}
+
+/// The next neuron by the rules of the module docs, and which rule chose it.
+fn next_pick(
+    d2: &[f64],
+    norm2: &[f64],
+    floor: &[f64],
+    taken: &[bool],
+    gain_floor: f64,
+    second_moment: impl Fn(usize) -> f64,
+) -> (usize, Pick) {
+    let mut by_gain: Option<(usize, f64)> = None;
+    let mut by_variance: Option<(usize, f64)> = None;
+    let mut exhausted = None;
+    for j in 0..d2.len() {
+        if taken[j] {
+            continue;
+        }
+        if d2[j] <= floor[j] {
+            exhausted.get_or_insert(j);
+            continue;
+        }
+        let gain = norm2[j] / d2[j];
+        if gain > gain_floor {
+            if by_gain.is_none_or(|(_, best)| gain > best) {
+                by_gain = Some((j, gain));
+            }
+        } else {
+            // d2 > floor >= 0 implies G_jj > 0.
+            let relative = d2[j] / second_moment(j);
+            if by_variance.is_none_or(|(_, best)| relative > best) {
+                by_variance = Some((j, relative));
+            }
+        }
+    }
+    match (by_gain, by_variance, exhausted) {
+        (Some((j, _)), _, _) => (j, Pick::Gain),
+        (None, Some((j, _)), _) => (j, Pick::Variance),
+        (None, None, Some(j)) => (j, Pick::Exhausted),
+        (None, None, None) => unreachable!("k <= n leaves a candidate at every step"),
+    }
+}
+
+/// The next layers as the selection sees them: `H = G_c W^T` with the rows of every next
+/// layer's W stacked, and the energies of `Z`.
+struct Target {
+    /// Stacked output width.
+    n_out: usize,
+    /// `H`, n x n_out, row-major (row j is neuron j's cross-covariance with `Z`).
+    h: Vec<f64>,
+    /// `||Z_c||_F^2 = <W, H^T>`.
+    centred_energy: f64,
+    /// `||Z||_F^2 = ||Z_c||_F^2 + m ||W mu + b||^2`.
+    z_energy: f64,
+}
+
+impl Target {
+    fn new(stats: &GramStats, next: &[NextLayer<'_>]) -> Result<Self> {
+        let n = stats.col_sums.len();
+        if next.is_empty() {
+            return Err(Error::invalid(
+                "fusion-greedy needs the next layer's weights (no next layer given)",
+            ));
+        }
+        for layer in next {
+            check_next_layer(layer, n, "fusion-greedy")?;
+        }
+        let n_out: usize = next.iter().map(|l| l.n_out).sum();
+        let mut w = allocate(n, n_out, "the next layers' weights")?;
+        for (row, &v) in w.iter_mut().zip(next.iter().flat_map(|l| l.weight.iter())) {
+            *row = v as f64;
+        }
+        let bias: Vec<f64> = next
+            .iter()
+            .flat_map(|l| (0..l.n_out).map(|o| l.bias.map_or(0.0, |b| b[o] as f64)))
+            .collect();
+        let m = stats.samples as f64;
+        let s = &stats.col_sums;
+
+        // H^T = W G - (W s) s^T / m, column-major n_out x n: column j is row j of H.
+        let mut h = allocate(n, n_out, "H = G_c W^T")?;
+        let w_ref = MatRef::from_row_major_slice(&w, n_out, n);
+        matmul(
+            MatMut::from_column_major_slice_mut(&mut h, n_out, n),
+            Accum::Replace,
+            w_ref,
+            stats.gram.as_ref(),
+            1.0,
+            faer::get_global_parallelism(),
+        );
+        let ws: Vec<f64> = w.chunks_exact(n).map(|row| dot(row, s)).collect();
+        h.par_chunks_mut(n_out).enumerate().for_each(|(j, col)| {
+            let sj = s[j] / m;
+            for (v, &wso) in col.iter_mut().zip(&ws) {
+                *v -= wso * sj;
+            }
+        });
+        // <W, H^T> = sum_j sum_o W[o, j] H[j, o]; the per-neuron terms are added in index
+        // order, so that the result does not depend on the thread count.
+        let per_neuron: Vec<f64> = (0..n)
+            .into_par_iter()
+            .map(|j| {
+                let hj = &h[j * n_out..(j + 1) * n_out];
+                hj.iter()
+                    .enumerate()
+                    .map(|(o, v)| w[o * n + j] * v)
+                    .sum::<f64>()
+            })
+            .collect();
+        let centred_energy = per_neuron.iter().sum::<f64>().max(0.0);
+        let mean_energy: f64 = ws
+            .iter()
+            .zip(&bias)
+            .map(|(wso, b)| (wso / m + b).powi(2))
+            .sum();
+        Ok(Target {
+            n_out,
+            h,
+            centred_energy,
+            z_energy: centred_energy + m * mean_energy,
+        })
+    }
+}
+
+/// A zeroed buffer of `n * width` f64, or an error naming what it is for when this machine
+/// cannot allocate it (rather than an abort).
+fn allocate(n: usize, width: usize, what: &str) -> Result<Vec<f64>> {
+    let len = n.checked_mul(width);
+    let mut buf = Vec::new();
+    if len.is_none_or(|len| buf.try_reserve_exact(len).is_err()) {
+        return Err(Error::invalid(format!(
+            "fusion-greedy over {n} neurons needs {what} ({n} x {width} values, {:.1} GB), \
+             more than this machine can allocate",
+            n as f64 * width as f64 * 8e-9
+        )));
+    }
+    buf.resize(n * width, 0.0);
+    Ok(buf)
+}

@@ -1,0 +1,665 @@
+//! Fusion-greedy selection against independent references: the best subset by brute force
+//! (least squares by QR of the activations themselves), fusion's own reported error, the
+//! error of the fused layer recomputed from the data, and layers built to be degenerate.
+
+use divnet::fusion::{fuse_next_layer, FusionOptions, NextLayer};
+use divnet::kernel::{gram_stats, ActivationRows, GramStats};
+use divnet::select::quality::{quality_kernel, quality_scores, QualityScore};
+use divnet::select::{
+    fusion_greedy, single_neuron_gains, LayerSelector, SelectionMethod, SelectionSize,
+};
+use divnet::Backend;
+use faer::linalg::solvers::SolveLstsq;
+use faer::Mat;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+/// Activations A (m x n) and the layers that read them.
+struct Layer {
+    a: Mat<f64>,
+    next: Vec<(Vec<f32>, Vec<f32>, usize)>,
+}
+
+impl Layer {
+    fn random(m: usize, n: usize, outs: &[usize], seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        // ReLU-like: non-negative, non-zero mean, some correlation between neurons.
+        let mix = Mat::from_fn(n, n, |_, _| rng.random_range(-1.0..1.0));
+        let raw = Mat::from_fn(m, n, |_, _| rng.random_range(-1.0..1.0));
+        let a = Mat::from_fn(m, n, |t, j| {
+            let v: f64 = (0..n).map(|i| raw[(t, i)] * mix[(i, j)]).sum::<f64>() + 0.3;
+            v.max(0.0)
+        });
+        Self::with_activations(a, outs, seed + 1)
+    }
+
+    fn with_activations(a: Mat<f64>, outs: &[usize], seed: u64) -> Self {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let n = a.ncols();
+        let next = outs
+            .iter()
+            .map(|&n_out| {
+                let w = (0..n_out * n)
+                    .map(|_| rng.random_range(-1.0f32..1.0))
+                    .collect();
+                let b = (0..n_out).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+                (w, b, n_out)
+            })
+            .collect();
+        Self { a, next }
+    }
+
+    fn n(&self) -> usize {
+        self.a.ncols()
+    }
+
+    fn next(&self) -> Vec<NextLayer<'_>> {
+        self.next
+            .iter()
+            .map(|(w, b, n_out)| NextLayer {
+                weight: w,
+                bias: Some(b),
+                n_out: *n_out,
+                n_in: self.n(),
+            })
+            .collect()
+    }
+
+    /// G and s by naive f64 loops: independent of the crate's accumulators.
+    fn exact_stats(&self) -> GramStats {
+        let (m, n) = (self.a.nrows(), self.a.ncols());
+        let gram = Mat::from_fn(n, n, |i, j| {
+            (0..m).map(|t| self.a[(t, i)] * self.a[(t, j)]).sum()
+        });
+        let col_sums = (0..n)
+            .map(|i| (0..m).map(|t| self.a[(t, i)]).sum())
+            .collect();
+        GramStats {
+            gram,
+            col_sums,
+            samples: m,
+        }
+    }
+
+    /// G and s as the pipeline accumulates them: from f32 activations on the CPU backend.
+    fn pipeline_stats(&self) -> GramStats {
+        let (m, n) = (self.a.nrows(), self.a.ncols());
+        let rows: Vec<f32> = (0..m)
+            .flat_map(|t| (0..n).map(move |j| (t, j)))
+            .map(|(t, j)| self.a[(t, j)] as f32)
+            .collect();
+        gram_stats(&Backend::Cpu, ActivationRows::F32(&rows), n).unwrap()
+    }
+
+    /// Z = A W^T + b of every next layer, side by side (m x sum n_out).
+    fn z(&self) -> Mat<f64> {
+        let n = self.n();
+        let cols: Vec<(usize, usize)> = self
+            .next
+            .iter()
+            .enumerate()
+            .flat_map(|(l, (_, _, n_out))| (0..*n_out).map(move |o| (l, o)))
+            .collect();
+        Mat::from_fn(self.a.nrows(), cols.len(), |t, c| {
+            let (l, o) = cols[c];
+            let (w, b, _) = &self.next[l];
+            b[o] as f64
+                + (0..n)
+                    .map(|i| self.a[(t, i)] * w[o * n + i] as f64)
+                    .sum::<f64>()
+        })
+    }
+
+    /// ||(I - P) Z||_F^2 with P the projection onto [A_S, 1], by QR least squares on the data.
+    fn residual_energy(&self, z: &Mat<f64>, subset: &[usize]) -> f64 {
+        let m = self.a.nrows();
+        let x = Mat::from_fn(m, subset.len() + 1, |t, j| {
+            if j < subset.len() {
+                self.a[(t, subset[j])]
+            } else {
+                1.0
+            }
+        });
+        let c = x.qr().solve_lstsq(z);
+        let fit = &x * &c;
+        let mut e = 0.0;
+        for j in 0..z.ncols() {
+            for t in 0..m {
+                e += (z[(t, j)] - fit[(t, j)]).powi(2);
+            }
+        }
+        e
+    }
+}
+
+fn subset_of(mask: usize, n: usize) -> Vec<usize> {
+    (0..n).filter(|i| mask >> i & 1 == 1).collect()
+}
+
+/// Explained energy f(S) = E(empty) - E(S) of every subset, by bit mask.
+fn explained_by_subset(layer: &Layer) -> Vec<f64> {
+    let n = layer.n();
+    let z = layer.z();
+    let empty = layer.residual_energy(&z, &[]);
+    (0..1usize << n)
+        .map(|mask| empty - layer.residual_energy(&z, &subset_of(mask, n)))
+        .collect()
+}
+
+/// The submodularity ratio of f (Das & Kempe 2011, Def. 2.3) over the sets the proof of
+/// their Theorem 3.2 uses: L a prefix of the greedy order shorter than k, S any set of at
+/// most k neurons outside L: min sum_{x in S} (f(L + x) - f(L)) / (f(L + S) - f(L)).
+fn submodularity_ratio(f: &[f64], order: &[usize], k: usize, n: usize) -> f64 {
+    let mut gamma = f64::INFINITY;
+    for prefix in 0..k {
+        let l = order[..prefix].iter().fold(0usize, |m, &i| m | 1 << i);
+        for s in 1..1usize << n {
+            if s & l != 0 || s.count_ones() as usize > k {
+                continue;
+            }
+            let joint = f[l | s] - f[l];
+            if joint <= 1e-12 * f[(1 << n) - 1] {
+                continue;
+            }
+            let singles: f64 = subset_of(s, n).iter().map(|&x| f[l | 1 << x] - f[l]).sum();
+            gamma = gamma.min(singles / joint);
+        }
+    }
+    gamma
+}
+
+/// lambda_min of the correlation matrix of the centred activations (Das & Kempe's lower
+/// bound on the submodularity ratio, their Lemma 2.4).
+fn smallest_correlation_eigenvalue(stats: &GramStats) -> f64 {
+    let n = stats.col_sums.len();
+    let m = stats.samples as f64;
+    let gc = |i: usize, j: usize| stats.gram[(i, j)] - stats.col_sums[i] * stats.col_sums[j] / m;
+    let corr = Mat::from_fn(n, n, |i, j| gc(i, j) / (gc(i, i) * gc(j, j)).sqrt());
+    corr.self_adjoint_eigenvalues(faer::Side::Lower)
+        .unwrap()
+        .into_iter()
+        .fold(f64::INFINITY, f64::min)
+}
+
+#[test]
+fn greedy_reaches_the_submodular_bound_of_the_best_subset_for_every_k() {
+    let mut worst_ratio = f64::INFINITY;
+    for seed in 0..6 {
+        let n = 8 + (seed as usize % 3);
+        let layer = Layer::random(40, n, &[5, 3], seed);
+        let stats = layer.exact_stats();
+        let f = explained_by_subset(&layer);
+        let full = layer.z();
+        let lambda_min = smallest_correlation_eigenvalue(&stats);
+        let selection = fusion_greedy(&stats, &layer.next(), n).unwrap();
+        let empty = layer.residual_energy(&full, &[]);
+        assert!(
+            (selection.centred_energy - empty).abs() <= 1e-9 * empty,
+            "centred energy {} vs {empty}",
+            selection.centred_energy
+        );
+        for k in 1..=n {
+            let greedy = &selection.order[..k];
+            let mask = greedy.iter().fold(0usize, |m, &i| m | 1 << i);
+            // The energy the selection predicts is that of its set, by QR on the data.
+            let predicted = selection.residual_energy[k - 1];
+            let direct = empty - f[mask];
+            assert!(
+                (predicted - direct).abs() <= 1e-9 * empty,
+                "seed {seed}, k {k}: predicted {predicted} vs {direct}"
+            );
+            let best = (0..1usize << n)
+                .filter(|s| s.count_ones() as usize == k)
+                .map(|s| f[s])
+                .fold(f64::NEG_INFINITY, f64::max);
+            let gamma = submodularity_ratio(&f, &selection.order, k, n);
+            // Das & Kempe, Theorem 3.2: f(greedy) >= (1 - e^-gamma) f(best).
+            let bound = (1.0 - (-gamma).exp()) * best;
+            assert!(
+                f[mask] >= bound - 1e-9 * empty,
+                "seed {seed}, k {k}: greedy explains {} < bound {bound} (best {best}, gamma {gamma})",
+                f[mask]
+            );
+            // Their Lemma 2.4: gamma >= lambda_min of the correlation matrix, so the weaker
+            // bound with lambda_min holds as well.
+            assert!(
+                gamma >= lambda_min - 1e-9,
+                "gamma {gamma} < lambda_min {lambda_min}"
+            );
+            worst_ratio = worst_ratio.min(f[mask] / best);
+        }
+    }
+    eprintln!("worst greedy / best explained energy over the cases: {worst_ratio:.6}");
+}
+
+/// Centred activations with mutually orthogonal columns make the explained energy a sum of
+/// per-neuron terms (a modular function): greedy is then exactly the best subset.
+#[test]
+fn greedy_is_the_best_subset_when_centred_activations_are_orthogonal() {
+    let (m, n) = (30, 9);
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let mut q: Vec<Vec<f64>> = Vec::new();
+    for _ in 0..n {
+        let mut v: Vec<f64> = (0..m).map(|_| rng.random_range(-1.0..1.0)).collect();
+        // Orthogonal to the constant and to the columns before (twice, for rounding).
+        for _ in 0..2 {
+            let mean = v.iter().sum::<f64>() / m as f64;
+            v.iter_mut().for_each(|x| *x -= mean);
+            for u in &q {
+                let p: f64 = v.iter().zip(u).map(|(a, b)| a * b).sum();
+                v.iter_mut().zip(u).for_each(|(x, y)| *x -= p * y);
+            }
+        }
+        let norm = v.iter().map(|x| x * x).sum::<f64>().sqrt();
+        q.push(v.into_iter().map(|x| x / norm).collect());
+    }
+    let scales: Vec<f64> = (0..n).map(|_| rng.random_range(0.5..3.0)).collect();
+    let means: Vec<f64> = (0..n).map(|_| rng.random_range(0.0..2.0)).collect();
+    let a = Mat::from_fn(m, n, |t, j| means[j] + scales[j] * q[j][t]);
+    let layer = Layer::with_activations(a, &[4], 6);
+    let f = explained_by_subset(&layer);
+    let selection = fusion_greedy(&layer.exact_stats(), &layer.next(), n).unwrap();
+    for k in 1..=n {
+        let mask = selection.order[..k].iter().fold(0usize, |m, &i| m | 1 << i);
+        let best = (0..1usize << n)
+            .filter(|s| s.count_ones() as usize == k)
+            .map(|s| f[s])
+            .fold(f64::NEG_INFINITY, f64::max);
+        assert!(
+            (f[mask] - best).abs() <= 1e-10 * f[(1 << n) - 1],
+            "k {k}: greedy explains {} but the best subset {best}",
+            f[mask]
+        );
+    }
+}
+
+/// The error the selection predicts is what fusion reports for the same kept set, and what
+/// the fused layers make on the calibration data, layer by layer and stacked.
+#[test]
+fn predicted_error_equals_fusion_error_and_the_fused_layers_error() {
+    // Past 32 steps, so that the residual updates held back per panel are checked too.
+    let layer = Layer::random(300, 80, &[7, 5], 11);
+    let next = layer.next();
+    let n = layer.n();
+    let z = layer.z();
+    let z_energy: f64 = z.col_iter().flat_map(|c| c.iter().map(|v| v * v)).sum();
+    // The two next layers stacked: what fusion solves when several layers read this one.
+    let stacked_w: Vec<f32> = layer.next.iter().flat_map(|(w, _, _)| w.clone()).collect();
+    let stacked_b: Vec<f32> = layer.next.iter().flat_map(|(_, b, _)| b.clone()).collect();
+    let stacked = NextLayer {
+        weight: &stacked_w,
+        bias: Some(&stacked_b),
+        n_out: z.ncols(),
+        n_in: n,
+    };
+    // The pipeline's statistics (f32 products) know ||Z||^2 to about 1e-6.
+    for (stats, tol) in [(layer.exact_stats(), 1e-9), (layer.pipeline_stats(), 1e-5)] {
+        let selection = fusion_greedy(&stats, &next, 75).unwrap();
+        assert!(
+            (selection.z_energy - z_energy).abs() <= tol * z_energy,
+            "||Z||^2: selection {} vs the data's {z_energy}",
+            selection.z_energy
+        );
+        for k in [1, 3, 8, 31, 32, 33, 64, 65, 75] {
+            let keep = &selection.order[..k];
+            let fused = fuse_next_layer(
+                &Backend::Cpu,
+                &stats,
+                keep,
+                stacked,
+                &FusionOptions::default(),
+            )
+            .unwrap();
+            // Z - Z' on the data: the original layers against the fused ones.
+            let mut direct_energy = 0.0;
+            for t in 0..layer.a.nrows() {
+                for o in 0..z.ncols() {
+                    let z_fused: f64 = fused.bias[o] as f64
+                        + keep
+                            .iter()
+                            .enumerate()
+                            .map(|(i, &y)| layer.a[(t, y)] * fused.weight[o * k + i] as f64)
+                            .sum::<f64>();
+                    direct_energy += (z[(t, o)] - z_fused).powi(2);
+                }
+            }
+            let predicted = selection.residual_energy[k - 1];
+            assert!(
+                (selection.relative_error(k) - fused.relative_error).abs() < 1e-6,
+                "k {k}: predicted relative error {} vs fusion's {}",
+                selection.relative_error(k),
+                fused.relative_error
+            );
+            assert!(
+                (predicted - direct_energy).abs() < 1e-6 * z_energy,
+                "k {k}: predicted {predicted} vs the fused layers' {direct_energy} on the data"
+            );
+        }
+    }
+}
+
+/// Useful neurons 0..6 (random, linearly independent), then neurons that add nothing once
+/// their originals are kept, or ever: dead, constant, duplicates, a scaled copy, a linear
+/// combination.
+fn degenerate_layer(m: usize) -> (Layer, usize) {
+    let useful = 6;
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let base = Mat::from_fn(m, useful, |_, _| rng.random_range(-1.0..1.0f64).max(0.0));
+    let columns: Vec<Box<dyn Fn(usize) -> f64>> = vec![
+        Box::new(|_| 0.0),
+        Box::new(|_| 0.1),
+        Box::new(|t| base[(t, 2)]),
+        Box::new(|t| 2.5 * base[(t, 4)]),
+        Box::new(|_| 0.0),
+        Box::new(|t| base[(t, 0)] - 0.5 * base[(t, 1)] + 0.25),
+        Box::new(|_| 7.77),
+    ];
+    let n = useful + columns.len();
+    let a = Mat::from_fn(m, n, |t, j| {
+        if j < useful {
+            base[(t, j)]
+        } else {
+            columns[j - useful](t)
+        }
+    });
+    (Layer::with_activations(a, &[5, 4], 22), useful)
+}
+
+#[test]
+fn dead_constant_and_duplicate_neurons_are_picked_only_when_nothing_else_adds() {
+    // Enough rows that the f32 products of the pipeline's Gram leave its rounding in the
+    // constants' centred variance (about 4e-6 of their second moment, measured).
+    let (layer, rank) = degenerate_layer(3000);
+    let n = layer.n();
+    let next = layer.next();
+    let z = layer.z();
+    // The prediction comes from the statistics: exact ones, or the pipeline's (f32 products,
+    // whose rounding in the covariances of the constant 7.77, which the next layer reads,
+    // stays in the centred Z: 8e-5 of its energy here, measured).
+    for (stats, floor) in [(layer.exact_stats(), 1e-9), (layer.pipeline_stats(), 1e-3)] {
+        let selection = fusion_greedy(&stats, &next, n).unwrap();
+        assert!(selection
+            .residual_energy
+            .iter()
+            .all(|e| e.is_finite() && *e >= 0.0));
+        assert!(selection
+            .residual_energy
+            .windows(2)
+            .all(|w| w[1] <= w[0] * (1.0 + 1e-12)));
+        let mut sorted = selection.order.clone();
+        sorted.sort_unstable();
+        assert_eq!(sorted, (0..n).collect::<Vec<_>>());
+        // The first `rank` picks span the centred layer: the next layers are reproduced.
+        let first = &selection.order[..rank];
+        let left = layer.residual_energy(&z, first);
+        assert!(
+            left <= 1e-9 * selection.centred_energy,
+            "after {rank} picks {first:?}, {left} of {} left",
+            selection.centred_energy
+        );
+        assert!(
+            selection.residual_energy[rank - 1] <= floor * selection.centred_energy,
+            "{:?}: {:?}",
+            selection.order,
+            selection.residual_energy
+        );
+        // ... so none of them is dead or constant (those span nothing once centred).
+        for &j in first {
+            assert!(![6, 7, 10, 12].contains(&j), "picked {j} in {first:?}");
+        }
+        // A duplicate and its original are never both among them.
+        for (x, y) in [(2, 8), (4, 9)] {
+            assert!(!(first.contains(&x) && first.contains(&y)), "{first:?}");
+        }
+    }
+    // Every k up to the rank, and k = n, through the selector too.
+    let stats = layer.exact_stats();
+    let selector = LayerSelector::new(n, None, None).with_next_layers(&stats, &next);
+    for k in 1..=n {
+        let keep = selector
+            .select(SelectionMethod::FusionGreedy, SelectionSize::Exactly(k), 0)
+            .unwrap();
+        assert_eq!(keep.len(), k);
+    }
+}
+
+#[test]
+fn a_layer_that_is_all_dead_or_constant_selects_in_index_order() {
+    let a = Mat::from_fn(50, 5, |_, j| if j % 2 == 0 { 0.0 } else { 1.5 });
+    let layer = Layer::with_activations(a, &[3], 1);
+    let selection = fusion_greedy(&layer.exact_stats(), &layer.next(), 5).unwrap();
+    assert_eq!(selection.order, vec![0, 1, 2, 3, 4]);
+    assert_eq!(selection.centred_energy, 0.0);
+    assert!(selection.residual_energy.iter().all(|&e| e == 0.0));
+    assert!(
+        selection.z_energy > 0.0,
+        "the bias and the means still reach Z"
+    );
+}
+
+/// Past the point where the next layer is reproduced, the rest follow their unexplained
+/// variance: neurons the next layer does not read come after every one it reads, each step
+/// taking the one whose variance left (after centring and projection on the kept ones) is
+/// the largest fraction of its second moment.
+#[test]
+fn zero_gain_neurons_follow_their_residual_variance() {
+    let (m, n) = (80, 6);
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let a = Mat::from_fn(m, n, |_, j| {
+        let spread = [1.0, 1.0, 0.2, 0.9, 0.5, 0.05][j];
+        1.0 + spread * rng.random_range(-1.0..1.0)
+    });
+    let mut layer = Layer::with_activations(a, &[3], 4);
+    // The next layer reads only neurons 0 and 1.
+    for (w, _, _) in &mut layer.next {
+        for (i, v) in w.iter_mut().enumerate() {
+            if i % n >= 2 {
+                *v = 0.0;
+            }
+        }
+    }
+    let selection = fusion_greedy(&layer.exact_stats(), &layer.next(), n).unwrap();
+    let mut first_two = selection.order[..2].to_vec();
+    first_two.sort_unstable();
+    assert_eq!(first_two, vec![0, 1], "{:?}", selection.order);
+    assert!(selection.residual_energy[1] <= 1e-12 * selection.centred_energy);
+    // The reference: residual variance of each candidate by QR on the data.
+    let mut kept = selection.order[..2].to_vec();
+    for step in 2..n {
+        let best = (0..n)
+            .filter(|j| !kept.contains(j))
+            .map(|j| {
+                let target = Mat::from_fn(m, 1, |t, _| layer.a[(t, j)]);
+                let left = layer.residual_energy(&target, &kept);
+                let second_moment: f64 = (0..m).map(|t| layer.a[(t, j)].powi(2)).sum();
+                (j, left / second_moment)
+            })
+            .fold((usize::MAX, f64::NEG_INFINITY), |b, c| {
+                if c.1 > b.1 {
+                    c
+                } else {
+                    b
+                }
+            });
+        assert_eq!(
+            selection.order[step], best.0,
+            "step {step}: {:?}",
+            selection.order
+        );
+        kept.push(best.0);
+    }
+}
+
+#[test]
+fn selection_is_deterministic_across_thread_counts_and_prefix_consistent() {
+    let layer = Layer::random(150, 60, &[20, 9], 31);
+    let stats = layer.pipeline_stats();
+    let next = layer.next();
+    let run = |threads: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap()
+            .install(|| fusion_greedy(&stats, &next, 40).unwrap())
+    };
+    let one = run(1);
+    let three = run(3);
+    assert_eq!(one.order, three.order);
+    assert_eq!(
+        one.residual_energy
+            .iter()
+            .map(|e| e.to_bits())
+            .collect::<Vec<_>>(),
+        three
+            .residual_energy
+            .iter()
+            .map(|e| e.to_bits())
+            .collect::<Vec<_>>()
+    );
+    let short = fusion_greedy(&stats, &next, 12).unwrap();
+    assert_eq!(short.order, one.order[..12]);
+    // The selector answers a smaller k from the longer selection it made first.
+    let selector = LayerSelector::new(60, None, None).with_next_layers(&stats, &next);
+    let long = selector.fusion_greedy(40).unwrap();
+    let prefix = selector.fusion_greedy(12).unwrap();
+    assert_eq!(long.order[..12], prefix.order);
+    assert_eq!(long.residual_energy[..12], prefix.residual_energy);
+}
+
+#[test]
+fn errors_name_the_problem() {
+    let layer = Layer::random(30, 6, &[4], 41);
+    let stats = layer.exact_stats();
+    let next = layer.next();
+    let msg = |r: divnet::Result<_>| {
+        r.map(|_: divnet::select::FusionGreedy| ())
+            .unwrap_err()
+            .to_string()
+    };
+    assert!(msg(fusion_greedy(&stats, &next, 0)).contains("between 1 and 6"));
+    assert!(msg(fusion_greedy(&stats, &next, 7)).contains("between 1 and 6"));
+    assert!(msg(fusion_greedy(&stats, &[], 2)).contains("next layer"));
+    let w = vec![0.5f32; 4 * 5];
+    let wrong = NextLayer {
+        weight: &w,
+        bias: None,
+        n_out: 4,
+        n_in: 5,
+    };
+    assert!(msg(fusion_greedy(&stats, &[wrong], 2)).contains("reads 5 inputs"));
+    let mut bad = stats.clone();
+    bad.gram[(1, 2)] = f64::NAN;
+    assert!(msg(fusion_greedy(&bad, &next, 2)).contains("not finite"));
+    let selector = LayerSelector::new(6, None, None);
+    let err = selector
+        .select(SelectionMethod::FusionGreedy, SelectionSize::Exactly(2), 0)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("next layer's weights"), "{err}");
+}
+
+/// The fusion gain of a neuron is the energy it explains alone: f({j}) by QR on the data.
+#[test]
+fn quality_scores_are_what_each_neuron_explains_or_sends() {
+    let layer = Layer::random(60, 7, &[4, 2], 51);
+    let stats = layer.exact_stats();
+    let next = layer.next();
+    let f = explained_by_subset(&layer);
+    let gains = single_neuron_gains(&stats, &next).unwrap();
+    assert_eq!(
+        gains,
+        quality_scores(&stats, &next, QualityScore::FusionGain).unwrap()
+    );
+    for (j, g) in gains.iter().enumerate() {
+        assert!(
+            (g - f[1 << j]).abs() <= 1e-9 * f[(1 << 7) - 1],
+            "neuron {j}"
+        );
+    }
+    // ||W[:, j]||^2 * sum_t (a_tj - mean_j)^2 over the stacked layers.
+    let energy = quality_scores(&stats, &next, QualityScore::NextLayerEnergy).unwrap();
+    let m = layer.a.nrows();
+    for (j, e) in energy.iter().enumerate() {
+        let mean = (0..m).map(|t| layer.a[(t, j)]).sum::<f64>() / m as f64;
+        let var: f64 = (0..m).map(|t| (layer.a[(t, j)] - mean).powi(2)).sum();
+        let w2: f64 = layer
+            .next
+            .iter()
+            .flat_map(|(w, _, n_out)| (0..*n_out).map(move |o| w[o * 7 + j] as f64))
+            .map(|v| v * v)
+            .sum();
+        assert!(
+            (e - w2 * var).abs() <= 1e-9 * e.abs().max(1.0),
+            "neuron {j}"
+        );
+    }
+}
+
+#[test]
+fn quality_kernel_weighs_determinants_by_scores() {
+    let n = 6;
+    let mut rng = ChaCha8Rng::seed_from_u64(61);
+    let x = Mat::from_fn(n, 3, |_, _| rng.random_range(-1.0..1.0f64));
+    let l = Mat::from_fn(n, n, |i, j| {
+        let d: f64 = (0..3).map(|c| (x[(i, c)] - x[(j, c)]).powi(2)).sum();
+        (-d).exp() + if i == j { 1e-6 } else { 0.0 }
+    });
+    let scores = [0.5, 2.0, 0.0, 1.0, 3.0, 0.5];
+    let lq = quality_kernel(l.as_ref(), &scores).unwrap();
+    let mean = scores.iter().sum::<f64>() / n as f64;
+    for i in 0..n {
+        for j in 0..n {
+            let want = l[(i, j)] * scores[i] * scores[j] / (mean * mean);
+            assert!((lq[(i, j)] - want).abs() < 1e-15, "({i}, {j})");
+        }
+    }
+    assert!(quality_kernel(l.as_ref(), &[1.0; 5]).is_err());
+    assert!(quality_kernel(l.as_ref(), &[0.0; 6]).is_err());
+    assert!(quality_kernel(l.as_ref(), &[1.0, -1.0, 1.0, 1.0, 1.0, 1.0]).is_err());
+}
+
+#[test]
+fn quality_methods_select_through_the_layer_selector() {
+    let layer = Layer::random(100, 30, &[6], 71);
+    let stats = layer.pipeline_stats();
+    let next = layer.next();
+    let rows: Vec<f32> = (0..100)
+        .flat_map(|t| (0..30).map(move |j| (t, j)))
+        .map(|(t, j)| layer.a[(t, j)] as f32)
+        .collect();
+    let kernel = divnet::kernel::rbf_kernel(
+        &Backend::Cpu,
+        ActivationRows::F32(&rows),
+        30,
+        divnet::kernel::Beta::Median,
+        1e-6,
+    )
+    .unwrap();
+    let selector =
+        LayerSelector::new(30, Some(&kernel.matrix), None).with_next_layers(&stats, &next);
+    let a = selector
+        .select(SelectionMethod::QualityKDpp, SelectionSize::Exactly(8), 3)
+        .unwrap();
+    let b = selector
+        .select(SelectionMethod::QualityKDpp, SelectionSize::Exactly(8), 3)
+        .unwrap();
+    assert_eq!(a, b, "same seed, same draw");
+    assert_eq!(a.len(), 8);
+    assert!(a.windows(2).all(|w| w[0] < w[1]));
+    let g = selector
+        .select(SelectionMethod::QualityGreedy, SelectionSize::Exactly(8), 0)
+        .unwrap();
+    assert_eq!(g.len(), 8);
+    // Greedy MAP on the quality kernel is greedy MAP on diag(q) L diag(q) itself.
+    let mut want = divnet::dpp::greedy_map(
+        selector.quality_kernel().unwrap().as_ref(),
+        divnet::dpp::GreedyStop::Count(8),
+    )
+    .unwrap();
+    want.sort_unstable();
+    assert_eq!(g, want);
+    let no_target = LayerSelector::new(30, Some(&kernel.matrix), None);
+    assert!(no_target
+        .select(SelectionMethod::QualityKDpp, SelectionSize::Exactly(8), 3)
+        .is_err());
+}
