@@ -258,6 +258,21 @@ def _chunk_passes(activations: Any) -> Callable[[], Iterator[Any]]:
     return passes
 
 
+def _options(
+    method: str, fusion: str, ridge_factor: float, beta: Beta, eps: float, seed: int, backend: str
+) -> dict[str, Any]:
+    """The options both compression functions share, as the extension takes them."""
+    return {
+        "method": method,
+        "fusion": fusion,
+        "ridge_factor": ridge_factor,
+        "beta": beta,
+        "eps": eps,
+        "seed": seed,
+        "backend": backend,
+    }
+
+
 def _is_array(value: Any) -> bool:
     if isinstance(value, (list, tuple)):
         return len(value) == 0 or not hasattr(value[0], "shape")
@@ -331,13 +346,7 @@ def compress_layer(
         k,
         keep_ratio,
         None if keep is None else [int(i) for i in keep],
-        method,
-        fusion,
-        ridge_factor,
-        beta,
-        eps,
-        seed,
-        backend,
+        _options(method, fusion, ridge_factor, beta, eps, seed, backend),
     )
     out = dict(weights)
     out.update(changed)
@@ -401,14 +410,8 @@ def compress(
         activation,
         _per_layer(k, int),
         _per_layer(keep_ratio, float),
-        method,
-        fusion,
-        ridge_factor,
-        beta,
-        eps,
-        seed,
-        backend,
         chunk_rows,
+        _options(method, fusion, ridge_factor, beta, eps, seed, backend),
     )
     out = dict(state_dict)
     out.update(changed)

@@ -38,13 +38,7 @@ def compress_layer(
     k: Optional[int],
     keep_ratio: Optional[float],
     keep: Optional[list[int]],
-    method: str,
-    fusion: str,
-    ridge_factor: float,
-    beta: Union[str, float],
-    eps: float,
-    seed: int,
-    backend: str,
+    options: Mapping[str, Any],
 ) -> tuple[dict[str, NDArray[Any]], str]: ...
 def compress(
     state_dict: Mapping[str, Any],
@@ -53,13 +47,7 @@ def compress(
     activation: str,
     k: Optional[list[int]],
     keep_ratio: Optional[list[float]],
-    method: str,
-    fusion: str,
-    ridge_factor: float,
-    beta: Union[str, float],
-    eps: float,
-    seed: int,
-    backend: str,
     chunk_rows: int,
+    options: Mapping[str, Any],
 ) -> tuple[dict[str, NDArray[Any]], str]: ...
 def _activation_view(activations: Any) -> tuple[int, bool]: ...

@@ -40,14 +40,3 @@ class GpuError(DivnetError, RuntimeError):
 class NumericalError(DivnetError, ArithmeticError):
     """A numerical failure that the input checks could not foresee (a DPP that drew nothing
     from a kernel with tiny eigenvalues, ...)."""
-
-
-__all__ = [
-    "DivnetError",
-    "InvalidInputError",
-    "FormatError",
-    "FileError",
-    "NoAdapterError",
-    "GpuError",
-    "NumericalError",
-]

@@ -45,6 +45,7 @@ from . import (
     Beta,
     Fusion,
     InvalidInputError,
+    _options,
     compress_layer,
 )
 
@@ -239,7 +240,6 @@ def _compress(
     layers: Sequence[Layer],
     calibration: Calibration,
     indices: Sequence[int],
-    seed: int,
     options: dict[str, Any],
     k: Any,
     keep_ratio: Any,
@@ -273,8 +273,7 @@ def _compress(
                 list(layer.prev),
                 k=ks[position],
                 keep_ratio=ratios[position],
-                seed=seed + index,
-                **options,
+                **{**options, "seed": options["seed"] + index},
             )
             _install(
                 work,
@@ -343,21 +342,13 @@ def compress(
         (``backend``, ``samples``, ``params_before``, ``params_after``, ``layers`` with each
         layer's kept indices, ridge and relative error, ``seconds``).
     """
-    options = dict(
-        method=method,
-        fusion=fusion,
-        ridge_factor=ridge_factor,
-        beta=beta,
-        eps=eps,
-        backend=backend,
-    )
+    options = _options(method, fusion, ridge_factor, beta, eps, seed, backend)
     indices = range(len(layers))
     return _compress(
         model,
         layers,
         calibration,
         indices,
-        seed,
         options,
         k,
         keep_ratio,
@@ -432,20 +423,12 @@ def compress_mlp(
             )
     specs = [Layer(prev=name, next=linears[hidden.index(name) + 1]) for name in chosen]
     indices = [hidden.index(name) for name in chosen]
-    options = dict(
-        method=method,
-        fusion=fusion,
-        ridge_factor=ridge_factor,
-        beta=beta,
-        eps=eps,
-        backend=backend,
-    )
+    options = _options(method, fusion, ridge_factor, beta, eps, seed, backend)
     return _compress(
         model,
         specs,
         calibration,
         indices,
-        seed,
         options,
         k,
         keep_ratio,

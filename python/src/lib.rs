@@ -10,8 +10,7 @@
 use std::path::Path;
 
 use divnet::compress::{
-    compress_layer_tensors, compress_mlp, CompressOptions, LayerOptions, LayerTensors, NoProgress,
-    DEFAULT_CHUNK_ROWS, DEFAULT_EPS,
+    compress_layer_tensors, compress_mlp, LayerTensors, NoProgress, DEFAULT_CHUNK_ROWS, DEFAULT_EPS,
 };
 use divnet::dpp::{DppSampler, KDppSampler, Spectrum};
 use divnet::fusion::FusionOptions;
@@ -295,7 +294,7 @@ fn tensors_to_py<'py>(
 /// `next` layers, slice the `prev` layers. Returns the tensors it rewrote and the report
 /// (JSON, as `divnet compress-layer --report` writes it).
 #[pyfunction]
-#[pyo3(signature = (activations, chunks, width, weights, next, prev, k, keep_ratio, keep, method, fusion, ridge_factor, beta, eps, seed, backend))]
+#[pyo3(signature = (activations, chunks, width, weights, next, prev, k, keep_ratio, keep, options))]
 #[allow(clippy::too_many_arguments)]
 fn compress_layer<'py>(
     py: Python<'py>,
@@ -308,25 +307,10 @@ fn compress_layer<'py>(
     k: Option<usize>,
     keep_ratio: Option<f64>,
     keep: Option<Vec<usize>>,
-    method: &str,
-    fusion: &str,
-    ridge_factor: f64,
-    beta: &Bound<'py, PyAny>,
-    eps: f64,
-    seed: u64,
-    backend: &str,
+    options: options::Compression<'py>,
 ) -> PyResult<(Bound<'py, PyDict>, String)> {
-    let method = options::method(py, method)?;
-    let choice = options::backend(py, backend)?;
-    let opts = LayerOptions {
-        method,
-        keep: options::layer_keep(py, method, k, keep_ratio, keep)?,
-        fusion: options::fusion(py, fusion, ridge_factor)?,
-        beta: options::beta(beta)?,
-        eps,
-        seed,
-        cpu_fallback: choice == divnet::BackendChoice::Auto,
-    };
+    let (method, choice) = options.method_and_backend(py)?;
+    let opts = options.layer(py, options::layer_keep(py, method, k, keep_ratio, keep)?)?;
     let mut file = layer_tensors(weights, &[next.clone(), prev.clone()].concat())?;
     let matrix = activations
         .map(|a| Matrix::from_py("activations", a, true))
@@ -390,7 +374,7 @@ fn compress_layer<'py>(
 /// observed through the already compressed ones on the calibration inputs, as
 /// `divnet compress` does. Returns the tensors it rewrote and the report (JSON).
 #[pyfunction]
-#[pyo3(signature = (state_dict, calibration, layers, activation, k, keep_ratio, method, fusion, ridge_factor, beta, eps, seed, backend, chunk_rows))]
+#[pyo3(signature = (state_dict, calibration, layers, activation, k, keep_ratio, chunk_rows, options))]
 #[allow(clippy::too_many_arguments)]
 fn compress<'py>(
     py: Python<'py>,
@@ -400,27 +384,16 @@ fn compress<'py>(
     activation: &str,
     k: Option<Vec<usize>>,
     keep_ratio: Option<Vec<f64>>,
-    method: &str,
-    fusion: &str,
-    ridge_factor: f64,
-    beta: &Bound<'py, PyAny>,
-    eps: f64,
-    seed: u64,
-    backend: &str,
     chunk_rows: usize,
+    options: options::Compression<'py>,
 ) -> PyResult<(Bound<'py, PyDict>, String)> {
-    let method = options::method(py, method)?;
-    let choice = options::backend(py, backend)?;
+    let (method, choice) = options.method_and_backend(py)?;
     let activation: Activation = activation.parse().map_err(|e| raise(py, e))?;
-    let opts = CompressOptions {
-        method,
-        keep: options::mlp_keep(py, method, k, keep_ratio)?,
-        fusion: options::fusion(py, fusion, ridge_factor)?,
-        beta: options::beta(beta)?,
-        eps,
-        seed,
+    let opts = options.mlp(
+        py,
+        options::mlp_keep(py, method, k, keep_ratio)?,
         chunk_rows,
-    };
+    )?;
     let mut file = TensorFile::default();
     for item in state_dict.call_method0("items")?.try_iter()? {
         let (name, value): (String, Bound<'py, PyAny>) = item?.extract()?;

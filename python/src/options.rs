@@ -1,7 +1,7 @@
 //! The options of the Python functions, parsed as the command line parses its flags: the same
 //! names (`kdpp`, `paper`, `auto`, ...), the library's parsers and their messages.
 
-use divnet::compress::KeepSpec;
+use divnet::compress::{CompressOptions, KeepSpec, LayerOptions};
 use divnet::fusion::{FusionMode, FusionOptions};
 use divnet::kernel::Beta;
 use divnet::select::SelectionMethod;
@@ -112,4 +112,59 @@ fn dpp_size(py: Python<'_>) -> PyErr {
         py,
         "method='dpp' chooses its own size: drop k/keep_ratio, or use method='kdpp'",
     )
+}
+
+/// The options both compression functions take, as the Python wrappers pass them: a dict
+/// with these keys.
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+pub struct Compression<'py> {
+    method: String,
+    fusion: String,
+    ridge_factor: f64,
+    beta: Bound<'py, PyAny>,
+    eps: f64,
+    seed: u64,
+    backend: String,
+}
+
+impl Compression<'_> {
+    /// The selection method and the backend choice.
+    pub fn method_and_backend(&self, py: Python<'_>) -> PyResult<(SelectionMethod, BackendChoice)> {
+        Ok((method(py, &self.method)?, backend(py, &self.backend)?))
+    }
+
+    /// [`LayerOptions`] for `keep`; a GPU failure under `auto` falls back to the CPU, as in
+    /// `divnet compress-layer`.
+    pub fn layer(&self, py: Python<'_>, keep: KeepSpec) -> PyResult<LayerOptions> {
+        let (method, choice) = self.method_and_backend(py)?;
+        Ok(LayerOptions {
+            method,
+            keep,
+            fusion: fusion(py, &self.fusion, self.ridge_factor)?,
+            beta: beta(&self.beta)?,
+            eps: self.eps,
+            seed: self.seed,
+            cpu_fallback: choice == BackendChoice::Auto,
+        })
+    }
+
+    /// [`CompressOptions`] for `keep` (one spec for all hidden layers, or one per layer).
+    pub fn mlp(
+        &self,
+        py: Python<'_>,
+        keep: Vec<KeepSpec>,
+        chunk_rows: usize,
+    ) -> PyResult<CompressOptions> {
+        let layer = self.layer(py, KeepSpec::All)?;
+        Ok(CompressOptions {
+            method: layer.method,
+            keep,
+            fusion: layer.fusion,
+            beta: layer.beta,
+            eps: layer.eps,
+            seed: layer.seed,
+            chunk_rows,
+        })
+    }
 }
