@@ -4,6 +4,7 @@ dtypes and layouts; no copy for float32/float16 in C order; the GIL released."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 
@@ -249,3 +250,21 @@ def test_the_gil_is_released_during_the_work(rng):
     inside = [t for t in ticks if start + 0.01 < t < end - 0.01]
     # With the GIL held for the whole call, this thread could not run until it returned.
     assert len(inside) >= 5, (len(inside), end - start)
+
+
+def test_gpu_backend_matches_the_cpu(rng):
+    """The WGSL kernels, from Python: on lavapipe where there is no GPU (CI requires an
+    adapter with DIVNET_REQUIRE_GPU=1)."""
+    a = layer(rng, m=500, n=40)
+    try:
+        g_gpu, s_gpu = divnet.gram(a, backend="gpu")
+    except divnet.NoAdapterError as e:
+        if os.environ.get("DIVNET_REQUIRE_GPU") == "1":
+            raise
+        pytest.skip(f"no GPU adapter: {e}")
+    g_cpu, s_cpu = divnet.gram(a, backend="cpu")
+    np.testing.assert_allclose(g_gpu, g_cpu, rtol=1e-5)
+    np.testing.assert_allclose(s_gpu, s_cpu, rtol=1e-5)
+    np.testing.assert_allclose(
+        divnet.kernel(a, backend="gpu"), divnet.kernel(a, backend="cpu"), rtol=0, atol=1e-5
+    )
