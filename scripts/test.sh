@@ -2,7 +2,9 @@
 # Runs divnet's test suite on a fresh Debian/Ubuntu machine: installs what is missing (a
 # Vulkan driver for the GPU tests; Python's venv module, whose virtual environment
 # target/test-venv gets numpy and safetensors for the interoperability checks), then runs
-# `cargo test --release`. Nothing is installed into the system's Python.
+# `cargo test --release` and, without arguments, the Python package's tests
+# (scripts/test_python.sh, in the same virtual environment). Nothing is installed into the
+# system's Python.
 #
 # The GPU tests run on whatever Vulkan adapter exists; without a real GPU that is Mesa's
 # lavapipe (mesa-vulkan-drivers), a real Vulkan device on the CPU. Set DIVNET_REQUIRE_GPU=1
@@ -47,7 +49,9 @@ setup_python() {
       return
   fi
 }
+python_ready=
 if setup_python; then
+  python_ready=1
   # The tests run Python through this variable (python3 on PATH when it is unset).
   DIVNET_PYTHON="$(pwd)/$venv/bin/python"
   export DIVNET_PYTHON
@@ -68,3 +72,11 @@ if [ -z "${XDG_RUNTIME_DIR:-}" ] && [ -z "${NODEVICE_SELECT:-}" ]; then
 fi
 
 cargo test --release "$@"
+
+# The Python package's tests (build, install, pytest) on a full run; arguments select Rust
+# tests only.
+if [ $# -eq 0 ] && [ -n "$python_ready" ]; then
+  ./scripts/test_python.sh
+elif [ $# -eq 0 ]; then
+  echo "scripts/test.sh: no Python environment: the Python package's tests did not run" >&2
+fi
