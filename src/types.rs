@@ -89,7 +89,9 @@ pub trait RowSource {
     /// n, the number of neurons (values per row).
     fn width(&self) -> usize;
 
-    /// m, the number of rows one pass yields.
+    /// m, the number of rows one pass yields. A source that learns it only by reading (a
+    /// stream of chunks from a callback) returns 0 until its first pass has ended; the
+    /// pipeline then plans without it and reports the count it read.
     fn rows(&self) -> usize;
 
     /// Calls `visit` on consecutive chunks of whole rows, in order, covering all `rows()`

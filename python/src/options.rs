@@ -146,6 +146,7 @@ impl Compression<'_> {
             eps: self.eps,
             seed: self.seed,
             cpu_fallback: choice == BackendChoice::Auto,
+            route: None,
         })
     }
 

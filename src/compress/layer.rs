@@ -167,7 +167,8 @@ pub fn compress_layer(
         name: String::new(),
         index: 0,
         neurons_before: n,
-        samples: m,
+        // Read again: a source may learn its row count only in its first pass.
+        samples: activations.rows(),
         kept: selected.kept.clone(),
         method: selection.method_name(opts).into(),
         fusion: fusion_name(opts.fusion.mode).into(),
