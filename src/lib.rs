@@ -8,7 +8,8 @@
 //! The crate is organised by algorithm:
 //! - [`kernel`]: Gram accumulation and the RBF kernel over neurons, on the GPU ([`gpu`]) or
 //!   the CPU ([`cpu`]), chosen by a [`Backend`];
-//! - [`dpp`]: eigendecomposition, k-DPP and DPP sampling, greedy MAP;
+//! - [`dpp`]: eigendecomposition (full or partial), k-DPP and DPP sampling, greedy MAP,
+//!   over the crate's own dense symmetric eigensolvers (`src/linalg/`);
 //! - [`fusion`]: the least-squares reweighting of the next layer;
 //! - [`model`]: MLPs, forward pass, training; [`io`]: npy, safetensors, IDX;
 //! - [`compress`]: the layer-by-layer pipeline.
@@ -25,6 +26,7 @@ pub mod fusion;
 pub mod gpu;
 pub mod io;
 pub mod kernel;
+mod linalg;
 pub mod memory;
 pub mod model;
 pub mod progress;
