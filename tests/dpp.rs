@@ -610,6 +610,17 @@ fn kernel_with_spectrum(values: &[f64], seed: u64) -> Mat<f64> {
     Mat::from_fn(n, n, |i, j| 0.5 * (m[(i, j)] + m[(j, i)]))
 }
 
+/// `groups` groups of five eigenvalues, group g starting at `first + step * g`, its members
+/// `spreads[g % spreads.len()]` apart (0: five equal eigenvalues).
+fn clustered_spectrum(groups: usize, first: f64, step: f64, spreads: &[f64]) -> Vec<f64> {
+    (0..groups)
+        .flat_map(|g| {
+            let spread = spreads[g % spreads.len()];
+            (0..5).map(move |t| first + step * g as f64 + spread * t as f64)
+        })
+        .collect()
+}
+
 /// A standard normal variate (Box-Muller).
 fn gaussian(rng: &mut ChaCha8Rng) -> f64 {
     let u: f64 = 1.0 - rng.random::<f64>();
@@ -780,14 +791,8 @@ fn k_dpp_marginals(spectrum: &Spectrum, k: usize) -> Vec<f64> {
 /// spectrum of tight clusters.
 #[test]
 fn partial_inclusion_frequencies_match_marginals_at_n_50() {
-    let mut clustered: Vec<f64> = Vec::new();
-    for g in 0..10 {
-        let centre = 0.2 + 0.4 * g as f64;
-        for t in 0..5 {
-            // Exact repeats in even groups, gaps of 1e-12 in odd ones.
-            clustered.push(centre + if g % 2 == 0 { 0.0 } else { 1e-12 * t as f64 });
-        }
-    }
+    // Exact repeats in even groups, gaps of 1e-12 in odd ones.
+    let clustered = clustered_spectrum(10, 0.2, 0.4, &[0.0, 1e-12]);
     let kernels = [
         ("rbf", rbf(50, 2, 8.0, 1e-3, 11)),
         ("duplicated neurons", duplicated_rbf(25, 2, 4.0, 0.2, 36)),
@@ -841,17 +846,7 @@ fn chained_groups(values: &[f64], gap: f64) -> Vec<std::ops::Range<usize>> {
 /// ||L v - lambda v|| within 1e-12 n ||L||).
 #[test]
 fn partial_eigenvectors_match_the_full_solver() {
-    let mut clustered: Vec<f64> = Vec::new();
-    for g in 0..60 {
-        let centre = 1.0 + 0.05 * g as f64;
-        for t in 0..5 {
-            clustered.push(match g % 3 {
-                0 => centre,
-                1 => centre + 1e-9 * t as f64,
-                _ => centre + 1e-3 * t as f64,
-            });
-        }
-    }
+    let clustered = clustered_spectrum(60, 1.0, 0.05, &[0.0, 1e-9, 1e-3]);
     let kernels = [
         ("random", random_psd(300, 0.1, 41)),
         ("clustered", kernel_with_spectrum(&clustered, 42)),
@@ -954,7 +949,8 @@ fn decompositions_and_draws_do_not_depend_on_the_thread_count() {
         faer::set_global_parallelism(par);
         let full = Spectrum::new(l.as_ref()).unwrap();
         let partial = PartialSpectrum::new(l.clone()).unwrap();
-        let indices: Vec<usize> = (0..700).step_by(9).collect();
+        // Half the eigenvalues: products and factorisations wide enough to run in parallel.
+        let indices: Vec<usize> = (0..700).step_by(2).collect();
         let vectors = partial.eigenvectors(&indices).unwrap();
         let draws: Vec<Vec<usize>> = (0..3)
             .flat_map(|seed| {
@@ -971,26 +967,42 @@ fn decompositions_and_draws_do_not_depend_on_the_thread_count() {
     let one = run(faer::Par::Seq);
     let three = run(faer::Par::rayon(3));
     faer::set_global_parallelism(default);
-    let bits = |m: &Mat<f64>| -> Vec<u64> {
+    // The number of values that differ in their bits (a short message if any do).
+    let differing = |a: &[f64], b: &[f64]| {
+        a.iter()
+            .zip(b)
+            .filter(|(x, y)| x.to_bits() != y.to_bits())
+            .count()
+    };
+    let entries = |m: &Mat<f64>| -> Vec<f64> {
         (0..m.ncols())
-            .flat_map(|j| (0..m.nrows()).map(move |i| m[(i, j)].to_bits()))
+            .flat_map(|j| (0..m.nrows()).map(move |i| m[(i, j)]))
             .collect()
     };
-    let value_bits = |v: &[f64]| -> Vec<u64> { v.iter().map(|x| x.to_bits()).collect() };
-    assert_eq!(
-        value_bits(&one.0.eigenvalues),
-        value_bits(&three.0.eigenvalues)
-    );
-    assert!(
-        bits(&one.0.eigenvectors) == bits(&three.0.eigenvectors),
-        "full eigenvectors"
-    );
-    assert_eq!(
-        value_bits(&one.1),
-        value_bits(&three.1),
-        "partial eigenvalues"
-    );
-    assert!(bits(&one.2) == bits(&three.2), "partial eigenvectors");
+    let checks = [
+        (
+            "full eigenvalues",
+            differing(&one.0.eigenvalues, &three.0.eigenvalues),
+        ),
+        (
+            "full eigenvectors",
+            differing(
+                &entries(&one.0.eigenvectors),
+                &entries(&three.0.eigenvectors),
+            ),
+        ),
+        ("partial eigenvalues", differing(&one.1, &three.1)),
+        (
+            "partial eigenvectors",
+            differing(&entries(&one.2), &entries(&three.2)),
+        ),
+    ];
+    for (what, count) in checks {
+        assert_eq!(
+            count, 0,
+            "{what}: {count} values differ between 1 and 3 threads"
+        );
+    }
     assert_eq!(one.3, three.3, "draws");
 }
 
@@ -1042,4 +1054,37 @@ fn partial_spectrum_errors_name_the_problem() {
     let s = PartialSpectrum::new(low).unwrap();
     assert_eq!(s.numerical_rank(), 2);
     assert!(msg(KDppSampler::new(&s, 3).unwrap_err()).contains("rank 2"));
+}
+
+/// The layer selector draws from the full spectrum below PARTIAL_SPECTRUM_MIN_NEURONS and
+/// from the partial one from there on, says which, and its draws are the partial
+/// sampler's for the same seed.
+#[test]
+fn layer_selector_picks_the_eigen_path_by_size() {
+    use divnet::select::{
+        LayerSelector, SelectionMethod, SelectionSize, PARTIAL_SPECTRUM_MIN_NEURONS,
+    };
+    let small = rbf(50, 2, 8.0, 1e-3, 60);
+    let selector = LayerSelector::new(50, Some(&small), None);
+    assert_eq!(selector.eigen_path(), "full eigendecomposition");
+    let keep = selector
+        .select(SelectionMethod::KDpp, SelectionSize::Exactly(5), 1)
+        .unwrap();
+    let full = Spectrum::new(small.as_ref()).unwrap();
+    assert_eq!(keep, sample_k_dpp(&full, 5, 1).unwrap());
+
+    let n = PARTIAL_SPECTRUM_MIN_NEURONS;
+    let big = rbf(n, 3, 10.0, 1e-3, 61);
+    let selector = LayerSelector::new(n, Some(&big), None);
+    assert_eq!(selector.eigen_path(), "partial: 4/3 n^3 + 2 n^2 k");
+    let keep = selector
+        .select(SelectionMethod::KDpp, SelectionSize::Exactly(20), 7)
+        .unwrap();
+    let partial = PartialSpectrum::new(big.clone()).unwrap();
+    assert_eq!(keep, sample_k_dpp(&partial, 20, 7).unwrap());
+    let drawn = selector
+        .select(SelectionMethod::Dpp, SelectionSize::Drawn, 3)
+        .unwrap();
+    assert_eq!(drawn, sample_dpp(&partial, 3).unwrap());
+    assert_eq!(selector.eigen_path(), "partial: 4/3 n^3 + 2 n^2 k");
 }

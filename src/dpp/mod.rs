@@ -9,7 +9,7 @@
 //!   wanted.
 //! - [`PartialSpectrum`]: the reduction to tridiagonal form and all eigenvalues (about
 //!   4/3 n^3, in L's own storage), then each draw computes its k eigenvectors
-//!   (2 n^2 k + 4 n k^2). For large n.
+//!   (2 n^2 k + 2 n k^2). For large n.
 //!
 //! A sample then costs O(n k^2) (projection sampling) plus O(n k) (eigenvector
 //! selection). Greedy MAP works on `L` directly in O(n k^2) time and O(n k) memory. The

@@ -20,7 +20,7 @@ use crate::progress::{NoProgress, Progress};
 /// [`PartialSpectrum::eigenvectors`] then computes only the vectors asked for: inverse
 /// iteration on the tridiagonal matrix, O(n) per vector and step, and the
 /// back-transformation of those k columns, 2 n^2 k flops. A k-DPP draw thus costs about
-/// 4/3 n^3 + 2 n^2 k + 4 n k^2 flops against the ~9 n^3 of [`super::Spectrum`], and holds
+/// 4/3 n^3 + 2 n^2 k + 2 n k^2 flops against the ~9 n^3 of [`super::Spectrum`], and holds
 /// one n x n matrix (L itself) plus n x k, where the full decomposition holds three n x n.
 /// Further draws reuse the reduction and the eigenvalues and compute only the
 /// eigenvectors they need.
@@ -31,8 +31,9 @@ use crate::progress::{NoProgress, Progress};
 /// sign; inside a cluster of eigenvalues too close to tell apart (within 1e-10 ||L||), the
 /// cluster's vectors are computed together and form a fixed orthonormal basis of its
 /// invariant subspace, which is what a k-DPP draw needs to stay exact (see
-/// `src/linalg/inverse_iteration.rs`). They do not depend on which other indices are
-/// asked for, nor on the thread count (they can differ in the last bits between CPUs).
+/// `src/linalg/inverse_iteration.rs`). They do not depend on the thread count (they can
+/// differ in the last bits between CPUs), and on which other indices are asked for only by
+/// the rounding-level orthonormalisation of vectors with close eigenvalues.
 pub struct PartialSpectrum {
     eigen: PartialEigen,
     eigenvalues: Vec<f64>,

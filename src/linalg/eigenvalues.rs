@@ -213,32 +213,16 @@ fn ql_sweeps(
                 return false;
             }
             *sweeps += 1;
-            let p = d[l];
-            let sigma = wilkinson_shift(p, e[l].sqrt(), d[l + 1]);
-            let (mut c, mut s) = (1.0, 0.0);
-            let mut gamma = d[m] - sigma;
-            let mut p = gamma * gamma;
+            let sigma = wilkinson_shift(d[l], e[l].sqrt(), d[l + 1]);
+            let mut sweep = Sweep::new(d[m] - sigma);
             for i in (l..m).rev() {
-                let bb = e[i];
-                let r = p + bb;
+                let (e_behind, d_behind) = sweep.step(e[i], d[i], sigma);
                 if i != m - 1 {
-                    e[i + 1] = s * r;
+                    e[i + 1] = e_behind;
                 }
-                let old_c = c;
-                c = p / r;
-                s = bb / r;
-                let old_gamma = gamma;
-                let alpha = d[i];
-                gamma = c * (alpha - sigma) - s * old_gamma;
-                d[i + 1] = old_gamma + (alpha - gamma);
-                p = if c != 0.0 {
-                    (gamma * gamma) / c
-                } else {
-                    old_c * bb
-                };
+                d[i + 1] = d_behind;
             }
-            e[l] = s * p;
-            d[l] = sigma + gamma;
+            (e[l], d[l]) = sweep.finish(sigma);
             continue;
         }
         if l > lend {
@@ -287,33 +271,63 @@ fn qr_sweeps(
                 return false;
             }
             *sweeps += 1;
-            let p = d[l];
-            let sigma = wilkinson_shift(p, e[l - 1].sqrt(), d[l - 1]);
-            let (mut c, mut s) = (1.0, 0.0);
-            let mut gamma = d[m] - sigma;
-            let mut p = gamma * gamma;
+            let sigma = wilkinson_shift(d[l], e[l - 1].sqrt(), d[l - 1]);
+            let mut sweep = Sweep::new(d[m] - sigma);
             for i in m..l {
-                let bb = e[i];
-                let r = p + bb;
+                let (e_behind, d_behind) = sweep.step(e[i], d[i + 1], sigma);
                 if i != m {
-                    e[i - 1] = s * r;
+                    e[i - 1] = e_behind;
                 }
-                let old_c = c;
-                c = p / r;
-                s = bb / r;
-                let old_gamma = gamma;
-                let alpha = d[i + 1];
-                gamma = c * (alpha - sigma) - s * old_gamma;
-                d[i] = old_gamma + (alpha - gamma);
-                p = if c != 0.0 {
-                    (gamma * gamma) / c
-                } else {
-                    old_c * bb
-                };
+                d[i] = d_behind;
             }
-            e[l - 1] = s * p;
-            d[l] = sigma + gamma;
+            (e[l - 1], d[l]) = sweep.finish(sigma);
         }
+    }
+}
+
+/// The state of one Pal-Walker-Kahan sweep (a QL or QR sweep on the squared off-diagonal
+/// entries, without square roots), chased one row at a time.
+struct Sweep {
+    c: f64,
+    s: f64,
+    p: f64,
+    gamma: f64,
+}
+
+impl Sweep {
+    /// A sweep starting at the row whose diagonal entry less the shift is `gamma`.
+    fn new(gamma: f64) -> Self {
+        Sweep {
+            c: 1.0,
+            s: 0.0,
+            p: gamma * gamma,
+            gamma,
+        }
+    }
+
+    /// Passes the next row, with squared off-diagonal entry `bb` and diagonal entry
+    /// `alpha`: returns the new squared off-diagonal entry and diagonal entry of the row
+    /// behind (the off-diagonal one is unused on the sweep's first row).
+    fn step(&mut self, bb: f64, alpha: f64, sigma: f64) -> (f64, f64) {
+        let r = self.p + bb;
+        let e_behind = self.s * r;
+        let old_c = self.c;
+        self.c = self.p / r;
+        self.s = bb / r;
+        let old_gamma = self.gamma;
+        self.gamma = self.c * (alpha - sigma) - self.s * old_gamma;
+        let d_behind = old_gamma + (alpha - self.gamma);
+        self.p = if self.c != 0.0 {
+            (self.gamma * self.gamma) / self.c
+        } else {
+            old_c * bb
+        };
+        (e_behind, d_behind)
+    }
+
+    /// The last row's squared off-diagonal entry and diagonal entry.
+    fn finish(&self, sigma: f64) -> (f64, f64) {
+        (self.s * self.p, sigma + self.gamma)
     }
 }
 
