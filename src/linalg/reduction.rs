@@ -36,18 +36,20 @@ use crate::progress::Progress;
 /// Columns per panel.
 pub(crate) const PANEL: usize = 32;
 
-/// Trailing sizes below this run the symmetric product as one part, on one thread.
-const PARALLEL_MIN: usize = 512;
+/// The part counts a parallel step chooses from (see [`part_count`]): from 12 on, each is
+/// divisible by the usual team sizes (2, 3, 4, 6, 8, 12, and 16 at 48), so that members
+/// get equal shares.
+const PART_COUNTS: [usize; 7] = [1, 2, 4, 8, 12, 24, 48];
 
-/// Parts of each parallel step on trailing matrices from [`PARALLEL_MIN`] up: as many
-/// threads as this can share the work; on two to four threads, equal-area parts balance
-/// to within a few percent. Summing the parts' partial products costs about
-/// `PARTS / 3` additions per row, under 1% of a column's symmetric product at r = 4000.
-const PARTS: usize = 16;
+/// Columns of the trailing matrix per part, at the least. The parts' partial sums cost
+/// about `4/3 r` memory operations per part and column (zeroing, and adding in order), so
+/// with at most `r / 256` parts they stay under 0.5% of the symmetric product's `r^2 / 2`
+/// reads; below 512 columns a step runs as one part, on one thread.
+const PART_MIN_COLUMNS: usize = 256;
 
 /// Columns of n values the reduction holds beside the matrix: W, the two n x 2 PANEL
 /// operands of the trailing update, the symmetric product's parts and the column.
-pub(crate) const WORKSPACE_COLUMNS: usize = 5 * PANEL + PARTS + 1;
+pub(crate) const WORKSPACE_COLUMNS: usize = 5 * PANEL + PART_COUNTS[PART_COUNTS.len() - 1] + 1;
 
 /// The result of [`tridiagonalize`].
 pub(crate) struct Tridiagonal {
@@ -280,13 +282,14 @@ impl Reduction {
 }
 
 /// The number of parts a parallel step on a trailing matrix of order `r` is split into:
-/// a function of `r` alone (see the module docs).
+/// a function of `r` alone (see the module docs), the largest of [`PART_COUNTS`] that
+/// leaves each part [`PART_MIN_COLUMNS`].
 fn part_count(r: usize) -> usize {
-    if r < PARALLEL_MIN {
-        1
-    } else {
-        PARTS
-    }
+    PART_COUNTS
+        .into_iter()
+        .rev()
+        .find(|&p| p * PART_MIN_COLUMNS <= r)
+        .unwrap_or(1)
 }
 
 /// Column boundaries that split the lower triangle of an r x r matrix into `parts` ranges
@@ -446,11 +449,11 @@ mod tests {
 
     /// The symmetric product and the rank-2k update, split across teams of one to three
     /// threads, against dense products and bit for bit against the one-thread result;
-    /// sizes past PARALLEL_MIN, offsets and widths that are not multiples of the 4-column
+    /// sizes split into parts, offsets and widths that are not multiples of the 4-column
     /// block.
     #[test]
     fn team_splits_match_dense_products() {
-        let n = 700;
+        let n = 1100;
         let a = random_symmetric(n, 3);
         let v: Vec<f64> = (0..n).map(|i| (i as f64 * 0.37).sin()).collect();
         let mut first: Vec<Vec<f64>> = Vec::new();
@@ -459,7 +462,7 @@ mod tests {
                 let mut team = SpinTeam::new(scope, threads);
                 let mut products: Vec<Vec<f64>> =
                     (0..part_count(n)).map(|_| vec![f64::NAN; n]).collect();
-                for (case, s) in [0, 1, 3, 150, 690].into_iter().enumerate() {
+                for (case, s) in [0, 1, 3, 150, 690, 1090].into_iter().enumerate() {
                     let r = n - s;
                     symmetric_product(&mut team, a.as_ref(), s, &v[s..], &mut products);
                     let y = &products[0][..r];
@@ -480,7 +483,7 @@ mod tests {
                         );
                     }
                 }
-                for (r, width) in [(1, 2), (5, 2), (613, 64)] {
+                for (r, width) in [(1, 2), (5, 2), (613, 64), (1030, 64)] {
                     let lhs = Mat::<f64>::from_fn(r, width, |i, j| ((i * 3 + j) as f64).cos());
                     let rhs = Mat::<f64>::from_fn(r, width, |i, j| ((i + 5 * j) as f64).sin());
                     let mut dst = random_symmetric(r, r as u64);
@@ -552,7 +555,7 @@ mod tests {
     /// The whole reduction gives the same bits on teams of one, two and three threads.
     #[test]
     fn reduction_does_not_depend_on_the_team_size() {
-        let n = 650;
+        let n = 1100;
         let a = random_symmetric(n, 17);
         let reduce = |threads: usize| {
             std::thread::scope(|scope| {
