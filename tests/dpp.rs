@@ -1088,3 +1088,32 @@ fn layer_selector_picks_the_eigen_path_by_size() {
     assert_eq!(drawn, sample_dpp(&partial, 3).unwrap());
     assert_eq!(selector.eigen_path(), "partial: 4/3 n^3 + 2 n^2 k");
 }
+
+/// A block whose tight clusters hold most of its eigenvalues is solved whole (divide and
+/// conquer on the tridiagonal block) rather than cluster by cluster: inclusion frequencies
+/// of draws through that path against the exact marginals, at n = 120 with a duplicated
+/// neurons' eigenvalue of multiplicity 80, selected often.
+#[test]
+fn partial_inclusion_frequencies_match_marginals_with_a_dominant_cluster() {
+    let l = duplicated_rbf(40, 3, 4.0, 0.5, 38);
+    let full = Spectrum::new(l.as_ref()).unwrap();
+    let partial = PartialSpectrum::new(l.clone()).unwrap();
+    let k = 30;
+    let sampler = KDppSampler::new(&partial, k).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(900);
+    assert_inclusion_frequencies(
+        &k_dpp_marginals(&full, k),
+        4000,
+        || sampler.try_sample(&mut rng).unwrap(),
+        None,
+        "partial k-DPP, dominant cluster",
+    );
+    let sampler = DppSampler::new(&partial);
+    let mut rng = ChaCha8Rng::seed_from_u64(901);
+    assert_dpp_marginals(
+        &l,
+        &partial,
+        || sampler.try_sample(&mut rng).unwrap(),
+        "partial DPP, dominant cluster",
+    );
+}
