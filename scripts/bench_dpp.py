@@ -1,11 +1,17 @@
 #!/usr/bin/env python3
 """Reference timings for benches/dpp.rs: numpy.linalg.eigh and DPPy's sample_exact_k_dpp on
 the very kernels the Rust bench wrote (target/dpp-bench/rbf_<n>.npy), and the ratios to
-the Rust figures when criterion's results are present (target/criterion/dpp/...).
+the Rust figures when criterion's results are present (target/criterion/dpp/...) or, for
+sizes the bench times once (n > 4096), target/dpp-bench/once_<n>.json.
 
     cargo bench --bench dpp          # writes the kernels and the Rust timings
-    pip install numpy dppy
+    pip install numpy dppy           # DPPy is optional: its columns stay empty without it
     python3 scripts/bench_dpp.py     # [--sizes 1000,2000,4000] [--repeats 3]
+
+The second table compares a whole k-DPP draw at k = n / 4 from the full eigendecomposition
+(eigendecomposition + sample) and from the partial one (reduction and eigenvalues + the
+draw's k eigenvectors and sample) with numpy's `eigh` alone. Run it right after the bench:
+the machine's speed drifts, and the figures only compare when taken in the same minutes.
 
 Then, unless --no-overflow-check: a k-DPP does not change when L is scaled, so samples from
 L and from 100 L must agree in distribution. At n = 2000, k = 200 the plain ESP recursion
@@ -41,6 +47,25 @@ def rust_seconds(name, n):
     return json.loads(path.read_text())["mean"]["point_estimate"] * 1e-9
 
 
+def rust_once(n):
+    """The one-shot timings benches/dpp.rs writes for large n, or None."""
+    path = ROOT / "target" / "dpp-bench" / f"once_{n}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def draw_seconds(n):
+    """(full draw, partial draw, later partial draw) at k = n / 4, seconds, or Nones."""
+    once = rust_once(n)
+    if once is not None:
+        return (once["eigendecomposition"] + once["full_sample"],
+                once["partial_spectrum"] + once["partial_draw"], once["partial_later_draw"])
+    parts = [rust_seconds(name, n) for name in
+             ("eigendecomposition", "k_dpp_full_sample_n4", "partial_spectrum", "k_dpp_partial_draw_n4")]
+    full = None if None in parts[:2] else parts[0] + parts[1]
+    partial = None if None in parts[2:] else parts[2] + parts[3]
+    return full, partial, parts[3]
+
+
 def fmt(s):
     return "      -" if s is None else f"{s:9.4f}"
 
@@ -57,8 +82,12 @@ def main():
     ap.add_argument("--samples", type=int, default=40, help="samples per kernel in the overflow check")
     args = ap.parse_args()
 
-    from dppy.finite_dpps import FiniteDPP
-    from dppy.exact_sampling import elementary_symmetric_polynomials
+    try:
+        from dppy.finite_dpps import FiniteDPP
+        from dppy.exact_sampling import elementary_symmetric_polynomials
+    except ImportError:
+        FiniteDPP = None
+        print("DPPy is not installed: its columns stay empty and the overflow check is skipped")
 
     rows = []
     for n in [int(s) for s in args.sizes.split(",")]:
@@ -68,39 +97,50 @@ def main():
         L = np.load(path)
         k = n // 10
         t_eigh, (vals, vecs) = best_of(max(1, args.repeats if n < 4000 else 1), lambda: np.linalg.eigh(L))
-        vals = np.clip(vals, 0.0, None)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            E = elementary_symmetric_polynomials(vals, k)
-        overflow = not np.all(np.isfinite(E))
-        dpp = FiniteDPP("likelihood", L_eig_dec=(vals, vecs))
-        rng = np.random.RandomState(0)
-
-        def draw():
+        t_dppy, overflow, valid = None, False, True
+        if FiniteDPP is not None:
+            vals = np.clip(vals, 0.0, None)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                return dpp.sample_exact_k_dpp(size=k, mode="GS", random_state=rng)
+                E = elementary_symmetric_polynomials(vals, k)
+            overflow = not np.all(np.isfinite(E))
+            dpp = FiniteDPP("likelihood", L_eig_dec=(vals, vecs))
+            rng = np.random.RandomState(0)
 
-        t_dppy, y = best_of(args.repeats, draw)
-        valid = len(y) == k and len(set(int(i) for i in y)) == k
+            def draw():
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    return dpp.sample_exact_k_dpp(size=k, mode="GS", random_state=rng)
+
+            t_dppy, y = best_of(args.repeats, draw)
+            valid = len(y) == k and len(set(int(i) for i in y)) == k
         rows.append((n, k, t_eigh, t_dppy, overflow, valid))
 
     print(f"{'n':>5} {'k':>4} | {'numpy eigh':>9} {'divnet':>9} {'ratio':>8} | "
           f"{'DPPy k-DPP':>9} {'1st':>9} {'ratio':>8} {'later':>9} {'ratio':>8} | "
           f"{'greedy':>9} | DPPy ESP")
     for n, k, t_eigh, t_dppy, overflow, valid in rows:
-        r_eig = rust_seconds("eigendecomposition", n)
+        r_eig = rust_seconds("eigendecomposition", n) or (rust_once(n) or {}).get("eigendecomposition")
         r_first = rust_seconds("k_dpp_first_sample", n)
         r_later = rust_seconds("k_dpp_later_sample", n)
         r_greedy = rust_seconds("greedy_map", n)
-        note = "OVERFLOWS (samples wrong)" if overflow else "finite"
+        note = "-" if t_dppy is None else "OVERFLOWS (samples wrong)" if overflow else "finite"
         if not valid:
             note += ", invalid sample"
         print(f"{n:5d} {k:4d} | {fmt(t_eigh)} {fmt(r_eig)} {ratio(t_eigh, r_eig)} | "
               f"{fmt(t_dppy)} {fmt(r_first)} {ratio(t_dppy, r_first)} {fmt(r_later)} "
               f"{ratio(t_dppy, r_later)} | {fmt(r_greedy)} | {note}")
     print("seconds; ratio = Python time / Rust time (higher means Rust is faster)")
-    if not args.no_overflow_check:
+
+    print(f"\nk-DPP draw at k = n / 4: full eigendecomposition vs partial (reduction, eigenvalues, k eigenvectors)")
+    print(f"{'n':>5} {'k':>4} | {'numpy eigh':>9} | {'full draw':>9} {'ratio':>8} | "
+          f"{'partial':>9} {'ratio':>8} | {'later':>9}")
+    for n, _, t_eigh, _, _, _ in rows:
+        full, partial, later = draw_seconds(n)
+        print(f"{n:5d} {n // 4:4d} | {fmt(t_eigh)} | {fmt(full)} {ratio(t_eigh, full)} | "
+              f"{fmt(partial)} {ratio(t_eigh, partial)} | {fmt(later)}")
+    print("seconds; ratio = numpy eigh alone / the Rust draw; later = a further partial draw")
+    if not args.no_overflow_check and FiniteDPP is not None:
         overflow_check(args.samples)
 
 

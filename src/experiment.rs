@@ -512,7 +512,7 @@ pub fn run_experiment(
                 (SelectionMethod::Random, &mut point.random),
             ] {
                 let keep = selector.select(method, SelectionSize::Exactly(k), seed)?;
-                into.push(diversity(&first_kernel.matrix, &keep));
+                into.push(diversity(first_kernel.matrix.as_ref(), &keep));
                 if k == cfg.heatmap_size && seed == 0 {
                     heatmaps.push(Heatmap {
                         method: method.name().into(),

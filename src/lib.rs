@@ -11,7 +11,8 @@
 //!   distances;
 //! - [`kernel`]: the statistics engine ([`kernel::LayerStats`]) and the RBF kernel over
 //!   neurons, on the GPU ([`gpu`]) or the CPU ([`cpu`]), chosen by a [`Backend`];
-//! - [`dpp`]: eigendecomposition, k-DPP and DPP sampling, greedy MAP;
+//! - [`dpp`]: eigendecomposition (full or partial), k-DPP and DPP sampling, greedy MAP,
+//!   over the crate's own dense symmetric eigensolvers (`src/linalg/`);
 //! - [`fusion`]: the least-squares reweighting of the next layer;
 //! - [`model`]: MLPs, forward pass, training; [`io`]: npy, safetensors, IDX;
 //! - [`compress`]: the pipelines: one layer of any network, every layer of an MLP;
@@ -29,6 +30,7 @@ pub mod fusion;
 pub mod gpu;
 pub mod io;
 pub mod kernel;
+mod linalg;
 pub mod memory;
 pub mod model;
 pub mod progress;

@@ -406,6 +406,23 @@ pub(crate) fn ensure_host_matrices(n: usize, count: usize) -> Result<()> {
     ensure_fits(n, &what, holds)
 }
 
+/// Fails with an error when an n x `columns` f64 matrix does not fit the memory available
+/// now (see [`available`]): the work of a computation that holds O(n k) beside a kernel that
+/// exists already, such as the eigenvectors of a k-DPP draw.
+pub(crate) fn ensure_host_columns(n: usize, columns: usize, what: &str) -> Result<()> {
+    let addressable = n
+        .checked_mul(columns)
+        .and_then(|len| len.checked_mul(8))
+        .is_some();
+    if !addressable {
+        return Err(Error::invalid(format!(
+            "{what} for {n} neurons needs {columns} columns of {n} values: more bytes than \
+             this machine can address"
+        )));
+    }
+    ensure_fits(n, what, vec![Allocation::matrix(what, n, columns, 8)])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -537,5 +554,22 @@ mod tests {
         );
         // n * n * count overflowing usize is a refusal too, not a panic.
         assert!(ensure_host_matrices(1 << 40, 3).is_err());
+        assert!(ensure_host_columns(1000, 100, "eigenvectors").is_ok());
+        let msg = ensure_host_columns(1 << 40, 1 << 20, "eigenvectors")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.starts_with("a layer of 1099511627776 neurons needs")
+                && msg.contains("eigenvectors (1099511627776 x 1048576 f64)")
+                && msg.contains("available"),
+            "{msg}"
+        );
+        let msg = ensure_host_columns(1 << 40, 1 << 30, "eigenvectors")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("more bytes than this machine can address"),
+            "{msg}"
+        );
     }
 }

@@ -176,6 +176,7 @@ pub fn compress_layer(
         ridge: fused.ridge,
         relative_error: fused.relative_error,
         diversity: selected.diversity,
+        eigen_path: selected.eigen_path,
         route: layer_plan.route.name().into(),
         memory: work.memory_report(Some(&layer_plan)),
         seconds: work.seconds,
@@ -680,6 +681,8 @@ pub(crate) struct Selected {
     pub(crate) kept: Vec<usize>,
     pub(crate) beta: Option<f64>,
     pub(crate) diversity: Option<Diversity>,
+    /// Which eigendecomposition a DPP draw came from ([`LayerSelector::eigen_path`]).
+    pub(crate) eigen_path: Option<String>,
 }
 
 /// What every pipeline does once a layer's statistics are in: the kernel (when the method
@@ -709,9 +712,9 @@ pub(crate) fn select_neurons(
     };
 
     let t = Instant::now();
-    progress.start("select", 1);
-    let kept = match &plan.given {
-        Some(given) => given.clone(),
+    let beta = kernel.as_ref().map(|k| k.beta);
+    let (kept, diversity, eigen_path) = match &plan.given {
+        Some(given) => (given.clone(), None, None),
         None => {
             let scores = if opts.method == SelectionMethod::Importance {
                 let stats = stats.ok_or_else(|| {
@@ -721,20 +724,31 @@ pub(crate) fn select_neurons(
             } else {
                 None
             };
-            let mut selector =
-                LayerSelector::new(n, kernel.as_ref().map(|k| &k.matrix), scores.as_deref());
+            // The selector owns the kernel, so that a wide layer's eigendecomposition
+            // reduces it in place instead of copying it.
+            let mut selector = match kernel {
+                Some(k) => LayerSelector::owning(n, k.matrix, scores.as_deref()),
+                None => LayerSelector::new(n, None, scores.as_deref()),
+            };
             if let Some(stats) = stats {
                 selector = selector.with_next_layers(stats, &[next]);
             }
-            selector.select(opts.method, plan.size, seed)?
+            let eigen_path = matches!(
+                opts.method,
+                SelectionMethod::KDpp | SelectionMethod::Dpp | SelectionMethod::QualityKDpp
+            )
+            .then(|| selector.eigen_path().to_string());
+            let kept = selector.select_with_progress(opts.method, plan.size, seed, progress)?;
+            // Not when the partial eigendecomposition has reduced the kernel in place.
+            let diversity = selector.with_kernel(|l| Ok(diversity(l, &kept))).ok();
+            (kept, diversity, eigen_path)
         }
     };
-    let diversity = kernel.as_ref().map(|k| diversity(&k.matrix, &kept));
-    progress.finish();
     work.stage("select", t);
     Ok(Selected {
-        beta: kernel.as_ref().map(|k| k.beta),
+        beta,
         diversity,
+        eigen_path,
         kept,
     })
 }

@@ -270,6 +270,7 @@ pub fn compress_mlp(
             neurons_before: n,
             samples: m,
             diversity: selected.diversity,
+            eigen_path: selected.eigen_path,
             kept: selected.kept,
             method: if matches!(spec, KeepSpec::Indices(_)) {
                 "given".into()

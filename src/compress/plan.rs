@@ -19,8 +19,9 @@ use super::layer::{LayerOptions, SelectionPlan};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::kernel::{LayerStats, StatsKind};
+use crate::linalg::eigh::PartialEigen;
 use crate::memory::{self, gb, Allocation, Available, MemoryPlan, StageFootprint};
-use crate::select::{SelectionMethod, SelectionSize};
+use crate::select::{SelectionMethod, SelectionSize, PARTIAL_SPECTRUM_MIN_NEURONS};
 
 /// How [`super::compress_layer`] gets the statistics of the fusion.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -240,24 +241,46 @@ impl Shape {
     /// What selection holds beside the kernel (or G).
     fn selection(&self) -> Vec<Allocation> {
         let (n, k) = (self.n, self.k);
+        let partial = n >= PARTIAL_SPECTRUM_MIN_NEURONS;
         let mut holds = match self.method {
+            // The partial eigendecomposition reduces L itself in place (the selector owns
+            // it): then only the k eigenvectors of the draw and the sampler's basis.
+            Some(SelectionMethod::KDpp | SelectionMethod::Dpp) if partial => vec![
+                Allocation::matrix(
+                    "the draw's eigenvectors and the back-transformation's panels",
+                    n,
+                    PartialEigen::eigenvector_columns(k),
+                    8,
+                ),
+                Allocation::matrix("the projection sampler's basis", 2 * k, n, 8),
+            ],
             Some(SelectionMethod::KDpp | SelectionMethod::Dpp) => vec![
                 // Spectrum::new: a copy of L reduced in place, the eigenvectors, and the
                 // workspace of its top merge.
                 Allocation::matrix("the eigensolver's copy of L", n, n, 8),
                 Allocation::matrix("the eigenvectors", n, n, 8),
                 Allocation::matrix("the eigensolver's workspace", n, n, 8),
-                Allocation::matrix("the projection sampler's basis", n, k, 8),
+                Allocation::matrix("the projection sampler's basis", 2 * k, n, 8),
             ],
             Some(SelectionMethod::Greedy) => {
                 vec![Allocation::matrix("greedy MAP's Cholesky rows", k, n, 8)]
             }
+            Some(SelectionMethod::QualityKDpp) if partial => vec![
+                Allocation::matrix("the quality-diversity kernel, reduced in place", n, n, 8),
+                Allocation::matrix(
+                    "the draw's eigenvectors and the back-transformation's panels",
+                    n,
+                    PartialEigen::eigenvector_columns(k),
+                    8,
+                ),
+                Allocation::matrix("the projection sampler's basis", 2 * k, n, 8),
+            ],
             Some(SelectionMethod::QualityKDpp) => vec![
                 Allocation::matrix("the quality-diversity kernel", n, n, 8),
-                Allocation::matrix("the eigensolver's copy of L", n, n, 8),
+                Allocation::matrix("the eigensolver's copy of it", n, n, 8),
                 Allocation::matrix("the eigenvectors", n, n, 8),
                 Allocation::matrix("the eigensolver's workspace", n, n, 8),
-                Allocation::matrix("the projection sampler's basis", n, k, 8),
+                Allocation::matrix("the projection sampler's basis", 2 * k, n, 8),
             ],
             Some(SelectionMethod::QualityGreedy) => vec![
                 Allocation::matrix("the quality-diversity kernel", n, n, 8),

@@ -25,8 +25,8 @@ use faer::reborrow::*;
 use faer::{linalg::matmul::matmul, Accum, Mat, MatRef, Par};
 use rand::Rng;
 
-use super::vector::{dot, sub_scaled};
 use crate::cpu::{contiguous, contiguous_mut};
+use crate::linalg::simd::{dot, sub_scaled};
 
 /// Largest block of picks between two full updates.
 const MAX_BLOCK: usize = 32;

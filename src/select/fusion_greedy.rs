@@ -50,10 +50,10 @@ use faer::{Accum, Mat, MatMut, MatRef, Par};
 use rayon::prelude::*;
 
 use crate::cpu::contiguous;
-use crate::dpp::vector::{dot, sub_scaled};
 use crate::error::{Error, Result};
 use crate::fusion::{check_next_layer, check_stats, NextLayer};
 use crate::kernel::GramStats;
+use crate::linalg::simd::{dot, sub_scaled};
 use crate::progress::{NoProgress, Progress};
 
 /// Residual variance, relative to the neuron's second moment `G_jj`, at or below which a

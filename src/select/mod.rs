@@ -15,14 +15,16 @@ pub use fusion_greedy::{
 
 use std::cell::{OnceCell, RefCell};
 
-use faer::Mat;
+use faer::{Mat, MatRef};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::dpp::{greedy_map, DppSampler, GreedyStop, KDppSampler, Spectrum};
+use crate::dpp::{greedy_map, DppSampler, GreedyStop, KDppSampler, PartialSpectrum, Spectrum};
 use crate::error::{Error, Result};
 use crate::fusion::NextLayer;
 use crate::kernel::GramStats;
+use crate::memory::ensure_host_matrices;
+use crate::progress::{NoProgress, Progress};
 use quality::{quality_kernel, quality_scores, QualityScore};
 
 /// How the kept neurons are chosen.
@@ -181,17 +183,42 @@ pub fn importance_scores(stats: &GramStats, next_weight: &[f32], n_out: usize) -
         .collect())
 }
 
+/// Layers of at least this many neurons draw k-DPP and DPP samples from a
+/// [`PartialSpectrum`] (all eigenvalues, then only the eigenvectors a draw selects);
+/// smaller ones from the full [`Spectrum`].
+///
+/// Measured on RBF kernels at k = n / 4 (README, Benchmarks): a first draw costs about
+/// 0.65 times as much by the partial path from n = 2000 up (0.8 s against 1.2 s of CPU at
+/// n = 2000), but every further draw recomputes its eigenvectors (0.24 s there, against
+/// 0.04 s from the full spectrum), so after three draws the full decomposition has paid
+/// for itself. Below this size it costs little in any case, and it serves the demo's
+/// dozens of draws per layer of 1000 neurons; from here on a layer costs seconds to
+/// minutes, and the compression pipeline draws once per layer.
+pub const PARTIAL_SPECTRUM_MIN_NEURONS: usize = 2048;
+
+/// The kernel a selector works on: borrowed from the caller, or handed over so that the
+/// partial eigendecomposition can reduce it in place instead of copying it (one n x n matrix
+/// for a wide layer, not two). Once reduced it is gone: later uses that need L itself (greedy
+/// MAP, the quality kernel, diversity) are errors, which the pipeline avoids by drawing once.
+enum KernelHold<'a> {
+    None,
+    Borrowed(&'a Mat<f64>),
+    Owned(RefCell<Option<Mat<f64>>>),
+}
+
 /// Selects neurons of one layer. Holds what the methods need and computes the expensive parts
 /// (the kernels' eigendecompositions, the fusion-greedy order) once, on first use, for any
 /// number of draws.
 pub struct LayerSelector<'a> {
     n: usize,
-    kernel: Option<&'a Mat<f64>>,
+    kernel: KernelHold<'a>,
     importance: Option<&'a [f64]>,
     spectrum: OnceCell<Spectrum>,
+    partial: OnceCell<PartialSpectrum>,
     target: Option<(&'a GramStats, Vec<NextLayer<'a>>)>,
     quality_kernel: OnceCell<Mat<f64>>,
     quality_spectrum: OnceCell<Spectrum>,
+    quality_partial: OnceCell<PartialSpectrum>,
     /// The longest fusion-greedy selection made so far: any shorter one is a prefix of it.
     fusion_order: RefCell<Option<FusionGreedy>>,
 }
@@ -201,14 +228,31 @@ impl<'a> LayerSelector<'a> {
     /// `importance` (length n) by importance; the methods that look at the next layer need
     /// [`LayerSelector::with_next_layers`] too.
     pub fn new(n: usize, kernel: Option<&'a Mat<f64>>, importance: Option<&'a [f64]>) -> Self {
+        Self::holding(
+            n,
+            kernel.map_or(KernelHold::None, KernelHold::Borrowed),
+            importance,
+        )
+    }
+
+    /// A selector that owns the kernel `kernel` (n x n): a wide layer's kdpp or dpp draw
+    /// reduces it in place (see [`PARTIAL_SPECTRUM_MIN_NEURONS`]) instead of copying it, after
+    /// which the kernel is gone (see [`LayerSelector::with_kernel`]).
+    pub fn owning(n: usize, kernel: Mat<f64>, importance: Option<&'a [f64]>) -> Self {
+        Self::holding(n, KernelHold::Owned(RefCell::new(Some(kernel))), importance)
+    }
+
+    fn holding(n: usize, kernel: KernelHold<'a>, importance: Option<&'a [f64]>) -> Self {
         Self {
             n,
             kernel,
             importance,
             spectrum: OnceCell::new(),
+            partial: OnceCell::new(),
             target: None,
             quality_kernel: OnceCell::new(),
             quality_spectrum: OnceCell::new(),
+            quality_partial: OnceCell::new(),
             fusion_order: RefCell::new(None),
         }
     }
@@ -220,18 +264,81 @@ impl<'a> LayerSelector<'a> {
         self
     }
 
+    /// Runs `f` on the kernel L. Errors: no kernel was given, or an owned one has been
+    /// reduced in place by the partial eigendecomposition.
+    pub fn with_kernel<T>(&self, f: impl FnOnce(MatRef<'_, f64>) -> Result<T>) -> Result<T> {
+        match &self.kernel {
+            KernelHold::None => Err(Error::invalid(
+                "this selection method needs the layer's kernel",
+            )),
+            KernelHold::Borrowed(l) => f(l.as_ref()),
+            KernelHold::Owned(cell) => match cell.borrow().as_ref() {
+                Some(l) => f(l.as_ref()),
+                None => Err(Error::invalid(
+                    "the layer's kernel was reduced in place by the partial eigendecomposition",
+                )),
+            },
+        }
+    }
+
     /// The kernel's eigendecomposition, computed on first call.
     pub fn spectrum(&self) -> Result<&Spectrum> {
+        self.spectrum_with_progress(&mut NoProgress)
+    }
+
+    fn spectrum_with_progress(&self, progress: &mut dyn Progress) -> Result<&Spectrum> {
         if let Some(s) = self.spectrum.get() {
             return Ok(s);
         }
-        let spectrum = Spectrum::new(self.kernel()?.as_ref())?;
+        let spectrum = self.with_kernel(|l| Spectrum::with_progress(l, progress))?;
         Ok(self.spectrum.get_or_init(|| spectrum))
     }
 
-    fn kernel(&self) -> Result<&'a Mat<f64>> {
-        self.kernel
-            .ok_or_else(|| Error::invalid("this selection method needs the layer's kernel"))
+    /// The kernel's partial eigendecomposition (all eigenvalues; eigenvectors per draw),
+    /// computed on first call: over the kernel itself when the selector owns it (which is
+    /// then gone), else over a copy.
+    pub fn partial_spectrum(&self) -> Result<&PartialSpectrum> {
+        self.partial_spectrum_with_progress(&mut NoProgress)
+    }
+
+    fn partial_spectrum_with_progress(
+        &self,
+        progress: &mut dyn Progress,
+    ) -> Result<&PartialSpectrum> {
+        if let Some(s) = self.partial.get() {
+            return Ok(s);
+        }
+        let l = match &self.kernel {
+            KernelHold::Owned(cell) => cell.borrow_mut().take(),
+            _ => None,
+        };
+        let l = match l {
+            Some(l) => l,
+            None => {
+                ensure_host_matrices(self.n, 1)?;
+                self.with_kernel(|l| Ok(l.to_owned()))?
+            }
+        };
+        let spectrum = PartialSpectrum::with_progress(l, progress)?;
+        Ok(self.partial.get_or_init(|| spectrum))
+    }
+
+    /// Whether kdpp and dpp draw from the partial eigendecomposition: layers of at least
+    /// [`PARTIAL_SPECTRUM_MIN_NEURONS`], unless the full one has been computed already.
+    fn draws_from_partial(&self) -> bool {
+        self.n >= PARTIAL_SPECTRUM_MIN_NEURONS && self.spectrum.get().is_none()
+    }
+
+    /// Which eigendecomposition kdpp and dpp draw from for this layer, for reports:
+    /// `"full eigendecomposition"` (about 9 n^3 flops, then each draw selects columns) or
+    /// `"partial: 4/3 n^3 + 2 n^2 k"` (the reduction and all eigenvalues, then each draw
+    /// computes its k eigenvectors).
+    pub fn eigen_path(&self) -> &'static str {
+        if self.draws_from_partial() {
+            "partial: 4/3 n^3 + 2 n^2 k"
+        } else {
+            "full eigendecomposition"
+        }
     }
 
     fn target(&self, method: SelectionMethod) -> Result<(&'a GramStats, &[NextLayer<'a>])> {
@@ -250,23 +357,46 @@ impl<'a> LayerSelector<'a> {
         if let Some(l) = self.quality_kernel.get() {
             return Ok(l);
         }
-        let (stats, next) = self.target(SelectionMethod::QualityKDpp)?;
-        let scores = quality_scores(stats, next, QUALITY)?;
-        let l = quality_kernel(self.kernel()?.as_ref(), &scores)?;
+        let l = self.build_quality_kernel()?;
         Ok(self.quality_kernel.get_or_init(|| l))
     }
 
-    fn quality_spectrum(&self) -> Result<&Spectrum> {
+    fn build_quality_kernel(&self) -> Result<Mat<f64>> {
+        let (stats, next) = self.target(SelectionMethod::QualityKDpp)?;
+        let scores = quality_scores(stats, next, QUALITY)?;
+        self.with_kernel(|l| quality_kernel(l, &scores))
+    }
+
+    fn quality_spectrum(&self, progress: &mut dyn Progress) -> Result<&Spectrum> {
         if let Some(s) = self.quality_spectrum.get() {
             return Ok(s);
         }
-        let spectrum = Spectrum::new(self.quality_kernel()?.as_ref())?;
+        let spectrum = Spectrum::with_progress(self.quality_kernel()?.as_ref(), progress)?;
         Ok(self.quality_spectrum.get_or_init(|| spectrum))
+    }
+
+    /// The quality kernel's partial eigendecomposition, over a fresh quality kernel that it
+    /// reduces in place (the cached one, if greedy built it, is left alone).
+    fn quality_partial(&self, progress: &mut dyn Progress) -> Result<&PartialSpectrum> {
+        if let Some(s) = self.quality_partial.get() {
+            return Ok(s);
+        }
+        ensure_host_matrices(self.n, 1)?;
+        let spectrum = PartialSpectrum::with_progress(self.build_quality_kernel()?, progress)?;
+        Ok(self.quality_partial.get_or_init(|| spectrum))
     }
 
     /// The fusion-greedy selection of `k` neurons ([`fusion_greedy()`]), reusing a longer
     /// one made before (the greedy order of a smaller k is its prefix).
     pub fn fusion_greedy(&self, k: usize) -> Result<FusionGreedy> {
+        self.fusion_greedy_with_progress(k, &mut NoProgress)
+    }
+
+    fn fusion_greedy_with_progress(
+        &self,
+        k: usize,
+        progress: &mut dyn Progress,
+    ) -> Result<FusionGreedy> {
         if let Some(done) = self.fusion_order.borrow().as_ref() {
             if done.order.len() >= k {
                 return Ok(FusionGreedy {
@@ -277,7 +407,7 @@ impl<'a> LayerSelector<'a> {
             }
         }
         let (stats, next) = self.target(SelectionMethod::FusionGreedy)?;
-        let selection = fusion_greedy(stats, next, k)?;
+        let selection = fusion_greedy_with_progress(stats, next, k, progress)?;
         *self.fusion_order.borrow_mut() = Some(selection.clone());
         Ok(selection)
     }
@@ -288,6 +418,18 @@ impl<'a> LayerSelector<'a> {
         method: SelectionMethod,
         size: SelectionSize,
         seed: u64,
+    ) -> Result<Vec<usize>> {
+        self.select_with_progress(method, size, seed, &mut NoProgress)
+    }
+
+    /// [`LayerSelector::select`], reporting the long steps (an eigendecomposition by panel,
+    /// a partial draw's eigenvectors, fusion-greedy by step) to `progress`.
+    pub fn select_with_progress(
+        &self,
+        method: SelectionMethod,
+        size: SelectionSize,
+        seed: u64,
+        progress: &mut dyn Progress,
     ) -> Result<Vec<usize>> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let k = match (method, size) {
@@ -310,10 +452,22 @@ impl<'a> LayerSelector<'a> {
                 self.n, self.n
             )));
         }
+        let partial = self.draws_from_partial();
         let mut keep = match method {
-            SelectionMethod::KDpp => KDppSampler::new(self.spectrum()?, k)?.sample(&mut rng),
+            SelectionMethod::KDpp if partial => {
+                let spectrum = self.partial_spectrum_with_progress(progress)?;
+                KDppSampler::new(spectrum, k)?.try_sample_with_progress(&mut rng, progress)?
+            }
+            SelectionMethod::KDpp => {
+                KDppSampler::new(self.spectrum_with_progress(progress)?, k)?.sample(&mut rng)
+            }
             SelectionMethod::Dpp => {
-                let drawn = DppSampler::new(self.spectrum()?).sample(&mut rng);
+                let drawn = if partial {
+                    let spectrum = self.partial_spectrum_with_progress(progress)?;
+                    DppSampler::new(spectrum).try_sample_with_progress(&mut rng, progress)?
+                } else {
+                    DppSampler::new(self.spectrum_with_progress(progress)?).sample(&mut rng)
+                };
                 if drawn.is_empty() {
                     return Err(Error::Numerical(
                         "the DPP drew an empty set (the kernel's eigenvalues are tiny): use kdpp"
@@ -322,7 +476,7 @@ impl<'a> LayerSelector<'a> {
                 }
                 drawn
             }
-            SelectionMethod::Greedy => greedy_map(self.kernel()?.as_ref(), GreedyStop::Count(k))?,
+            SelectionMethod::Greedy => self.with_kernel(|l| greedy_map(l, GreedyStop::Count(k)))?,
             SelectionMethod::Random => rand::seq::index::sample(&mut rng, self.n, k).into_vec(),
             SelectionMethod::Importance => {
                 let scores = self.importance.ok_or_else(|| {
@@ -333,9 +487,13 @@ impl<'a> LayerSelector<'a> {
                 order.truncate(k);
                 order
             }
-            SelectionMethod::FusionGreedy => self.fusion_greedy(k)?.order,
+            SelectionMethod::FusionGreedy => self.fusion_greedy_with_progress(k, progress)?.order,
+            SelectionMethod::QualityKDpp if partial && self.quality_spectrum.get().is_none() => {
+                let spectrum = self.quality_partial(progress)?;
+                KDppSampler::new(spectrum, k)?.try_sample_with_progress(&mut rng, progress)?
+            }
             SelectionMethod::QualityKDpp => {
-                KDppSampler::new(self.quality_spectrum()?, k)?.sample(&mut rng)
+                KDppSampler::new(self.quality_spectrum(progress)?, k)?.sample(&mut rng)
             }
             SelectionMethod::QualityGreedy => {
                 greedy_map(self.quality_kernel()?.as_ref(), GreedyStop::Count(k))?
@@ -356,7 +514,7 @@ pub struct Diversity {
 }
 
 /// [`Diversity`] of the neurons `keep` under `kernel`.
-pub fn diversity(kernel: &Mat<f64>, keep: &[usize]) -> Diversity {
+pub fn diversity(kernel: MatRef<'_, f64>, keep: &[usize]) -> Diversity {
     let k = keep.len();
     let sub = Mat::from_fn(k, k, |i, j| kernel[(keep[i], keep[j])]);
     let log_det = match sub.as_ref().llt(faer::Side::Lower) {

@@ -12,8 +12,8 @@
 //! (`dot_add_scaled`, `dot_add_scaled4`) have portable, AVX2 and AVX-512 builds that
 //! round differently (fused multiply-adds, reduction order). So the eigendecomposition,
 //! and hence a k-DPP sample drawn from it, is reproducible for a given seed on one machine
-//! with one thread count, not bit for bit across CPUs (faer's own SIMD dispatch is not
-//! either).
+//! (with any thread count: see `linalg/mod.rs`), not bit for bit across CPUs (faer's own
+//! SIMD dispatch is not either).
 
 /// Partial sums per dot product: one AVX2 register pair, or four SSE2 registers.
 const LANES: usize = 8;

@@ -1,12 +1,19 @@
 //! A fixed team of threads that wait for work by spinning, for loops that hand out
 //! thousands of sub-millisecond parallel steps in a row (one per column of the
-//! tridiagonalisation).
+//! tridiagonal reduction), and the process-wide budget that sizes the teams.
 //!
 //! Why not rayon: waking a parked rayon worker costs tens of microseconds, as much as a
 //! whole step on the small trailing matrices at the end of the reduction, and it is paid
 //! once per column. Team members spin between steps, so a step starts within nanoseconds.
-//! While a team is alive its members keep their cores busy, so only one team should run
-//! at a time and nothing else should run in parallel beside it.
+//!
+//! Spinning members keep their cores busy for as long as the team lives, so two teams side
+//! by side (two solves at once: parallel tests, a library user with threads) would fight
+//! over the same cores. A [`TeamLease`] takes its extra members from one process-wide
+//! budget of `threads - 1` (threads: faer's global parallelism); a second solve started
+//! while the first holds the budget gets what is left, down to its own thread alone. The
+//! work each step hands out is split into a fixed number of parts that does not depend on
+//! the team's size (see `reduction.rs`), so a smaller team gives the same result, bit for
+//! bit, only later.
 
 use std::cell::UnsafeCell;
 use std::marker::PhantomData;
@@ -14,6 +21,48 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::Scope;
+
+/// Team members (beyond each leader) alive in this process, across all teams.
+static MEMBERS_IN_USE: AtomicUsize = AtomicUsize::new(0);
+
+/// A claim on the process-wide budget of spinning team members, returned when dropped.
+pub(crate) struct TeamLease {
+    members: usize,
+}
+
+impl TeamLease {
+    /// Claims a team of up to `wanted` threads (the caller included) from a process-wide
+    /// budget of `threads - 1` members beside their leaders, `threads` being faer's global
+    /// parallelism: as many as are free, none when the budget is spent.
+    pub(crate) fn claim(wanted: usize) -> Self {
+        let budget = faer::get_global_parallelism().degree().max(1) - 1;
+        let wanted = wanted.max(1) - 1;
+        let mut in_use = MEMBERS_IN_USE.load(Ordering::Relaxed);
+        loop {
+            let members = wanted.min(budget.saturating_sub(in_use));
+            match MEMBERS_IN_USE.compare_exchange_weak(
+                in_use,
+                in_use + members,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return TeamLease { members },
+                Err(now) => in_use = now,
+            }
+        }
+    }
+
+    /// Threads of the team: the leader and the claimed members.
+    pub(crate) fn size(&self) -> usize {
+        self.members + 1
+    }
+}
+
+impl Drop for TeamLease {
+    fn drop(&mut self) {
+        MEMBERS_IN_USE.fetch_sub(self.members, Ordering::AcqRel);
+    }
+}
 
 /// Spins before a waiting member starts yielding its core between checks.
 const SPINS_BEFORE_YIELD: u32 = 1 << 16;
@@ -183,6 +232,28 @@ mod tests {
                 assert_eq!(h.load(Ordering::Relaxed), 1000, "size {size}");
             }
         }
+    }
+
+    /// A second claim while the first holds the budget gets only what is left; the budget
+    /// comes back when a lease is dropped. (Other tests in this binary claim teams too, so
+    /// the checks are relative to what is free when each claim is made.)
+    #[test]
+    fn leases_share_one_budget() {
+        let threads = faer::get_global_parallelism().degree().max(1);
+        let first = TeamLease::claim(usize::MAX);
+        assert!(first.size() >= 1 && first.size() <= threads);
+        let second = TeamLease::claim(usize::MAX);
+        let members = (first.size() - 1, second.size() - 1);
+        assert!(
+            members.0 + members.1 < threads,
+            "{} + {} members from a budget of {}",
+            members.0,
+            members.1,
+            threads - 1
+        );
+        assert_eq!(TeamLease::claim(1).size(), 1);
+        drop(first);
+        drop(second);
     }
 
     #[test]
