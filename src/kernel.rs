@@ -12,46 +12,14 @@ use std::sync::Arc;
 use crate::backend::Backend;
 use crate::cpu::gram::{CpuGram, Precision};
 use crate::error::{Error, Result};
-use crate::gpu::gram::{Product, RowFormat, StagedProduct};
+use crate::gpu::gram::RowFormat;
+use crate::gpu::stats::GpuStats;
 use crate::gpu::GpuContext;
 use crate::memory::ensure_host_matrices;
 use crate::progress::Progress;
 
 pub use crate::rbf::{rbf_from_distances, Beta, RbfKernel};
-pub use crate::types::{ActivationRows, Distances, GramStats, RowSource, SliceRows};
-
-/// What one pass of [`LayerStats`] collects.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StatsKind {
-    /// `G = A^T A` and `s = A^T 1`: fusion, importance, the fusion-aware selection.
-    Gram,
-    /// `D_ij = ||v_i - v_j||^2`: the RBF kernel of the DPP methods.
-    Distances,
-    /// Both, from one read of the activations.
-    Both,
-}
-
-impl StatsKind {
-    /// Whether the Gram statistics are collected.
-    pub fn has_gram(self) -> bool {
-        matches!(self, StatsKind::Gram | StatsKind::Both)
-    }
-
-    /// Whether the distances are collected.
-    pub fn has_distances(self) -> bool {
-        matches!(self, StatsKind::Distances | StatsKind::Both)
-    }
-
-    /// The kind that collects what `gram` and `distances` ask for, or `None` for neither.
-    pub fn of(gram: bool, distances: bool) -> Option<StatsKind> {
-        match (gram, distances) {
-            (true, true) => Some(StatsKind::Both),
-            (true, false) => Some(StatsKind::Gram),
-            (false, true) => Some(StatsKind::Distances),
-            (false, false) => None,
-        }
-    }
-}
+pub use crate::types::{ActivationRows, Distances, GramStats, RowSource, SliceRows, StatsKind};
 
 /// What [`LayerStats::finish`] returns: the statistics its [`StatsKind`] asked for.
 #[derive(Clone, Debug)]
@@ -81,17 +49,25 @@ enum Engine {
     /// distances are derived from it (`G_ii + G_jj - 2 G_ij` cancels for near-duplicate
     /// neurons, see [`crate::cpu::rbf`]).
     Cpu(CpuGram),
-    /// The tiled Gram and direct-distance kernels, each where the kind asks for it.
+    /// The tiled kernels, accumulating on the device: Gram and distances from one upload of
+    /// each chunk when both are asked for.
     Gpu {
         ctx: Arc<GpuContext>,
-        gram: Option<Box<StagedProduct>>,
-        distances: Option<Box<StagedProduct>>,
+        stats: Box<GpuStats>,
     },
 }
 
 /// The statistics engine: streams row chunks of a layer's activations (host rows with
-/// [`LayerStats::push`], rows already on the GPU with [`LayerStats::push_buffer`]) into
-/// what its [`StatsKind`] asks for.
+/// [`LayerStats::push`], rows already on the GPU with [`LayerStats::push_buffer`], a whole
+/// [`RowSource`] with [`LayerStats::push_source`]) into what its [`StatsKind`] asks for.
+///
+/// On the GPU the running sums stay on the device and the result is read back once, by
+/// [`LayerStats::finish`]. When a layer is so wide that its accumulators do not fit the
+/// device's memory budget at once ([`GpuContext::memory_budget`]), they are computed in
+/// groups, one pass over the activations per group: [`LayerStats::push_source`] reads its
+/// source once per group, and rows given to [`LayerStats::push`] are kept on the host until
+/// [`LayerStats::finish`] (device buffers given to [`LayerStats::push_buffer`] must then
+/// keep their contents until then).
 pub struct LayerStats {
     n: usize,
     kind: StatsKind,
@@ -100,7 +76,7 @@ pub struct LayerStats {
 
 impl LayerStats {
     /// An empty engine for a layer of `n >= 1` neurons on `backend`. Checks that the host
-    /// can hold the n x n results; allocates no GPU memory yet.
+    /// can hold the n x n results; on the GPU, allocates the device accumulators.
     pub fn new(backend: &Backend, n: usize, kind: StatsKind) -> Result<Self> {
         if n == 0 {
             return Err(Error::invalid("a layer needs at least one neuron (n = 0)"));
@@ -118,14 +94,7 @@ impl LayerStats {
             }
             Backend::Gpu(ctx) => Engine::Gpu {
                 ctx: ctx.clone(),
-                gram: kind
-                    .has_gram()
-                    .then(|| StagedProduct::new(ctx, n, Product::Gram).map(Box::new))
-                    .transpose()?,
-                distances: kind
-                    .has_distances()
-                    .then(|| StagedProduct::new(ctx, n, Product::Distance).map(Box::new))
-                    .transpose()?,
+                stats: Box::new(GpuStats::new(ctx, n, kind)?),
             },
         };
         Ok(Self { n, kind, engine })
@@ -141,29 +110,27 @@ impl LayerStats {
         self.kind
     }
 
+    /// How many times [`LayerStats::push_source`] reads its source: 1, or on the GPU the
+    /// number of groups of blocks when the layer's accumulators do not fit at once.
+    pub fn source_passes(&self) -> usize {
+        match &self.engine {
+            Engine::Cpu(_) => 1,
+            Engine::Gpu { stats, .. } => stats.source_passes(),
+        }
+    }
+
     /// Adds a chunk of whole rows (len % n == 0, any number of rows, even 0 or 1).
     pub fn push(&mut self, rows: ActivationRows<'_>) -> Result<()> {
         match &mut self.engine {
             Engine::Cpu(c) => c.push(rows),
-            Engine::Gpu {
-                ctx,
-                gram,
-                distances,
-            } => {
-                if let Some(g) = gram {
-                    g.push(ctx, rows)?;
-                }
-                if let Some(d) = distances {
-                    d.push(ctx, rows)?;
-                }
-                Ok(())
-            }
+            Engine::Gpu { ctx, stats } => stats.push(ctx, rows),
         }
     }
 
     /// Adds `rows` rows that already live in `buffer` on this engine's GPU, starting at byte
     /// `offset` (a multiple of 4), laid out as `format` says (usage must include `STORAGE`).
-    /// Nothing is copied to the host. An error on the CPU backend.
+    /// Nothing is copied to the host; the rows are read where they are. An error on the
+    /// CPU backend.
     pub fn push_buffer(
         &mut self,
         buffer: &wgpu::Buffer,
@@ -175,24 +142,13 @@ impl LayerStats {
             Engine::Cpu(_) => Err(Error::invalid(
                 "activations in a GPU buffer need the GPU backend",
             )),
-            Engine::Gpu {
-                ctx,
-                gram,
-                distances,
-            } => {
-                if let Some(g) = gram {
-                    g.push_buffer(ctx, buffer, offset, rows, format)?;
-                }
-                if let Some(d) = distances {
-                    d.push_buffer(ctx, buffer, offset, rows, format)?;
-                }
-                Ok(())
-            }
+            Engine::Gpu { ctx, stats } => stats.push_buffer(ctx, buffer, offset, rows, format),
         }
     }
 
-    /// One pass over `source` (whose width must be this engine's), with `progress` advanced
-    /// by rows as a stage called `stage`.
+    /// The rows of `source` (whose width must be this engine's), read once, or once per
+    /// group of blocks (see [`LayerStats::source_passes`]), with `progress` advanced by rows
+    /// over all passes as a stage called `stage`.
     pub fn push_source(
         &mut self,
         source: &mut dyn RowSource,
@@ -207,12 +163,18 @@ impl LayerStats {
             )));
         }
         let n = self.n;
-        progress.start(stage, source.rows() as u64);
-        let result = source.pass(&mut |rows| {
-            self.push(rows)?;
-            progress.advance((rows.len() / n) as u64);
-            Ok(())
-        });
+        let passes = self.source_passes();
+        progress.start(stage, (source.rows() * passes) as u64);
+        let result = match &mut self.engine {
+            Engine::Cpu(c) => source.pass(&mut |rows| {
+                c.push(rows)?;
+                progress.advance((rows.len() / n) as u64);
+                Ok(())
+            }),
+            Engine::Gpu { ctx, stats } => {
+                stats.push_source(ctx, source, &mut |rows| progress.advance(rows))
+            }
+        };
         progress.finish();
         result
     }
@@ -221,12 +183,7 @@ impl LayerStats {
     pub fn samples(&self) -> usize {
         match &self.engine {
             Engine::Cpu(c) => c.samples(),
-            Engine::Gpu {
-                gram, distances, ..
-            } => gram
-                .as_ref()
-                .or(distances.as_ref())
-                .map_or(0, |p| p.samples()),
+            Engine::Gpu { stats, .. } => stats.samples(),
         }
     }
 
@@ -265,27 +222,17 @@ impl LayerStats {
                     },
                 })
             }
-            Engine::Gpu {
-                ctx,
-                gram,
-                distances,
-            } => Ok(LayerStatistics {
-                gram: gram
-                    .map(|g| {
-                        g.finish(&ctx).map(|(gram, col_sums, samples)| GramStats {
-                            gram,
-                            col_sums,
-                            samples,
-                        })
-                    })
-                    .transpose()?,
-                distances: distances
-                    .map(|d| {
-                        d.finish(&ctx)
-                            .map(|(squared, _, samples)| Distances { squared, samples })
-                    })
-                    .transpose()?,
-            }),
+            Engine::Gpu { ctx, stats } => {
+                let (gram, distances, col_sums, samples) = stats.finish(&ctx)?;
+                Ok(LayerStatistics {
+                    gram: gram.map(|gram| GramStats {
+                        gram,
+                        col_sums,
+                        samples,
+                    }),
+                    distances: distances.map(|squared| Distances { squared, samples }),
+                })
+            }
         }
     }
 }

@@ -5,14 +5,23 @@
 //! device ([`GpuMlp::hidden_buffer`]) to feed the Gram accumulator without a round trip.
 
 use crate::error::{Error, Result};
-use crate::gpu::{GpuContext, ShaderEntry};
+use crate::gpu::{Binding, GpuContext, ShaderEntry};
 use crate::model::{Activation, Mlp};
 
 const LINEAR: ShaderEntry = ShaderEntry {
     key: "forward::linear",
     source: include_str!("../../shaders/linear.wgsl"),
     entry_point: "linear",
+    groups: &[LINEAR_GROUP],
 };
+/// x, W, b, y, params.
+const LINEAR_GROUP: &[Binding] = &[
+    Binding::Storage,
+    Binding::Storage,
+    Binding::Storage,
+    Binding::StorageMut,
+    Binding::Uniform,
+];
 
 /// Output rows (and columns) per workgroup in `linear.wgsl`.
 const TILE: usize = 64;
@@ -221,9 +230,11 @@ impl GpuMlp {
                     act,
                 },
             )?;
-            let bind = ctx.checked("forward bind group", || {
-                ctx.bind_buffers(&pipeline, &[&input, &l.weight, &l.bias, &output, &params])
-            })?;
+            let bind = ctx.bind_buffers(
+                "forward bind group",
+                LINEAR_GROUP,
+                &[&input, &l.weight, &l.bias, &output, &params],
+            )?;
             {
                 let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
                     label: Some("linear"),

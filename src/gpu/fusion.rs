@@ -17,7 +17,7 @@
 
 use faer::Mat;
 
-use super::context::{GpuContext, ShaderEntry};
+use super::context::{Binding, GpuContext, ShaderEntry};
 use crate::error::{Error, Result};
 use crate::types::{FusionSystem, GramStats, NextLayer};
 
@@ -25,7 +25,17 @@ const PRODUCT: ShaderEntry = ShaderEntry {
     key: "fusion::gathered_product",
     source: include_str!("../../shaders/fusion.wgsl"),
     entry_point: "gathered_product",
+    groups: &[PRODUCT_GROUP],
 };
+/// params, G~ panel, W~ block, gathered columns, output, opaque one.
+const PRODUCT_GROUP: &[Binding] = &[
+    Binding::Uniform,
+    Binding::Storage,
+    Binding::Storage,
+    Binding::Storage,
+    Binding::StorageMut,
+    Binding::Storage,
+];
 
 /// Output rows and columns per workgroup (see the shader).
 const TILE: usize = 64;
@@ -181,12 +191,11 @@ pub fn assemble(
                         _pad: [0; 3],
                     };
                     let p_buf = ctx.uniform_buffer("fusion params", &params)?;
-                    let bind = ctx.checked("fusion bind group", || {
-                        ctx.bind_buffers(
-                            &pipeline,
-                            &[&p_buf, &g_buf, &w_buf, idx, &out_buf, &one_buf],
-                        )
-                    })?;
+                    let bind = ctx.bind_buffers(
+                        "fusion bind group",
+                        PRODUCT_GROUP,
+                        &[&p_buf, &g_buf, &w_buf, idx, &out_buf, &one_buf],
+                    )?;
                     let mut encoder =
                         ctx.device()
                             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
