@@ -442,8 +442,10 @@ impl GpuContext {
         what: &str,
         encoder: wgpu::CommandEncoder,
     ) -> Result<wgpu::SubmissionIndex> {
+        let start = Instant::now();
         let index = self.checked(what, || self.queue.submit([encoder.finish()]))?;
         self.counters.submit();
+        self.counters.time(Stage::Submit, start);
         Ok(index)
     }
 

@@ -28,6 +28,9 @@ pub struct GpuCounters {
     pub waits: u64,
     /// Host seconds spent copying rows into staging memory.
     pub upload_seconds: f64,
+    /// Host seconds inside the queue's submit (a driver that runs work synchronously, as
+    /// lavapipe may, shows its device time here).
+    pub submit_seconds: f64,
     /// Host seconds blocked on the device: waiting for a free input slot (the device still
     /// busy with older chunks) and for readbacks to arrive.
     pub wait_seconds: f64,
@@ -57,6 +60,7 @@ impl GpuCounters {
             buffer_bytes: self.buffer_bytes - earlier.buffer_bytes,
             waits: self.waits - earlier.waits,
             upload_seconds: self.upload_seconds - earlier.upload_seconds,
+            submit_seconds: self.submit_seconds - earlier.submit_seconds,
             wait_seconds: self.wait_seconds - earlier.wait_seconds,
             readback_seconds: self.readback_seconds - earlier.readback_seconds,
             assemble_seconds: self.assemble_seconds - earlier.assemble_seconds,
@@ -79,6 +83,7 @@ pub(crate) struct Counters {
     buffer_bytes: AtomicU64,
     waits: AtomicU64,
     upload_ns: AtomicU64,
+    submit_ns: AtomicU64,
     wait_ns: AtomicU64,
     readback_ns: AtomicU64,
     assemble_ns: AtomicU64,
@@ -90,6 +95,7 @@ pub(crate) struct Counters {
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Stage {
     Upload,
+    Submit,
     Wait,
     Readback,
     Assemble,
@@ -136,6 +142,7 @@ impl Counters {
     pub(crate) fn time(&self, stage: Stage, start: Instant) {
         let counter = match stage {
             Stage::Upload => &self.upload_ns,
+            Stage::Submit => &self.submit_ns,
             Stage::Wait => &self.wait_ns,
             Stage::Readback => &self.readback_ns,
             Stage::Assemble => &self.assemble_ns,
@@ -156,6 +163,7 @@ impl Counters {
             buffer_bytes: get(&self.buffer_bytes),
             waits: get(&self.waits),
             upload_seconds: secs(&self.upload_ns),
+            submit_seconds: secs(&self.submit_ns),
             wait_seconds: secs(&self.wait_ns),
             readback_seconds: secs(&self.readback_ns),
             assemble_seconds: secs(&self.assemble_ns),
