@@ -100,6 +100,30 @@ fn out_index(base: u32, x: u32, y: u32, r: u32, c: u32) -> u32 {
     return base + (y + 16u * r) * TILE + x + 16u * c;
 }
 
+// Adds the thread's 4 x 4 chunk sums into `acc` (tile k of the block).
+fn add_to_acc(k: u32, lid: vec3<u32>, sums: array<vec4<f32>, 4>) {
+    let one = opaque_one[0];
+    for (var r = 0u; r < 4u; r++) {
+        let v = sums[r];
+        for (var c = 0u; c < 4u; c++) {
+            let i = out_index(k * TILE_OUTPUTS, lid.x, lid.y, r, c);
+            acc[i] = two_sum(acc[i], v[c], one);
+        }
+    }
+}
+
+// The same into `acc_dist` (both_tiles).
+fn add_to_acc_dist(k: u32, lid: vec3<u32>, sums: array<vec4<f32>, 4>) {
+    let one = opaque_one[0];
+    for (var r = 0u; r < 4u; r++) {
+        let v = sums[r];
+        for (var c = 0u; c < 4u; c++) {
+            let i = out_index(k * TILE_OUTPUTS, lid.x, lid.y, r, c);
+            acc_dist[i] = two_sum(acc_dist[i], v[c], one);
+        }
+    }
+}
+
 @compute @workgroup_size(16, 16)
 fn gram_tiles(
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -129,16 +153,7 @@ fn gram_tiles(
         }
         workgroupBarrier();
     }
-    let one = opaque_one[0];
-    let base = k * TILE_OUTPUTS;
-    let rows = array<vec4<f32>, 4>(c0, c1, c2, c3);
-    for (var r = 0u; r < 4u; r++) {
-        let v = rows[r];
-        for (var c = 0u; c < 4u; c++) {
-            let i = out_index(base, lid.x, lid.y, r, c);
-            acc[i] = two_sum(acc[i], v[c], one);
-        }
-    }
+    add_to_acc(k, lid, array<vec4<f32>, 4>(c0, c1, c2, c3));
 }
 
 @compute @workgroup_size(16, 16)
@@ -174,16 +189,7 @@ fn dist_tiles(
         }
         workgroupBarrier();
     }
-    let one = opaque_one[0];
-    let base = k * TILE_OUTPUTS;
-    let rows = array<vec4<f32>, 4>(c0, c1, c2, c3);
-    for (var r = 0u; r < 4u; r++) {
-        let v = rows[r];
-        for (var c = 0u; c < 4u; c++) {
-            let i = out_index(base, lid.x, lid.y, r, c);
-            acc[i] = two_sum(acc[i], v[c], one);
-        }
-    }
+    add_to_acc(k, lid, array<vec4<f32>, 4>(c0, c1, c2, c3));
 }
 
 @compute @workgroup_size(16, 16)
@@ -227,19 +233,8 @@ fn both_tiles(
         }
         workgroupBarrier();
     }
-    let one = opaque_one[0];
-    let base = k * TILE_OUTPUTS;
-    let gram = array<vec4<f32>, 4>(g0, g1, g2, g3);
-    let dist = array<vec4<f32>, 4>(e0, e1, e2, e3);
-    for (var r = 0u; r < 4u; r++) {
-        let vg = gram[r];
-        let vd = dist[r];
-        for (var c = 0u; c < 4u; c++) {
-            let i = out_index(base, lid.x, lid.y, r, c);
-            acc[i] = two_sum(acc[i], vg[c], one);
-            acc_dist[i] = two_sum(acc_dist[i], vd[c], one);
-        }
-    }
+    add_to_acc(k, lid, array<vec4<f32>, 4>(g0, g1, g2, g3));
+    add_to_acc_dist(k, lid, array<vec4<f32>, 4>(e0, e1, e2, e3));
 }
 
 @compute @workgroup_size(256)

@@ -125,7 +125,10 @@ impl InputRing {
         }
         let slot = &mut self.slots[self.current];
         if slot.view.is_none() {
-            let (submission, answer) = slot.remap.take().expect("a slot not mapped is in flight");
+            // Unmapped and not in flight: the submit that should have taken it failed.
+            let (submission, answer) = slot.remap.take().ok_or_else(|| {
+                Error::Gpu("an input slot was lost by an earlier failed submit".into())
+            })?;
             ctx.wait_for(Some(submission))?;
             answer
                 .try_recv()
