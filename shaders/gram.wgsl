@@ -86,6 +86,10 @@ fn tile_origin(k: u32) -> vec2<u32> {
 }
 
 // (hi, lo) + x with TwoSum: hi takes the rounded sum, lo collects every rounding error.
+// lo is not folded back into hi: on lavapipe a version that did so with a second TwoSum
+// came out as the plain f32 sum, lo lost altogether (measured with the running-sum test of
+// tests/gpu_engine.rs; mathematically it was exact). A lo that only grows loses about 2^-24
+// of itself per chunk: 2^-48 of the total each time.
 fn two_sum(pair: vec2<f32>, x: f32, one: f32) -> vec2<f32> {
     let s = (pair.x + x) * one;
     let bp = (s - pair.x) * one;

@@ -319,3 +319,34 @@ fn timing_reports_device_time_where_the_adapter_has_timestamps() {
     assert!(cost.timed_passes >= 1, "{cost:?}");
     assert!(cost.gpu_seconds > 0.0, "{cost:?}");
 }
+
+#[test]
+fn running_sums_keep_what_f32_would_drop() {
+    let Some(ctx) = test_context() else { return };
+    // 64-row chunks (256-byte cap, one neuron). The first chunk makes G = 2^26, where f32's
+    // spacing is 8: each later chunk adds 64 x 0.1^2 = 0.64, which a plain f32 running sum
+    // would drop every time (an error of 640 after 1000 chunks). The (hi, lo) pair keeps it,
+    // up to lo's own roundings (lo reaches 640, where f32's spacing is 6e-5).
+    let ctx = Arc::new(ctx.with_max_block_bytes(256));
+    let backend = Backend::Gpu(ctx);
+    let small = 0.1f32;
+    let chunks = 1000;
+    let mut stats = LayerStats::new(&backend, 1, StatsKind::Both).unwrap();
+    // The large value fills a chunk of its own: within one chunk the sum is plain f32.
+    let mut first = [0.0f32; 64];
+    first[0] = 8192.0;
+    stats.push(ActivationRows::F32(&first)).unwrap();
+    for _ in 0..chunks {
+        stats.push(ActivationRows::F32(&[small; 64])).unwrap();
+    }
+    let gram = stats.finish().unwrap().into_gram().unwrap();
+    let want = 8192.0f64 * 8192.0 + (chunks * 64) as f64 * (small as f64).powi(2);
+    let got = gram.gram[(0, 0)];
+    assert!(
+        (got - want).abs() < 0.05,
+        "G = {got}, exact {want}: the compensation was lost ({})",
+        got - want
+    );
+    let s_want = 8192.0 + (chunks * 64) as f64 * small as f64;
+    assert!((gram.col_sums[0] - s_want).abs() < 1e-6 * s_want);
+}

@@ -115,8 +115,10 @@ impl CpuGram {
                     self.staged.extend(v.iter().map(|h| h.to_f32()))
                 }
                 (Precision::F64, part) => {
-                    if self.staged64.is_empty() {
-                        self.staged64 = vec![0.0; limit * n];
+                    // Grown to a chunk as rows come (a few rows need no 128 MB), then reused.
+                    let end = (self.staged_rows + take) * n;
+                    if self.staged64.len() < end {
+                        self.staged64.resize(end, 0.0);
                     }
                     widen(
                         part,
