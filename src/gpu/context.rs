@@ -41,7 +41,8 @@ pub struct ShaderEntry {
 /// ([`GpuContext::with_memory_budget`]): 4 GiB. wgpu does not say how much memory a device
 /// has; 4 GiB fits the n x n accumulators of a 16384-neuron layer (Gram and distances) or a
 /// 22000-neuron one (one of them) next to an application on an 8 GB card. Wider layers are
-/// processed in groups of blocks, one pass over the activations per group.
+/// processed in groups of blocks, one pass over the activations per group. Besides the
+/// accumulators, a pass holds two input chunks of at most 64 MiB each on the device.
 pub const DEFAULT_MEMORY_BUDGET: u64 = 4 << 30;
 
 /// Owns a wgpu device and queue, reads their limits, and caches compute pipelines.
