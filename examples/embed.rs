@@ -40,9 +40,19 @@ fn main() -> anyhow::Result<()> {
 
     // divnet works on the application's device; the buffer is read in place.
     let ctx = GpuContext::from_device(device.clone(), queue.clone()).with_adapter_info(info);
+    let before = ctx.counters()?;
     let stats = gram_from_buffer(&ctx, &buffer, RowFormat::F32, m, n)?;
     let l = rbf_from_buffer(&ctx, &buffer, RowFormat::F32, m, n, Beta::Median, 1e-6)?;
+    let cost = ctx.counters()?.since(&before);
     println!("G: {n} x {n}, L: {n} x {n}, beta = {:e}", l.beta);
+    // The activations stay where they are: what comes back is the two results, once each.
+    println!(
+        "{} readbacks ({:.1} MB), {} bytes uploaded, {} submits",
+        cost.readbacks,
+        cost.readback_bytes as f64 / 1e6,
+        cost.upload_bytes,
+        cost.submits
+    );
 
     // The CPU twin on the same numbers.
     let rows = ActivationRows::F32(&acts);

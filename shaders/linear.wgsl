@@ -1,6 +1,9 @@
-// One fully connected layer on a block of rows: y = act(x W^T + b).
+// One fully connected layer on a block of rows, for one block of its output neurons:
+// y[:, col0 .. col0 + n] = act(x W^T + b).
 //
-// x: m x k (row-major), w: n x k (PyTorch layout, row-major), b: n, y: m x n.
+// x: m x k (row-major), w: n x k (the block's rows of the PyTorch-layout weight), b: n (the
+// block's bias), y: m x ld_y (row-major; the block writes columns col0 .. col0 + n). A
+// weight matrix wider than one storage binding is split into such row blocks by the host.
 // Each workgroup computes a 64 x 64 tile of y; each of its 16 x 16 threads computes
 // 4 x 4 outputs, strided by 16 so that neighbouring threads read neighbouring tile entries.
 // The k dimension is walked in steps of 16 through workgroup-memory tiles of x and w.
@@ -11,6 +14,10 @@ struct Params {
     n: u32,
     // 0 none (logits), 1 relu, 2 tanh, 3 sigmoid, 4 gelu (erf form)
     act: u32,
+    col0: u32,  // first output column of this block in y
+    ld_y: u32,  // y's row stride: all the layer's outputs
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
@@ -101,7 +108,7 @@ fn linear(
         for (var j = 0u; j < 4u; j = j + 1u) {
             let c = col0 + lid.x + 16u * j;
             if (r < p.m && c < p.n) {
-                y[r * p.n + c] = activate(acc[i * 4u + j] + b[c], p.act);
+                y[r * p.ld_y + p.col0 + c] = activate(acc[i * 4u + j] + b[c], p.act);
             }
         }
     }

@@ -12,46 +12,14 @@ use std::sync::Arc;
 use crate::backend::Backend;
 use crate::cpu::gram::{CpuGram, Precision};
 use crate::error::{Error, Result};
-use crate::gpu::gram::{Product, RowFormat, StagedProduct};
+use crate::gpu::gram::RowFormat;
+use crate::gpu::stats::GpuStats;
 use crate::gpu::GpuContext;
 use crate::memory::{ensure_fits, Allocation};
 use crate::progress::Progress;
 
 pub use crate::rbf::{rbf_from_distances, Beta, RbfKernel};
-pub use crate::types::{ActivationRows, Distances, GramStats, RowSource, SliceRows};
-
-/// What one pass of [`LayerStats`] collects.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum StatsKind {
-    /// `G = A^T A` and `s = A^T 1`: fusion, importance, the fusion-aware selection.
-    Gram,
-    /// `D_ij = ||v_i - v_j||^2`: the RBF kernel of the DPP methods.
-    Distances,
-    /// Both, from one read of the activations.
-    Both,
-}
-
-impl StatsKind {
-    /// Whether the Gram statistics are collected.
-    pub fn has_gram(self) -> bool {
-        matches!(self, StatsKind::Gram | StatsKind::Both)
-    }
-
-    /// Whether the distances are collected.
-    pub fn has_distances(self) -> bool {
-        matches!(self, StatsKind::Distances | StatsKind::Both)
-    }
-
-    /// The kind that collects what `gram` and `distances` ask for, or `None` for neither.
-    pub fn of(gram: bool, distances: bool) -> Option<StatsKind> {
-        match (gram, distances) {
-            (true, true) => Some(StatsKind::Both),
-            (true, false) => Some(StatsKind::Gram),
-            (false, true) => Some(StatsKind::Distances),
-            (false, false) => None,
-        }
-    }
-}
+pub use crate::types::{ActivationRows, Distances, GramStats, RowSource, SliceRows, StatsKind};
 
 /// What [`LayerStats::finish`] returns: the statistics its [`StatsKind`] asked for.
 #[derive(Clone, Debug)]
@@ -81,17 +49,25 @@ enum Engine {
     /// distances are derived from it (`G_ii + G_jj - 2 G_ij` cancels for near-duplicate
     /// neurons, see [`crate::cpu::rbf`]).
     Cpu(CpuGram),
-    /// The tiled Gram and direct-distance kernels, each where the kind asks for it.
+    /// The tiled kernels, accumulating on the device: Gram and distances from one upload of
+    /// each chunk when both are asked for.
     Gpu {
         ctx: Arc<GpuContext>,
-        gram: Option<Box<StagedProduct>>,
-        distances: Option<Box<StagedProduct>>,
+        stats: Box<GpuStats>,
     },
 }
 
 /// The statistics engine: streams row chunks of a layer's activations (host rows with
-/// [`LayerStats::push`], rows already on the GPU with [`LayerStats::push_buffer`]) into
-/// what its [`StatsKind`] asks for.
+/// [`LayerStats::push`], rows already on the GPU with [`LayerStats::push_buffer`], a whole
+/// [`RowSource`] with [`LayerStats::push_source`]) into what its [`StatsKind`] asks for.
+///
+/// On the GPU the running sums stay on the device and the result is read back once, by
+/// [`LayerStats::finish`]. When a layer is so wide that its accumulators do not fit the
+/// device's memory budget at once ([`GpuContext::memory_budget`]), they are computed in
+/// groups, one pass over the activations per group: [`LayerStats::push_source`] reads its
+/// source once per group, and rows given to [`LayerStats::push`] are kept on the host until
+/// [`LayerStats::finish`] (device buffers given to [`LayerStats::push_buffer`] must then
+/// keep their contents until then).
 pub struct LayerStats {
     n: usize,
     kind: StatsKind,
@@ -101,7 +77,7 @@ pub struct LayerStats {
 impl LayerStats {
     /// An empty engine for a layer of `n >= 1` neurons on `backend`. Checks that the host
     /// can hold the n x n results and what the engine holds beside them
-    /// ([`LayerStats::planned_host_memory`]); allocates no GPU memory yet.
+    /// ([`LayerStats::planned_host_memory`]); on the GPU, allocates the device accumulators.
     pub fn new(backend: &Backend, n: usize, kind: StatsKind) -> Result<Self> {
         if n == 0 {
             return Err(Error::invalid("a layer needs at least one neuron (n = 0)"));
@@ -124,14 +100,7 @@ impl LayerStats {
             }
             Backend::Gpu(ctx) => Engine::Gpu {
                 ctx: ctx.clone(),
-                gram: kind
-                    .has_gram()
-                    .then(|| StagedProduct::new(ctx, n, Product::Gram).map(Box::new))
-                    .transpose()?,
-                distances: kind
-                    .has_distances()
-                    .then(|| StagedProduct::new(ctx, n, Product::Distance).map(Box::new))
-                    .transpose()?,
+                stats: Box::new(GpuStats::new(ctx, n, kind)?),
             },
         };
         Ok(Self { n, kind, engine })
@@ -142,11 +111,13 @@ impl LayerStats {
     /// allocation by allocation: what a caller's [`crate::memory::MemoryPlan`] counts before
     /// it starts a pass.
     ///
-    /// It describes the engines as they are: the CPU twin keeps its f64 sum beside one
-    /// n x n product per thread (one when n > 1024, where faer splits the output instead)
-    /// and a chunk of rows (8192 rows or 2^24 values at most), and hands back G and D as
-    /// two matrices for [`StatsKind::Both`]; the GPU engine keeps each product's triangle
-    /// in an n x n f64 buffer and builds its result beside it.
+    /// It describes the engines as they are. The CPU twin keeps one f64 sum and adds each
+    /// chunk's product into it: directly for wide f64 layers, through one n x n partial
+    /// (n > 1024) or one per thread otherwise; its chunk of rows is staged in the product's
+    /// precision (8192 rows or 2^24 values at most); for [`StatsKind::Both`] it hands back
+    /// G and D as two matrices. The GPU engine reads its results back once, straight into
+    /// one n x n f64 matrix per product, through a readback buffer and a two-slot input
+    /// ring of mapped staging buffers.
     pub fn planned_host_memory(
         backend: &Backend,
         n: usize,
@@ -155,26 +126,25 @@ impl LayerStats {
     ) -> Vec<Allocation> {
         match backend {
             Backend::Cpu => {
-                let elem = if kind.has_distances() { 8 } else { 4 };
-                let parts = if n > 1024 {
-                    1
+                let (product_elem, partials) = if kind.has_distances() {
+                    (8, if n > 1024 { 0 } else { cpu_threads() })
                 } else {
-                    std::thread::available_parallelism().map_or(1, |t| t.get())
+                    (4, if n > 1024 { 1 } else { cpu_threads() })
                 };
                 let chunk_rows = 8192.min((1usize << 24) / n).clamp(1, rows.max(1));
                 let mut pass = vec![Allocation::matrix("the statistics' f64 sum", n, n, 8)];
                 pass.extend(
-                    (0..parts).map(|_| Allocation::matrix("a chunk's n x n product", n, n, elem)),
+                    (0..partials)
+                        .map(|_| Allocation::matrix("a chunk's n x n product", n, n, product_elem)),
                 );
-                pass.push(Allocation::matrix("a chunk of rows", chunk_rows, n, 4));
-                if elem == 8 {
-                    pass.push(Allocation::matrix("the chunk in f64", chunk_rows, n, 8));
-                }
-                let mut finish = Vec::new();
-                if kind.has_gram() {
-                    finish.push(Allocation::matrix("the Gram matrix G", n, n, 8));
-                }
-                if kind.has_distances() {
+                pass.push(Allocation::matrix(
+                    "a chunk of rows",
+                    chunk_rows,
+                    n,
+                    product_elem,
+                ));
+                let mut finish = vec![Allocation::matrix("the Gram matrix G", n, n, 8)];
+                if kind == StatsKind::Both {
                     finish.push(Allocation::matrix("the distances D", n, n, 8));
                 }
                 if finish.iter().map(|a| a.bytes).sum::<u64>()
@@ -186,12 +156,14 @@ impl LayerStats {
                 }
             }
             Backend::Gpu(_) => {
-                // Each product's triangle, and the last result built beside them.
-                let products = usize::from(kind.has_gram()) + usize::from(kind.has_distances());
-                let mut holds: Vec<Allocation> = (0..products)
-                    .map(|_| Allocation::matrix("a product's accumulated triangle", n, n, 8))
-                    .collect();
-                holds.push(Allocation::matrix("a result being built", n, n, 8));
+                let mut holds = Vec::new();
+                if kind.has_gram() {
+                    holds.push(Allocation::matrix("the Gram matrix G", n, n, 8));
+                }
+                if kind.has_distances() {
+                    holds.push(Allocation::matrix("the distances D", n, n, 8));
+                }
+                holds.extend(crate::gpu::stats::staging_host_memory(n));
                 holds
             }
         }
@@ -207,29 +179,27 @@ impl LayerStats {
         self.kind
     }
 
+    /// How many times [`LayerStats::push_source`] reads its source: 1, or on the GPU the
+    /// number of groups of blocks when the layer's accumulators do not fit at once.
+    pub fn source_passes(&self) -> usize {
+        match &self.engine {
+            Engine::Cpu(_) => 1,
+            Engine::Gpu { stats, .. } => stats.source_passes(),
+        }
+    }
+
     /// Adds a chunk of whole rows (len % n == 0, any number of rows, even 0 or 1).
     pub fn push(&mut self, rows: ActivationRows<'_>) -> Result<()> {
         match &mut self.engine {
             Engine::Cpu(c) => c.push(rows),
-            Engine::Gpu {
-                ctx,
-                gram,
-                distances,
-            } => {
-                if let Some(g) = gram {
-                    g.push(ctx, rows)?;
-                }
-                if let Some(d) = distances {
-                    d.push(ctx, rows)?;
-                }
-                Ok(())
-            }
+            Engine::Gpu { ctx, stats } => stats.push(ctx, rows),
         }
     }
 
     /// Adds `rows` rows that already live in `buffer` on this engine's GPU, starting at byte
     /// `offset` (a multiple of 4), laid out as `format` says (usage must include `STORAGE`).
-    /// Nothing is copied to the host. An error on the CPU backend.
+    /// Nothing is copied to the host; the rows are read where they are. An error on the
+    /// CPU backend.
     pub fn push_buffer(
         &mut self,
         buffer: &wgpu::Buffer,
@@ -241,24 +211,13 @@ impl LayerStats {
             Engine::Cpu(_) => Err(Error::invalid(
                 "activations in a GPU buffer need the GPU backend",
             )),
-            Engine::Gpu {
-                ctx,
-                gram,
-                distances,
-            } => {
-                if let Some(g) = gram {
-                    g.push_buffer(ctx, buffer, offset, rows, format)?;
-                }
-                if let Some(d) = distances {
-                    d.push_buffer(ctx, buffer, offset, rows, format)?;
-                }
-                Ok(())
-            }
+            Engine::Gpu { ctx, stats } => stats.push_buffer(ctx, buffer, offset, rows, format),
         }
     }
 
-    /// One pass over `source` (whose width must be this engine's), with `progress` advanced
-    /// by rows as a stage called `stage`.
+    /// The rows of `source` (whose width must be this engine's), read once, or once per
+    /// group of blocks (see [`LayerStats::source_passes`]), with `progress` advanced by rows
+    /// over all passes as a stage called `stage`.
     pub fn push_source(
         &mut self,
         source: &mut dyn RowSource,
@@ -273,12 +232,18 @@ impl LayerStats {
             )));
         }
         let n = self.n;
-        progress.start(stage, source.rows() as u64);
-        let result = source.pass(&mut |rows| {
-            self.push(rows)?;
-            progress.advance((rows.len() / n) as u64);
-            Ok(())
-        });
+        let passes = self.source_passes();
+        progress.start(stage, (source.rows() * passes) as u64);
+        let result = match &mut self.engine {
+            Engine::Cpu(c) => source.pass(&mut |rows| {
+                c.push(rows)?;
+                progress.advance((rows.len() / n) as u64);
+                Ok(())
+            }),
+            Engine::Gpu { ctx, stats } => {
+                stats.push_source(ctx, source, &mut |rows| progress.advance(rows))
+            }
+        };
         progress.finish();
         result
     }
@@ -287,12 +252,7 @@ impl LayerStats {
     pub fn samples(&self) -> usize {
         match &self.engine {
             Engine::Cpu(c) => c.samples(),
-            Engine::Gpu {
-                gram, distances, ..
-            } => gram
-                .as_ref()
-                .or(distances.as_ref())
-                .map_or(0, |p| p.samples()),
+            Engine::Gpu { stats, .. } => stats.samples(),
         }
     }
 
@@ -331,29 +291,23 @@ impl LayerStats {
                     },
                 })
             }
-            Engine::Gpu {
-                ctx,
-                gram,
-                distances,
-            } => Ok(LayerStatistics {
-                gram: gram
-                    .map(|g| {
-                        g.finish(&ctx).map(|(gram, col_sums, samples)| GramStats {
-                            gram,
-                            col_sums,
-                            samples,
-                        })
-                    })
-                    .transpose()?,
-                distances: distances
-                    .map(|d| {
-                        d.finish(&ctx)
-                            .map(|(squared, _, samples)| Distances { squared, samples })
-                    })
-                    .transpose()?,
-            }),
+            Engine::Gpu { ctx, stats } => {
+                let (gram, distances, col_sums, samples) = stats.finish(&ctx)?;
+                Ok(LayerStatistics {
+                    gram: gram.map(|gram| GramStats {
+                        gram,
+                        col_sums,
+                        samples,
+                    }),
+                    distances: distances.map(|squared| Distances { squared, samples }),
+                })
+            }
         }
     }
+}
+
+fn cpu_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |t| t.get())
 }
 
 /// One pass of `source` through a [`LayerStats`] of `kind` on `backend`.

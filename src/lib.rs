@@ -16,11 +16,13 @@
 //! - [`fusion`]: the least-squares reweighting of the next layer;
 //! - [`model`]: MLPs, forward pass, training; [`io`]: npy, safetensors, IDX;
 //! - [`compress`]: the pipelines: one layer of any network, every layer of an MLP;
-//! - [`progress`], [`memory`]: progress reports and host-memory checks for long work.
+//! - [`progress`], [`memory`]: progress reports and host-memory checks for long work;
+//! - [`bench`]: kernel construction timed on each backend (`divnet bench`).
 
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod bench;
 pub mod compress;
 pub mod cpu;
 pub mod dpp;

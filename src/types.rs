@@ -63,9 +63,11 @@ impl<'a> ActivationRows<'a> {
 
     /// An error naming the first value that is not finite (row and neuron), if any.
     pub(crate) fn check_finite(&self, n: usize) -> Result<()> {
+        use rayon::prelude::*;
+        // On all threads: the GPU path scans every row it uploads.
         let bad = match self {
-            ActivationRows::F32(v) => v.iter().position(|x| !x.is_finite()),
-            ActivationRows::F16(v) => v.iter().position(|x| !x.is_finite()),
+            ActivationRows::F32(v) => v.par_iter().position_first(|x| !x.is_finite()),
+            ActivationRows::F16(v) => v.par_iter().position_first(|x| !x.is_finite()),
         };
         match bad {
             Some(k) => Err(non_finite_activation(k / n, k % n)),
@@ -189,6 +191,39 @@ impl GramStats {
             (false, true) => s[keep[j]],
             (false, false) => m,
         })
+    }
+}
+
+/// What one statistics pass ([`crate::kernel::LayerStats`]) collects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatsKind {
+    /// `G = A^T A` and `s = A^T 1`: fusion, importance, the fusion-aware selection.
+    Gram,
+    /// `D_ij = ||v_i - v_j||^2`: the RBF kernel of the DPP methods.
+    Distances,
+    /// Both, from one read of the activations.
+    Both,
+}
+
+impl StatsKind {
+    /// Whether the Gram statistics are collected.
+    pub fn has_gram(self) -> bool {
+        matches!(self, StatsKind::Gram | StatsKind::Both)
+    }
+
+    /// Whether the distances are collected.
+    pub fn has_distances(self) -> bool {
+        matches!(self, StatsKind::Distances | StatsKind::Both)
+    }
+
+    /// The kind that collects what `gram` and `distances` ask for, or `None` for neither.
+    pub fn of(gram: bool, distances: bool) -> Option<StatsKind> {
+        match (gram, distances) {
+            (true, true) => Some(StatsKind::Both),
+            (true, false) => Some(StatsKind::Gram),
+            (false, true) => Some(StatsKind::Distances),
+            (false, false) => None,
+        }
     }
 }
 

@@ -727,9 +727,23 @@ fn gpu_forward_matches_cpu() {
         1e-5,
         "chunked",
     );
-    // A weight matrix over the binding limit is an error, not a panic.
-    let wide = Mlp::init(&[40, 40, 2], Activation::Relu, 1);
-    assert!(matches!(GpuMlp::upload(&small, &wide), Err(Error::Gpu(_))));
+    // A weight matrix over the binding limit (40 x 40 f32 = 6400 bytes) runs in blocks of
+    // output neurons, several per layer.
+    let wide = Mlp::init(&[40, 40, 30, 2], Activation::Relu, 1);
+    let x = random_x(23, 40, 7);
+    let g = GpuMlp::upload(&small, &wide).unwrap();
+    assert_close(
+        &g.hidden(&small, &x, 23, 1).unwrap(),
+        &forward64(&wide, &x, 23)[1],
+        1e-5,
+        "weights in blocks",
+    );
+    // One row of a weight matrix over the limit cannot be split: an error, not a panic.
+    let too_wide = Mlp::init(&[600, 4, 2], Activation::Relu, 1);
+    assert!(matches!(
+        GpuMlp::upload(&small, &too_wide),
+        Err(Error::Gpu(_))
+    ));
 }
 
 /// `divnet train` and `divnet evaluate` end to end on a tiny npy problem, and their

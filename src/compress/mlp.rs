@@ -9,8 +9,10 @@ use super::{fusion_name, CompressReport, KeepSpec, LayerReport, DEFAULT_CHUNK_RO
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::fusion::{fuse_next_layer, FusedLayer, FusionOptions, NextLayer};
-use crate::gpu::forward::GpuMlp;
-use crate::kernel::{ActivationRows, Beta, Distances, GramStats, LayerStats, StatsKind};
+use crate::gpu::forward::{GpuForward, GpuMlp};
+use crate::gpu::gram::RowFormat;
+use crate::gpu::GpuContext;
+use crate::kernel::{ActivationRows, Beta, Distances, GramStats, LayerStats, RowSource, StatsKind};
 use crate::model::Mlp;
 use crate::progress::Progress;
 use crate::select::SelectionMethod;
@@ -99,34 +101,96 @@ pub fn observe_hidden_layer(
         StatsKind::Gram
     };
     let mut acc = LayerStats::new(backend, n, kind)?;
-    // On the GPU backend the forward pass runs there too. A network whose layers do not fit
-    // the device's bindings is run on the CPU instead: the forward pass is cheap next to the
-    // Gram accumulation, which stays on the GPU.
-    let gpu_net = match backend {
-        Backend::Gpu(ctx) => GpuMlp::upload(ctx, mlp).ok().map(|net| (ctx, net)),
-        Backend::Cpu => None,
-    };
-    // Never more rows than there are: keeps chunk_rows * d from overflowing.
-    let chunk_rows = match &gpu_net {
-        Some((ctx, net)) => chunk_rows.min(net.max_rows(ctx, layer)),
-        None => chunk_rows,
+    let stage = format!("observe {}", mlp.layers[layer].name);
+    match backend {
+        // On the GPU backend the forward pass runs there too, and its output feeds the
+        // statistics where it is: nothing goes through the host but the result.
+        Backend::Gpu(ctx) => {
+            let net = GpuMlp::upload(ctx, mlp)?;
+            // Never more rows than there are: keeps chunk_rows * d from overflowing.
+            let rows = chunk_rows.min(net.max_rows(ctx, layer)).clamp(1, m);
+            if acc.source_passes() == 1 {
+                let mut run = GpuForward::new(ctx, &net, layer, true, rows)?;
+                progress.start(&stage, m as u64);
+                for chunk in x.chunks(rows * d) {
+                    let take = chunk.len() / d;
+                    let hidden = run.run(ctx, chunk, take)?;
+                    acc.push_buffer(hidden, 0, take, RowFormat::F32)?;
+                    progress.advance(take as u64);
+                }
+                progress.finish();
+            } else {
+                // A layer too wide for the device's memory at once: the statistics read
+                // their input once per group of blocks, so the forward pass is a source
+                // that runs again for each.
+                let mut source = HiddenRows {
+                    net: Forward::Gpu(ctx, &net),
+                    x,
+                    m,
+                    layer,
+                    chunk_rows: rows,
+                };
+                acc.push_source(&mut source, &stage, progress)?;
+            }
+        }
+        Backend::Cpu => {
+            let mut source = HiddenRows {
+                net: Forward::Cpu(mlp),
+                x,
+                m,
+                layer,
+                chunk_rows: chunk_rows.clamp(1, m),
+            };
+            acc.push_source(&mut source, &stage, progress)?;
+        }
     }
-    .clamp(1, m);
-    progress.start(&format!("observe {}", mlp.layers[layer].name), m as u64);
-    for (rows, chunk) in x.chunks(chunk_rows * d).map(|c| (c.len() / d, c)) {
-        let h = match &gpu_net {
-            Some((ctx, net)) => net.hidden(ctx, chunk, rows, layer)?,
-            None => mlp.hidden(chunk, rows, layer),
-        };
-        acc.push(ActivationRows::F32(&h))?;
-        progress.advance(rows as u64);
-    }
-    progress.finish();
     let statistics = acc.finish()?;
     Ok(LayerObservation {
         distances: statistics.distances,
         stats: statistics.gram.expect("always collected"),
     })
+}
+
+/// Where a [`HiddenRows`] runs the network.
+enum Forward<'a> {
+    Cpu(&'a Mlp),
+    Gpu(&'a GpuContext, &'a GpuMlp),
+}
+
+/// The activations of one hidden layer on a calibration set, as a [`RowSource`]: each pass
+/// runs the network on the calibration rows again, chunk by chunk.
+struct HiddenRows<'a> {
+    net: Forward<'a>,
+    x: &'a [f32],
+    m: usize,
+    layer: usize,
+    chunk_rows: usize,
+}
+
+impl RowSource for HiddenRows<'_> {
+    fn width(&self) -> usize {
+        match self.net {
+            Forward::Cpu(mlp) => mlp.layers[self.layer].out_dim,
+            Forward::Gpu(_, net) => net.output_dim(self.layer),
+        }
+    }
+
+    fn rows(&self) -> usize {
+        self.m
+    }
+
+    fn pass(&mut self, visit: &mut dyn FnMut(ActivationRows<'_>) -> Result<()>) -> Result<()> {
+        let d = self.x.len() / self.m.max(1);
+        for chunk in self.x.chunks(self.chunk_rows * d) {
+            let rows = chunk.len() / d;
+            let hidden = match self.net {
+                Forward::Cpu(mlp) => mlp.hidden(chunk, rows, self.layer),
+                Forward::Gpu(ctx, net) => net.hidden(ctx, chunk, rows, self.layer)?,
+            };
+            visit(ActivationRows::F32(&hidden))?;
+        }
+        Ok(())
+    }
 }
 
 fn check_hidden(mlp: &Mlp, layer: usize) -> Result<()> {

@@ -1,18 +1,24 @@
 //! The CPU twin of the Gram kernel: faer's triangular matrix product per row chunk (only
-//! the lower triangle, like BLAS syrk), chunk results added in f64.
+//! the lower triangle, like BLAS syrk), chunk results added in f64, the upper triangle
+//! mirrored at the end on all threads.
 
 use faer::linalg::matmul::triangular::{matmul, BlockStructure};
 use faer::{Accum, Mat, MatMut, MatRef, Par};
+use rayon::prelude::*;
 
-use super::{contiguous, contiguous_mut};
+use super::contiguous;
+use super::symmetric::{mirror_lower, SharedMatrix};
 use crate::error::{Error, Result};
 use crate::types::{ActivationRows, GramStats};
 
 /// Rows per chunk at most: bounds each f32 partial sum before it is added in f64 (faer
 /// accumulates in registers and in its blocking, about `sqrt(K) * 2^-24` relative).
 const CHUNK_ROWS: usize = 8192;
-/// Values per chunk at most (64 MiB of f32): long chunks keep the product BLAS-fast.
+/// Values per chunk at most (64 MiB of f32, 128 MiB of f64): long chunks keep the product
+/// BLAS-fast.
 const CHUNK_ELEMS: usize = 1 << 24;
+/// Values converted per task when rows are widened to f64.
+const CONVERT_PIECE: usize = 1 << 16;
 
 /// The arithmetic of the per-chunk product.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -28,13 +34,17 @@ pub(crate) enum Precision {
 pub(crate) struct CpuGram {
     n: usize,
     precision: Precision,
-    /// The sum of the products before the pending one (lower triangle; the upper holds
-    /// the first product's mirror until `finish`).
+    /// The sum of the products so far: both triangles while it holds a single chunk's
+    /// symmetric sum (`mirrored`), the lower triangle only after more were added.
     lower: Option<Mat<f64>>,
+    mirrored: bool,
     /// The partials hold a product not yet added to `lower`.
     pending: bool,
     sums: Vec<f64>,
+    /// Rows waiting for a whole chunk: f32 for [`Precision::F32`], f64 for
+    /// [`Precision::F64`] (widened once, as they arrive), allocated once.
     staged: Vec<f32>,
+    staged64: Vec<f64>,
     staged_rows: usize,
     samples: usize,
     /// One n x n product per thread, kept between chunks (only the lower triangle is used).
@@ -51,9 +61,11 @@ impl CpuGram {
             n,
             precision,
             lower: None,
+            mirrored: false,
             pending: false,
             sums: vec![0.0; n],
             staged: Vec::new(),
+            staged64: Vec::new(),
             staged_rows: 0,
             samples: 0,
             partials_f32: Vec::new(),
@@ -63,6 +75,11 @@ impl CpuGram {
 
     pub(crate) fn samples(&self) -> usize {
         self.samples + self.staged_rows
+    }
+
+    /// Rows per product.
+    fn chunk_rows(&self) -> usize {
+        CHUNK_ROWS.min((CHUNK_ELEMS / self.n).max(1))
     }
 
     pub(crate) fn push(&mut self, rows: ActivationRows<'_>) -> Result<()> {
@@ -78,21 +95,36 @@ impl CpuGram {
         for (total, s) in self.sums.iter_mut().zip(&sums) {
             *total += s;
         }
-        let limit = CHUNK_ROWS.min((CHUNK_ELEMS / n).max(1));
+        let limit = self.chunk_rows();
         let mut r = 0;
         while r < count {
             let take = (limit - self.staged_rows).min(count - r);
-            let range = r * n..(r + take) * n;
-            match rows {
-                // Whole chunks of f32 rows go to the product without a copy.
-                ActivationRows::F32(v) if self.staged_rows == 0 && take == limit => {
-                    self.product(&v[range], take);
+            let part = rows.slice(r * n..(r + take) * n);
+            match (self.precision, part) {
+                // Whole chunks of f32 rows go to the f32 product without a copy.
+                (Precision::F32, ActivationRows::F32(v))
+                    if self.staged_rows == 0 && take == limit =>
+                {
+                    self.product(Chunk::F32(v), take);
                     self.samples += take;
                     r += take;
                     continue;
                 }
-                ActivationRows::F32(v) => self.staged.extend_from_slice(&v[range]),
-                ActivationRows::F16(v) => self.staged.extend(v[range].iter().map(|h| h.to_f32())),
+                (Precision::F32, ActivationRows::F32(v)) => self.staged.extend_from_slice(v),
+                (Precision::F32, ActivationRows::F16(v)) => {
+                    self.staged.extend(v.iter().map(|h| h.to_f32()))
+                }
+                (Precision::F64, part) => {
+                    // Grown to a chunk as rows come (a few rows need no 128 MB), then reused.
+                    let end = (self.staged_rows + take) * n;
+                    if self.staged64.len() < end {
+                        self.staged64.resize(end, 0.0);
+                    }
+                    widen(
+                        part,
+                        &mut self.staged64[self.staged_rows * n..(self.staged_rows + take) * n],
+                    );
+                }
             }
             self.staged_rows += take;
             r += take;
@@ -108,28 +140,47 @@ impl CpuGram {
         if rows == 0 {
             return;
         }
-        let staged = std::mem::take(&mut self.staged);
-        self.product(&staged, rows);
-        self.staged = staged;
+        match self.precision {
+            Precision::F32 => {
+                let staged = std::mem::take(&mut self.staged);
+                self.product(Chunk::F32(&staged), rows);
+                self.staged = staged;
+                self.staged.clear();
+            }
+            Precision::F64 => {
+                let staged = std::mem::take(&mut self.staged64);
+                self.product(Chunk::F64(&staged[..rows * self.n]), rows);
+                self.staged64 = staged;
+            }
+        }
         self.samples += rows;
-        self.staged.clear();
         self.staged_rows = 0;
     }
 
-    /// Computes `A^T A` of `rows` row-major rows into the partials, after adding the
-    /// previous chunk's partials to `lower`.
-    fn product(&mut self, values: &[f32], rows: usize) {
+    /// Adds `A^T A` of `rows` row-major rows: wide f64 layers straight into `lower` (faer
+    /// parallelises the product over its output), the others through the per-thread
+    /// partials (after adding the previous chunk's).
+    fn product(&mut self, values: Chunk<'_>, rows: usize) {
         self.add_pending();
         let n = self.n;
-        let a = MatRef::from_row_major_slice(values, rows, n);
-        match self.precision {
-            Precision::F32 => lower_products(a, &mut self.partials_f32),
-            Precision::F64 => {
-                let a64 = Mat::<f64>::from_fn(rows, n, |i, j| a[(i, j)] as f64);
-                lower_products(a64.as_ref(), &mut self.partials_f64);
+        match values {
+            Chunk::F32(v) => {
+                let a = MatRef::from_row_major_slice(v, rows, n);
+                lower_products(a, &mut self.partials_f32);
+                self.pending = true;
+            }
+            Chunk::F64(v) => {
+                let a = MatRef::from_row_major_slice(v, rows, n);
+                if n > SPLIT_MAX_N {
+                    let lower = self.lower.get_or_insert_with(|| super::symmetric::zeros(n));
+                    self.mirrored = false;
+                    lower_product(a, lower.as_mut(), Accum::Add, Par::rayon(0));
+                } else {
+                    lower_products(a, &mut self.partials_f64);
+                    self.pending = true;
+                }
             }
         }
-        self.pending = true;
     }
 
     /// Adds the partials of the last product to `lower`. The first time, `lower` is built
@@ -142,24 +193,53 @@ impl CpuGram {
         match (&mut self.lower, self.precision) {
             (None, Precision::F32) => {
                 self.lower = Some(symmetric_sum(&self.partials_f32, |x| x as f64));
+                self.mirrored = true;
             }
-            (None, Precision::F64) => self.lower = Some(symmetric_sum(&self.partials_f64, |x| x)),
-            (Some(lower), Precision::F32) => add_lower(lower, &self.partials_f32, |x| x as f64),
-            (Some(lower), Precision::F64) => add_lower(lower, &self.partials_f64, |x| x),
+            (None, Precision::F64) => {
+                self.lower = Some(symmetric_sum(&self.partials_f64, |x| x));
+                self.mirrored = true;
+            }
+            (Some(lower), Precision::F32) => {
+                add_lower(lower, &self.partials_f32, |x| x as f64);
+                self.mirrored = false;
+            }
+            (Some(lower), Precision::F64) => {
+                add_lower(lower, &self.partials_f64, |x| x);
+                self.mirrored = false;
+            }
         }
     }
 
     /// The full symmetric `A^T A`, the column sums and m.
     pub(crate) fn finish(mut self) -> (Mat<f64>, Vec<f64>, usize) {
         self.flush();
-        let single = self.lower.is_none();
         self.add_pending();
         let n = self.n;
         let mut g = self.lower.unwrap_or_else(|| Mat::zeros(n, n));
-        if !single {
+        if !self.mirrored {
             mirror_lower(&mut g);
         }
         (g, self.sums, self.samples)
+    }
+}
+
+/// One chunk's rows, row-major, in the precision of its product.
+enum Chunk<'a> {
+    F32(&'a [f32]),
+    F64(&'a [f64]),
+}
+
+/// `dst = rows` widened to f64, on all threads.
+fn widen(rows: ActivationRows<'_>, dst: &mut [f64]) {
+    match rows {
+        ActivationRows::F32(v) => dst
+            .par_chunks_mut(CONVERT_PIECE)
+            .zip(v.par_chunks(CONVERT_PIECE))
+            .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, &x)| *d = x as f64)),
+        ActivationRows::F16(v) => dst
+            .par_chunks_mut(CONVERT_PIECE)
+            .zip(v.par_chunks(CONVERT_PIECE))
+            .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, x)| *d = x.to_f64())),
     }
 }
 
@@ -201,7 +281,7 @@ where
         out.push(Mat::zeros(n, n));
     }
     if parts == 1 {
-        lower_product(a, out[0].as_mut(), Par::rayon(0));
+        lower_product(a, out[0].as_mut(), Accum::Replace, Par::rayon(0));
         return;
     }
     let step = m.div_ceil(parts);
@@ -210,9 +290,9 @@ where
         for (t, g) in rest.iter_mut().enumerate() {
             let start = (t + 1) * step;
             let part = a.subrows(start, step.min(m - start));
-            s.spawn(move || lower_product(part, g.as_mut(), Par::Seq));
+            s.spawn(move || lower_product(part, g.as_mut(), Accum::Replace, Par::Seq));
         }
-        lower_product(a.subrows(0, step), first.as_mut(), Par::Seq);
+        lower_product(a.subrows(0, step), first.as_mut(), Accum::Replace, Par::Seq);
     });
 }
 
@@ -220,12 +300,18 @@ fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |t| t.get())
 }
 
-/// Overwrites the lower triangle of `g` with that of `a^T a`.
-fn lower_product<T: faer::traits::ComplexField>(a: MatRef<'_, T>, g: MatMut<'_, T>, par: Par) {
+/// Overwrites (`Accum::Replace`) or adds to (`Accum::Add`) the lower triangle of `g` that
+/// of `a^T a`.
+fn lower_product<T: faer::traits::ComplexField>(
+    a: MatRef<'_, T>,
+    g: MatMut<'_, T>,
+    accum: Accum,
+    par: Par,
+) {
     matmul(
         g,
         BlockStructure::TriangularLower,
-        Accum::Replace,
+        accum,
         a.transpose(),
         BlockStructure::Rectangular,
         a,
@@ -235,17 +321,24 @@ fn lower_product<T: faer::traits::ComplexField>(a: MatRef<'_, T>, g: MatMut<'_, 
     );
 }
 
-/// `dst += sum of partials` on the lower triangle, column by column over contiguous slices.
-fn add_lower<T: Copy>(dst: &mut Mat<f64>, partials: &[Mat<T>], to_f64: impl Fn(T) -> f64) {
-    for g in partials {
-        for j in 0..g.ncols() {
+/// `dst += sum of partials` on the lower triangle, columns spread over all threads.
+fn add_lower<T: Copy + Sync>(
+    dst: &mut Mat<f64>,
+    partials: &[Mat<T>],
+    to_f64: impl Fn(T) -> f64 + Sync,
+) {
+    let n = dst.nrows();
+    let shared = SharedMatrix::new(dst);
+    (0..n).into_par_iter().with_min_len(16).for_each(|j| {
+        // SAFETY: each task writes its own column j (rows j..n) and nothing else.
+        let out = unsafe { shared.column(j, j..n) };
+        for g in partials {
             let src = &contiguous(g.col(j))[j..];
-            let out = &mut contiguous_mut(dst.col_mut(j))[j..];
             for (d, &x) in out.iter_mut().zip(src) {
                 *d += to_f64(x);
             }
         }
-    }
+    });
 }
 
 /// The full symmetric matrix whose lower triangle is the sum of the partials' lower
@@ -262,95 +355,23 @@ where
     let n = partials[0].nrows();
     let mut g = Mat::<f64>::with_capacity(n, n);
     #[cfg(target_os = "linux")]
-    advise_huge_pages(g.as_ptr_mut().cast(), n * n * std::mem::size_of::<f64>());
+    super::symmetric::advise_huge_pages(g.as_ptr_mut().cast(), n * n * std::mem::size_of::<f64>());
     // SAFETY: the capacity is n x n; every element is written below before `g` is read or
     // returned (f64 needs no drop, so no uninitialised value is ever dropped either).
     unsafe { g.set_dims(n, n) };
-    let stride = g.col_stride() as usize;
-    let out = SendPtr(g.as_ptr_mut());
-    let parts = if n * n >= 1 << 16 { threads() } else { 1 };
-    let fill = |cols: std::ops::Range<usize>| {
-        for j in cols {
-            // SAFETY: column j of g, rows 0..n, lies inside the n x n allocation, and the
-            // threads get disjoint column ranges.
-            let col = unsafe { std::slice::from_raw_parts_mut(out.get().add(j * stride), n) };
-            for (i, v) in col.iter_mut().enumerate() {
-                // Above the diagonal, (i, j) mirrors (j, i): row j of the partials, read
-                // across columns, which consecutive j keep in cache.
-                let (r, c) = if i >= j { (i, j) } else { (j, i) };
-                *v = partials.iter().map(|p| to_f64(p[(r, c)])).sum();
-            }
+    let shared = SharedMatrix::new(&mut g);
+    let min_len = if n * n >= 1 << 16 { 16 } else { n.max(1) };
+    (0..n).into_par_iter().with_min_len(min_len).for_each(|j| {
+        // SAFETY: each task writes its own column j and nothing else.
+        let col = unsafe { shared.column(j, 0..n) };
+        for (i, v) in col.iter_mut().enumerate() {
+            // Above the diagonal, (i, j) mirrors (j, i): row j of the partials, read
+            // across columns, which consecutive j keep in cache.
+            let (r, c) = if i >= j { (i, j) } else { (j, i) };
+            *v = partials.iter().map(|p| to_f64(p[(r, c)])).sum();
         }
-    };
-    if parts == 1 {
-        fill(0..n);
-    } else {
-        let step = n.div_ceil(parts);
-        std::thread::scope(|s| {
-            for start in (step..n).step_by(step) {
-                let fill = &fill;
-                s.spawn(move || fill(start..(start + step).min(n)));
-            }
-            fill(0..step);
-        });
-    }
+    });
     g
-}
-
-/// A raw pointer that may cross to the scoped threads writing disjoint parts of its target.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f64);
-// SAFETY: only used by `symmetric_sum`, whose threads write disjoint columns.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *mut f64 {
-        self.0
-    }
-}
-
-#[cfg(target_os = "linux")]
-fn advise_huge_pages(start: *mut u8, len: usize) {
-    const PAGE: usize = 4096;
-    let addr = start as usize;
-    let aligned = addr.next_multiple_of(PAGE);
-    let end = (addr + len) / PAGE * PAGE;
-    if end > aligned {
-        // SAFETY: [aligned, end) lies inside an allocation the caller owns and has not
-        // handed out; MADV_HUGEPAGE only changes how pages are backed, never their
-        // contents. A failure (THP disabled, old kernel) is harmless and ignored.
-        unsafe {
-            libc::madvise(
-                aligned as *mut libc::c_void,
-                end - aligned,
-                libc::MADV_HUGEPAGE,
-            );
-        }
-    }
-}
-
-/// Copies the strict lower triangle of `g` onto the upper one, in square tiles so that
-/// both the reads (down columns) and the writes (along rows) stay in cache.
-fn mirror_lower(g: &mut Mat<f64>) {
-    const TILE: usize = 32;
-    let n = g.nrows();
-    let stride = g.col_stride();
-    let base = g.as_ptr_mut();
-    for jb in (0..n).step_by(TILE) {
-        for ib in (jb..n).step_by(TILE) {
-            for i in ib..(ib + TILE).min(n) {
-                for j in jb..(jb + TILE).min(i) {
-                    // SAFETY: i, j < n and faer's column stride is at least n, so both
-                    // offsets lie inside g's allocation; (i, j) with j < i is read and
-                    // (j, i) written, two distinct elements.
-                    unsafe {
-                        *base.offset(j as isize + i as isize * stride) =
-                            *base.offset(i as isize + j as isize * stride);
-                    }
-                }
-            }
-        }
-    }
 }
 
 /// `A^T 1` in f64, the rows split across threads when there are enough of them.

@@ -4,6 +4,7 @@
 pub mod fusion;
 pub mod gram;
 pub mod rbf;
+pub(crate) mod symmetric;
 
 /// A column of a faer matrix (its own or a view of one: unit row stride) as a slice.
 pub(crate) fn contiguous<T>(col: faer::ColRef<'_, T>) -> &[T] {

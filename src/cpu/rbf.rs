@@ -5,20 +5,27 @@
 //! for beta = 10/m, far below the 1e-5 the kernel needs (f32 would lose it: see the tests).
 
 use faer::Mat;
+use rayon::prelude::*;
 
 use crate::cpu::gram::{CpuGram, Precision};
 use crate::error::Result;
 use crate::types::{ActivationRows, Distances};
 
-/// `D_ij = G_ii + G_jj - 2 G_ij` (clamped at 0) from an f64 Gram matrix, into a new matrix.
+/// `D_ij = G_ii + G_jj - 2 G_ij` (clamped at 0) from an f64 Gram matrix, into a new
+/// matrix, columns on all threads.
 pub(crate) fn squared_distances_from_gram(g: &Mat<f64>) -> Mat<f64> {
-    Mat::from_fn(g.nrows(), g.ncols(), |i, j| {
-        if i == j {
-            0.0
-        } else {
-            (g[(i, i)] + g[(j, j)] - 2.0 * g[(i, j)]).max(0.0)
-        }
-    })
+    let n = g.nrows();
+    let mut d = crate::cpu::symmetric::zeros(n);
+    let diag: Vec<f64> = (0..n).map(|i| g[(i, i)]).collect();
+    d.par_col_iter_mut()
+        .zip(g.par_col_iter())
+        .enumerate()
+        .for_each(|(j, (dst, src))| {
+            let dst = crate::cpu::contiguous_mut(dst);
+            let src = crate::cpu::contiguous(src);
+            distance_column(j, &diag, src, dst);
+        });
+    d
 }
 
 /// [`squared_distances_from_gram`] overwriting the Gram matrix itself, so that a layer's
@@ -26,8 +33,8 @@ pub(crate) fn squared_distances_from_gram(g: &Mat<f64>) -> Mat<f64> {
 pub(crate) fn distances_in_place(mut g: Mat<f64>) -> Mat<f64> {
     let n = g.nrows();
     let diag: Vec<f64> = (0..n).map(|i| g[(i, i)]).collect();
-    for j in 0..n {
-        let col = crate::cpu::contiguous_mut(g.col_mut(j));
+    g.par_col_iter_mut().enumerate().for_each(|(j, col)| {
+        let col = crate::cpu::contiguous_mut(col);
         for (i, v) in col.iter_mut().enumerate() {
             *v = if i == j {
                 0.0
@@ -35,8 +42,19 @@ pub(crate) fn distances_in_place(mut g: Mat<f64>) -> Mat<f64> {
                 (diag[i] + diag[j] - 2.0 * *v).max(0.0)
             };
         }
-    }
+    });
     g
+}
+
+/// Column j of the distances from column j of the Gram matrix.
+fn distance_column(j: usize, diag: &[f64], gram: &[f64], dst: &mut [f64]) {
+    for (i, (d, &g)) in dst.iter_mut().zip(gram).enumerate() {
+        *d = if i == j {
+            0.0
+        } else {
+            (diag[i] + diag[j] - 2.0 * g).max(0.0)
+        };
+    }
 }
 
 /// `D_ij = ||v_i - v_j||^2` of whole in-memory activations (`rows x n`) on the CPU.

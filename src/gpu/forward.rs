@@ -1,21 +1,38 @@
 //! The MLP forward pass on the GPU: the twin of [`Mlp::hidden`] and [`Mlp::forward`].
 //!
-//! Weights are uploaded once ([`GpuMlp::upload`]); inputs are processed in row chunks that
-//! fit the device's storage-binding limit, and a chunk's hidden activations can stay on the
-//! device ([`GpuMlp::hidden_buffer`]) to feed the Gram accumulator without a round trip.
+//! Weights are uploaded once ([`GpuMlp::upload`]), each layer's weight matrix in blocks of
+//! output neurons that fit one storage binding (so a layer wider than one binding still runs
+//! on the GPU). A [`GpuForward`] runs layers `0..=last` on chunks of rows with device buffers
+//! allocated once and reused; its output can stay on the device and feed the statistics
+//! engine ([`crate::kernel::LayerStats::push_buffer`]) without a round trip through the host.
 
+use std::collections::VecDeque;
+
+use super::readback::{Readback, Region};
 use crate::error::{Error, Result};
-use crate::gpu::{GpuContext, ShaderEntry};
+use crate::gpu::{Binding, GpuContext, ShaderEntry};
 use crate::model::{Activation, Mlp};
 
 const LINEAR: ShaderEntry = ShaderEntry {
     key: "forward::linear",
     source: include_str!("../../shaders/linear.wgsl"),
     entry_point: "linear",
+    groups: &[LINEAR_GROUP],
 };
+/// x, W block, b block, y, params.
+const LINEAR_GROUP: &[Binding] = &[
+    Binding::Storage,
+    Binding::Storage,
+    Binding::Storage,
+    Binding::StorageMut,
+    Binding::Uniform,
+];
 
 /// Output rows (and columns) per workgroup in `linear.wgsl`.
 const TILE: usize = 64;
+/// Runs of a [`GpuForward`] in flight at most: the host prepares the next chunk while the
+/// device computes the last, and never queues more.
+const IN_FLIGHT: usize = 2;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -24,6 +41,9 @@ struct Params {
     k: u32,
     n: u32,
     act: u32,
+    col0: u32,
+    ld_y: u32,
+    _pad: [u32; 2],
 }
 
 fn act_code(a: Activation) -> u32 {
@@ -35,9 +55,16 @@ fn act_code(a: Activation) -> u32 {
     }
 }
 
-struct GpuLinear {
+/// Rows `col0 .. col0 + rows` of a layer's weight matrix, and their biases.
+struct WeightBlock {
     weight: wgpu::Buffer,
     bias: wgpu::Buffer,
+    col0: usize,
+    rows: usize,
+}
+
+struct GpuLinear {
+    blocks: Vec<WeightBlock>,
     in_dim: usize,
     out_dim: usize,
 }
@@ -60,24 +87,46 @@ impl std::fmt::Debug for GpuMlp {
 }
 
 impl GpuMlp {
-    /// Uploads the weights and biases of `mlp`. Fails with [`Error::Gpu`] when a layer's
-    /// weight matrix does not fit one storage binding or an allocation is refused.
+    /// Uploads the weights and biases of `mlp`, each weight matrix in blocks of output
+    /// neurons that fit one storage binding. Fails with [`Error::Gpu`] when not even one row
+    /// of a weight matrix fits a binding or an allocation is refused.
     pub fn upload(ctx: &GpuContext, mlp: &Mlp) -> Result<GpuMlp> {
         mlp.validate()?;
         let max = ctx.max_binding_bytes();
+        let max_rows_by_dispatch =
+            ctx.limits().max_compute_workgroups_per_dimension as usize * TILE;
         let mut layers = Vec::with_capacity(mlp.layers.len());
         for l in &mlp.layers {
-            let bytes = (l.weight.len() * 4) as u64;
-            if bytes > max {
+            let row_bytes = (l.in_dim * 4) as u64;
+            if row_bytes > max {
                 return Err(Error::Gpu(format!(
-                    "layer {}: its {} x {} weight matrix ({bytes} bytes) exceeds the device's \
-                     storage binding limit of {max} bytes",
+                    "layer {}: one row of its {} x {} weight matrix ({row_bytes} bytes) exceeds \
+                     the device's storage binding limit of {max} bytes",
                     l.name, l.out_dim, l.in_dim
                 )));
             }
+            let block_rows = ((max / row_bytes) as usize)
+                .min(max_rows_by_dispatch)
+                .min(l.out_dim)
+                .max(1);
+            let mut blocks = Vec::new();
+            for col0 in (0..l.out_dim).step_by(block_rows) {
+                let rows = block_rows.min(l.out_dim - col0);
+                blocks.push(WeightBlock {
+                    weight: ctx.storage_buffer_init(
+                        &format!("{}.weight", l.name),
+                        &l.weight[col0 * l.in_dim..(col0 + rows) * l.in_dim],
+                    )?,
+                    bias: ctx.storage_buffer_init(
+                        &format!("{}.bias", l.name),
+                        &l.bias[col0..col0 + rows],
+                    )?,
+                    col0,
+                    rows,
+                });
+            }
             layers.push(GpuLinear {
-                weight: ctx.storage_buffer_init(&format!("{}.weight", l.name), &l.weight)?,
-                bias: ctx.storage_buffer_init(&format!("{}.bias", l.name), &l.bias)?,
+                blocks,
                 in_dim: l.in_dim,
                 out_dim: l.out_dim,
             });
@@ -93,8 +142,13 @@ impl GpuMlp {
         self.layers[0].in_dim
     }
 
-    /// The most rows one call of [`GpuMlp::hidden_buffer`] takes for layers `0..=layer`:
-    /// every intermediate block must fit one storage binding and the dispatch limits.
+    /// The width of layer `layer`'s output.
+    pub fn output_dim(&self, layer: usize) -> usize {
+        self.layers[layer.min(self.layers.len() - 1)].out_dim
+    }
+
+    /// The most rows one run takes for layers `0..=layer`: every intermediate block must fit
+    /// one storage binding and the dispatch limits.
     pub fn max_rows(&self, ctx: &GpuContext, layer: usize) -> usize {
         let widest = self.layers[..=layer.min(self.layers.len() - 1)]
             .iter()
@@ -107,8 +161,9 @@ impl GpuMlp {
     }
 
     /// The activations of hidden layer `layer` for the m rows of `x` (m x input_dim f32,
-    /// already on the device), as a new device buffer of m x out_dim f32.
-    /// `m` must be at most [`GpuMlp::max_rows`].
+    /// already on the device, usage `STORAGE`), as a new device buffer of m x out_dim f32.
+    /// `m` must be at most [`GpuMlp::max_rows`]. For repeated chunks, a [`GpuForward`]
+    /// reuses its buffers instead.
     pub fn hidden_buffer(
         &self,
         ctx: &GpuContext,
@@ -117,7 +172,17 @@ impl GpuMlp {
         layer: usize,
     ) -> Result<wgpu::Buffer> {
         self.check_layer(layer)?;
-        self.run(ctx, x, m, layer, true)
+        if x.size() < (m * self.input_dim() * 4) as u64 {
+            return Err(Error::invalid(format!(
+                "the input buffer holds {} bytes, {m} rows of {} need {}",
+                x.size(),
+                self.input_dim(),
+                m * self.input_dim() * 4
+            )));
+        }
+        let mut run = GpuForward::with_input(ctx, self, layer, true, m, Some(x))?;
+        run.submit(ctx, m)?;
+        Ok(run.output().clone())
     }
 
     /// The activation-function output of hidden layer `layer` for m rows of x:
@@ -142,6 +207,8 @@ impl GpuMlp {
         Ok(())
     }
 
+    /// Layers `0..=last` on the host rows of `x`, chunk by chunk through one [`GpuForward`],
+    /// each chunk's output read back through one reused [`Readback`].
     fn chunked(
         &self,
         ctx: &GpuContext,
@@ -157,89 +224,213 @@ impl GpuMlp {
                 x.len()
             )));
         }
-        let out_dim = self.layers[last].out_dim;
-        let rows = self.max_rows(ctx, last);
-        if rows == 0 {
-            return Err(Error::Gpu(format!(
-                "the storage binding limit of {} bytes cannot hold one row of the layers",
-                ctx.max_binding_bytes()
-            )));
+        if m == 0 {
+            return Ok(Vec::new());
         }
+        let out_dim = self.layers[last].out_dim;
+        let rows = self.max_rows(ctx, last).min(m);
+        let mut run = GpuForward::with_input(ctx, self, last, activate_last, rows, None)?;
+        let readback = Readback::new(ctx, (rows * out_dim * 4) as u64)?;
         let mut out = Vec::with_capacity(m * out_dim);
-        for start in (0..m).step_by(rows) {
-            let end = (start + rows).min(m);
-            let xb = ctx.storage_buffer_init("forward input", &x[start * d..end * d])?;
-            let yb = self.run(ctx, &xb, end - start, last, activate_last)?;
-            out.extend(ctx.read_buffer::<f32>(&yb, 0, (end - start) * out_dim)?);
+        for chunk in x.chunks(rows * d) {
+            let take = chunk.len() / d;
+            let y = run.run(ctx, chunk, take)?;
+            let region = Region {
+                buffer: y,
+                offset: 0,
+                bytes: (take * out_dim * 4) as u64,
+                granule: 4,
+            };
+            readback.read(ctx, &[region], &mut |_, _, bytes| {
+                out.extend_from_slice(bytemuck::cast_slice(bytes));
+                Ok(())
+            })?;
         }
         Ok(out)
     }
+}
 
-    /// Encodes layers 0..=last on one command buffer and submits it.
-    fn run(
-        &self,
+/// Layers `0..=last` of a [`GpuMlp`] on up to `rows` rows at a time, with device buffers
+/// (input, every layer's output, parameters) and bind groups made once and reused by every
+/// run. A run's output buffer is overwritten by the next run; work queued on the device
+/// before that (a statistics chunk reading it) still sees the old contents, as the queue
+/// runs in order.
+pub struct GpuForward<'a> {
+    net: &'a GpuMlp,
+    last: usize,
+    rows: usize,
+    activate_last: bool,
+    /// The input rows (`None` when the caller's buffer is bound instead).
+    input: Option<wgpu::Buffer>,
+    outputs: Vec<wgpu::Buffer>,
+    /// Per layer, per weight block: the parameters and the bind group.
+    blocks: Vec<Vec<(wgpu::Buffer, wgpu::BindGroup)>>,
+    /// The row count the parameters hold.
+    written_m: Option<usize>,
+    in_flight: VecDeque<wgpu::SubmissionIndex>,
+}
+
+impl std::fmt::Debug for GpuForward<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuForward")
+            .field("last", &self.last)
+            .field("rows", &self.rows)
+            .finish()
+    }
+}
+
+impl<'a> GpuForward<'a> {
+    /// Buffers for running layers `0..=last` of `net` (`last` activated unless it is the
+    /// output layer and `activate_last` is false) on up to `rows` rows at a time
+    /// (1 to [`GpuMlp::max_rows`]).
+    pub fn new(
         ctx: &GpuContext,
-        x: &wgpu::Buffer,
-        m: usize,
+        net: &'a GpuMlp,
         last: usize,
         activate_last: bool,
-    ) -> Result<wgpu::Buffer> {
-        let max_rows = self.max_rows(ctx, last);
-        if m == 0 || m > max_rows {
+        rows: usize,
+    ) -> Result<Self> {
+        Self::with_input(ctx, net, last, activate_last, rows, None)
+    }
+
+    fn with_input(
+        ctx: &GpuContext,
+        net: &'a GpuMlp,
+        last: usize,
+        activate_last: bool,
+        rows: usize,
+        x: Option<&wgpu::Buffer>,
+    ) -> Result<Self> {
+        if last >= net.layers.len() {
             return Err(Error::invalid(format!(
-                "{m} rows per GPU forward block: expected 1 to {max_rows}"
+                "layer {last} of an MLP with {} layers",
+                net.layers.len()
             )));
         }
-        if x.size() < (m * self.input_dim() * 4) as u64 {
+        let max_rows = net.max_rows(ctx, last);
+        if rows == 0 || rows > max_rows {
             return Err(Error::invalid(format!(
-                "the input buffer holds {} bytes, {m} rows of {} need {}",
-                x.size(),
-                self.input_dim(),
-                m * self.input_dim() * 4
+                "{rows} rows per GPU forward block: expected 1 to {max_rows}"
             )));
         }
-        let pipeline = ctx.pipeline(LINEAR)?;
-        let mut encoder = ctx
-            .device()
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("mlp forward"),
-            });
-        let mut input = x.clone();
-        for (i, l) in self.layers[..=last].iter().enumerate() {
-            let output = ctx.storage_buffer("forward output", (m * l.out_dim * 4) as u64)?;
-            let act = if i < last || activate_last {
-                act_code(self.activation)
-            } else {
-                0
+        let input = match x {
+            Some(_) => None,
+            None => Some(ctx.storage_buffer("forward input", (rows * net.input_dim() * 4) as u64)?),
+        };
+        let mut outputs: Vec<wgpu::Buffer> = Vec::with_capacity(last + 1);
+        let mut blocks = Vec::with_capacity(last + 1);
+        for (i, l) in net.layers[..=last].iter().enumerate() {
+            let output = ctx.storage_buffer("forward output", (rows * l.out_dim * 4) as u64)?;
+            let source = match i {
+                0 => x.or(input.as_ref()).expect("an input"),
+                _ => &outputs[i - 1],
             };
-            let params = ctx.uniform_buffer(
-                "forward params",
-                &Params {
-                    m: m as u32,
-                    k: l.in_dim as u32,
-                    n: l.out_dim as u32,
-                    act,
-                },
-            )?;
-            let bind = ctx.checked("forward bind group", || {
-                ctx.bind_buffers(&pipeline, &[&input, &l.weight, &l.bias, &output, &params])
-            })?;
-            {
-                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                    label: Some("linear"),
-                    timestamp_writes: None,
-                });
-                pass.set_pipeline(&pipeline);
-                pass.set_bind_group(0, &bind, &[]);
-                pass.dispatch_workgroups(
-                    l.out_dim.div_ceil(TILE) as u32,
-                    m.div_ceil(TILE) as u32,
-                    1,
-                );
+            let mut layer_blocks = Vec::with_capacity(l.blocks.len());
+            for b in &l.blocks {
+                let params = ctx.buffer(
+                    "forward params",
+                    std::mem::size_of::<Params>() as u64,
+                    wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                    false,
+                )?;
+                let bind = ctx.bind_buffers(
+                    "forward bind group",
+                    LINEAR_GROUP,
+                    &[source, &b.weight, &b.bias, &output, &params],
+                )?;
+                layer_blocks.push((params, bind));
             }
-            input = output;
+            blocks.push(layer_blocks);
+            outputs.push(output);
         }
-        ctx.checked("forward submit", || ctx.queue().submit([encoder.finish()]))?;
-        Ok(input)
+        Ok(Self {
+            net,
+            last,
+            rows,
+            activate_last,
+            input,
+            outputs,
+            blocks,
+            written_m: None,
+            in_flight: VecDeque::new(),
+        })
+    }
+
+    /// Rows per run at most.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// The output of the last run: m x out_dim f32, row-major.
+    pub fn output(&self) -> &wgpu::Buffer {
+        &self.outputs[self.last]
+    }
+
+    /// Uploads the `m` rows of `x` (m x input_dim, at most [`GpuForward::rows`]) and runs
+    /// the layers on them (one submit). Returns the output buffer; nothing is read back.
+    pub fn run(&mut self, ctx: &GpuContext, x: &[f32], m: usize) -> Result<&wgpu::Buffer> {
+        let d = self.net.input_dim();
+        if m == 0 || m > self.rows || x.len() != m * d {
+            return Err(Error::invalid(format!(
+                "a forward run takes 1 to {} rows of {d} values, got {} values for {m} rows",
+                self.rows,
+                x.len()
+            )));
+        }
+        // At most IN_FLIGHT runs queued: wait for the oldest before adding one.
+        if self.in_flight.len() >= IN_FLIGHT {
+            ctx.wait_for(self.in_flight.pop_front())?;
+        }
+        let input = self
+            .input
+            .as_ref()
+            .expect("runs from host rows have their own input buffer");
+        ctx.write_buffer(input, 0, bytemuck::cast_slice(x));
+        let submission = self.submit(ctx, m)?;
+        self.in_flight.push_back(submission);
+        Ok(self.output())
+    }
+
+    /// Records the layers on `m` rows of the bound input and submits them.
+    fn submit(&mut self, ctx: &GpuContext, m: usize) -> Result<wgpu::SubmissionIndex> {
+        let pipeline = ctx.pipeline(LINEAR)?;
+        if self.written_m != Some(m) {
+            for (i, l) in self.net.layers[..=self.last].iter().enumerate() {
+                let act = if i < self.last || self.activate_last {
+                    act_code(self.net.activation)
+                } else {
+                    0
+                };
+                for (b, (params, _)) in l.blocks.iter().zip(&self.blocks[i]) {
+                    let p = Params {
+                        m: m as u32,
+                        k: l.in_dim as u32,
+                        n: b.rows as u32,
+                        act,
+                        col0: b.col0 as u32,
+                        ld_y: l.out_dim as u32,
+                        _pad: [0; 2],
+                    };
+                    ctx.write_buffer(params, 0, bytemuck::bytes_of(&p));
+                }
+            }
+            self.written_m = Some(m);
+        }
+        let mut encoder = ctx.encoder("mlp forward");
+        for (l, blocks) in self.net.layers[..=self.last].iter().zip(&self.blocks) {
+            // One pass per layer: the next layer reads this one's output.
+            ctx.compute_pass(&mut encoder, "linear", |pass| {
+                pass.set_pipeline(&pipeline);
+                for (b, (_, bind)) in l.blocks.iter().zip(blocks) {
+                    pass.set_bind_group(0, bind, &[]);
+                    pass.dispatch_workgroups(
+                        b.rows.div_ceil(TILE) as u32,
+                        m.div_ceil(TILE) as u32,
+                        1,
+                    );
+                }
+            });
+        }
+        ctx.submit("forward submit", encoder)
     }
 }

@@ -4,7 +4,9 @@
 //!
 //! The host uploads rows of the augmented Gram matrix `G~ = [[G, s], [s^T, m]]` (the rows
 //! it needs, converted to f32 in the same pass) and rows of `W~ = [W, b]`; the shader
-//! gathers the columns. Each operand is uploaded once per block and serves every column set.
+//! gathers the columns. Each operand is uploaded once per block and serves every column set;
+//! the device buffers are made once and rewritten, and each panel of rows is one submit and
+//! one readback of all its products.
 //! Products run in compensated f32: G~ as g1 + g2 (12 leading bits, then the rest), W as
 //! w1 + w2 (12 bits each), so that the leading products are exact and summed with TwoSum
 //! (see the shader). Sums over blocks accumulate in f64 on the host.
@@ -16,8 +18,10 @@
 //! 1e-4 to 0.05%. The CPU twin (f64) resolves errors down to ~1e-8.
 
 use faer::Mat;
+use rayon::prelude::*;
 
-use super::context::{GpuContext, ShaderEntry};
+use super::context::{Binding, GpuContext, ShaderEntry};
+use super::readback::{Readback, Region};
 use crate::error::{Error, Result};
 use crate::types::{FusionSystem, GramStats, NextLayer};
 
@@ -25,10 +29,23 @@ const PRODUCT: ShaderEntry = ShaderEntry {
     key: "fusion::gathered_product",
     source: include_str!("../../shaders/fusion.wgsl"),
     entry_point: "gathered_product",
+    groups: &[PRODUCT_GROUP],
 };
+/// params, G~ panel, W~ block, gathered columns, output, opaque one.
+const PRODUCT_GROUP: &[Binding] = &[
+    Binding::Uniform,
+    Binding::Storage,
+    Binding::Storage,
+    Binding::Storage,
+    Binding::StorageMut,
+    Binding::Storage,
+];
 
 /// Output rows and columns per workgroup (see the shader).
 const TILE: usize = 64;
+/// Products per panel at most: the right-hand side and the kept energy share the panel of
+/// kept rows.
+const JOBS: usize = 2;
 
 #[repr(C)]
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
@@ -42,7 +59,7 @@ struct Params {
 }
 
 /// What to do with one gathered product block.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Sink {
     /// Store it into the right-hand side.
     Rhs,
@@ -52,8 +69,9 @@ enum Sink {
     DroppedEnergy,
 }
 
-/// One product over a row group: the gathered columns, how many, and where it goes.
-type Job<'a> = (&'a wgpu::Buffer, usize, Sink);
+/// One product over a panel of rows: which gathered columns (0: kept, 1: dropped), how
+/// many, and where it goes.
+type Job = (usize, usize, Sink);
 
 /// `x` with its mantissa cut to 12 significant bits (exact: a product of two such values
 /// fits in f32's 24).
@@ -63,6 +81,9 @@ fn lead12(x: f32) -> f32 {
 
 /// GPU version of [`crate::cpu::fusion::assemble`], same inputs and output. Blocks are
 /// sized to `ctx.max_binding_bytes()`; one row of `G~` (n+1 floats) must fit in a binding.
+///
+/// Every device buffer is made once and rewritten per block; each panel of rows of `G~`
+/// is one submit (all its products) and one readback (all their outputs).
 pub fn assemble(
     ctx: &GpuContext,
     stats: &GramStats,
@@ -89,25 +110,86 @@ pub fn assemble(
     let mut aug_keep = keep.to_vec();
     aug_keep.push(n);
     let to_u32 = |v: &[usize]| v.iter().map(|&i| i as u32).collect::<Vec<u32>>();
-    let idx_keep = ctx.storage_buffer_init("fusion kept columns", &to_u32(&aug_keep))?;
-    let idx_drop = if dropped.is_empty() {
-        None
-    } else {
-        Some(ctx.storage_buffer_init("fusion dropped columns", &to_u32(dropped))?)
-    };
+    // [kept + const, dropped]: the gathered column sets of the jobs.
+    let mut columns = vec![ctx.storage_buffer_init("fusion kept columns", &to_u32(&aug_keep))?];
+    if !dropped.is_empty() {
+        columns.push(ctx.storage_buffer_init("fusion dropped columns", &to_u32(dropped))?);
+    }
     let pipeline = ctx.pipeline(PRODUCT)?;
     // 1.0 that the shader's compiler cannot see (keeps TwoSum from being simplified away).
     let one_buf = ctx.storage_buffer_init("fusion opaque one", &[1.0f32])?;
-
-    let mut rhs = Mat::<f64>::zeros(k + 1, n_out);
-    let mut kept_energy = 0.0;
-    let mut dropped_energy = 0.0;
 
     // Output columns per block: as many rows of W~ as a binding holds, whole tiles.
     let mut oc = n_out.min(max_pairs / ld).min(max_extent);
     if oc > TILE {
         oc = oc / TILE * TILE;
     }
+    // The row groups: kept rows (right-hand side over the dropped columns, kept energy over
+    // the kept ones), dropped rows (dropped energy).
+    let mut groups: Vec<(&[usize], Vec<Job>)> = Vec::new();
+    let mut kept_jobs = vec![(0, k + 1, Sink::KeptEnergy)];
+    if !dropped.is_empty() {
+        kept_jobs.insert(0, (1, dropped.len(), Sink::Rhs));
+        groups.push((dropped, vec![(1, dropped.len(), Sink::DroppedEnergy)]));
+    }
+    groups.insert(0, (&aug_keep, kept_jobs));
+    let panel_rows = |rows: usize| {
+        rows.min(max_pairs / ld)
+            .min(max_pairs / oc.max(1))
+            .min(max_extent)
+            .max(1)
+    };
+    let pr = groups
+        .iter()
+        .map(|(r, _)| panel_rows(r.len()))
+        .max()
+        .unwrap_or(1);
+
+    // The device buffers, made once: W~ block, G~ panel, one output window per job.
+    let align = ctx.limits().min_storage_buffer_offset_alignment as u64;
+    let window = ((pr * oc * 8) as u64).div_ceil(align) * align;
+    let w_buf = ctx.storage_buffer("fusion W~ block", (oc * ld * 8) as u64)?;
+    let g_buf = ctx.storage_buffer("fusion G~ panel", (pr * ld * 8) as u64)?;
+    let out_buf = ctx.storage_buffer("fusion products", window * JOBS as u64)?;
+    let mut params = Vec::with_capacity(JOBS);
+    let mut binds = Vec::with_capacity(JOBS);
+    for slot in 0..JOBS {
+        let p = ctx.buffer(
+            "fusion params",
+            std::mem::size_of::<Params>() as u64,
+            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            false,
+        )?;
+        // Per column set: the same buffers, this slot's output window.
+        let per_columns = columns
+            .iter()
+            .map(|idx| {
+                ctx.bind_group(
+                    "fusion bind group",
+                    PRODUCT_GROUP,
+                    &[
+                        p.as_entire_buffer_binding(),
+                        g_buf.as_entire_buffer_binding(),
+                        w_buf.as_entire_buffer_binding(),
+                        idx.as_entire_buffer_binding(),
+                        wgpu::BufferBinding {
+                            buffer: &out_buf,
+                            offset: slot as u64 * window,
+                            size: std::num::NonZeroU64::new(window),
+                        },
+                        one_buf.as_entire_buffer_binding(),
+                    ],
+                )
+            })
+            .collect::<Result<Vec<_>>>()?;
+        params.push(p);
+        binds.push(per_columns);
+    }
+    let readback = Readback::new(ctx, window * JOBS as u64)?;
+
+    let mut rhs = Mat::<f64>::zeros(k + 1, n_out);
+    let mut kept_energy = 0.0;
+    let mut dropped_energy = 0.0;
     let w_aug = |o: usize, c: usize| -> f32 {
         if c < n {
             next.weight[o * n + c]
@@ -120,120 +202,118 @@ pub fn assemble(
         let g1 = lead12(v as f32);
         [g1, (v - g1 as f64) as f32]
     };
-    let g_row = |r: usize, dst: &mut Vec<[f32; 2]>| {
+    let g_row = |r: usize, dst: &mut [[f32; 2]]| {
         if r < n {
             // G is symmetric: row r is column r, contiguous in faer's column-major storage.
-            let col = stats.gram.col(r);
-            dst.extend(col.iter().map(|&v| split(v)));
-            dst.push(split(stats.col_sums[r]));
+            for (d, &v) in dst.iter_mut().zip(stats.gram.col(r).iter()) {
+                *d = split(v);
+            }
+            dst[n] = split(stats.col_sums[r]);
         } else {
-            dst.extend(stats.col_sums.iter().map(|&v| split(v)));
-            dst.push(split(stats.samples as f64));
+            for (d, &v) in dst.iter_mut().zip(&stats.col_sums) {
+                *d = split(v);
+            }
+            dst[n] = split(stats.samples as f64);
         }
     };
 
+    let mut host_block: Vec<[f32; 2]> = Vec::new();
     let mut o0 = 0;
     while o0 < n_out {
         let ob = oc.min(n_out - o0);
-        let mut w_block: Vec<[f32; 2]> = Vec::with_capacity(ob * ld);
-        for o in o0..o0 + ob {
-            w_block.extend((0..ld).map(|c| {
-                let w = w_aug(o, c);
-                let w1 = lead12(w);
-                [w1, w - w1]
-            }));
-        }
-        let w_buf = ctx.storage_buffer_init("fusion W~ block", &w_block)?;
-        drop(w_block);
-
-        let mut groups: Vec<(&[usize], Vec<Job>)> = Vec::new();
-        let mut kept_jobs = vec![(&idx_keep, k + 1, Sink::KeptEnergy)];
-        if let Some(idx) = &idx_drop {
-            kept_jobs.insert(0, (idx, dropped.len(), Sink::Rhs));
-            groups.push((dropped, vec![(idx, dropped.len(), Sink::DroppedEnergy)]));
-        }
-        groups.insert(0, (&aug_keep, kept_jobs));
+        host_block.clear();
+        host_block.resize(ob * ld, [0.0; 2]);
+        host_block
+            .par_chunks_mut(ld)
+            .enumerate()
+            .for_each(|(i, row)| {
+                for (c, d) in row.iter_mut().enumerate() {
+                    let w = w_aug(o0 + i, c);
+                    let w1 = lead12(w);
+                    *d = [w1, w - w1];
+                }
+            });
+        ctx.write_buffer(&w_buf, 0, bytemuck::cast_slice(&host_block));
 
         for (rows, jobs) in &groups {
-            let pr = rows
-                .len()
-                .min(max_pairs / ld)
-                .min(max_pairs / ob)
-                .min(max_extent)
-                .max(1);
+            let pr = panel_rows(rows.len());
             let mut r0 = 0;
             while r0 < rows.len() {
                 let rb = pr.min(rows.len() - r0);
-                let mut g_block = Vec::with_capacity(rb * ld);
-                for &r in &rows[r0..r0 + rb] {
-                    g_row(r, &mut g_block);
-                }
-                let g_buf = ctx.storage_buffer_init("fusion G~ panel", &g_block)?;
-                drop(g_block);
-                let out_buf = ctx.storage_buffer("fusion product block", (rb * ob * 8) as u64)?;
-                for &(idx, cols, sink) in jobs {
-                    let params = Params {
+                host_block.clear();
+                host_block.resize(rb * ld, [0.0; 2]);
+                host_block
+                    .par_chunks_mut(ld)
+                    .zip(&rows[r0..r0 + rb])
+                    .for_each(|(dst, &r)| g_row(r, dst));
+                ctx.write_buffer(&g_buf, 0, bytemuck::cast_slice(&host_block));
+                let mut encoder = ctx.encoder("fusion");
+                for (slot, &(cols, count, _)) in jobs.iter().enumerate() {
+                    let p = Params {
                         rows: rb as u32,
-                        cols: cols as u32,
+                        cols: count as u32,
                         n_out: ob as u32,
                         ld_g: ld as u32,
                         ld_w: ld as u32,
                         _pad: [0; 3],
                     };
-                    let p_buf = ctx.uniform_buffer("fusion params", &params)?;
-                    let bind = ctx.checked("fusion bind group", || {
-                        ctx.bind_buffers(
-                            &pipeline,
-                            &[&p_buf, &g_buf, &w_buf, idx, &out_buf, &one_buf],
-                        )
-                    })?;
-                    let mut encoder =
-                        ctx.device()
-                            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                                label: Some("fusion"),
-                            });
-                    {
-                        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                            label: Some("fusion gathered product"),
-                            timestamp_writes: None,
-                        });
+                    ctx.write_buffer(&params[slot], 0, bytemuck::bytes_of(&p));
+                    let bind = &binds[slot][cols];
+                    ctx.compute_pass(&mut encoder, "fusion gathered product", |pass| {
                         pass.set_pipeline(&pipeline);
-                        pass.set_bind_group(0, &bind, &[]);
+                        pass.set_bind_group(0, bind, &[]);
                         pass.dispatch_workgroups(
                             ob.div_ceil(TILE) as u32,
                             rb.div_ceil(TILE) as u32,
                             1,
                         );
-                    }
-                    ctx.checked("fusion dispatch", || {
-                        ctx.queue().submit([encoder.finish()]);
-                    })?;
-                    let pairs: Vec<[f32; 2]> = ctx.read_buffer(&out_buf, 0, rb * ob)?;
-                    let block: Vec<f64> = pairs.iter().map(|p| p[0] as f64 + p[1] as f64).collect();
-                    match sink {
+                    });
+                }
+                ctx.submit("fusion dispatch", encoder)?;
+                let regions: Vec<Region> = (0..jobs.len())
+                    .map(|slot| Region {
+                        buffer: &out_buf,
+                        offset: slot as u64 * window,
+                        bytes: (rb * ob * 8) as u64,
+                        granule: (ob * 8) as u64,
+                    })
+                    .collect();
+                readback.read(ctx, &regions, &mut |slot, offset, bytes| {
+                    let pairs: &[[f32; 2]] = bytemuck::cast_slice(bytes);
+                    let first = r0 + (offset as usize) / (ob * 8);
+                    let value = |p: &[f32; 2]| p[0] as f64 + p[1] as f64;
+                    match jobs[slot].2 {
                         Sink::Rhs => {
-                            for i in 0..rb {
-                                for o in 0..ob {
-                                    rhs[(r0 + i, o0 + o)] = block[i * ob + o];
+                            for (i, row) in pairs.chunks_exact(ob).enumerate() {
+                                for (o, p) in row.iter().enumerate() {
+                                    rhs[(first + i, o0 + o)] = value(p);
                                 }
                             }
                         }
-                        Sink::KeptEnergy | Sink::DroppedEnergy => {
-                            let mut t = 0.0;
-                            for i in 0..rb {
-                                let r = rows[r0 + i];
-                                for o in 0..ob {
-                                    t += block[i * ob + o] * w_aug(o0 + o, r) as f64;
-                                }
-                            }
-                            if matches!(sink, Sink::KeptEnergy) {
+                        sink => {
+                            // Per row in parallel, then summed in order: the same total
+                            // whatever the thread count.
+                            let per_row: Vec<f64> = pairs
+                                .par_chunks_exact(ob)
+                                .enumerate()
+                                .map(|(i, row)| {
+                                    let r = rows[first + i];
+                                    row.iter()
+                                        .enumerate()
+                                        .map(|(o, p)| value(p) * w_aug(o0 + o, r) as f64)
+                                        .sum::<f64>()
+                                })
+                                .collect();
+                            let t: f64 = per_row.iter().sum();
+                            if sink == Sink::KeptEnergy {
                                 kept_energy += t;
                             } else {
                                 dropped_energy += t;
                             }
                         }
                     }
-                }
+                    Ok(())
+                })?;
                 r0 += rb;
             }
         }

@@ -2,6 +2,7 @@
 //! reports progress and prints. Every error ends the process with one line and exit code 2.
 
 #[allow(dead_code)] // used as the commands land
+mod bench;
 mod common;
 mod compress;
 mod compress_layer;
@@ -41,6 +42,8 @@ enum Command {
     Train(train::Args),
     /// Reproduce the paper's findings on the shipped Fashion-MNIST network.
     Demo(demo::Args),
+    /// Time kernel construction (Gram, RBF kernel, fusion assembly) on the CPU and the GPU.
+    Bench(bench::Args),
 }
 
 fn main() {
@@ -64,6 +67,7 @@ fn main() {
         Command::Evaluate(a) => evaluate::run(a),
         Command::Train(a) => train::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::Bench(a) => bench::run(a),
     };
     if let Err(e) = result {
         eprintln!("divnet: error: {}", common::one_line(&e));
