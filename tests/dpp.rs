@@ -1087,6 +1087,18 @@ fn layer_selector_picks_the_eigen_path_by_size() {
         .unwrap();
     assert_eq!(drawn, sample_dpp(&partial, 3).unwrap());
     assert_eq!(selector.eigen_path(), "partial: 4/3 n^3 + 2 n^2 k");
+
+    // A selector that owns its kernel and draws once frees the partial eigendecomposition
+    // before projection sampling: the same draws, seed for seed, and no second draw.
+    for (method, size, seed, want) in [
+        (SelectionMethod::KDpp, SelectionSize::Exactly(20), 7, keep),
+        (SelectionMethod::Dpp, SelectionSize::Drawn, 3, drawn),
+    ] {
+        let once = LayerSelector::owning(n, big.clone(), None).single_draw();
+        assert_eq!(once.select(method, size, seed).unwrap(), want, "{method}");
+        let again = once.select(method, size, seed).unwrap_err().to_string();
+        assert!(again.contains("reduced in place"), "{again}");
+    }
 }
 
 /// A block whose tight clusters hold most of its eigenvalues is solved whole (divide and

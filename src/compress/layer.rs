@@ -729,7 +729,8 @@ pub(crate) fn select_neurons(
             let mut selector = match kernel {
                 Some(k) => LayerSelector::owning(n, k.matrix, scores.as_deref()),
                 None => LayerSelector::new(n, None, scores.as_deref()),
-            };
+            }
+            .single_draw();
             if let Some(stats) = stats {
                 selector = selector.with_next_layers(stats, &[next]);
             }

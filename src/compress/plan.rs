@@ -212,6 +212,9 @@ impl Shape {
                     stage("kernel", held.clone());
                 }
                 stage("select", [held, self.selection()].concat());
+                if let Some(sampling) = self.sampling() {
+                    stage("select (sampling)", [vec![gram()], sampling].concat());
+                }
                 stage("fuse", [vec![gram()], self.fusion_from_gram()].concat());
             }
             Route::TwoPass => {
@@ -222,6 +225,9 @@ impl Shape {
                     );
                     stage("kernel", vec![kernel()]);
                     stage("select", [vec![kernel()], self.selection()].concat());
+                    if let Some(sampling) = self.sampling() {
+                        stage("select (sampling)", sampling);
+                    }
                 } else {
                     stage("select", self.selection());
                 }
@@ -238,22 +244,42 @@ impl Shape {
         }
     }
 
+    /// What the projection sampling of a wide layer's kdpp or dpp draw holds once the
+    /// partial eigendecomposition, L with it, is freed ([`crate::select::LayerSelector::single_draw`]):
+    /// the draw's eigenvectors and the sampler's copy of them with its basis. `None` for the
+    /// other methods, whose selection is one stage.
+    fn sampling(&self) -> Option<Vec<Allocation>> {
+        let (n, k) = (self.n, self.k);
+        let partial = n >= PARTIAL_SPECTRUM_MIN_NEURONS;
+        (partial
+            && matches!(
+                self.method,
+                Some(SelectionMethod::KDpp | SelectionMethod::Dpp)
+            ))
+        .then(|| {
+            vec![
+                Allocation::matrix("the draw's eigenvectors", n, k, 8),
+                Allocation::matrix("the projection sampler's basis", 2 * k, n, 8),
+            ]
+        })
+    }
+
     /// What selection holds beside the kernel (or G).
     fn selection(&self) -> Vec<Allocation> {
         let (n, k) = (self.n, self.k);
         let partial = n >= PARTIAL_SPECTRUM_MIN_NEURONS;
         let mut holds = match self.method {
             // The partial eigendecomposition reduces L itself in place (the selector owns
-            // it): then only the k eigenvectors of the draw and the sampler's basis.
-            Some(SelectionMethod::KDpp | SelectionMethod::Dpp) if partial => vec![
-                Allocation::matrix(
+            // it): beside it only the k eigenvectors of the draw; the sampling that follows
+            // is a stage of its own ([`Shape::sampling`]).
+            Some(SelectionMethod::KDpp | SelectionMethod::Dpp) if partial => {
+                return vec![Allocation::matrix(
                     "the draw's eigenvectors and the back-transformation's panels",
                     n,
                     PartialEigen::eigenvector_columns(k),
                     8,
-                ),
-                Allocation::matrix("the projection sampler's basis", 2 * k, n, 8),
-            ],
+                )]
+            }
             Some(SelectionMethod::KDpp | SelectionMethod::Dpp) => vec![
                 // Spectrum::new: a copy of L reduced in place, the eigenvectors, and the
                 // workspace of its top merge.

@@ -74,14 +74,20 @@ impl<'a, S: KernelSpectrum> KDppSampler<'a, S> {
         rng: &mut R,
         progress: &mut dyn crate::progress::Progress,
     ) -> Result<Vec<usize>> {
-        let cols: Vec<usize> = self
-            .esp
+        let cols = self.eigenvector_indices(rng);
+        let chosen = self.spectrum.eigenvectors_with_progress(&cols, progress)?;
+        Ok(sample_projection(chosen.matrix(), chosen.columns(), rng))
+    }
+
+    /// The first phase of a draw: which k eigenvectors span the projection DPP that the
+    /// second phase samples from (indices into the spectrum). [`Self::try_sample`] is this
+    /// followed by that projection sampling, with the same `rng`.
+    pub fn eigenvector_indices<R: rand::Rng + ?Sized>(&self, rng: &mut R) -> Vec<usize> {
+        self.esp
             .select(rng)
             .into_iter()
             .map(|p| self.positive[p])
-            .collect();
-        let chosen = self.spectrum.eigenvectors_with_progress(&cols, progress)?;
-        Ok(sample_projection(chosen.matrix(), chosen.columns(), rng))
+            .collect()
     }
 }
 

@@ -37,6 +37,8 @@ pub use kdpp::KDppSampler;
 pub use partial::PartialSpectrum;
 pub use variable::DppSampler;
 
+pub(crate) use projection::sample_projection;
+
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 

@@ -34,16 +34,22 @@ impl<'a, S: KernelSpectrum> DppSampler<'a, S> {
         rng: &mut R,
         progress: &mut dyn crate::progress::Progress,
     ) -> Result<Vec<usize>> {
-        let cols: Vec<usize> = self
-            .spectrum
+        let cols = self.eigenvector_indices(rng);
+        let chosen = self.spectrum.eigenvectors_with_progress(&cols, progress)?;
+        Ok(sample_projection(chosen.matrix(), chosen.columns(), rng))
+    }
+
+    /// The first phase of a draw: which eigenvectors span the projection DPP that the
+    /// second phase samples from (indices into the spectrum; possibly none).
+    /// [`Self::try_sample`] is this followed by that projection sampling, with the same `rng`.
+    pub fn eigenvector_indices<R: rand::Rng + ?Sized>(&self, rng: &mut R) -> Vec<usize> {
+        self.spectrum
             .eigenvalues()
             .iter()
             .enumerate()
             .filter(|&(_, &lambda)| rng.random::<f64>() < lambda / (1.0 + lambda))
             .map(|(i, _)| i)
-            .collect();
-        let chosen = self.spectrum.eigenvectors_with_progress(&cols, progress)?;
-        Ok(sample_projection(chosen.matrix(), chosen.columns(), rng))
+            .collect()
     }
 }
 
