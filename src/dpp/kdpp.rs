@@ -2,7 +2,7 @@
 
 use super::eigen::{KernelSpectrum, Spectrum};
 use super::esp::EspRatios;
-use super::projection::sample_projection;
+use super::projection::sample_spanned;
 use crate::error::{Error, Result};
 
 /// Exact k-DPP sampler (Kulesza & Taskar 2012, Alg. 8 + projection sampling with
@@ -75,8 +75,7 @@ impl<'a, S: KernelSpectrum> KDppSampler<'a, S> {
         progress: &mut dyn crate::progress::Progress,
     ) -> Result<Vec<usize>> {
         let cols = self.eigenvector_indices(rng);
-        let chosen = self.spectrum.eigenvectors_with_progress(&cols, progress)?;
-        Ok(sample_projection(chosen.matrix(), chosen.columns(), rng))
+        sample_spanned(self.spectrum, &cols, rng, progress)
     }
 
     /// The first phase of a draw: which k eigenvectors span the projection DPP that the

@@ -25,7 +25,9 @@ use faer::reborrow::*;
 use faer::{linalg::matmul::matmul, Accum, Mat, MatRef, Par};
 use rand::Rng;
 
+use super::eigen::KernelSpectrum;
 use crate::cpu::{contiguous, contiguous_mut};
+use crate::error::Result;
 use crate::linalg::simd::{dot, sub_scaled};
 
 /// Largest block of picks between two full updates.
@@ -37,6 +39,18 @@ const TINY: f64 = 1e-12;
 
 /// Consecutive rejections after which the mass is taken to be lost to rounding.
 const MAX_REJECTIONS: usize = 100_000;
+
+/// The second phase of a k-DPP or DPP draw: the eigenvectors of `spectrum` at `cols` (the
+/// first phase's choice), sampled as a projection DPP.
+pub(crate) fn sample_spanned<S: KernelSpectrum + ?Sized, R: Rng + ?Sized>(
+    spectrum: &S,
+    cols: &[usize],
+    rng: &mut R,
+    progress: &mut dyn crate::progress::Progress,
+) -> Result<Vec<usize>> {
+    let chosen = spectrum.eigenvectors_with_progress(cols, progress)?;
+    Ok(sample_projection(chosen.matrix(), chosen.columns(), rng))
+}
 
 /// Rows of `eigenvectors[:, cols]` drawn from the projection DPP: `cols.len()` sorted,
 /// distinct indices.

@@ -1,7 +1,7 @@
 //! Exact DPP sampling (variable size).
 
 use super::eigen::{KernelSpectrum, Spectrum};
-use super::projection::sample_projection;
+use super::projection::sample_spanned;
 use crate::error::Result;
 
 /// Exact DPP sampler (variable size, Hough et al. / Kulesza & Taskar Alg. 1).
@@ -35,8 +35,7 @@ impl<'a, S: KernelSpectrum> DppSampler<'a, S> {
         progress: &mut dyn crate::progress::Progress,
     ) -> Result<Vec<usize>> {
         let cols = self.eigenvector_indices(rng);
-        let chosen = self.spectrum.eigenvectors_with_progress(&cols, progress)?;
-        Ok(sample_projection(chosen.matrix(), chosen.columns(), rng))
+        sample_spanned(self.spectrum, &cols, rng, progress)
     }
 
     /// The first phase of a draw: which eigenvectors span the projection DPP that the
