@@ -1,5 +1,6 @@
 //! Selection time on one synthetic layer: fusion-greedy (from the Gram statistics and the
-//! next layer) against the paper's k-DPP (eigendecomposition of the RBF kernel + one draw)
+//! next layer) against the paper's k-DPP (eigendecomposition of the RBF kernel, partial from
+//! n = 2048 on as in `compress-layer`, + one draw)
 //! and greedy MAP on the same kernel.
 //!
 //! The layer: n neurons at points uniform in [0, 1]^10; its Gram matrix is
@@ -18,10 +19,10 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use criterion::{criterion_group, BenchmarkId, Criterion};
-use divnet::dpp::{greedy_map, GreedyStop, KDppSampler, Spectrum};
+use divnet::dpp::{greedy_map, GreedyStop};
 use divnet::fusion::NextLayer;
 use divnet::kernel::GramStats;
-use divnet::select::fusion_greedy;
+use divnet::select::{fusion_greedy, LayerSelector, SelectionMethod, SelectionSize};
 use faer::Mat;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -79,11 +80,15 @@ impl Layer {
         fusion_greedy(&self.stats, &[self.next()], k).unwrap().order
     }
 
+    /// One k-DPP draw as `compress-layer` makes it: the selector takes a copy of the kernel
+    /// (the pipeline hands over its own) and picks the full or partial eigendecomposition by
+    /// size.
     fn k_dpp(&self, k: usize, seed: u64) -> Vec<usize> {
-        let spectrum = Spectrum::new(self.kernel.as_ref()).unwrap();
-        KDppSampler::new(&spectrum, k)
+        let n = self.kernel.nrows();
+        LayerSelector::owning(n, self.kernel.clone(), None)
+            .single_draw()
+            .select(SelectionMethod::KDpp, SelectionSize::Exactly(k), seed)
             .unwrap()
-            .sample(&mut ChaCha8Rng::seed_from_u64(seed))
     }
 
     fn greedy_map(&self, k: usize) -> Vec<usize> {
