@@ -559,3 +559,79 @@ fn a_wide_kdpp_plan_frees_the_kernel_before_sampling() {
     assert_eq!(plan.peak(), select.max(sampling));
     assert!(plan.peak() < 12 << 30, "{} bytes", plan.peak());
 }
+
+/// compress_layer_tensors reads the next layers' weights as f32 and releases their stored
+/// bytes while it works: a layer that compresses gets its fused weights (f16 as stored, bf16
+/// too), and one that fails (a NaN in the activations, found by the statistics pass) leaves
+/// every tensor as it was, bytes included.
+#[test]
+fn next_weights_are_released_while_a_layer_compresses_and_restored_on_failure() {
+    use divnet::compress::{compress_layer_tensors, LayerOptions, LayerTensors};
+    use divnet::io::safetensors::{Tensor, TensorFile};
+    use divnet::kernel::{ActivationRows, SliceRows};
+    use safetensors::Dtype;
+
+    let (m, n, n_out, k) = (60, 12, 5, 4);
+    let mut rng = ChaCha8Rng::seed_from_u64(12);
+    let mut values =
+        |len: usize| -> Vec<f32> { (0..len).map(|_| rng.random_range(-1.0..1.0)).collect() };
+    let mut file = TensorFile::default();
+    let tensor = |v: &[f32], shape: Vec<usize>, dtype| Tensor::from_f32(v, shape, dtype).unwrap();
+    file.insert(
+        "up.weight".into(),
+        tensor(&values(n * 3), vec![n, 3], Dtype::F32),
+    );
+    file.insert(
+        "down.weight".into(),
+        tensor(&values(n_out * n), vec![n_out, n], Dtype::F16),
+    );
+    file.insert(
+        "down.bias".into(),
+        tensor(&values(n_out), vec![n_out], Dtype::F32),
+    );
+    file.insert(
+        "head.weight".into(),
+        tensor(&values(2 * n), vec![2, n], Dtype::BF16),
+    );
+    let original = file.clone();
+    let acts: Vec<f32> = values(m * n).iter().map(|v| v.max(0.0) + 0.01).collect();
+    let (next, prev) = (["down".to_string(), "head".to_string()], ["up".to_string()]);
+    let opts = LayerOptions::new(KeepSpec::Count(k));
+    let mut run = |file: &mut TensorFile, acts: &[f32]| {
+        let mut source = SliceRows::new(ActivationRows::F32(acts), n).unwrap();
+        compress_layer_tensors(
+            &Backend::Cpu,
+            &mut source,
+            LayerTensors {
+                file,
+                source: std::path::Path::new("weights"),
+                activations: std::path::Path::new("acts"),
+                next: &next,
+                prev: &prev,
+            },
+            &opts,
+            &mut NoProgress,
+        )
+    };
+
+    let mut poisoned = acts.clone();
+    poisoned[7 * n + 3] = f32::NAN;
+    let mut failed = original.clone();
+    assert!(run(&mut failed, &poisoned).is_err());
+    assert_eq!(
+        failed.tensors, original.tensors,
+        "a failed compression changed the tensors"
+    );
+
+    let outcome = run(&mut file, &acts).unwrap();
+    assert_eq!(outcome.kept.len(), k);
+    for (name, rows, dtype) in [
+        ("down.weight", n_out, Dtype::F16),
+        ("head.weight", 2, Dtype::BF16),
+    ] {
+        let t = file.get(name).unwrap();
+        assert_eq!((t.shape.clone(), t.dtype), (vec![rows, k], dtype), "{name}");
+        assert_eq!(t.bytes.len(), rows * k * 2, "{name}");
+    }
+    assert_eq!(file.get("up.weight").unwrap().shape, vec![k, 3]);
+}
