@@ -597,7 +597,7 @@ fn next_weights_are_released_while_a_layer_compresses_and_restored_on_failure() 
     let acts: Vec<f32> = values(m * n).iter().map(|v| v.max(0.0) + 0.01).collect();
     let (next, prev) = (["down".to_string(), "head".to_string()], ["up".to_string()]);
     let opts = LayerOptions::new(KeepSpec::Count(k));
-    let mut run = |file: &mut TensorFile, acts: &[f32]| {
+    let run = |file: &mut TensorFile, acts: &[f32]| {
         let mut source = SliceRows::new(ActivationRows::F32(acts), n).unwrap();
         compress_layer_tensors(
             &Backend::Cpu,
