@@ -90,14 +90,7 @@ impl LayerStats {
             Self::planned_host_memory(backend, n, 1, kind),
         )?;
         let engine = match backend {
-            Backend::Cpu => {
-                let precision = if kind.has_distances() {
-                    Precision::F64
-                } else {
-                    Precision::F32
-                };
-                Engine::Cpu(CpuGram::new(n, precision)?)
-            }
+            Backend::Cpu => Engine::Cpu(CpuGram::new(n, cpu_precision(kind))?),
             Backend::Gpu(ctx) => Engine::Gpu {
                 ctx: ctx.clone(),
                 stats: Box::new(GpuStats::new(ctx, n, kind)?),
@@ -126,23 +119,7 @@ impl LayerStats {
     ) -> Vec<Allocation> {
         match backend {
             Backend::Cpu => {
-                let (product_elem, partials) = if kind.has_distances() {
-                    (8, if n > 1024 { 0 } else { cpu_threads() })
-                } else {
-                    (4, if n > 1024 { 1 } else { cpu_threads() })
-                };
-                let chunk_rows = 8192.min((1usize << 24) / n).clamp(1, rows.max(1));
-                let mut pass = vec![Allocation::matrix("the statistics' f64 sum", n, n, 8)];
-                pass.extend(
-                    (0..partials)
-                        .map(|_| Allocation::matrix("a chunk's n x n product", n, n, product_elem)),
-                );
-                pass.push(Allocation::matrix(
-                    "a chunk of rows",
-                    chunk_rows,
-                    n,
-                    product_elem,
-                ));
+                let pass = CpuGram::planned_pass_memory(n, rows, cpu_precision(kind));
                 let mut finish = vec![Allocation::matrix("the Gram matrix G", n, n, 8)];
                 if kind == StatsKind::Both {
                     finish.push(Allocation::matrix("the distances D", n, n, 8));
@@ -306,8 +283,14 @@ impl LayerStats {
     }
 }
 
-fn cpu_threads() -> usize {
-    std::thread::available_parallelism().map_or(1, |t| t.get())
+/// The CPU twin's product precision for `kind`: f64 where distances are derived from the
+/// Gram matrix (see [`Engine::Cpu`]).
+fn cpu_precision(kind: StatsKind) -> Precision {
+    if kind.has_distances() {
+        Precision::F64
+    } else {
+        Precision::F32
+    }
 }
 
 /// One pass of `source` through a [`LayerStats`] of `kind` on `backend`.

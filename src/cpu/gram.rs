@@ -9,6 +9,7 @@ use rayon::prelude::*;
 use super::contiguous;
 use super::symmetric::{mirror_lower, SharedMatrix};
 use crate::error::{Error, Result};
+use crate::memory::Allocation;
 use crate::types::{ActivationRows, GramStats};
 
 /// Rows per chunk at most: bounds each f32 partial sum before it is added in f64 (faer
@@ -79,7 +80,30 @@ impl CpuGram {
 
     /// Rows per product.
     fn chunk_rows(&self) -> usize {
-        CHUNK_ROWS.min((CHUNK_ELEMS / self.n).max(1))
+        chunk_rows(self.n)
+    }
+
+    /// What an accumulator of `precision` for `n` neurons holds during a pass of `rows` rows:
+    /// its f64 sum, the n x n partial products it adds into it (none for wide f64 layers,
+    /// which faer adds straight into the sum; one for wide f32 layers; one per thread
+    /// otherwise), and a chunk of rows staged in the product's precision.
+    pub(crate) fn planned_pass_memory(
+        n: usize,
+        rows: usize,
+        precision: Precision,
+    ) -> Vec<Allocation> {
+        let wide = n > SPLIT_MAX_N;
+        let (elem, partials) = match precision {
+            Precision::F32 => (4, if wide { 1 } else { threads() }),
+            Precision::F64 => (8, if wide { 0 } else { threads() }),
+        };
+        let mut holds = vec![Allocation::matrix("the statistics' f64 sum", n, n, 8)];
+        holds.extend(
+            (0..partials).map(|_| Allocation::matrix("a chunk's n x n product", n, n, elem)),
+        );
+        let staged = chunk_rows(n).min(rows.max(1));
+        holds.push(Allocation::matrix("a chunk of rows", staged, n, elem));
+        holds
     }
 
     pub(crate) fn push(&mut self, rows: ActivationRows<'_>) -> Result<()> {
@@ -221,6 +245,11 @@ impl CpuGram {
         }
         (g, self.sums, self.samples)
     }
+}
+
+/// Rows per product for a layer of `n` neurons.
+fn chunk_rows(n: usize) -> usize {
+    CHUNK_ROWS.min((CHUNK_ELEMS / n).max(1))
 }
 
 /// One chunk's rows, row-major, in the precision of its product.
