@@ -250,13 +250,7 @@ impl Shape {
     /// other methods, whose selection is one stage.
     fn sampling(&self) -> Option<Vec<Allocation>> {
         let (n, k) = (self.n, self.k);
-        let partial = n >= PARTIAL_SPECTRUM_MIN_NEURONS;
-        (partial
-            && matches!(
-                self.method,
-                Some(SelectionMethod::KDpp | SelectionMethod::Dpp)
-            ))
-        .then(|| {
+        self.draws_once_from_partial().then(|| {
             vec![
                 Allocation::matrix("the draw's eigenvectors", n, k, 8),
                 Allocation::matrix("the projection sampler's basis", 2 * k, n, 8),
@@ -264,22 +258,33 @@ impl Shape {
         })
     }
 
+    /// Whether selection is a kdpp or dpp draw by the partial path, which the pipeline
+    /// makes once: L is reduced in place and freed before the sampling.
+    fn draws_once_from_partial(&self) -> bool {
+        self.n >= PARTIAL_SPECTRUM_MIN_NEURONS
+            && matches!(
+                self.method,
+                Some(SelectionMethod::KDpp | SelectionMethod::Dpp)
+            )
+    }
+
     /// What selection holds beside the kernel (or G).
     fn selection(&self) -> Vec<Allocation> {
         let (n, k) = (self.n, self.k);
-        let partial = n >= PARTIAL_SPECTRUM_MIN_NEURONS;
-        let mut holds = match self.method {
+        if self.draws_once_from_partial() {
             // The partial eigendecomposition reduces L itself in place (the selector owns
             // it): beside it only the k eigenvectors of the draw; the sampling that follows
-            // is a stage of its own ([`Shape::sampling`]).
-            Some(SelectionMethod::KDpp | SelectionMethod::Dpp) if partial => {
-                return vec![Allocation::matrix(
-                    "the draw's eigenvectors and the back-transformation's panels",
-                    n,
-                    PartialEigen::eigenvector_columns(k),
-                    8,
-                )]
-            }
+            // is a stage of its own ([`Shape::sampling`]), and L is gone before the kept
+            // block could be read from it.
+            return vec![Allocation::matrix(
+                "the draw's eigenvectors and the back-transformation's panels",
+                n,
+                PartialEigen::eigenvector_columns(k),
+                8,
+            )];
+        }
+        let partial = n >= PARTIAL_SPECTRUM_MIN_NEURONS;
+        let mut holds = match self.method {
             Some(SelectionMethod::KDpp | SelectionMethod::Dpp) => vec![
                 // Spectrum::new: a copy of L reduced in place, the eigenvectors, and the
                 // workspace of its top merge.
