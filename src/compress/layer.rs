@@ -228,7 +228,7 @@ pub fn compress_layer_tensors(
     let mut outcome = match compress_layer(backend, activations, &next, opts, progress) {
         Ok(outcome) => outcome,
         Err(e) => {
-            restore_next_weights(file, &released, &next_weights)?;
+            restore_next_weights(file, tensors.next, &released, &next_weights)?;
             return Err(e);
         }
     };
@@ -268,33 +268,33 @@ pub fn compress_layer_tensors(
 /// Empties the stored weights of the next layers `names` whose f32 copies are exact (F32,
 /// F16, BF16). While a layer is compressed only those copies are read, and the stored
 /// weights are replaced by the fused ones at the end: a wide layer's `n_out x n` would
-/// otherwise be held twice (1.1 GB more at n = 32768, n_out = 8192, f32). Returns each
-/// emptied weight's name with its position in `names`.
-fn release_next_weights(file: &mut TensorFile, names: &[String]) -> Vec<(String, usize)> {
+/// otherwise be held twice (1.1 GB more at n = 32768, n_out = 8192, f32). Returns the
+/// positions in `names` of the weights emptied.
+fn release_next_weights(file: &mut TensorFile, names: &[String]) -> Vec<usize> {
     let mut released = Vec::new();
     for (i, name) in names.iter().enumerate() {
-        let w_name = tensor_name(name, "weight");
-        if let Some((_, t)) = file.tensors.iter_mut().find(|(n, _)| *n == w_name) {
+        if let Some(t) = file.get_mut(&tensor_name(name, "weight")) {
             if matches!(t.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
                 t.bytes = Vec::new();
-                released.push((w_name, i));
+                released.push(i);
             }
         }
     }
     released
 }
 
-/// Rebuilds the weights [`release_next_weights`] emptied from their exact f32 copies
-/// (`copies` in the order of its `names`), so that a failed compression leaves the tensors
-/// as they were.
+/// Rebuilds the weights [`release_next_weights`] emptied (positions `released` in `names`)
+/// from their exact f32 copies (`copies`, in the order of `names`), so that a failed
+/// compression leaves the tensors as they were.
 fn restore_next_weights(
     file: &mut TensorFile,
-    released: &[(String, usize)],
+    names: &[String],
+    released: &[usize],
     copies: &[NextTensors],
 ) -> Result<()> {
-    for (w_name, i) in released {
-        if let Some((_, t)) = file.tensors.iter_mut().find(|(n, _)| n == w_name) {
-            t.bytes = Tensor::from_f32(&copies[*i].weight, t.shape.clone(), t.dtype)?.bytes;
+    for &i in released {
+        if let Some(t) = file.get_mut(&tensor_name(&names[i], "weight")) {
+            t.bytes = Tensor::from_f32(&copies[i].weight, t.shape.clone(), t.dtype)?.bytes;
         }
     }
     Ok(())

@@ -139,10 +139,18 @@ impl TensorFile {
         self.tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t)
     }
 
+    /// The tensor called `name`, to change in place.
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut Tensor> {
+        self.tensors
+            .iter_mut()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t)
+    }
+
     /// Inserts or replaces (keeping the position of a replaced tensor).
     pub fn insert(&mut self, name: String, tensor: Tensor) {
-        match self.tensors.iter_mut().find(|(n, _)| *n == name) {
-            Some(slot) => slot.1 = tensor,
+        match self.get_mut(&name) {
+            Some(slot) => *slot = tensor,
             None => self.tensors.push((name, tensor)),
         }
     }
