@@ -52,8 +52,9 @@ impl PartialEigen {
     pub(crate) const REDUCTION_COLUMNS: usize = super::reduction::WORKSPACE_COLUMNS;
 
     /// Columns of n values [`PartialEigen::eigenvectors`] holds for k vectors: the
-    /// result and the back-transformation's panels (the rest is O(n) per vector being
-    /// iterated).
+    /// result and the back-transformation's panels. Inverse iteration holds less than
+    /// the panels beside the result: O(n) per vector being iterated, and the
+    /// orthonormalisation's blocks (k x 256 and 256 x 256, no k x k).
     pub(crate) fn eigenvector_columns(k: usize) -> usize {
         k + super::back_transform::WORKSPACE_COLUMNS
     }

@@ -73,9 +73,13 @@
 
 use std::ops::Range;
 
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::cholesky::llt::factor::cholesky_in_place;
+use faer::linalg::cholesky::llt::factor::cholesky_in_place_scratch;
 use faer::linalg::matmul::matmul as gemm;
+use faer::linalg::triangular_solve::solve_lower_triangular_in_place;
 use faer::reborrow::{Reborrow, ReborrowMut};
-use faer::{Accum, Mat, MatMut};
+use faer::{Accum, Mat, MatMut, MatRef, Par};
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
@@ -475,41 +479,105 @@ impl ShiftedLu {
 /// deviation d costs about `eps / (1 - d)^2` of orthogonality.
 const CHOLESKY_QR_MAX_DEVIATION: f64 = 0.5;
 
+/// Columns per block of [`orthonormalize_nearly_orthonormal`]: besides X it holds the
+/// block's projections on the columns before it (at most `k x` this) and the block's Gram
+/// matrix (this squared), never a `k x k` matrix (1 GB at k = 8192, which a wide layer's
+/// draw cannot spare beside its kernel).
+const CHOLESKY_QR_BLOCK: usize = 256;
+
 /// Orthonormalises columns that are nearly orthonormal already (converged eigenvectors
-/// of distinct eigenvalues: overlaps of `eps ||T|| / gap`) in order, by Cholesky QR:
-/// `X <- X R^-1` with `R^T R = X^T X`, which is Gram-Schmidt in one Gram matrix and one
-/// triangular solve, 2 n k^2 flops as matrix products (block Gram-Schmidt run twice takes
-/// 4 n k^2, in thinner products). For X that close to orthonormal one pass is orthogonal
-/// to working precision; otherwise (never expected) [`orthonormalize`] does it.
+/// of distinct eigenvalues: overlaps of `eps ||T|| / gap`) in order, by Cholesky QR in
+/// blocks of [`CHOLESKY_QR_BLOCK`] columns (see [`block_cholesky_qr`]). For X that close to
+/// orthonormal one pass is orthogonal to working precision; otherwise (never expected)
+/// [`orthonormalize`] does it.
 fn orthonormalize_nearly_orthonormal(x: MatMut<'_, f64>) -> Result<()> {
+    block_cholesky_qr(x, CHOLESKY_QR_BLOCK)
+}
+
+/// `X <- X R^-1` with `R^T R = X^T X`, computed block by block of `block` columns: each
+/// block less its projections on the columns before it (one classical Gram-Schmidt step,
+/// as matrix products), then orthonormalised by the Cholesky factor of its own Gram matrix
+/// (factored in place). In exact arithmetic this is the Q of X's QR, as Cholesky QR of the
+/// whole is, for about 2 n k^2 flops; where a projection or a block's Gram matrix is off
+/// the identity by more than [`CHOLESKY_QR_MAX_DEVIATION`], or a Cholesky fails, the
+/// columns (whose leading spans are unchanged so far) go to [`orthonormalize`].
+fn block_cholesky_qr(mut x: MatMut<'_, f64>, block: usize) -> Result<()> {
     let c = x.ncols();
-    let mut gram = Mat::<f64>::zeros(c, c);
-    gemm(
-        &mut gram,
-        Accum::Replace,
-        x.rb().transpose(),
-        x.rb(),
-        1.0,
-        product_par(c),
-    );
-    let deviation = (0..c)
-        .flat_map(|j| (0..c).map(move |i| (i, j)))
-        .map(|(i, j)| (gram[(i, j)] - if i == j { 1.0 } else { 0.0 }).abs())
-        .fold(0.0f64, f64::max);
-    let cholesky = (deviation <= CHOLESKY_QR_MAX_DEVIATION)
-        .then(|| gram.as_ref().llt(faer::Side::Lower).ok())
-        .flatten();
-    let Some(cholesky) = cholesky else {
-        return orthonormalize(x);
-    };
-    // X R^-1 with R = L^T: solve L Y = X^T for Y = (X R^-1)^T, in X's own storage.
     let par = product_par(x.nrows());
-    faer::linalg::triangular_solve::solve_lower_triangular_in_place(
-        cholesky.L(),
-        x.transpose_mut(),
-        par,
-    );
-    Ok(())
+    let block = block.max(1);
+    let width_max = block.min(c);
+    // The last block starts after all the columns it is projected on.
+    let last_start = c.saturating_sub(1) / block * block;
+    let mut projections = Mat::<f64>::zeros(last_start, width_max);
+    let mut gram = Mat::<f64>::zeros(width_max, width_max);
+    let mut scratch = MemBuffer::new(cholesky_in_place_scratch::<f64>(
+        width_max,
+        Par::Seq,
+        Default::default(),
+    ));
+    let mut nearly_orthonormal = true;
+    for start in (0..c).step_by(block) {
+        let width = block.min(c - start);
+        let (done, rest) = x.rb_mut().split_at_col_mut(start);
+        let mut cols = rest.subcols_mut(0, width);
+        if start > 0 {
+            let mut h = projections.as_mut().get_mut(..start, ..width);
+            gemm(
+                h.rb_mut(),
+                Accum::Replace,
+                done.rb().transpose(),
+                cols.rb(),
+                1.0,
+                par,
+            );
+            if max_abs_deviation(h.rb(), false) > CHOLESKY_QR_MAX_DEVIATION {
+                nearly_orthonormal = false;
+                break;
+            }
+            gemm(cols.rb_mut(), Accum::Add, done.rb(), h.rb(), -1.0, par);
+        }
+        let mut g = gram.as_mut().get_mut(..width, ..width);
+        gemm(
+            g.rb_mut(),
+            Accum::Replace,
+            cols.rb().transpose(),
+            cols.rb(),
+            1.0,
+            par,
+        );
+        if max_abs_deviation(g.rb(), true) > CHOLESKY_QR_MAX_DEVIATION
+            || cholesky_in_place(
+                g.rb_mut(),
+                Default::default(),
+                Par::Seq,
+                MemStack::new(&mut scratch),
+                Default::default(),
+            )
+            .is_err()
+        {
+            nearly_orthonormal = false;
+            break;
+        }
+        // cols R^-1 with R = L^T: solve L Y = cols^T for Y = (cols R^-1)^T, in place.
+        solve_lower_triangular_in_place(g.rb(), cols.transpose_mut(), par);
+    }
+    if nearly_orthonormal {
+        Ok(())
+    } else {
+        orthonormalize(x)
+    }
+}
+
+/// Largest `|a_ij - delta_ij|` (with the identity's delta when `identity`, else 0).
+fn max_abs_deviation(a: MatRef<'_, f64>, identity: bool) -> f64 {
+    let mut largest = 0.0f64;
+    for j in 0..a.ncols() {
+        for i in 0..a.nrows() {
+            let id = if identity && i == j { 1.0 } else { 0.0 };
+            largest = largest.max((a[(i, j)] - id).abs());
+        }
+    }
+    largest
 }
 
 /// Orthonormalises the columns of `x` in order (column j keeps the part of itself
@@ -609,11 +677,20 @@ mod tests {
         let q = g.qr().compute_thin_Q();
         let nearly = Mat::<f64>::from_fn(n, c, |i, j| q[(i, j)] + 1e-7 * g[(j % n, (i + j) % c)]);
         type Orthonormalize = fn(MatMut<'_, f64>) -> Result<()>;
-        let methods: [(&str, Orthonormalize); 2] = [
+        let methods: [(&str, Orthonormalize); 3] = [
             ("block Gram-Schmidt", orthonormalize),
             ("Cholesky QR", orthonormalize_nearly_orthonormal),
+            // Several blocks, the last one narrower: the projections between blocks.
+            ("Cholesky QR in blocks of 16", |x| block_cholesky_qr(x, 16)),
         ];
-        for (what, input) in [("nearly orthonormal", &nearly), ("random", &g)] {
+        // Orthonormal, then random from column 35 on: blocked Cholesky QR hands over after
+        // two blocks of 16 that it has orthonormalised already.
+        let half = Mat::<f64>::from_fn(n, c, |i, j| if j < 35 { q[(i, j)] } else { g[(i, j)] });
+        for (what, input) in [
+            ("nearly orthonormal", &nearly),
+            ("random", &g),
+            ("half orthonormal", &half),
+        ] {
             for (name, method) in methods {
                 let mut x = input.clone();
                 method(x.as_mut()).unwrap();
