@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""Issue 12's wide-layer targets: `divnet compress-layer --select kdpp` plus fusion on the
-synthetic ReLU layer of scripts/make_layer.py (f16 activations read from an npy file), with
-wall time and peak RSS from /usr/bin/time -v, the route, stage times and planned peak from
+"""Issue 12's wide-layer targets: `divnet compress-layer --select kdpp` (or the methods
+--select names, e.g. greedy) plus fusion on the synthetic ReLU layer of
+scripts/make_layer.py (f16 activations read from an npy file), with wall time and peak RSS from /usr/bin/time -v, the route, stage times and planned peak from
 divnet's report, and optionally numpy's eigh on an n x n kernel of the same n.
 
     cargo build --release
     python3 scripts/bench_wide.py                              # n = 8192, m = 32768, k = 2048
     python3 scripts/bench_wide.py --rows 16384:32768:4096,32768:65536:8192
     python3 scripts/bench_wide.py --rows 32768:65536:8192 --dry-run   # the plan only
+    python3 scripts/bench_wide.py --rows 32768:65536:8192 --select greedy --routes two-pass
 
 Each row is N:M:K. The layer's files go to --work (default /tmp/divnet-wide), one folder
 per shape, kept between runs (delete them when done: n = 32768, m = 65536 is 4.3 GB of
@@ -65,16 +66,16 @@ def time_v(stderr):
     return secs, int(rss.group(1)) * 1024 if rss else None
 
 
-def compress(divnet, folder, k, route, backend, dry_run):
+def compress(divnet, folder, k, select, route, backend, dry_run):
     cmd = [divnet, "compress-layer", "--activations", str(folder / "activations.npy"),
            "--weights", str(folder / "model.safetensors"), "--next", "down", "--prev", "up",
-           "--select", "kdpp", "-k", str(k), "--route", route, "--backend", backend]
+           "--select", select, "-k", str(k), "--route", route, "--backend", backend]
     if dry_run:
         out = subprocess.run(cmd + ["--dry-run"], capture_output=True, text=True)
         sys.stdout.write(out.stdout)
         sys.stderr.write(out.stderr if out.returncode else "")
         return None
-    report = folder / f"report-{route}.json"
+    report = folder / f"report-{select}-{route}.json"
     cmd += ["--out", str(folder / "out.safetensors"), "--report", str(report)]
     out = subprocess.run(["/usr/bin/time", "-v"] + cmd, capture_output=True, text=True)
     if out.returncode != 0:
@@ -110,6 +111,8 @@ def main():
     ap.add_argument("--rows", default="8192:32768:2048", help="N:M:K[,N:M:K...]")
     ap.add_argument("--n-out", type=int, help="rows of the next layer (default n/4)")
     ap.add_argument("--routes", default="auto", help="auto, one-pass, two-pass (comma-separated)")
+    ap.add_argument("--select", default="kdpp",
+                    help="selection methods (comma-separated), each with fusion: kdpp, greedy, ...")
     ap.add_argument("--backend", default="auto", help="auto, cpu or gpu")
     ap.add_argument("--work", type=Path, default=Path("/tmp/divnet-wide"))
     ap.add_argument("--divnet", default=str(ROOT / "target" / "release" / "divnet"))
@@ -122,9 +125,10 @@ def main():
         n_out = args.n_out or n // 4
         folder = args.work / f"n{n}_m{m}_o{n_out}"
         make(folder, n, m, n_out, args.dry_run)
-        for route in args.routes.split(","):
-            print(f"== n = {n}, m = {m}, k = {k}, n_out = {n_out}, route {route}", flush=True)
-            res = compress(args.divnet, folder, k, route, args.backend, args.dry_run)
+        for select, route in [(s, r) for s in args.select.split(",") for r in args.routes.split(",")]:
+            print(f"== n = {n}, m = {m}, k = {k}, n_out = {n_out}, {select}, route {route}",
+                  flush=True)
+            res = compress(args.divnet, folder, k, select, route, args.backend, args.dry_run)
             if res is None:
                 continue
             r = res["report"]
@@ -134,7 +138,7 @@ def main():
             if plan.get("rss_at_plan") is not None:
                 predicted = plan["rss_at_plan"] + max(
                     sum(a["bytes"] for a in st["holds"]) for st in plan["memory"]["stages"])
-            row = dict(n=n, m=m, k=k, n_out=n_out, route=r["route"], wall=res["wall"],
+            row = dict(n=n, m=m, k=k, n_out=n_out, select=select, route=r["route"], wall=res["wall"],
                        rss=res["rss"], predicted=predicted, stages=stages,
                        error=r["relative_error"])
             print(json.dumps(row), flush=True)
@@ -146,12 +150,12 @@ def main():
                 if row["n"] == n:
                     row["eigh"] = secs
     if table:
-        print("\n| n | m | k | n_out | route | wall time (s) | peak RSS (GiB) | predicted peak (GiB) "
-              "| numpy eigh (s) | next-layer error | stages (s) |")
-        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        print("\n| n | m | k | n_out | select | route | wall time (s) | peak RSS (GiB) "
+              "| predicted peak (GiB) | numpy eigh (s) | next-layer error | stages (s) |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for r in table:
             eigh = f"{r['eigh']:.1f}" if "eigh" in r else "-"
-            print(f"| {r['n']} | {r['m']} | {r['k']} | {r['n_out']} | {r['route']} | "
+            print(f"| {r['n']} | {r['m']} | {r['k']} | {r['n_out']} | {r['select']} | {r['route']} | "
                   f"{r['wall']:.1f} | {gib(r['rss'])} | {gib(r['predicted'])} | {eigh} | "
                   f"{r['error']:.4f} | {r['stages']} |")
 

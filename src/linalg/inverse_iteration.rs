@@ -74,8 +74,7 @@
 use std::ops::Range;
 
 use faer::dyn_stack::{MemBuffer, MemStack};
-use faer::linalg::cholesky::llt::factor::cholesky_in_place;
-use faer::linalg::cholesky::llt::factor::cholesky_in_place_scratch;
+use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
 use faer::linalg::matmul::matmul as gemm;
 use faer::linalg::triangular_solve::solve_lower_triangular_in_place;
 use faer::reborrow::{Reborrow, ReborrowMut};
