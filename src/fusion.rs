@@ -17,11 +17,14 @@
 //! pass over its activations after selection ([`fuse_next_layer_from_rows`]); both routes
 //! end in the same solve and the same error formula.
 
-use faer::linalg::solvers::Solve;
-use faer::{Mat, Side};
+use faer::linalg::triangular_solve::{
+    solve_lower_triangular_in_place, solve_upper_triangular_in_place,
+};
+use faer::Mat;
 
 use crate::backend::Backend;
 use crate::error::{Error, Result};
+use crate::linalg::cholesky_lower_in_place;
 use crate::progress::Progress;
 use crate::types::RowSource;
 pub use crate::types::{FusionSystem, GramStats, NextLayer};
@@ -360,13 +363,17 @@ fn solve_ridged(
     // ridge gives the (zero) minimum-norm answer; take one on the scale of 1.
     let scale = if trace > 0.0 { trace / dim as f64 } else { 1.0 };
     let mut ridge = factor * scale;
+    let par = faer::get_global_parallelism();
     for _ in 0..40 {
+        // The ridged copy is factored in place: one more (k+1)^2 beside lhs, not two.
         let mut a = lhs.to_owned();
         for i in 0..dim {
             a[(i, i)] += ridge;
         }
-        if let Ok(llt) = a.llt(Side::Lower) {
-            let x = llt.solve(rhs);
+        if cholesky_lower_in_place(a.as_mut(), par) {
+            let mut x = rhs.to_owned();
+            solve_lower_triangular_in_place(a.as_ref(), x.as_mut(), par);
+            solve_upper_triangular_in_place(a.transpose(), x.as_mut(), par);
             if x.col_iter().all(|c| c.iter().all(|v| v.is_finite())) {
                 return Ok((x, ridge));
             }

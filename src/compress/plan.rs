@@ -392,7 +392,7 @@ impl Shape {
         let (k, n_out) = (self.k, self.n_out);
         vec![
             Allocation::matrix("the system's left-hand side", k + 1, k + 1, 8),
-            Allocation::matrix("its ridged copy", k + 1, k + 1, 8),
+            Allocation::matrix("its ridged copy, factored in place", k + 1, k + 1, 8),
             Allocation::matrix("the right-hand side", k + 1, n_out, 8),
             Allocation::matrix("the solution", k + 1, n_out, 8),
             Allocation::matrix("the fused weights", n_out, k, 4),

@@ -73,8 +73,6 @@
 
 use std::ops::Range;
 
-use faer::dyn_stack::{MemBuffer, MemStack};
-use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
 use faer::linalg::matmul::matmul as gemm;
 use faer::linalg::triangular_solve::solve_lower_triangular_in_place;
 use faer::reborrow::{Reborrow, ReborrowMut};
@@ -85,7 +83,9 @@ use rayon::prelude::*;
 use super::divide_conquer::tridiagonal_eigen;
 use super::eigenvalues::TridiagonalEigenvalues;
 use super::simd::{dot, sub_scaled};
-use super::{check_indices, permute_columns, product_par, IterationLimits};
+use super::{
+    check_indices, cholesky_lower_in_place, permute_columns, product_par, IterationLimits,
+};
 use crate::cpu::{contiguous, contiguous_mut};
 use crate::error::{Error, Result};
 use crate::memory::ensure_host_matrices;
@@ -509,11 +509,6 @@ fn block_cholesky_qr(mut x: MatMut<'_, f64>, block: usize) -> Result<()> {
     let last_start = c.saturating_sub(1) / block * block;
     let mut projections = Mat::<f64>::zeros(last_start, width_max);
     let mut gram = Mat::<f64>::zeros(width_max, width_max);
-    let mut scratch = MemBuffer::new(cholesky_in_place_scratch::<f64>(
-        width_max,
-        Par::Seq,
-        Default::default(),
-    ));
     let mut nearly_orthonormal = true;
     for start in (0..c).step_by(block) {
         let width = block.min(c - start);
@@ -545,14 +540,7 @@ fn block_cholesky_qr(mut x: MatMut<'_, f64>, block: usize) -> Result<()> {
             par,
         );
         if max_abs_deviation(g.rb(), true) > CHOLESKY_QR_MAX_DEVIATION
-            || cholesky_in_place(
-                g.rb_mut(),
-                Default::default(),
-                Par::Seq,
-                MemStack::new(&mut scratch),
-                Default::default(),
-            )
-            .is_err()
+            || !cholesky_lower_in_place(g.rb_mut(), Par::Seq)
         {
             nearly_orthonormal = false;
             break;

@@ -40,8 +40,10 @@ pub(crate) mod reduction;
 pub(crate) mod simd;
 pub(crate) mod team;
 
+use faer::dyn_stack::{MemBuffer, MemStack};
+use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
 use faer::reborrow::Reborrow;
-use faer::{Mat, Par};
+use faer::{Mat, MatMut, Par};
 
 use crate::cpu::{contiguous, contiguous_mut};
 
@@ -65,6 +67,26 @@ impl IterationLimits {
         ql_sweeps: 30,
         inverse: 10,
     };
+}
+
+/// Factors the symmetric matrix whose lower triangle is `a`'s as `L L^T`, writing L over
+/// that lower triangle (the strict upper triangle is left as it was), so that no second
+/// copy of a large system exists; false when it is not positive definite to working
+/// precision (a pivot is not positive), `a` then partly overwritten.
+pub(crate) fn cholesky_lower_in_place(a: MatMut<'_, f64>, par: Par) -> bool {
+    let mut scratch = MemBuffer::new(cholesky_in_place_scratch::<f64>(
+        a.nrows(),
+        par,
+        Default::default(),
+    ));
+    cholesky_in_place(
+        a,
+        Default::default(),
+        par,
+        MemStack::new(&mut scratch),
+        Default::default(),
+    )
+    .is_ok()
 }
 
 /// The parallelism for a matrix product whose output has `columns` columns: faer's global

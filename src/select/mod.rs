@@ -15,9 +15,7 @@ pub use fusion_greedy::{
 
 use std::cell::{OnceCell, RefCell};
 
-use faer::dyn_stack::{MemBuffer, MemStack};
-use faer::linalg::cholesky::llt::factor::{cholesky_in_place, cholesky_in_place_scratch};
-use faer::{Mat, MatRef, Par};
+use faer::{Mat, MatRef};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
@@ -25,6 +23,7 @@ use crate::dpp::{greedy_map, DppSampler, GreedyStop, KDppSampler, PartialSpectru
 use crate::error::{Error, Result};
 use crate::fusion::NextLayer;
 use crate::kernel::GramStats;
+use crate::linalg::cholesky_lower_in_place;
 use crate::memory::ensure_host_matrices;
 use crate::progress::{NoProgress, Progress};
 use quality::{quality_kernel, quality_scores, QualityScore};
@@ -580,20 +579,10 @@ pub fn diversity(kernel: MatRef<'_, f64>, keep: &[usize]) -> Diversity {
         .flat_map(|i| (0..k).filter(move |&j| j != i).map(move |j| (i, j)))
         .map(|(i, j)| sub[(i, j)])
         .sum();
-    let mut scratch = MemBuffer::new(cholesky_in_place_scratch::<f64>(
-        k,
-        Par::Seq,
-        Default::default(),
-    ));
-    let log_det = match cholesky_in_place(
-        sub.as_mut(),
-        Default::default(),
-        faer::get_global_parallelism(),
-        MemStack::new(&mut scratch),
-        Default::default(),
-    ) {
-        Ok(_) => (0..k).map(|i| 2.0 * sub[(i, i)].ln()).sum(),
-        Err(_) => f64::NEG_INFINITY,
+    let log_det = if cholesky_lower_in_place(sub.as_mut(), faer::get_global_parallelism()) {
+        (0..k).map(|i| 2.0 * sub[(i, i)].ln()).sum()
+    } else {
+        f64::NEG_INFINITY
     };
     let pairs = (k * k.saturating_sub(1)).max(1) as f64;
     Diversity {
