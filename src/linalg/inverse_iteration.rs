@@ -515,20 +515,14 @@ fn block_cholesky_qr(mut x: MatMut<'_, f64>, block: usize) -> Result<()> {
         let (done, rest) = x.rb_mut().split_at_col_mut(start);
         let mut cols = rest.subcols_mut(0, width);
         if start > 0 {
-            let mut h = projections.as_mut().get_mut(..start, ..width);
-            gemm(
-                h.rb_mut(),
-                Accum::Replace,
-                done.rb().transpose(),
-                cols.rb(),
-                1.0,
-                par,
-            );
-            if max_abs_deviation(h.rb(), false) > CHOLESKY_QR_MAX_DEVIATION {
+            let h = projections.as_mut().get_mut(..start, ..width);
+            // Subtracting keeps the leading spans, so a hand-over after it is still exact.
+            subtract_projections(done.rb(), cols.rb_mut(), h);
+            let h = projections.as_ref().get(..start, ..width);
+            if max_abs_deviation(h, false) > CHOLESKY_QR_MAX_DEVIATION {
                 nearly_orthonormal = false;
                 break;
             }
-            gemm(cols.rb_mut(), Accum::Add, done.rb(), h.rb(), -1.0, par);
         }
         let mut g = gram.as_mut().get_mut(..width, ..width);
         gemm(
@@ -537,7 +531,7 @@ fn block_cholesky_qr(mut x: MatMut<'_, f64>, block: usize) -> Result<()> {
             cols.rb().transpose(),
             cols.rb(),
             1.0,
-            par,
+            product_par(width),
         );
         if max_abs_deviation(g.rb(), true) > CHOLESKY_QR_MAX_DEVIATION
             || !cholesky_lower_in_place(g.rb_mut(), Par::Seq)
@@ -553,6 +547,23 @@ fn block_cholesky_qr(mut x: MatMut<'_, f64>, block: usize) -> Result<()> {
     } else {
         orthonormalize(x)
     }
+}
+
+/// `block <- block - done (done^T block)`: one classical Gram-Schmidt step against the
+/// orthonormal columns `done`, as two matrix products; `h` (`done.ncols() x
+/// block.ncols()`) receives the projections `done^T block`. The products run on one thread
+/// for a one-column block (see [`product_par`]).
+fn subtract_projections(done: MatRef<'_, f64>, block: MatMut<'_, f64>, mut h: MatMut<'_, f64>) {
+    let par = product_par(block.ncols());
+    gemm(
+        h.rb_mut(),
+        Accum::Replace,
+        done.transpose(),
+        block.rb(),
+        1.0,
+        par,
+    );
+    gemm(block, Accum::Add, done, h.rb(), -1.0, par);
 }
 
 /// Largest `|a_ij - delta_ij|` (with the identity's delta when `identity`, else 0).
@@ -580,22 +591,7 @@ pub(crate) fn orthonormalize(mut x: MatMut<'_, f64>) -> Result<()> {
         if start > 0 {
             let mut h = Mat::<f64>::zeros(start, width);
             for _ in 0..2 {
-                gemm(
-                    &mut h,
-                    Accum::Replace,
-                    done.rb().transpose(),
-                    block.rb(),
-                    1.0,
-                    product_par(width),
-                );
-                gemm(
-                    block.rb_mut(),
-                    Accum::Add,
-                    done.rb(),
-                    &h,
-                    -1.0,
-                    product_par(width),
-                );
+                subtract_projections(done.rb(), block.rb_mut(), h.as_mut());
             }
         }
         for j in 0..width {
