@@ -17,6 +17,7 @@ use crate::gpu::stats::GpuStats;
 use crate::gpu::GpuContext;
 use crate::memory::{ensure_fits, Allocation};
 use crate::progress::Progress;
+use crate::types::GramStatsF32;
 
 pub use crate::rbf::{rbf_from_distances, Beta, RbfKernel};
 pub use crate::types::{ActivationRows, Distances, GramStats, RowSource, SliceRows, StatsKind};
@@ -124,13 +125,7 @@ impl LayerStats {
                 if kind == StatsKind::Both {
                     finish.push(Allocation::matrix("the distances D", n, n, 8));
                 }
-                if finish.iter().map(|a| a.bytes).sum::<u64>()
-                    >= pass.iter().map(|a| a.bytes).sum::<u64>()
-                {
-                    finish
-                } else {
-                    pass
-                }
+                larger(pass, finish)
             }
             Backend::Gpu(_) => {
                 let mut holds = Vec::new();
@@ -233,6 +228,60 @@ impl LayerStats {
         }
     }
 
+    /// [`LayerStats::finish`] of a [`StatsKind::Both`] engine for the one-pass route when
+    /// only the fusion reads G: G rounded to f32 ([`GramStatsF32`]) beside the distances.
+    /// On the CPU the rounding comes first and the distances then overwrite the f64 Gram,
+    /// so that G and D are never both held in f64; the GPU engine reads both back and G is
+    /// rounded after.
+    pub(crate) fn finish_rounding_gram(self) -> Result<(GramStatsF32, Distances)> {
+        if self.kind != StatsKind::Both {
+            return Err(Error::invalid(
+                "rounding the Gram matrix needs statistics of both kinds",
+            ));
+        }
+        match self.engine {
+            Engine::Cpu(c) => {
+                let (gram, col_sums, samples) = c.finish();
+                let rounded = GramStatsF32::round(&gram, col_sums, samples);
+                let squared = crate::cpu::rbf::distances_in_place(gram);
+                Ok((rounded, Distances { squared, samples }))
+            }
+            Engine::Gpu { ctx, stats } => {
+                let (gram, distances, col_sums, samples) = stats.finish(&ctx)?;
+                let (Some(gram), Some(squared)) = (gram, distances) else {
+                    return Err(Error::invalid(
+                        "the GPU statistics of both kinds came back incomplete",
+                    ));
+                };
+                let rounded = GramStatsF32::round(&gram, col_sums, samples);
+                Ok((rounded, Distances { squared, samples }))
+            }
+        }
+    }
+
+    /// What [`LayerStats::finish_rounding_gram`] holds at its peak, as
+    /// [`LayerStats::planned_host_memory`] counts a pass: on the CPU the pass, or the f64
+    /// Gram beside its rounded copy; on the GPU what `finish` holds and the rounded copy.
+    pub(crate) fn planned_host_memory_rounding_gram(
+        backend: &Backend,
+        n: usize,
+        rows: usize,
+    ) -> Vec<Allocation> {
+        let rounded = Allocation::matrix("the Gram matrix G in f32", n, n, 4);
+        match backend {
+            Backend::Cpu => {
+                let pass = CpuGram::planned_pass_memory(n, rows, Precision::F64);
+                let finish = vec![Allocation::matrix("the Gram matrix G", n, n, 8), rounded];
+                larger(pass, finish)
+            }
+            Backend::Gpu(_) => {
+                let mut holds = Self::planned_host_memory(backend, n, rows, StatsKind::Both);
+                holds.push(rounded);
+                holds
+            }
+        }
+    }
+
     /// The statistics, each with both triangles filled.
     pub fn finish(self) -> Result<LayerStatistics> {
         let kind = self.kind;
@@ -280,6 +329,16 @@ impl LayerStats {
                 })
             }
         }
+    }
+}
+
+/// Whichever of the CPU engine's pass and its finish holds more: its peak.
+fn larger(pass: Vec<Allocation>, finish: Vec<Allocation>) -> Vec<Allocation> {
+    let bytes = |v: &[Allocation]| v.iter().map(|a| a.bytes).sum::<u64>();
+    if bytes(&finish) >= bytes(&pass) {
+        finish
+    } else {
+        pass
     }
 }
 

@@ -392,11 +392,107 @@ fn compress_layer_fuses_several_next_layers_as_one_stack() {
         assert_eq!(two.report.samples, m);
         let stages: Vec<&str> = two.report.seconds.iter().map(|(s, _)| s.as_str()).collect();
         let want: &[&str] = if method.needs_kernel() {
-            &["statistics", "kernel", "select", "fuse"]
+            &[
+                "statistics",
+                "kernel",
+                "select",
+                "fuse (widening G)",
+                "fuse",
+            ]
         } else {
             &["statistics", "select", "fuse"]
         };
         assert_eq!(stages, want, "{method}");
+    }
+}
+
+/// The one-pass route of a kernel method keeps G rounded to f32 until the fusion, on either
+/// backend (the GPU engine reads G and D back, then rounds G): the fused layer is the one an
+/// f64 Gram gives, to within that rounding, and the plan and report say so.
+#[test]
+fn one_pass_fusion_from_the_rounded_gram_matches_an_f64_gram() {
+    use divnet::compress::{compress_layer, LayerOptions, Route};
+    use divnet::fusion::{fuse_next_layer, NextLayer};
+    use divnet::kernel::{ActivationRows, GramStats, SliceRows};
+
+    let (m, n, n_out) = (500, 24, 7);
+    let mut rng = ChaCha8Rng::seed_from_u64(13);
+    let acts: Vec<f32> = (0..m * n)
+        .map(|_| rng.random_range(-0.3f32..1.0).max(0.0))
+        .collect();
+    let w: Vec<f32> = (0..n_out * n)
+        .map(|_| rng.random_range(-1.0f32..1.0))
+        .collect();
+    let b: Vec<f32> = (0..n_out).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let next = NextLayer {
+        weight: &w,
+        bias: Some(&b),
+        n_out,
+        n_in: n,
+    };
+    // The f64 reference statistics, by plain loops.
+    let mut gram = faer::Mat::<f64>::zeros(n, n);
+    let mut col_sums = vec![0.0; n];
+    for row in acts.chunks_exact(n) {
+        for i in 0..n {
+            col_sums[i] += row[i] as f64;
+            for j in 0..n {
+                gram[(i, j)] += row[i] as f64 * row[j] as f64;
+            }
+        }
+    }
+    let exact = GramStats {
+        gram,
+        col_sums,
+        samples: m,
+    };
+    let mut backends = vec![Backend::Cpu];
+    if let Some(ctx) = divnet::gpu::test_context() {
+        backends.push(Backend::Gpu(std::sync::Arc::new(ctx)));
+    }
+    for backend in &backends {
+        for method in [SelectionMethod::KDpp, SelectionMethod::Greedy] {
+            let mut opts = LayerOptions::new(KeepSpec::Count(9));
+            opts.method = method;
+            opts.route = Some(Route::OnePass);
+            let mut source = SliceRows::new(ActivationRows::F32(&acts), n)
+                .unwrap()
+                .with_chunk_rows(128);
+            let out =
+                compress_layer(backend, &mut source, &[next], &opts, &mut NoProgress).unwrap();
+            let what = format!("{} {method}", backend.name());
+            let want =
+                fuse_next_layer(&Backend::Cpu, &exact, &out.kept, next, &opts.fusion).unwrap();
+            let got = &out.next[0];
+            let (dw, db) = (
+                max_rel_diff(&got.weight, &want.weight),
+                max_rel_diff(&got.bias, &want.bias),
+            );
+            assert!(dw < 1e-5 && db < 1e-5, "{what}: {dw:e} {db:e}");
+            let (e, e_want) = (out.report.relative_error, want.relative_error);
+            assert!(
+                (e - e_want).abs() < 1e-5 * e_want,
+                "{what}: {e} vs {e_want}"
+            );
+            let stages: Vec<&str> = out.report.seconds.iter().map(|(s, _)| s.as_str()).collect();
+            assert!(stages.contains(&"fuse (widening G)"), "{what}: {stages:?}");
+            let held: Vec<&str> = out
+                .plan
+                .memory
+                .stages
+                .iter()
+                .find(|s| s.stage == "select")
+                .unwrap()
+                .holds
+                .iter()
+                .map(|a| a.what.as_str())
+                .collect();
+            assert!(
+                held.iter()
+                    .any(|a| a.starts_with("the Gram matrix G in f32")),
+                "{what}: {held:?}"
+            );
+        }
     }
 }
 
@@ -452,8 +548,9 @@ fn both_routes_of_compress_layer_give_the_same_layer() {
         let one = run(method, Route::OnePass).unwrap();
         let two = run(method, Route::TwoPass).unwrap();
         assert_eq!(one.kept, two.kept, "{method}");
-        // One pass has an f64 G here (the distances need it); the second pass multiplies in
-        // f32 over blocks of rows, as the CPU's Gram-only statistics do.
+        // One pass sums G in f64 (the distances need it) and, for the kernel methods, keeps
+        // it rounded to f32 until the fusion; the second pass multiplies in f32 over blocks
+        // of rows, as the CPU's Gram-only statistics do.
         for (a, b) in one.next.iter().zip(&two.next) {
             let dw = max_rel_diff(&a.weight, &b.weight);
             let db = max_rel_diff(&a.bias, &b.bias);
@@ -478,7 +575,17 @@ fn both_routes_of_compress_layer_give_the_same_layer() {
         };
         let (s1, s2) = (stages(&one), stages(&two));
         if method.needs_kernel() {
-            assert_eq!(s1, ["statistics", "kernel", "select", "fuse"]);
+            // G waits for the fusion in f32 beside the kernel, and is widened after it.
+            assert_eq!(
+                s1,
+                [
+                    "statistics",
+                    "kernel",
+                    "select",
+                    "fuse (widening G)",
+                    "fuse"
+                ]
+            );
             assert_eq!(
                 s2,
                 [

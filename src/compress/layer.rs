@@ -23,8 +23,7 @@ use crate::fusion::{
 };
 use crate::io::safetensors::{Tensor, TensorFile};
 use crate::kernel::{
-    rbf_from_distances, Beta, Distances, GramStats, LayerStatistics, LayerStats, RbfKernel,
-    RowSource, StatsKind,
+    rbf_from_distances, Beta, Distances, GramStats, LayerStats, RbfKernel, RowSource, StatsKind,
 };
 use crate::memory;
 use crate::model::tensor_name;
@@ -32,6 +31,7 @@ use crate::progress::Progress;
 use crate::select::{
     diversity, importance_scores, Diversity, LayerSelector, SelectionMethod, SelectionSize,
 };
+use crate::types::GramStatsF32;
 
 /// Everything [`compress_layer`] needs besides the activations and the next layer(s).
 #[derive(Clone, Debug)]
@@ -94,7 +94,8 @@ pub struct LayerOutcome {
 ///
 /// Before the first pass, [`plan_layer`] chooses the route and checks that its peak fits
 /// the free memory (an error saying what the layer needs and what is available when not):
-/// one pass collecting the Gram statistics beside the distances, or, when G and the kernel
+/// one pass collecting the Gram statistics beside the distances (G kept in f32 while the
+/// kernel is held, when only the fusion reads it), or, when G and the kernel
 /// do not fit together (or `opts.route` asks), the distances alone and after selection a
 /// second pass over the activations for the fusion system. Either way no n x n matrix is
 /// copied: the kernel is built over the distances, and each matrix is dropped before the
@@ -102,7 +103,8 @@ pub struct LayerOutcome {
 ///
 /// The report's stages are `statistics` (the first pass; it includes reading the
 /// activations when they come from a file), `kernel` (DPP methods), `select`, `fusion
-/// statistics` (the second pass, two-pass route only) and `fuse`; the report says which
+/// statistics` (the second pass, two-pass route only), `fuse (widening G)` (one-pass route,
+/// when G was kept in f32) and `fuse`; the report says which
 /// route ran, the plan, and the process's peak memory after each stage.
 pub fn compress_layer(
     backend: &Backend,
@@ -123,20 +125,37 @@ pub fn compress_layer(
     // method needs a kernel (two-pass); none for a two-pass method that needs neither.
     let needs_kernel = selection.needs_kernel(opts);
     let (gram, distances) = match layer_plan.route {
+        Route::OnePass if selection.rounds_gram(opts) => {
+            let (rounded, distances) = work.statistics(
+                activations,
+                StatsKind::Both,
+                progress,
+                LayerStats::finish_rounding_gram,
+            )?;
+            (Some(KeptGram::F32(rounded)), Some(distances))
+        }
         Route::OnePass => {
             let kind = StatsKind::of(true, needs_kernel).expect("the Gram is collected");
-            let statistics = work.statistics(activations, kind, progress)?;
-            (statistics.gram, statistics.distances)
+            let statistics = work.statistics(activations, kind, progress, LayerStats::finish)?;
+            (statistics.gram.map(KeptGram::F64), statistics.distances)
         }
         Route::TwoPass if needs_kernel => {
-            let statistics = work.statistics(activations, StatsKind::Distances, progress)?;
+            let statistics = work.statistics(
+                activations,
+                StatsKind::Distances,
+                progress,
+                LayerStats::finish,
+            )?;
             (None, statistics.distances)
         }
         Route::TwoPass => (None, None),
     };
     let selected = select_neurons(
         &mut work,
-        gram.as_ref(),
+        match &gram {
+            Some(KeptGram::F64(stats)) => Some(stats),
+            _ => None,
+        },
         distances,
         stacked.view(),
         &selection,
@@ -144,15 +163,26 @@ pub fn compress_layer(
         opts.seed,
         progress,
     )?;
-    let fused = match &gram {
-        Some(stats) => fuse_from_gram(
-            &mut work,
-            stats,
-            &selected.kept,
-            stacked.view(),
-            opts,
-            progress,
-        )?,
+    let fused = match gram {
+        Some(kept) => {
+            let stats = match kept {
+                KeptGram::F64(stats) => stats,
+                KeptGram::F32(rounded) => {
+                    let t = Instant::now();
+                    let stats = rounded.widen();
+                    work.stage(WIDEN_STAGE, t);
+                    stats
+                }
+            };
+            fuse_from_gram(
+                &mut work,
+                &stats,
+                &selected.kept,
+                stacked.view(),
+                opts,
+                progress,
+            )?
+        }
         None => fuse_from_rows(
             &mut work,
             activations,
@@ -162,7 +192,6 @@ pub fn compress_layer(
             progress,
         )?,
     };
-    drop(gram);
     let report = LayerReport {
         name: String::new(),
         index: 0,
@@ -189,6 +218,18 @@ pub fn compress_layer(
         plan: layer_plan,
     })
 }
+
+/// The Gram statistics the one-pass route keeps for the fusion: in f64, or rounded to f32
+/// while the kernel is in memory when the selection does not read them
+/// ([`SelectionPlan::rounds_gram`]), widened back once the kernel is gone.
+enum KeptGram {
+    F64(GramStats),
+    F32(GramStatsF32),
+}
+
+/// The stage that widens a rounded G back to f64 before the fusion, in the plan and the
+/// report.
+pub(crate) const WIDEN_STAGE: &str = "fuse (widening G)";
 
 /// Named tensors for [`compress_layer_tensors`]: the network and which of its layers read
 /// and produce the compressed activations.
@@ -623,6 +664,12 @@ impl SelectionPlan {
         self.given.is_none() && opts.method.needs_kernel()
     }
 
+    /// Whether the one-pass route keeps G in f32 between the statistics and the fusion:
+    /// when the method builds a kernel (G would sit beside it) and does not read G itself.
+    pub(crate) fn rounds_gram(&self, opts: &LayerOptions) -> bool {
+        self.needs_kernel(opts) && !opts.method.selects_from_gram()
+    }
+
     /// The given kept neurons, sorted, if the selection is given.
     pub(crate) fn given(&self) -> Option<&[usize]> {
         self.given.as_deref()
@@ -699,19 +746,21 @@ impl<'a> LayerWork<'a> {
         }
     }
 
-    /// The stage `statistics`: one pass of `source` through a [`LayerStats`] of `kind`.
-    fn statistics(
+    /// The stage `statistics`: one pass of `source` through a [`LayerStats`] of `kind`,
+    /// whose results `finish` takes.
+    fn statistics<T>(
         &mut self,
         source: &mut dyn RowSource,
         kind: StatsKind,
         progress: &mut dyn Progress,
-    ) -> Result<LayerStatistics> {
+        finish: impl Fn(LayerStats) -> Result<T>,
+    ) -> Result<T> {
         let t = Instant::now();
         let n = source.width();
         let statistics = self.on_backend("statistics", |b| {
             let mut stats = LayerStats::new(b, n, kind)?;
             stats.push_source(source, "statistics", progress)?;
-            stats.finish()
+            finish(stats)
         })?;
         self.stage("statistics", t);
         Ok(statistics)

@@ -5,7 +5,8 @@
 //! Two routes get the fusion its statistics:
 //! - [`Route::OnePass`]: one pass over the activations collects the Gram statistics
 //!   (n x n G) and, when the method needs a kernel, the distances, which become the kernel
-//!   L in place: G and L are alive together;
+//!   L in place: G and L are alive together, G rounded to f32 when the selection does not
+//!   read it (k-DPP, DPP, greedy MAP) and widened back for the fusion once L is gone;
 //! - [`Route::TwoPass`]: the kernel's pass (only the distances), selection, then a second
 //!   pass over the activations for the fusion system of the kept set
 //!   ([`crate::cpu::fusion::FusionPass`]): one n x n matrix at a time, and no pass at all
@@ -15,7 +16,7 @@
 //! plan fits the free memory with the margin ([`MemoryPlan::fits`]), else two; a method
 //! that selects from G itself (importance) always takes one.
 
-use super::layer::{LayerOptions, SelectionPlan};
+use super::layer::{LayerOptions, SelectionPlan, WIDEN_STAGE};
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::kernel::{LayerStats, StatsKind};
@@ -28,7 +29,8 @@ use crate::select::{SelectionMethod, SelectionSize, PARTIAL_SPECTRUM_MIN_NEURONS
 #[serde(rename_all = "kebab-case")]
 pub enum Route {
     /// One pass collects the Gram statistics (and the distances for a kernel): the n x n
-    /// Gram lives beside the n x n kernel; no second read of the activations.
+    /// Gram lives beside the n x n kernel (in f32 when the selection does not read it); no
+    /// second read of the activations.
     OnePass,
     /// The fusion's statistics come from a second pass after selection: one n x n matrix
     /// at a time, the activations read twice (once when the method needs no kernel).
@@ -155,6 +157,8 @@ struct Shape {
     stacked: bool,
     needs_kernel: bool,
     gram_selects: bool,
+    /// The one-pass route keeps G in f32 ([`SelectionPlan::rounds_gram`]).
+    rounds_gram: bool,
     method: Option<SelectionMethod>,
 }
 
@@ -180,6 +184,7 @@ impl Shape {
             stacked: next_rows.len() > 1,
             needs_kernel: selection.needs_kernel(opts),
             gram_selects: !given && opts.method.selects_from_gram(),
+            rounds_gram: selection.rounds_gram(opts),
             method: (!given).then_some(opts.method),
         }
     }
@@ -198,15 +203,21 @@ impl Shape {
             });
         };
         let gram = || Allocation::matrix("the Gram matrix G", n, n, 8);
+        let gram_f32 = || Allocation::matrix("the Gram matrix G in f32", n, n, 4);
         let kernel = || Allocation::matrix("the kernel L", n, n, 8);
         match route {
             Route::OnePass => {
-                let kind = StatsKind::of(true, self.needs_kernel).expect("the Gram is collected");
-                stage(
-                    "statistics",
-                    LayerStats::planned_host_memory(backend, n, self.m, kind),
-                );
-                let mut held = vec![gram()];
+                let statistics = if self.rounds_gram {
+                    LayerStats::planned_host_memory_rounding_gram(backend, n, self.m)
+                } else {
+                    let kind =
+                        StatsKind::of(true, self.needs_kernel).expect("the Gram is collected");
+                    LayerStats::planned_host_memory(backend, n, self.m, kind)
+                };
+                stage("statistics", statistics);
+                // What stays of G until the fusion.
+                let kept = || if self.rounds_gram { gram_f32() } else { gram() };
+                let mut held = vec![kept()];
                 if self.needs_kernel {
                     held.push(kernel());
                     stage("kernel", held.clone());
@@ -216,7 +227,10 @@ impl Shape {
                     stage("select (diversity)", [held, diversity].concat());
                 }
                 if let Some(sampling) = self.sampling() {
-                    stage("select (sampling)", [vec![gram()], sampling].concat());
+                    stage("select (sampling)", [vec![kept()], sampling].concat());
+                }
+                if self.rounds_gram {
+                    stage(WIDEN_STAGE, vec![gram_f32(), gram()]);
                 }
                 stage("fuse", [vec![gram()], self.fusion_from_gram()].concat());
             }
@@ -442,5 +456,53 @@ mod tests {
         let names: Vec<&str> = random.stages.iter().map(|s| s.stage.as_str()).collect();
         assert_eq!(names, ["select", "fusion statistics", "fuse"]);
         assert!(random.peak() < nn);
+    }
+
+    #[test]
+    fn the_one_pass_route_keeps_g_in_f32_when_only_the_fusion_reads_it() {
+        let n = 8192;
+        let holds = |method, stage: &str| {
+            let plan = shape(n, 2048, method).plan(&Backend::Cpu, Route::OnePass);
+            let s = plan.stages.iter().find(|s| s.stage == stage).unwrap();
+            s.holds.iter().map(|a| a.what.clone()).collect::<Vec<_>>()
+        };
+        // An allocation's `what` ends with its shape: "NAME (r x c TYPE)".
+        let name = |a: &String| {
+            a.rsplit_once(" (")
+                .map_or(a.clone(), |(w, _)| w.to_string())
+        };
+        let has = |v: &[String], what: &str| v.iter().any(|a| name(a) == what);
+        for method in [SelectionMethod::KDpp, SelectionMethod::Greedy] {
+            let select = holds(method, "select");
+            assert!(
+                has(&select, "the Gram matrix G in f32"),
+                "{method}: {select:?}"
+            );
+            assert!(!has(&select, "the Gram matrix G"), "{method}: {select:?}");
+            // Widened for the fusion once L is gone, and the f32 copy freed after.
+            let widen = holds(method, WIDEN_STAGE);
+            let widen: Vec<String> = widen.iter().map(name).collect();
+            assert_eq!(widen, ["the Gram matrix G in f32", "the Gram matrix G"]);
+            assert!(!has(&holds(method, "fuse"), "the Gram matrix G in f32"));
+            // The statistics' peak: the f64 sum beside its rounded copy, never G beside D.
+            let stats = holds(method, "statistics");
+            assert!(!has(&stats, "the distances D"), "{method}: {stats:?}");
+        }
+        // A selection that reads G keeps it in f64 throughout.
+        let select = holds(SelectionMethod::QualityGreedy, "select");
+        assert!(has(&select, "the Gram matrix G"), "{select:?}");
+        let plan =
+            shape(n, 2048, SelectionMethod::QualityGreedy).plan(&Backend::Cpu, Route::OnePass);
+        assert!(plan.stages.iter().all(|s| s.stage != WIDEN_STAGE));
+        // At n = 8192, k = 2048 the k-DPP's one-pass peak is the draw, L beside G in f32:
+        // about 1 GB instead of 1.3.
+        let kdpp = shape(n, 2048, SelectionMethod::KDpp).plan(&Backend::Cpu, Route::OnePass);
+        let nn = (n * n) as u64;
+        let select = kdpp.stages.iter().find(|s| s.stage == "select").unwrap();
+        assert_eq!(kdpp.peak(), select.bytes());
+        assert_eq!(
+            select.bytes(),
+            12 * nn + (n * PartialEigen::eigenvector_columns(2048) * 8) as u64
+        );
     }
 }

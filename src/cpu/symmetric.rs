@@ -33,6 +33,24 @@ pub(crate) fn zeros(n: usize) -> Mat<f64> {
     g
 }
 
+/// `src` converted element by element (`f`) into a new matrix of its shape, columns on
+/// all threads: the one-pass route's G rounded to f32 and widened back.
+pub(crate) fn converted<A, B>(src: &Mat<A>, f: impl Fn(A) -> B + Sync) -> Mat<B>
+where
+    A: Copy + Sync,
+    B: faer::traits::ComplexField + Copy + Send,
+{
+    let mut dst = Mat::<B>::zeros(src.nrows(), src.ncols());
+    dst.par_col_iter_mut()
+        .zip(src.par_col_iter())
+        .with_min_len(COLUMNS_PER_TASK)
+        .for_each(|(d, s)| {
+            let (d, s) = (super::contiguous_mut(d), super::contiguous(s));
+            d.iter_mut().zip(s).for_each(|(d, &s)| *d = f(s));
+        });
+    dst
+}
+
 /// Writes into a square column-major matrix from several threads at once. Each writer must
 /// touch elements no other writer touches at the same time.
 #[derive(Clone, Copy)]
