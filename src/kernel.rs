@@ -228,58 +228,60 @@ impl LayerStats {
         }
     }
 
-    /// [`LayerStats::finish`] of a [`StatsKind::Both`] engine for the one-pass route when
-    /// only the fusion reads G: G rounded to f32 ([`GramStatsF32`]) beside the distances.
-    /// On the CPU the rounding comes first and the distances then overwrite the f64 Gram,
-    /// so that G and D are never both held in f64; the GPU engine reads both back and G is
-    /// rounded after.
-    pub(crate) fn finish_rounding_gram(self) -> Result<(GramStatsF32, Distances)> {
-        if self.kind != StatsKind::Both {
+    /// A CPU engine of [`StatsKind::Both`] for [`LayerStats::finish_rounding_gram`],
+    /// checked against what that finish holds (the f64 sum and its rounded copy) instead of
+    /// G and D in f64. The GPU engine hands G and D back from the device together, so
+    /// rounding there would add to its peak rather than lower it: an error on the GPU.
+    pub(crate) fn new_rounding_gram(backend: &Backend, n: usize) -> Result<Self> {
+        if backend.gpu().is_some() {
             return Err(Error::invalid(
-                "rounding the Gram matrix needs statistics of both kinds",
+                "only the CPU statistics engine rounds the Gram matrix",
             ));
         }
-        match self.engine {
-            Engine::Cpu(c) => {
+        if n == 0 {
+            return Err(Error::invalid("a layer needs at least one neuron (n = 0)"));
+        }
+        ensure_fits(
+            n,
+            "statistics",
+            Self::planned_host_memory_rounding_gram(n, 1),
+        )?;
+        let engine = Engine::Cpu(CpuGram::new(n, Precision::F64)?);
+        Ok(Self {
+            n,
+            kind: StatsKind::Both,
+            engine,
+        })
+    }
+
+    /// [`LayerStats::finish`] of an engine from [`LayerStats::new_rounding_gram`], for the
+    /// one-pass route when only the fusion reads G: G rounded to f32 ([`GramStatsF32`])
+    /// beside the distances. The rounding comes first and the distances then overwrite
+    /// the f64 Gram, so that G and D are never both held in f64.
+    pub(crate) fn finish_rounding_gram(self) -> Result<(GramStatsF32, Distances)> {
+        match (self.engine, self.kind) {
+            (Engine::Cpu(c), StatsKind::Both) => {
                 let (gram, col_sums, samples) = c.finish();
                 let rounded = GramStatsF32::round(&gram, col_sums, samples);
                 let squared = crate::cpu::rbf::distances_in_place(gram);
                 Ok((rounded, Distances { squared, samples }))
             }
-            Engine::Gpu { ctx, stats } => {
-                let (gram, distances, col_sums, samples) = stats.finish(&ctx)?;
-                let (Some(gram), Some(squared)) = (gram, distances) else {
-                    return Err(Error::invalid(
-                        "the GPU statistics of both kinds came back incomplete",
-                    ));
-                };
-                let rounded = GramStatsF32::round(&gram, col_sums, samples);
-                Ok((rounded, Distances { squared, samples }))
-            }
+            _ => Err(Error::invalid(
+                "rounding the Gram matrix needs the CPU engine collecting both statistics",
+            )),
         }
     }
 
     /// What [`LayerStats::finish_rounding_gram`] holds at its peak, as
-    /// [`LayerStats::planned_host_memory`] counts a pass: on the CPU the pass, or the f64
-    /// Gram beside its rounded copy; on the GPU what `finish` holds and the rounded copy.
-    pub(crate) fn planned_host_memory_rounding_gram(
-        backend: &Backend,
-        n: usize,
-        rows: usize,
-    ) -> Vec<Allocation> {
-        let rounded = Allocation::matrix("the Gram matrix G in f32", n, n, 4);
-        match backend {
-            Backend::Cpu => {
-                let pass = CpuGram::planned_pass_memory(n, rows, Precision::F64);
-                let finish = vec![Allocation::matrix("the Gram matrix G", n, n, 8), rounded];
-                larger(pass, finish)
-            }
-            Backend::Gpu(_) => {
-                let mut holds = Self::planned_host_memory(backend, n, rows, StatsKind::Both);
-                holds.push(rounded);
-                holds
-            }
-        }
+    /// [`LayerStats::planned_host_memory`] counts a pass: the pass, or the f64 Gram beside
+    /// its rounded copy.
+    pub(crate) fn planned_host_memory_rounding_gram(n: usize, rows: usize) -> Vec<Allocation> {
+        let pass = CpuGram::planned_pass_memory(n, rows, Precision::F64);
+        let finish = vec![
+            Allocation::matrix("the Gram matrix G", n, n, 8),
+            Allocation::matrix("the Gram matrix G in f32", n, n, 4),
+        ];
+        larger(pass, finish)
     }
 
     /// The statistics, each with both triangles filled.

@@ -95,7 +95,7 @@ pub struct LayerOutcome {
 /// Before the first pass, [`plan_layer`] chooses the route and checks that its peak fits
 /// the free memory (an error saying what the layer needs and what is available when not):
 /// one pass collecting the Gram statistics beside the distances (G kept in f32 while the
-/// kernel is held, when only the fusion reads it), or, when G and the kernel
+/// kernel is held, on the CPU when only the fusion reads it), or, when G and the kernel
 /// do not fit together (or `opts.route` asks), the distances alone and after selection a
 /// second pass over the activations for the fusion system. Either way no n x n matrix is
 /// copied: the kernel is built over the distances, and each matrix is dropped before the
@@ -125,25 +125,30 @@ pub fn compress_layer(
     // method needs a kernel (two-pass); none for a two-pass method that needs neither.
     let needs_kernel = selection.needs_kernel(opts);
     let (gram, distances) = match layer_plan.route {
-        Route::OnePass if selection.rounds_gram(opts) => {
+        Route::OnePass if selection.rounds_gram(opts, backend) => {
             let (rounded, distances) = work.statistics(
                 activations,
-                StatsKind::Both,
                 progress,
+                LayerStats::new_rounding_gram,
                 LayerStats::finish_rounding_gram,
             )?;
             (Some(KeptGram::F32(rounded)), Some(distances))
         }
         Route::OnePass => {
             let kind = StatsKind::of(true, needs_kernel).expect("the Gram is collected");
-            let statistics = work.statistics(activations, kind, progress, LayerStats::finish)?;
+            let statistics = work.statistics(
+                activations,
+                progress,
+                |b, n| LayerStats::new(b, n, kind),
+                LayerStats::finish,
+            )?;
             (statistics.gram.map(KeptGram::F64), statistics.distances)
         }
         Route::TwoPass if needs_kernel => {
             let statistics = work.statistics(
                 activations,
-                StatsKind::Distances,
                 progress,
+                |b, n| LayerStats::new(b, n, StatsKind::Distances),
                 LayerStats::finish,
             )?;
             (None, statistics.distances)
@@ -665,9 +670,10 @@ impl SelectionPlan {
     }
 
     /// Whether the one-pass route keeps G in f32 between the statistics and the fusion:
-    /// when the method builds a kernel (G would sit beside it) and does not read G itself.
-    pub(crate) fn rounds_gram(&self, opts: &LayerOptions) -> bool {
-        self.needs_kernel(opts) && !opts.method.selects_from_gram()
+    /// when the method builds a kernel (G would sit beside it) and does not read G itself,
+    /// on the CPU backend (see [`LayerStats::new_rounding_gram`]).
+    pub(crate) fn rounds_gram(&self, opts: &LayerOptions, backend: &Backend) -> bool {
+        self.needs_kernel(opts) && !opts.method.selects_from_gram() && backend.gpu().is_none()
     }
 
     /// The given kept neurons, sorted, if the selection is given.
@@ -746,19 +752,19 @@ impl<'a> LayerWork<'a> {
         }
     }
 
-    /// The stage `statistics`: one pass of `source` through a [`LayerStats`] of `kind`,
-    /// whose results `finish` takes.
+    /// The stage `statistics`: one pass of `source` through the [`LayerStats`] that `new`
+    /// makes for the backend and the width, whose results `finish` takes.
     fn statistics<T>(
         &mut self,
         source: &mut dyn RowSource,
-        kind: StatsKind,
         progress: &mut dyn Progress,
+        new: impl Fn(&Backend, usize) -> Result<LayerStats>,
         finish: impl Fn(LayerStats) -> Result<T>,
     ) -> Result<T> {
         let t = Instant::now();
         let n = source.width();
         let statistics = self.on_backend("statistics", |b| {
-            let mut stats = LayerStats::new(b, n, kind)?;
+            let mut stats = new(b, n)?;
             stats.push_source(source, "statistics", progress)?;
             finish(stats)
         })?;

@@ -5,8 +5,9 @@
 //! Two routes get the fusion its statistics:
 //! - [`Route::OnePass`]: one pass over the activations collects the Gram statistics
 //!   (n x n G) and, when the method needs a kernel, the distances, which become the kernel
-//!   L in place: G and L are alive together, G rounded to f32 when the selection does not
-//!   read it (k-DPP, DPP, greedy MAP) and widened back for the fusion once L is gone;
+//!   L in place: G and L are alive together, G rounded to f32 on the CPU backend when the
+//!   selection does not read it (k-DPP, DPP, greedy MAP) and widened back for the fusion
+//!   once L is gone;
 //! - [`Route::TwoPass`]: the kernel's pass (only the distances), selection, then a second
 //!   pass over the activations for the fusion system of the kept set
 //!   ([`crate::cpu::fusion::FusionPass`]): one n x n matrix at a time, and no pass at all
@@ -29,7 +30,8 @@ use crate::select::{SelectionMethod, SelectionSize, PARTIAL_SPECTRUM_MIN_NEURONS
 #[serde(rename_all = "kebab-case")]
 pub enum Route {
     /// One pass collects the Gram statistics (and the distances for a kernel): the n x n
-    /// Gram lives beside the n x n kernel (in f32 when the selection does not read it); no
+    /// Gram lives beside the n x n kernel (in f32 on the CPU when the selection does not
+    /// read it); no
     /// second read of the activations.
     OnePass,
     /// The fusion's statistics come from a second pass after selection: one n x n matrix
@@ -99,7 +101,7 @@ pub fn plan_layer(
     let selection = SelectionPlan::new(opts, n)?;
     let available = memory::available()?;
     let rss_at_plan = memory::current_rss();
-    let shape = Shape::new(n, m, next_rows, &selection, opts);
+    let shape = Shape::new(backend, n, m, next_rows, &selection, opts);
     let one = shape.plan(backend, Route::OnePass);
     let two = shape.plan(backend, Route::TwoPass);
     let (route, reason) = match opts.route {
@@ -157,13 +159,15 @@ struct Shape {
     stacked: bool,
     needs_kernel: bool,
     gram_selects: bool,
-    /// The one-pass route keeps G in f32 ([`SelectionPlan::rounds_gram`]).
+    /// The one-pass route keeps G in f32 ([`SelectionPlan::rounds_gram`]; the CPU backend
+    /// only).
     rounds_gram: bool,
     method: Option<SelectionMethod>,
 }
 
 impl Shape {
     fn new(
+        backend: &Backend,
         n: usize,
         m: usize,
         next_rows: &[usize],
@@ -184,7 +188,7 @@ impl Shape {
             stacked: next_rows.len() > 1,
             needs_kernel: selection.needs_kernel(opts),
             gram_selects: !given && opts.method.selects_from_gram(),
-            rounds_gram: selection.rounds_gram(opts),
+            rounds_gram: selection.rounds_gram(opts, backend),
             method: (!given).then_some(opts.method),
         }
     }
@@ -208,7 +212,7 @@ impl Shape {
         match route {
             Route::OnePass => {
                 let statistics = if self.rounds_gram {
-                    LayerStats::planned_host_memory_rounding_gram(backend, n, self.m)
+                    LayerStats::planned_host_memory_rounding_gram(n, self.m)
                 } else {
                     let kind =
                         StatsKind::of(true, self.needs_kernel).expect("the Gram is collected");
@@ -423,7 +427,7 @@ mod tests {
         let mut opts = LayerOptions::new(KeepSpec::Count(k));
         opts.method = method;
         let selection = SelectionPlan::new(&opts, n).unwrap();
-        Shape::new(n, 4 * n, &[n / 4], &selection, &opts)
+        Shape::new(&Backend::Cpu, n, 4 * n, &[n / 4], &selection, &opts)
     }
 
     #[test]

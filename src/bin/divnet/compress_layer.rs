@@ -81,8 +81,8 @@ pub struct Args {
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     backend: BackendArg,
     /// How the fusion gets its statistics: one-pass (the n x n Gram collected with the
-    /// kernel's distances: two n x n matrices at once, G kept in f32 beside the kernel when
-    /// only the fusion reads it (kdpp, dpp, greedy), one read of the activations) or
+    /// kernel's distances: two n x n matrices at once, G kept in f32 beside the kernel on the
+    /// CPU when only the fusion reads it (kdpp, dpp, greedy), one read of the activations) or
     /// two-pass (the fusion's statistics from a second read after selection: one n x n
     /// matrix at a time). auto takes one pass when it fits the free memory.
     #[arg(long, value_enum, default_value_t = RouteArg::Auto)]
