@@ -80,16 +80,24 @@ impl LayerStats {
     /// can hold the n x n results and what the engine holds beside them
     /// ([`LayerStats::planned_host_memory`]); on the GPU, allocates the device accumulators.
     pub fn new(backend: &Backend, n: usize, kind: StatsKind) -> Result<Self> {
+        Self::checked(backend, n, kind, || {
+            Self::planned_host_memory(backend, n, 1, kind)
+        })
+    }
+
+    /// The engine, once n is at least 1 and the host can hold `holds()`: the n x n
+    /// matrices; the chunk of rows (its size depends on the rows pushed, 200 MB at most)
+    /// is left to the check's margin.
+    fn checked(
+        backend: &Backend,
+        n: usize,
+        kind: StatsKind,
+        holds: impl FnOnce() -> Vec<Allocation>,
+    ) -> Result<Self> {
         if n == 0 {
             return Err(Error::invalid("a layer needs at least one neuron (n = 0)"));
         }
-        // The n x n matrices; the chunk of rows (its size depends on the rows pushed, 200 MB
-        // at most) is left to the check's margin.
-        ensure_fits(
-            n,
-            "statistics",
-            Self::planned_host_memory(backend, n, 1, kind),
-        )?;
+        ensure_fits(n, "statistics", holds())?;
         let engine = match backend {
             Backend::Cpu => Engine::Cpu(CpuGram::new(n, cpu_precision(kind))?),
             Backend::Gpu(ctx) => Engine::Gpu {
@@ -238,19 +246,9 @@ impl LayerStats {
                 "only the CPU statistics engine rounds the Gram matrix",
             ));
         }
-        if n == 0 {
-            return Err(Error::invalid("a layer needs at least one neuron (n = 0)"));
-        }
-        ensure_fits(
-            n,
-            "statistics",
-            Self::planned_host_memory_rounding_gram(n, 1),
-        )?;
-        let engine = Engine::Cpu(CpuGram::new(n, Precision::F64)?);
-        Ok(Self {
-            n,
-            kind: StatsKind::Both,
-            engine,
+        // The CPU engine of both kinds sums in f64, as the rounding needs.
+        Self::checked(backend, n, StatsKind::Both, || {
+            Self::planned_host_memory_rounding_gram(n, 1)
         })
     }
 

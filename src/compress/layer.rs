@@ -157,10 +157,7 @@ pub fn compress_layer(
     };
     let selected = select_neurons(
         &mut work,
-        match &gram {
-            Some(KeptGram::F64(stats)) => Some(stats),
-            _ => None,
-        },
+        gram.as_ref().and_then(KeptGram::full),
         distances,
         stacked.view(),
         &selection,
@@ -170,15 +167,7 @@ pub fn compress_layer(
     )?;
     let fused = match gram {
         Some(kept) => {
-            let stats = match kept {
-                KeptGram::F64(stats) => stats,
-                KeptGram::F32(rounded) => {
-                    let t = Instant::now();
-                    let stats = rounded.widen();
-                    work.stage(WIDEN_STAGE, t);
-                    stats
-                }
-            };
+            let stats = kept.into_full(&mut work);
             fuse_from_gram(
                 &mut work,
                 &stats,
@@ -230,6 +219,30 @@ pub fn compress_layer(
 enum KeptGram {
     F64(GramStats),
     F32(GramStatsF32),
+}
+
+impl KeptGram {
+    /// The f64 statistics, which the selection may read; `None` while G is rounded.
+    fn full(&self) -> Option<&GramStats> {
+        match self {
+            KeptGram::F64(stats) => Some(stats),
+            KeptGram::F32(_) => None,
+        }
+    }
+
+    /// The f64 statistics for the fusion: a rounded G is widened back, as the stage
+    /// [`WIDEN_STAGE`].
+    fn into_full(self, work: &mut LayerWork<'_>) -> GramStats {
+        match self {
+            KeptGram::F64(stats) => stats,
+            KeptGram::F32(rounded) => {
+                let t = Instant::now();
+                let stats = rounded.widen();
+                work.stage(WIDEN_STAGE, t);
+                stats
+            }
+        }
+    }
 }
 
 /// The stage that widens a rounded G back to f64 before the fusion, in the plan and the

@@ -31,8 +31,7 @@ use crate::select::{SelectionMethod, SelectionSize, PARTIAL_SPECTRUM_MIN_NEURONS
 pub enum Route {
     /// One pass collects the Gram statistics (and the distances for a kernel): the n x n
     /// Gram lives beside the n x n kernel (in f32 on the CPU when the selection does not
-    /// read it); no
-    /// second read of the activations.
+    /// read it); no second read of the activations.
     OnePass,
     /// The fusion's statistics come from a second pass after selection: one n x n matrix
     /// at a time, the activations read twice (once when the method needs no kernel).
