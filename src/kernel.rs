@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use crate::backend::Backend;
-use crate::cpu::gram::{CpuGram, Precision};
+use crate::cpu::gram::CpuGram;
 use crate::error::{Error, Result};
 use crate::gpu::gram::RowFormat;
 use crate::gpu::stats::GpuStats;
@@ -46,9 +46,8 @@ impl LayerStatistics {
 }
 
 enum Engine {
-    /// One Gram product serves every kind: in f32 chunks for the Gram alone, in f64 when
-    /// distances are derived from it (`G_ii + G_jj - 2 G_ij` cancels for near-duplicate
-    /// neurons, see [`crate::cpu::rbf`]).
+    /// One product serves every kind: the centred co-moments M, in f32 products per chunk
+    /// added in f64, from which G and D follow (see [`crate::cpu::gram`]).
     Cpu(CpuGram),
     /// The tiled kernels, accumulating on the device: Gram and distances from one upload of
     /// each chunk when both are asked for.
@@ -99,7 +98,7 @@ impl LayerStats {
         }
         ensure_fits(n, "statistics", holds())?;
         let engine = match backend {
-            Backend::Cpu => Engine::Cpu(CpuGram::new(n, cpu_precision(kind))?),
+            Backend::Cpu => Engine::Cpu(CpuGram::new(n)?),
             Backend::Gpu(ctx) => Engine::Gpu {
                 ctx: ctx.clone(),
                 stats: Box::new(GpuStats::new(ctx, n, kind)?),
@@ -113,11 +112,11 @@ impl LayerStats {
     /// allocation by allocation: what a caller's [`crate::memory::MemoryPlan`] counts before
     /// it starts a pass.
     ///
-    /// It describes the engines as they are. The CPU twin keeps one f64 sum and adds each
-    /// chunk's product into it: directly for wide f64 layers, through one n x n partial
-    /// (n > 1024) or one per thread otherwise; its chunk of rows is staged in the product's
-    /// precision (8192 rows or 2^24 values at most); for [`StatsKind::Both`] it hands back
-    /// G and D as two matrices. The GPU engine reads its results back once, straight into
+    /// It describes the engines as they are. The CPU twin keeps one f64 sum and merges each
+    /// chunk's f32 product into it: a block of columns at a time (64 MiB) for n > 1024, one
+    /// n x n product per thread otherwise; its chunk of rows is staged in f32 (8192 rows or
+    /// 2^24 values at most); G and D are built in place of the sum, except for
+    /// [`StatsKind::Both`], which hands back G and D as two matrices. The GPU engine reads its results back once, straight into
     /// one n x n f64 matrix per product, through a readback buffer and a two-slot input
     /// ring of mapped staging buffers.
     pub fn planned_host_memory(
@@ -128,7 +127,7 @@ impl LayerStats {
     ) -> Vec<Allocation> {
         match backend {
             Backend::Cpu => {
-                let pass = CpuGram::planned_pass_memory(n, rows, cpu_precision(kind));
+                let pass = CpuGram::planned_pass_memory(n, rows);
                 let mut finish = vec![Allocation::matrix("the Gram matrix G", n, n, 8)];
                 if kind == StatsKind::Both {
                     finish.push(Allocation::matrix("the distances D", n, n, 8));
@@ -237,7 +236,7 @@ impl LayerStats {
     }
 
     /// A CPU engine of [`StatsKind::Both`] for [`LayerStats::finish_rounding_gram`],
-    /// checked against what that finish holds (the f64 sum and its rounded copy) instead of
+    /// checked against what that finish holds (the f64 co-moments and their rounded copy) instead of
     /// G and D in f64. The GPU engine hands G and D back from the device together, so
     /// rounding there would add to its peak rather than lower it: an error on the GPU.
     pub(crate) fn new_rounding_gram(backend: &Backend, n: usize) -> Result<Self> {
@@ -246,7 +245,6 @@ impl LayerStats {
                 "only the CPU statistics engine rounds the Gram matrix",
             ));
         }
-        // The CPU engine of both kinds sums in f64, as the rounding needs.
         Self::checked(backend, n, StatsKind::Both, || {
             Self::planned_host_memory_rounding_gram(n, 1)
         })
@@ -259,9 +257,11 @@ impl LayerStats {
     pub(crate) fn finish_rounding_gram(self) -> Result<(GramStatsF32, Distances)> {
         match (self.engine, self.kind) {
             (Engine::Cpu(c), StatsKind::Both) => {
-                let (gram, col_sums, samples) = c.finish();
-                let rounded = GramStatsF32::round(&gram, col_sums, samples);
-                let squared = crate::cpu::rbf::distances_in_place(gram);
+                let centred = c.finish();
+                let samples = centred.samples;
+                let rounded =
+                    GramStatsF32::round(&centred.comoments, centred.col_sums.clone(), samples);
+                let squared = crate::cpu::rbf::distances_in_place(centred);
                 Ok((rounded, Distances { squared, samples }))
             }
             _ => Err(Error::invalid(
@@ -274,7 +274,7 @@ impl LayerStats {
     /// [`LayerStats::planned_host_memory`] counts a pass: the pass, or the f64 Gram beside
     /// its rounded copy.
     pub(crate) fn planned_host_memory_rounding_gram(n: usize, rows: usize) -> Vec<Allocation> {
-        let pass = CpuGram::planned_pass_memory(n, rows, Precision::F64);
+        let pass = CpuGram::planned_pass_memory(n, rows);
         let finish = vec![
             Allocation::matrix("the Gram matrix G", n, n, 8),
             Allocation::matrix("the Gram matrix G in f32", n, n, 4),
@@ -287,33 +287,26 @@ impl LayerStats {
         let kind = self.kind;
         match self.engine {
             Engine::Cpu(c) => {
-                let (gram, col_sums, samples) = c.finish();
+                let centred = c.finish();
+                let samples = centred.samples;
                 Ok(match kind {
                     StatsKind::Gram => LayerStatistics {
-                        gram: Some(GramStats {
-                            gram,
-                            col_sums,
-                            samples,
-                        }),
+                        gram: Some(centred.into_gram()),
                         distances: None,
                     },
                     StatsKind::Distances => LayerStatistics {
                         gram: None,
                         distances: Some(Distances {
-                            squared: crate::cpu::rbf::distances_in_place(gram),
+                            squared: crate::cpu::rbf::distances_in_place(centred),
                             samples,
                         }),
                     },
                     StatsKind::Both => LayerStatistics {
                         distances: Some(Distances {
-                            squared: crate::cpu::rbf::squared_distances_from_gram(&gram),
+                            squared: crate::cpu::rbf::distances_from_comoments(&centred),
                             samples,
                         }),
-                        gram: Some(GramStats {
-                            gram,
-                            col_sums,
-                            samples,
-                        }),
+                        gram: Some(centred.into_gram()),
                     },
                 })
             }
@@ -339,16 +332,6 @@ fn larger(pass: Vec<Allocation>, finish: Vec<Allocation>) -> Vec<Allocation> {
         finish
     } else {
         pass
-    }
-}
-
-/// The CPU twin's product precision for `kind`: f64 where distances are derived from the
-/// Gram matrix (see [`Engine::Cpu`]).
-fn cpu_precision(kind: StatsKind) -> Precision {
-    if kind.has_distances() {
-        Precision::F64
-    } else {
-        Precision::F32
     }
 }
 

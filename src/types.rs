@@ -194,31 +194,38 @@ impl GramStats {
     }
 }
 
-/// [`GramStats`] with G rounded to f32: what the one-pass route keeps of a layer's Gram
+/// [`GramStats`] with G kept in f32: what the one-pass route keeps of a layer's Gram
 /// while the kernel fills memory, when the selection does not read G (only the fusion does,
-/// after the kernel is gone). Half the memory of the f64 G; rounding costs at most 2^-24
-/// of each entry, less than the f32 products of the two-pass route's fusion pass
-/// ([`crate::cpu::fusion::FusionPass`]) lose.
+/// after the kernel is gone). Half the memory of the f64 G. What is rounded is the centred
+/// `M = G - s s^T / m`, and G is rebuilt from it in f64: the rounding costs at most 2^-24
+/// of each co-moment, not of entries that carry the squared column means, less than the
+/// f32 products of the two-pass route's fusion pass ([`crate::cpu::fusion::FusionPass`])
+/// lose.
 pub(crate) struct GramStatsF32 {
-    gram: Mat<f32>,
+    comoments: Mat<f32>,
     col_sums: Vec<f64>,
     samples: usize,
 }
 
 impl GramStatsF32 {
-    /// `gram` rounded to f32 (columns on all threads), with its column sums and m.
-    pub(crate) fn round(gram: &Mat<f64>, col_sums: Vec<f64>, samples: usize) -> Self {
+    /// The co-moments `comoments` rounded to f32 (columns on all threads), with the column
+    /// sums and m.
+    pub(crate) fn round(comoments: &Mat<f64>, col_sums: Vec<f64>, samples: usize) -> Self {
         Self {
-            gram: crate::cpu::symmetric::converted(gram, |x| x as f32),
+            comoments: crate::cpu::symmetric::converted(comoments, |x| x as f32),
             col_sums,
             samples,
         }
     }
 
-    /// The f64 statistics the fusion reads, widened from the f32 G (which is freed).
+    /// The f64 statistics the fusion reads, `G = M + s s^T / m` widened from the f32 M
+    /// (which is freed).
     pub(crate) fn widen(self) -> GramStats {
+        let mut gram = crate::cpu::symmetric::converted(&self.comoments, |x| x as f64);
+        drop(self.comoments);
+        crate::cpu::gram::add_mean_outer(&mut gram, &self.col_sums, self.samples);
         GramStats {
-            gram: crate::cpu::symmetric::converted(&self.gram, |x| x as f64),
+            gram,
             col_sums: self.col_sums,
             samples: self.samples,
         }

@@ -278,6 +278,37 @@ fn rbf_accurate_on_near_duplicates() {
 }
 
 #[test]
+fn centred_statistics_keep_near_duplicates_apart() {
+    // Unit-variance activations far from zero (offset 5, drifting by 1 over the rows so
+    // that the chunks' means differ), in near-duplicate pairs, over several chunks: f32
+    // products of the uncentred rows are about 1e-4 off in L at the paper's beta; the
+    // centred ones must stay within the kernel's 1e-5.
+    let (m, n) = (32_768, 24);
+    let mut rng = ChaCha8Rng::seed_from_u64(17);
+    let mut a = vec![0.0f32; m * n];
+    for t in 0..m {
+        let offset = 5.0 + t as f32 / m as f32;
+        for j in 0..n / 2 {
+            let v = offset + 3f32.sqrt() * rng.random_range(-1.0f32..1.0);
+            a[t * n + 2 * j] = v;
+            a[t * n + 2 * j + 1] = v + 1e-3 * rng.random_range(-1.0f32..1.0);
+        }
+    }
+    let d = ref_dist(&a, m, n);
+    for backend in backends(test_context()) {
+        for beta in [Beta::Paper, Beta::Median] {
+            let l = rbf_kernel(&backend, ActivationRows::F32(&a), n, beta, 0.0).unwrap();
+            let err = max_abs_diff(&l.matrix, &ref_rbf(&d, n, m, beta, 0.0));
+            assert!(
+                err <= 1e-5,
+                "{} {beta:?}: max |L - L_f64| = {err:e}",
+                backend.name()
+            );
+        }
+    }
+}
+
+#[test]
 fn long_calibration_set_does_not_drift() {
     // m past 10^5 on a narrow layer; a common offset makes every sum large.
     let (m, n) = (120_000, 8);

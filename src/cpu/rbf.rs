@@ -1,69 +1,91 @@
-//! The CPU twin of the distance kernel: `D_ij = G_ii + G_jj - 2 G_ij` from an f64 Gram.
+//! The CPU twin of the distance kernel, from the centred co-moments M and the column sums s
+//! of [`crate::cpu::gram`]:
 //!
-//! That difference cancels when two neurons are nearly equal, but in f64 the absolute error
-//! is about `1e-16 * m * max|a|^2`, so `|dL| <= beta * |dD|` stays near `1e-15 * max|a|^2`
-//! for beta = 10/m, far below the 1e-5 the kernel needs (f32 would lose it: see the tests).
+//! `D_ij = sum_t (a_ti - a_tj)^2 = (M_ii + M_jj - 2 M_ij) + m (mu_i - mu_j)^2`,
+//!
+//! the distance between the centred columns plus that between the means. The first part
+//! cancels when two neurons are nearly equal, so its absolute error is that of M's entries:
+//! centred, about `2^-24` of the variances they sum, not of the squared offsets an
+//! uncentred Gram matrix would carry. The second is exact to f64 and never cancels against
+//! the first (both are sums of squares).
 
 use faer::Mat;
 use rayon::prelude::*;
 
-use crate::cpu::gram::{CpuGram, Precision};
+use crate::cpu::gram::{Comoments, CpuGram};
 use crate::error::Result;
 use crate::types::{ActivationRows, Distances};
 
-/// `D_ij = G_ii + G_jj - 2 G_ij` (clamped at 0) from an f64 Gram matrix, into a new
-/// matrix, columns on all threads.
-pub(crate) fn squared_distances_from_gram(g: &Mat<f64>) -> Mat<f64> {
-    let n = g.nrows();
+/// The distances from the centred statistics, into a new matrix (M is kept), columns on
+/// all threads.
+pub(crate) fn distances_from_comoments(centred: &Comoments) -> Mat<f64> {
+    let n = centred.comoments.nrows();
+    let parts = DistanceParts::new(centred);
     let mut d = crate::cpu::symmetric::zeros(n);
-    let diag: Vec<f64> = (0..n).map(|i| g[(i, i)]).collect();
     d.par_col_iter_mut()
-        .zip(g.par_col_iter())
+        .zip(centred.comoments.par_col_iter())
         .enumerate()
         .for_each(|(j, (dst, src))| {
             let dst = crate::cpu::contiguous_mut(dst);
             let src = crate::cpu::contiguous(src);
-            distance_column(j, &diag, src, dst);
+            for (i, (d, &x)) in dst.iter_mut().zip(src).enumerate() {
+                *d = parts.distance(i, j, x);
+            }
         });
     d
 }
 
-/// [`squared_distances_from_gram`] overwriting the Gram matrix itself, so that a layer's
-/// distances never need a second n x n matrix.
-pub(crate) fn distances_in_place(mut g: Mat<f64>) -> Mat<f64> {
-    let n = g.nrows();
-    let diag: Vec<f64> = (0..n).map(|i| g[(i, i)]).collect();
-    g.par_col_iter_mut().enumerate().for_each(|(j, col)| {
-        let col = crate::cpu::contiguous_mut(col);
-        for (i, v) in col.iter_mut().enumerate() {
-            *v = if i == j {
-                0.0
-            } else {
-                (diag[i] + diag[j] - 2.0 * *v).max(0.0)
-            };
+/// [`distances_from_comoments`] overwriting M itself, so that a layer's distances never
+/// need a second n x n matrix.
+pub(crate) fn distances_in_place(centred: Comoments) -> Mat<f64> {
+    let parts = DistanceParts::new(&centred);
+    let mut m = centred.comoments;
+    m.par_col_iter_mut().enumerate().for_each(|(j, col)| {
+        for (i, v) in crate::cpu::contiguous_mut(col).iter_mut().enumerate() {
+            *v = parts.distance(i, j, *v);
         }
     });
-    g
+    m
 }
 
-/// Column j of the distances from column j of the Gram matrix.
-fn distance_column(j: usize, diag: &[f64], gram: &[f64], dst: &mut [f64]) {
-    for (i, (d, &g)) in dst.iter_mut().zip(gram).enumerate() {
-        *d = if i == j {
-            0.0
-        } else {
-            (diag[i] + diag[j] - 2.0 * g).max(0.0)
-        };
+/// What the distances need besides `M_ij`: M's diagonal and `sqrt(m) mu`.
+struct DistanceParts {
+    diag: Vec<f64>,
+    scaled_mean: Vec<f64>,
+}
+
+impl DistanceParts {
+    fn new(centred: &Comoments) -> Self {
+        let n = centred.comoments.nrows();
+        let root = (centred.samples as f64).sqrt();
+        Self {
+            diag: (0..n).map(|i| centred.comoments[(i, i)]).collect(),
+            scaled_mean: centred
+                .col_sums
+                .iter()
+                .map(|s| if root > 0.0 { s / root } else { 0.0 })
+                .collect(),
+        }
+    }
+
+    /// `D_ij` from `M_ij`.
+    fn distance(&self, i: usize, j: usize, m_ij: f64) -> f64 {
+        if i == j {
+            return 0.0;
+        }
+        let gap = self.scaled_mean[i] - self.scaled_mean[j];
+        (self.diag[i] + self.diag[j] - 2.0 * m_ij).max(0.0) + gap * gap
     }
 }
 
 /// `D_ij = ||v_i - v_j||^2` of whole in-memory activations (`rows x n`) on the CPU.
 pub fn distances(rows: ActivationRows<'_>, n: usize) -> Result<Distances> {
-    let mut acc = CpuGram::new(n, Precision::F64)?;
+    let mut acc = CpuGram::new(n)?;
     acc.push(rows)?;
-    let (gram, _, samples) = acc.finish();
+    let centred = acc.finish();
+    let samples = centred.samples;
     Ok(Distances {
-        squared: distances_in_place(gram),
+        squared: distances_in_place(centred),
         samples,
     })
 }

@@ -1,4 +1,4 @@
-//! Square f64 matrices written on all threads: a zeroed n x n matrix (huge pages advised),
+//! Square f64 matrices written on all threads: a zeroed n x n matrix,
 //! a shared writer through which threads fill disjoint parts of one, and the mirror of a
 //! lower triangle. The statistics results (n x n, hundreds of MB for wide layers) are
 //! assembled with these on both backends.
@@ -131,26 +131,6 @@ pub(crate) fn mirror_lower(g: &mut Mat<f64>) {
             }
         }
     });
-}
-
-#[cfg(target_os = "linux")]
-pub(crate) fn advise_huge_pages(start: *mut u8, len: usize) {
-    const PAGE: usize = 4096;
-    let addr = start as usize;
-    let aligned = addr.next_multiple_of(PAGE);
-    let end = (addr + len) / PAGE * PAGE;
-    if end > aligned {
-        // SAFETY: [aligned, end) lies inside an allocation the caller owns and has not
-        // handed out; MADV_HUGEPAGE only changes how pages are backed, never their
-        // contents. A failure (THP disabled, old kernel) is harmless and ignored.
-        unsafe {
-            libc::madvise(
-                aligned as *mut libc::c_void,
-                end - aligned,
-                libc::MADV_HUGEPAGE,
-            );
-        }
-    }
 }
 
 #[cfg(test)]
