@@ -38,34 +38,46 @@ impl Beta {
     /// The value of beta for these distances: `10 / m` (paper), `1 / median_{i<j} D_ij`
     /// (median; an error when there is no pair or the median is 0), or the given value.
     pub fn resolve(&self, d: &Distances) -> Result<f64> {
-        let beta = match *self {
-            Beta::Paper => {
-                if d.samples == 0 {
-                    return Err(Error::invalid("beta = 10/m needs at least one sample"));
-                }
-                10.0 / d.samples as f64
-            }
-            Beta::Median => {
-                let median = median_off_diagonal(&d.squared).ok_or_else(|| {
-                    Error::invalid("the median heuristic needs at least two neurons")
-                })?;
-                if median <= 0.0 {
-                    return Err(Error::invalid(
-                        "the median squared distance between neurons is 0 (most neurons are \
-                         identical on these samples): give beta as a number",
-                    ));
-                }
-                1.0 / median
-            }
-            Beta::Value(v) => v,
-        };
-        if !(beta.is_finite() && beta > 0.0) {
-            return Err(Error::invalid(format!(
-                "beta must be a positive finite number, got {beta}"
-            )));
+        if *self != Beta::Median {
+            return self.resolve_without_distances(d.samples);
         }
-        Ok(beta)
+        let median = median_off_diagonal(&d.squared)
+            .ok_or_else(|| Error::invalid("the median heuristic needs at least two neurons"))?;
+        if median <= 0.0 {
+            return Err(Error::invalid(
+                "the median squared distance between neurons is 0 (most neurons are \
+                 identical on these samples): give beta as a number",
+            ));
+        }
+        checked_beta(1.0 / median)
     }
+
+    /// The value of beta for a kernel never held whole (greedy MAP from kernel columns,
+    /// [`crate::select::columns`]): `10 / m` or the given value. The median heuristic
+    /// needs every pairwise distance: an error.
+    pub fn resolve_without_distances(&self, samples: usize) -> Result<f64> {
+        match *self {
+            Beta::Paper if samples == 0 => {
+                Err(Error::invalid("beta = 10/m needs at least one sample"))
+            }
+            Beta::Paper => checked_beta(10.0 / samples as f64),
+            Beta::Median => Err(Error::invalid(
+                "the median heuristic needs every pairwise distance, which kernel columns \
+                 computed on demand never hold: give beta as paper or a number",
+            )),
+            Beta::Value(v) => checked_beta(v),
+        }
+    }
+}
+
+/// `beta` when it is a positive finite number.
+fn checked_beta(beta: f64) -> Result<f64> {
+    if !(beta.is_finite() && beta > 0.0) {
+        return Err(Error::invalid(format!(
+            "beta must be a positive finite number, got {beta}"
+        )));
+    }
+    Ok(beta)
 }
 
 /// L = exp(-beta D) + eps I, with the beta actually used.

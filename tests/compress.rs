@@ -554,9 +554,9 @@ fn both_routes_of_compress_layer_give_the_same_layer() {
         let one = run(method, Route::OnePass).unwrap();
         let two = run(method, Route::TwoPass).unwrap();
         assert_eq!(one.kept, two.kept, "{method}");
-        // One pass sums G in f64 (the distances need it) and, for the kernel methods, keeps
-        // it rounded to f32 until the fusion; the second pass multiplies in f32 over blocks
-        // of rows, as the CPU's Gram-only statistics do.
+        // One pass builds G from the centred co-moments (f32 products per chunk, added in
+        // f64) and, for the kernel methods, keeps them rounded to f32 until the fusion; the
+        // second pass multiplies the kept rows in f32 over blocks of rows.
         for (a, b) in one.next.iter().zip(&two.next) {
             let dw = max_rel_diff(&a.weight, &b.weight);
             let db = max_rel_diff(&a.bias, &b.bias);
@@ -633,6 +633,82 @@ fn both_routes_of_compress_layer_give_the_same_layer() {
         err.contains("importance") && err.contains("one-pass"),
         "{err}"
     );
+}
+
+/// Greedy MAP on the columns route (kernel columns computed from the activations a batch
+/// per pass, no n x n matrix) keeps the neurons it keeps on the two-pass route, with the
+/// same fusion; the report says how many passes it took. Other methods are refused.
+#[test]
+fn greedy_from_kernel_columns_keeps_what_the_whole_kernel_keeps() {
+    use divnet::compress::{compress_layer, LayerOptions, Route};
+    use divnet::fusion::NextLayer;
+    use divnet::kernel::{ActivationRows, SliceRows};
+
+    let (m, n, n_out) = (300, 50, 7);
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let acts: Vec<f32> = (0..m * n)
+        .map(|_| rng.random_range(-0.3f32..1.0).max(0.0))
+        .collect();
+    let w: Vec<f32> = (0..n_out * n)
+        .map(|_| rng.random_range(-1.0f32..1.0))
+        .collect();
+    let next = [NextLayer {
+        weight: &w,
+        bias: None,
+        n_out,
+        n_in: n,
+    }];
+    let run = |method, route| {
+        let mut opts = LayerOptions::new(KeepSpec::Count(15));
+        opts.method = method;
+        opts.route = Some(route);
+        let mut source = SliceRows::new(ActivationRows::F32(&acts), n)
+            .unwrap()
+            .with_chunk_rows(41);
+        compress_layer(&Backend::Cpu, &mut source, &next, &opts, &mut NoProgress)
+    };
+    let two = run(SelectionMethod::Greedy, Route::TwoPass).unwrap();
+    let columns = run(SelectionMethod::Greedy, Route::Columns).unwrap();
+    assert_eq!(columns.kept, two.kept);
+    let dw = max_rel_diff(&columns.next[0].weight, &two.next[0].weight);
+    assert!(dw < 1e-6, "{dw:e}");
+    assert_eq!(columns.report.route, "columns");
+    let stages: Vec<&str> = columns
+        .report
+        .seconds
+        .iter()
+        .map(|(s, _)| s.as_str())
+        .collect();
+    assert_eq!(
+        stages,
+        ["statistics", "select", "fusion statistics", "fuse"]
+    );
+    assert!(
+        columns
+            .report
+            .notes
+            .iter()
+            .any(|s| s.contains("passes over the activations")),
+        "{:?}",
+        columns.report.notes
+    );
+    let (d1, d2) = (
+        columns.report.diversity.unwrap(),
+        two.report.diversity.unwrap(),
+    );
+    assert!((d1.log_det - d2.log_det).abs() < 1e-5 * (1.0 + d2.log_det.abs()));
+    // The plan holds no n x n matrix.
+    let square = format!("({n} x {n} ");
+    for stage in &columns.plan.memory.stages {
+        for a in &stage.holds {
+            assert!(!a.what.contains(&square), "{}: {}", stage.stage, a.what);
+        }
+    }
+    let err = run(SelectionMethod::KDpp, Route::Columns)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("greedy MAP only"), "{err}");
 }
 
 /// A wide layer's kdpp draw holds L with the draw's eigenvectors, then, with L freed,

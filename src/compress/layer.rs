@@ -29,7 +29,7 @@ use crate::memory;
 use crate::model::tensor_name;
 use crate::progress::Progress;
 use crate::select::{
-    diversity, importance_scores, Diversity, LayerSelector, SelectionMethod, SelectionSize,
+    columns, diversity, importance_scores, Diversity, LayerSelector, SelectionMethod, SelectionSize,
 };
 use crate::types::GramStatsF32;
 
@@ -153,18 +153,22 @@ pub fn compress_layer(
             )?;
             (None, statistics.distances)
         }
-        Route::TwoPass => (None, None),
+        Route::TwoPass | Route::Columns => (None, None),
     };
-    let selected = select_neurons(
-        &mut work,
-        gram.as_ref().and_then(KeptGram::full),
-        distances,
-        stacked.view(),
-        &selection,
-        opts,
-        opts.seed,
-        progress,
-    )?;
+    let selected = if layer_plan.route == Route::Columns {
+        select_from_columns(&mut work, activations, &selection, opts, progress)?
+    } else {
+        select_neurons(
+            &mut work,
+            gram.as_ref().and_then(KeptGram::full),
+            distances,
+            stacked.view(),
+            &selection,
+            opts,
+            opts.seed,
+            progress,
+        )?
+    };
     let fused = match gram {
         Some(kept) => {
             let stats = kept.into_full(&mut work);
@@ -861,6 +865,50 @@ pub(crate) fn select_neurons(
         diversity,
         eigen_path,
         kept,
+    })
+}
+
+/// The columns route's stages `statistics` (the column sums and variances) and `select`
+/// (greedy MAP reading kernel columns from further passes over `source`), on the CPU.
+fn select_from_columns(
+    work: &mut LayerWork<'_>,
+    source: &mut dyn RowSource,
+    plan: &SelectionPlan,
+    opts: &LayerOptions,
+    progress: &mut dyn Progress,
+) -> Result<Selected> {
+    let n = source.width();
+    let k = match plan.size() {
+        SelectionSize::Exactly(k) => k,
+        SelectionSize::Drawn => {
+            return Err(Error::invalid(
+                "greedy MAP needs a number of neurons to keep",
+            ))
+        }
+    };
+    columns::check_request(n, k, opts.eps)?;
+    if work.backend.gpu().is_some() {
+        work.notes
+            .push("the columns route computes kernel columns on the CPU".into());
+    }
+    let t = Instant::now();
+    let moments = columns::ColumnMoments::of(source, progress)?;
+    work.stage("statistics", t);
+    let t = Instant::now();
+    let batch = columns::batch_columns(n, k);
+    let found =
+        columns::greedy_with_moments(source, moments, k, opts.beta, opts.eps, batch, progress)?;
+    work.notes.push(format!(
+        "greedy MAP computed its kernel columns in {} passes over the activations, \
+         {batch} columns at most per pass",
+        found.passes - 1
+    ));
+    work.stage("select", t);
+    Ok(Selected {
+        kept: found.kept,
+        beta: Some(found.beta),
+        diversity: Some(found.diversity),
+        eigen_path: None,
     })
 }
 

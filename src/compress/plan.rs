@@ -11,11 +11,17 @@
 //! - [`Route::TwoPass`]: the kernel's pass (only the distances), selection, then a second
 //!   pass over the activations for the fusion system of the kept set
 //!   ([`crate::cpu::fusion::FusionPass`]): one n x n matrix at a time, and no pass at all
-//!   before selection when the method needs nothing (random, a given list).
+//!   before selection when the method needs nothing (random, a given list);
+//! - [`Route::Columns`] (greedy MAP only): no n x n matrix at all. A first pass collects
+//!   the column sums and variances, greedy MAP computes the kernel columns it reads from
+//!   further passes, a batch per pass ([`crate::select::columns`]), and the fusion's
+//!   statistics come from a last pass as on the two-pass route. O(n k) memory, for layers
+//!   whose kernel does not fit.
 //!
 //! Left to choose ([`LayerOptions::route`] `None`), the pipeline takes one pass when its
-//! plan fits the free memory with the margin ([`MemoryPlan::fits`]), else two; a method
-//! that selects from G itself (importance) always takes one.
+//! plan fits the free memory with the margin ([`MemoryPlan::fits`]), else two, and for
+//! greedy MAP the columns route when two passes do not fit either; a method that selects
+//! from G itself (importance) always takes one.
 
 use super::layer::{LayerOptions, SelectionPlan, WIDEN_STAGE};
 use crate::backend::Backend;
@@ -36,6 +42,9 @@ pub enum Route {
     /// The fusion's statistics come from a second pass after selection: one n x n matrix
     /// at a time, the activations read twice (once when the method needs no kernel).
     TwoPass,
+    /// Greedy MAP from kernel columns computed on demand, a batch per pass over the
+    /// activations; the fusion's statistics from a last pass. No n x n matrix.
+    Columns,
 }
 
 impl Route {
@@ -44,6 +53,7 @@ impl Route {
         match self {
             Route::OnePass => "one-pass",
             Route::TwoPass => "two-pass",
+            Route::Columns => "columns",
         }
     }
 }
@@ -54,8 +64,9 @@ impl std::str::FromStr for Route {
         match s {
             "one-pass" => Ok(Route::OnePass),
             "two-pass" => Ok(Route::TwoPass),
+            "columns" => Ok(Route::Columns),
             other => Err(Error::invalid(format!(
-                "unknown route {other:?}: expected one-pass or two-pass"
+                "unknown route {other:?}: expected one-pass, two-pass or columns"
             ))),
         }
     }
@@ -103,7 +114,16 @@ pub fn plan_layer(
     let shape = Shape::new(backend, n, m, next_rows, &selection, opts);
     let one = shape.plan(backend, Route::OnePass);
     let two = shape.plan(backend, Route::TwoPass);
+    let greedy = shape.method == Some(SelectionMethod::Greedy);
     let (route, reason) = match opts.route {
+        Some(Route::Columns) if !greedy => {
+            return Err(Error::invalid(format!(
+                "the columns route computes kernel columns for greedy MAP only, not for {}",
+                shape
+                    .method
+                    .map_or("a given list".to_string(), |m| m.to_string())
+            )))
+        }
         Some(Route::TwoPass) if shape.gram_selects => {
             return Err(Error::invalid(format!(
                 "{} selection chooses from the Gram matrix, which only the one-pass route \
@@ -124,6 +144,14 @@ pub fn plan_layer(
                 available.describe()
             ),
         ),
+        None if greedy && !two.fits(&available) => (
+            Route::Columns,
+            format!(
+                "two passes would need {}; {}",
+                two.describe_peak(),
+                available.describe()
+            ),
+        ),
         None => (
             Route::TwoPass,
             format!(
@@ -136,6 +164,7 @@ pub fn plan_layer(
     let memory = match route {
         Route::OnePass => one,
         Route::TwoPass => two,
+        Route::Columns => shape.plan(backend, Route::Columns),
     };
     memory.check(&available)?;
     Ok(LayerPlan {
@@ -254,6 +283,18 @@ impl Shape {
                 } else {
                     stage("select", self.selection());
                 }
+                stage("fusion statistics", self.fusion_pass());
+                stage("fuse", self.fusion_solve());
+            }
+            Route::Columns => {
+                stage(
+                    "statistics",
+                    vec![Allocation::matrix("the column sums and variances", n, 2, 8)],
+                );
+                stage(
+                    "select",
+                    crate::select::columns::planned_memory(n, k, self.m),
+                );
                 stage("fusion statistics", self.fusion_pass());
                 stage("fuse", self.fusion_solve());
             }

@@ -272,7 +272,7 @@ struct Correction {
 }
 
 /// Rows per product for a layer of `n` neurons.
-fn chunk_rows(n: usize) -> usize {
+pub(crate) fn chunk_rows(n: usize) -> usize {
     CHUNK_ROWS.min((CHUNK_ELEMS / n).max(1))
 }
 
@@ -401,7 +401,7 @@ fn lower_product<T: faer::traits::ComplexField>(
 }
 
 /// `A^T 1` in f64, the rows split across threads when there are enough of them.
-fn column_sums(rows: ActivationRows<'_>, n: usize) -> Vec<f64> {
+pub(crate) fn column_sums(rows: ActivationRows<'_>, n: usize) -> Vec<f64> {
     let count = rows.len() / n;
     let parts = threads().min(count / MIN_ROWS_PER_THREAD).max(1);
     let step = count.div_ceil(parts).max(1);

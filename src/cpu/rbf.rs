@@ -49,7 +49,7 @@ pub(crate) fn distances_in_place(centred: Comoments) -> Mat<f64> {
 }
 
 /// What the distances need besides `M_ij`: M's diagonal and `sqrt(m) mu`.
-struct DistanceParts {
+pub(crate) struct DistanceParts {
     diag: Vec<f64>,
     scaled_mean: Vec<f64>,
 }
@@ -57,11 +57,16 @@ struct DistanceParts {
 impl DistanceParts {
     fn new(centred: &Comoments) -> Self {
         let n = centred.comoments.nrows();
-        let root = (centred.samples as f64).sqrt();
+        let diag = (0..n).map(|i| centred.comoments[(i, i)]).collect();
+        Self::from_parts(diag, &centred.col_sums, centred.samples)
+    }
+
+    /// From M's diagonal, the column sums and m.
+    pub(crate) fn from_parts(diag: Vec<f64>, col_sums: &[f64], samples: usize) -> Self {
+        let root = (samples as f64).sqrt();
         Self {
-            diag: (0..n).map(|i| centred.comoments[(i, i)]).collect(),
-            scaled_mean: centred
-                .col_sums
+            diag,
+            scaled_mean: col_sums
                 .iter()
                 .map(|s| if root > 0.0 { s / root } else { 0.0 })
                 .collect(),
@@ -69,7 +74,7 @@ impl DistanceParts {
     }
 
     /// `D_ij` from `M_ij`.
-    fn distance(&self, i: usize, j: usize, m_ij: f64) -> f64 {
+    pub(crate) fn distance(&self, i: usize, j: usize, m_ij: f64) -> f64 {
         if i == j {
             return 0.0;
         }

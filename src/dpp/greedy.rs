@@ -6,6 +6,11 @@
 //! incremental Cholesky factor (`c_i`, one entry per step) makes every update
 //! `e_i = (L_ji - <c_j, c_i>) / d_j`, `d_i^2 -= e_i^2`: O(n k^2) time, O(n k) memory
 //! beside L, which is only read, one column per step.
+//!
+//! The steps only read L's diagonal and the column of each item picked, so the kernel
+//! need not be in memory: [`greedy_map_over`] takes its columns from a [`KernelColumns`]
+//! (an n x n matrix for [`greedy_map`], columns computed from the activations on demand
+//! for a layer too wide to hold L, [`crate::select::columns`]).
 
 use faer::MatRef;
 
@@ -31,7 +36,50 @@ pub enum GreedyStop {
 /// numerical rank, which the message gives); a NaN `MinGain`; a negative diagonal.
 pub fn greedy_map(l: MatRef<'_, f64>, stop: GreedyStop) -> Result<Vec<usize>> {
     validate_kernel(l)?;
-    let n = l.nrows();
+    greedy_map_over(&mut KernelMatrix(l), stop)
+}
+
+/// Where greedy MAP reads a kernel of n items: its diagonal, then the column of each item
+/// as it is picked.
+pub(crate) trait KernelColumns {
+    /// n.
+    fn items(&self) -> usize;
+    /// `L_ii` for every item.
+    fn diagonal(&self) -> Vec<f64>;
+    /// Column j of L into `out` (n). `gains` are the current `d_i^2` of every item and
+    /// `chosen` marks the items picked before j, so that a source computing columns in
+    /// batches can compute the likeliest next picks' with j's.
+    fn column(&mut self, j: usize, gains: &[f64], chosen: &[bool], out: &mut [f64]) -> Result<()>;
+}
+
+/// A kernel held whole (symmetric: row j read as column j, contiguous in faer's
+/// column-major layout, where a row is n cache misses).
+struct KernelMatrix<'a>(MatRef<'a, f64>);
+
+impl KernelColumns for KernelMatrix<'_> {
+    fn items(&self) -> usize {
+        self.0.nrows()
+    }
+
+    fn diagonal(&self) -> Vec<f64> {
+        (0..self.0.nrows()).map(|i| self.0[(i, i)]).collect()
+    }
+
+    fn column(&mut self, j: usize, _: &[f64], _: &[bool], out: &mut [f64]) -> Result<()> {
+        for (o, &x) in out.iter_mut().zip(self.0.col(j).iter()) {
+            *o = x;
+        }
+        Ok(())
+    }
+}
+
+/// [`greedy_map`] over a kernel read column by column, with the same stops and errors
+/// (the kernel's own checks, square, finite and symmetric, are the source's).
+pub(crate) fn greedy_map_over(
+    kernel: &mut dyn KernelColumns,
+    stop: GreedyStop,
+) -> Result<Vec<usize>> {
+    let n = kernel.items();
     let (max_count, min_gain) = match stop {
         GreedyStop::Count(0) => return Err(Error::invalid("k must be at least 1")),
         GreedyStop::Count(k) if k > n => {
@@ -45,7 +93,7 @@ pub fn greedy_map(l: MatRef<'_, f64>, stop: GreedyStop) -> Result<Vec<usize>> {
         }
         GreedyStop::MinGain(g) => (n, g),
     };
-    let mut d2: Vec<f64> = (0..n).map(|i| l[(i, i)]).collect();
+    let mut d2: Vec<f64> = kernel.diagonal();
     if let Some(i) = d2.iter().position(|&v| v < 0.0) {
         return Err(Error::invalid(format!(
             "kernel is not positive semi-definite: diagonal entry L[{i},{i}] = {} < 0",
@@ -88,11 +136,7 @@ pub fn greedy_map(l: MatRef<'_, f64>, stop: GreedyStop) -> Result<Vec<usize>> {
             break;
         }
         let dj = gain_d2.sqrt();
-        // Row j of L read as column j (L is symmetric): contiguous in faer's column-major
-        // layout, where a row is n cache misses.
-        for (ei, &lij) in e.iter_mut().zip(l.col(j).iter()) {
-            *ei = lij;
-        }
+        kernel.column(j, &d2, &is_chosen, &mut e)?;
         for t in 0..chosen.len() {
             let row = &c[t * n..(t + 1) * n];
             let cj = row[j];

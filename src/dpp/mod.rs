@@ -33,6 +33,7 @@ mod variable;
 
 pub use eigen::{ChosenEigenvectors, KernelSpectrum, Spectrum};
 pub use greedy::{greedy_map, GreedyStop};
+pub(crate) use greedy::{greedy_map_over, KernelColumns};
 pub use kdpp::KDppSampler;
 pub use partial::PartialSpectrum;
 pub use variable::DppSampler;

@@ -5,6 +5,7 @@
 //! quality-diversity kernel ([`quality`]) also look at the next layer, which fusion has to
 //! reproduce.
 
+pub mod columns;
 mod fusion_greedy;
 pub mod quality;
 

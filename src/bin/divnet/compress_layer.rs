@@ -84,7 +84,10 @@ pub struct Args {
     /// kernel's distances: two n x n matrices at once, G kept in f32 beside the kernel on the
     /// CPU when only the fusion reads it (kdpp, dpp, greedy), one read of the activations) or
     /// two-pass (the fusion's statistics from a second read after selection: one n x n
-    /// matrix at a time). auto takes one pass when it fits the free memory.
+    /// matrix at a time) or columns (greedy only: no n x n matrix; greedy MAP computes the
+    /// kernel columns it reads from further reads of the activations, a batch per read).
+    /// auto takes one pass when it fits the free memory, else two, and for greedy the
+    /// columns route when two passes do not fit either.
     #[arg(long, value_enum, default_value_t = RouteArg::Auto)]
     route: RouteArg,
     /// Check the inputs, print the route and the memory plan (what each stage holds, the
@@ -102,12 +105,14 @@ pub struct Args {
 /// `--route` as clap sees it.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum RouteArg {
-    /// One pass when it fits the free memory, else two.
+    /// One pass when it fits the free memory, else two (else columns, for greedy).
     Auto,
     /// G collected with the kernel's distances.
     OnePass,
     /// The fusion's statistics from a second pass.
     TwoPass,
+    /// Greedy MAP from kernel columns computed on demand, a batch per pass.
+    Columns,
 }
 
 #[derive(serde::Serialize)]
@@ -169,6 +174,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             RouteArg::Auto => None,
             RouteArg::OnePass => Some(Route::OnePass),
             RouteArg::TwoPass => Some(Route::TwoPass),
+            RouteArg::Columns => Some(Route::Columns),
         },
     };
     let tensors = LayerTensors {

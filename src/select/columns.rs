@@ -1,0 +1,542 @@
+//! Greedy MAP on the RBF kernel of a layer too wide to hold it: kernel columns computed
+//! from the activations on demand, so that selection holds O(n k), never n x n.
+//!
+//! Greedy MAP reads L's diagonal and one column per pick ([`KernelColumns`]). Column j of
+//! `L = exp(-beta D) + eps I` needs column j of the centred co-moments
+//! `M = (A - 1 mu^T)^T (A - 1 mu^T)` (the distances follow from it as in
+//! [`crate::cpu::rbf`]): a pass over the activations. One pass computes a batch of columns:
+//! the picked item's and those of the unpicked items with the largest gains `d_i^2`, the
+//! likeliest next picks. Gains only fall, so an item outside the batch is picked only once
+//! every batch item above it was picked or fell below it; then the next pass starts. The
+//! picks are greedy MAP's on the whole kernel (the tests compare them).
+//!
+//! A first pass collects what every column needs: the column sums and M's diagonal. The
+//! products are f32 over chunks of rows centred on the (f32-rounded) mean, added in f64, as
+//! the statistics engine does ([`crate::cpu::gram`]).
+
+use faer::linalg::matmul::matmul as gemm;
+use faer::{Accum, Mat, MatRef, Par};
+use rayon::prelude::*;
+
+use super::{diversity, Diversity};
+use crate::cpu::gram::{chunk_rows, column_sums};
+use crate::cpu::rbf::DistanceParts;
+use crate::dpp::{greedy_map_over, GreedyStop, KernelColumns};
+use crate::error::{Error, Result};
+use crate::memory::Allocation;
+use crate::progress::Progress;
+use crate::rbf::Beta;
+use crate::types::{ActivationRows, RowSource};
+
+/// Bytes of a pass's batch at most: its columns in f64 and the f32 product (12 n bytes per
+/// column).
+const BATCH_BYTES: usize = 256 << 20;
+/// Columns per batch at least (when n allows): fewer would mean a pass for every few picks.
+const MIN_BATCH: usize = 64;
+/// Values converted per task when f16 rows are staged.
+const CONVERT_PIECE: usize = 1 << 16;
+
+/// What [`greedy_from_activations`] found.
+#[derive(Clone, Debug)]
+pub struct ColumnGreedy {
+    /// The kept neurons, sorted.
+    pub kept: Vec<usize>,
+    /// The bandwidth used.
+    pub beta: f64,
+    /// log det and mean off-diagonal of the kept neurons' kernel block.
+    pub diversity: Diversity,
+    /// Passes over the activations: the first (sums and variances) and one per batch.
+    pub passes: usize,
+}
+
+/// Greedy MAP keeping `k` of the source's neurons on their RBF kernel (`beta` as paper or
+/// a value; the median needs every distance), kernel columns computed in batches from
+/// passes over `source` ([`batch_columns`] per pass). Progress: one stage per pass.
+pub fn greedy_from_activations(
+    source: &mut dyn RowSource,
+    k: usize,
+    beta: Beta,
+    eps: f64,
+    progress: &mut dyn Progress,
+) -> Result<ColumnGreedy> {
+    let batch = batch_columns(source.width(), k);
+    greedy_in_batches(source, k, beta, eps, batch, progress)
+}
+
+/// Columns per pass for a layer of `n` neurons keeping `k`.
+pub(crate) fn batch_columns(n: usize, k: usize) -> usize {
+    (BATCH_BYTES / (12 * n.max(1)))
+        .max(MIN_BATCH)
+        .min(k.max(1))
+        .min(n.max(1))
+}
+
+/// What greedy MAP from kernel columns holds for `n` neurons, `k` kept, `rows` rows: its
+/// Cholesky rows, the batch, a chunk of rows and its batch columns, the kept block.
+pub(crate) fn planned_memory(n: usize, k: usize, rows: usize) -> Vec<Allocation> {
+    let batch = batch_columns(n, k);
+    let chunk = chunk_rows(n).min(rows.max(1));
+    vec![
+        Allocation::matrix("greedy MAP's Cholesky rows", k, n, 8),
+        Allocation::matrix("a batch of kernel columns", n, batch, 8),
+        Allocation::matrix("the batch's f32 product", n, batch, 4),
+        Allocation::matrix("a chunk of rows", chunk, n, 4),
+        Allocation::matrix("the chunk's batch columns", chunk, batch, 4),
+        Allocation::matrix("the kept neurons' kernel block", k, k, 8),
+    ]
+}
+
+pub(crate) fn greedy_in_batches(
+    source: &mut dyn RowSource,
+    k: usize,
+    beta: Beta,
+    eps: f64,
+    batch: usize,
+    progress: &mut dyn Progress,
+) -> Result<ColumnGreedy> {
+    check_request(source.width(), k, eps)?;
+    let moments = ColumnMoments::of(source, progress)?;
+    greedy_with_moments(source, moments, k, beta, eps, batch, progress)
+}
+
+/// k and eps, before any pass.
+pub(crate) fn check_request(n: usize, k: usize, eps: f64) -> Result<()> {
+    if !(eps.is_finite() && eps >= 0.0) {
+        return Err(Error::invalid(format!(
+            "eps must be a finite number >= 0, got {eps}"
+        )));
+    }
+    if k == 0 || k > n {
+        return Err(Error::invalid(format!(
+            "cannot keep {k} of {n} neurons: k must be between 1 and {n}"
+        )));
+    }
+    Ok(())
+}
+
+/// Greedy MAP after the first pass ([`ColumnMoments::of`]), batches of `batch` columns.
+pub(crate) fn greedy_with_moments(
+    source: &mut dyn RowSource,
+    moments: ColumnMoments,
+    k: usize,
+    beta: Beta,
+    eps: f64,
+    batch: usize,
+    progress: &mut dyn Progress,
+) -> Result<ColumnGreedy> {
+    check_request(source.width(), k, eps)?;
+    let beta = beta.resolve_without_distances(moments.samples)?;
+    let mut columns = ActivationColumns::new(source, moments, beta, eps, batch, progress);
+    let picked = greedy_map_over(&mut columns, GreedyStop::Count(k))?;
+    // The kept block in pick order, then in the sorted order the caller gets.
+    let block = columns.kept_block();
+    let mut order: Vec<usize> = (0..picked.len()).collect();
+    order.sort_by_key(|&t| picked[t]);
+    let diversity = diversity(block.as_ref(), &order);
+    let mut kept = picked;
+    kept.sort_unstable();
+    Ok(ColumnGreedy {
+        kept,
+        beta,
+        diversity,
+        passes: columns.passes + 1,
+    })
+}
+
+/// The column sums and M's diagonal (each column's squared deviations from its mean), in
+/// f64, chunk by chunk with the pairwise update.
+pub(crate) struct ColumnMoments {
+    sums: Vec<f64>,
+    diag: Vec<f64>,
+    samples: usize,
+}
+
+impl ColumnMoments {
+    /// One pass over `source`.
+    pub(crate) fn of(source: &mut dyn RowSource, progress: &mut dyn Progress) -> Result<Self> {
+        let n = source.width();
+        let mut moments = Self {
+            sums: vec![0.0; n],
+            diag: vec![0.0; n],
+            samples: 0,
+        };
+        progress.start("statistics", source.rows() as u64);
+        let result = source.pass(&mut |rows| {
+            let count = rows.whole_rows(n)?;
+            if count == 0 {
+                return Ok(());
+            }
+            let sums = column_sums(rows, n);
+            if sums.iter().any(|s| !s.is_finite()) {
+                rows.check_finite(n)?;
+            }
+            moments.merge(rows, &sums, count);
+            progress.advance(count as u64);
+            Ok(())
+        });
+        progress.finish();
+        result?;
+        Ok(moments)
+    }
+
+    /// Adds `count` rows whose column sums are `sums`: their squared deviations from their
+    /// own mean (row ranges on all threads), merged by the pairwise update.
+    fn merge(&mut self, rows: ActivationRows<'_>, sums: &[f64], count: usize) {
+        let n = self.sums.len();
+        let r = count as f64;
+        let mean: Vec<f64> = sums.iter().map(|s| s / r).collect();
+        let squares_of = |range: std::ops::Range<usize>| {
+            let mut squares = vec![0.0f64; n];
+            for t in range {
+                let row = rows.slice(t * n..(t + 1) * n);
+                let mut add = |x: f64, j: usize| {
+                    let dev = x - mean[j];
+                    squares[j] += dev * dev;
+                };
+                match row {
+                    ActivationRows::F32(v) => {
+                        v.iter().enumerate().for_each(|(j, &x)| add(x as f64, j))
+                    }
+                    ActivationRows::F16(v) => {
+                        v.iter().enumerate().for_each(|(j, x)| add(x.to_f64(), j))
+                    }
+                }
+            }
+            squares
+        };
+        const ROWS_PER_TASK: usize = 256;
+        let squares = (0..count.div_ceil(ROWS_PER_TASK))
+            .into_par_iter()
+            .map(|p| squares_of(p * ROWS_PER_TASK..((p + 1) * ROWS_PER_TASK).min(count)))
+            .reduce(
+                || vec![0.0f64; n],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                    a
+                },
+            );
+        let before = self.samples as f64;
+        let f = before * r / (before + r);
+        for j in 0..n {
+            let delta = if self.samples == 0 {
+                0.0
+            } else {
+                mean[j] - self.sums[j] / before
+            };
+            self.diag[j] += squares[j] + f * delta * delta;
+            self.sums[j] += sums[j];
+        }
+        self.samples += count;
+    }
+}
+
+/// Kernel columns from passes over the activations, a batch per pass.
+struct ActivationColumns<'a> {
+    source: &'a mut dyn RowSource,
+    progress: &'a mut dyn Progress,
+    n: usize,
+    samples: usize,
+    /// The rows are centred on `shift` (the mean rounded to f32); `offset = mean - shift`.
+    shift: Vec<f32>,
+    offset: Vec<f64>,
+    parts: DistanceParts,
+    beta: f64,
+    eps: f64,
+    batch: usize,
+    /// The current batch: its items, and their kernel columns (n x len).
+    items: Vec<usize>,
+    slot: Vec<Option<usize>>,
+    columns: Mat<f64>,
+    /// Items in the order their columns were read, and the kept block's lower triangle
+    /// (row t: `L[picked[s], picked[t]]` for s <= t).
+    picked: Vec<usize>,
+    block_rows: Vec<Vec<f64>>,
+    passes: usize,
+}
+
+impl<'a> ActivationColumns<'a> {
+    fn new(
+        source: &'a mut dyn RowSource,
+        moments: ColumnMoments,
+        beta: f64,
+        eps: f64,
+        batch: usize,
+        progress: &'a mut dyn Progress,
+    ) -> Self {
+        let n = source.width();
+        let m = moments.samples.max(1) as f64;
+        let mean: Vec<f64> = moments.sums.iter().map(|s| s / m).collect();
+        let shift: Vec<f32> = mean.iter().map(|&x| x as f32).collect();
+        let offset = mean
+            .iter()
+            .zip(&shift)
+            .map(|(a, &b)| a - b as f64)
+            .collect();
+        let parts = DistanceParts::from_parts(moments.diag, &moments.sums, moments.samples);
+        Self {
+            source,
+            progress,
+            n,
+            samples: moments.samples,
+            shift,
+            offset,
+            parts,
+            beta,
+            eps,
+            batch: batch.clamp(1, n),
+            items: Vec::new(),
+            slot: vec![None; n],
+            columns: Mat::zeros(0, 0),
+            picked: Vec::new(),
+            block_rows: Vec::new(),
+            passes: 0,
+        }
+    }
+
+    /// Computes the kernel columns of `j` and of the unpicked items with the largest
+    /// gains: one pass over the activations.
+    fn read_batch(&mut self, j: usize, gains: &[f64], chosen: &[bool]) -> Result<()> {
+        let n = self.n;
+        let mut others: Vec<usize> = (0..n).filter(|&i| i != j && !chosen[i]).collect();
+        let extra = (self.batch - 1).min(others.len());
+        if extra < others.len() {
+            // Largest gains first; ties to the lower index, as greedy MAP breaks them.
+            others.select_nth_unstable_by(extra, |&a, &b| {
+                gains[b].total_cmp(&gains[a]).then(a.cmp(&b))
+            });
+        }
+        others.truncate(extra);
+        for &i in &self.items {
+            self.slot[i] = None;
+        }
+        self.items = std::iter::once(j).chain(others).collect();
+        for (s, &i) in self.items.iter().enumerate() {
+            self.slot[i] = Some(s);
+        }
+        self.passes += 1;
+        let stage = format!(
+            "kernel columns (pass {}, {} columns)",
+            self.passes,
+            self.items.len()
+        );
+        let sums = self.comoment_columns(&stage)?;
+        self.columns = self.kernel_columns(sums);
+        Ok(())
+    }
+
+    /// `S = (A - 1 shift^T)^T (A - 1 shift^T)[:, items]`, f32 products per chunk of rows
+    /// added in f64.
+    fn comoment_columns(&mut self, stage: &str) -> Result<Mat<f64>> {
+        let (n, width) = (self.n, self.items.len());
+        let limit = chunk_rows(n);
+        let mut sums = Mat::<f64>::zeros(n, width);
+        let mut product = Mat::<f32>::zeros(n, width);
+        let mut staged: Vec<f32> = Vec::new();
+        let mut staged_rows = 0;
+        let mut gathered: Vec<f32> = Vec::new();
+        let (items, shift) = (&self.items, &self.shift);
+        let progress = &mut *self.progress;
+        progress.start(stage, self.source.rows() as u64);
+        let mut flush = |staged: &mut Vec<f32>, rows: usize| {
+            if rows == 0 {
+                return;
+            }
+            let chunk = &mut staged[..rows * n];
+            chunk.par_chunks_mut(64 * n).for_each(|part| {
+                for row in part.chunks_exact_mut(n) {
+                    for (x, c) in row.iter_mut().zip(shift) {
+                        *x -= c;
+                    }
+                }
+            });
+            gathered.resize(rows * width, 0.0);
+            gathered
+                .par_chunks_mut(rows)
+                .zip(items.par_iter())
+                .for_each(|(col, &i)| {
+                    for (g, row) in col.iter_mut().zip(chunk.chunks_exact(n)) {
+                        *g = row[i];
+                    }
+                });
+            let a = MatRef::from_row_major_slice(&*chunk, rows, n);
+            let b = MatRef::from_column_major_slice(&gathered[..], rows, width);
+            gemm(
+                product.as_mut(),
+                Accum::Replace,
+                a.transpose(),
+                b,
+                1.0f32,
+                Par::rayon(0),
+            );
+            sums.par_col_iter_mut()
+                .zip(product.par_col_iter())
+                .for_each(|(dst, src)| {
+                    let dst = crate::cpu::contiguous_mut(dst);
+                    for (d, &x) in dst.iter_mut().zip(crate::cpu::contiguous(src)) {
+                        *d += x as f64;
+                    }
+                });
+        };
+        let result = self.source.pass(&mut |rows| {
+            let count = rows.whole_rows(n)?;
+            let mut r = 0;
+            while r < count {
+                let take = (limit - staged_rows).min(count - r);
+                let end = (staged_rows + take) * n;
+                if staged.len() < end {
+                    staged.resize(end, 0.0);
+                }
+                let dst = &mut staged[staged_rows * n..end];
+                match rows.slice(r * n..(r + take) * n) {
+                    ActivationRows::F32(v) => dst.copy_from_slice(v),
+                    ActivationRows::F16(v) => dst
+                        .par_chunks_mut(CONVERT_PIECE)
+                        .zip(v.par_chunks(CONVERT_PIECE))
+                        .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, x)| *d = x.to_f32())),
+                }
+                staged_rows += take;
+                r += take;
+                if staged_rows == limit {
+                    flush(&mut staged, staged_rows);
+                    staged_rows = 0;
+                }
+            }
+            progress.advance(count as u64);
+            Ok(())
+        });
+        flush(&mut staged, staged_rows);
+        progress.finish();
+        result?;
+        Ok(sums)
+    }
+
+    /// The kernel columns from the co-moment sums about the shift, in place:
+    /// `M = S - m d d^T` (d the mean's offset from the shift), then `exp(-beta D)` and
+    /// `eps` on the diagonal, as [`crate::rbf::rbf_from_distances`] builds L.
+    fn kernel_columns(&self, mut sums: Mat<f64>) -> Mat<f64> {
+        let m = self.samples as f64;
+        let (offset, parts, beta, eps) = (&self.offset, &self.parts, self.beta, self.eps);
+        sums.par_col_iter_mut()
+            .zip(self.items.par_iter())
+            .for_each(|(col, &j)| {
+                let dj = m * offset[j];
+                for (i, v) in crate::cpu::contiguous_mut(col).iter_mut().enumerate() {
+                    let d = parts.distance(i, j, *v - dj * offset[i]);
+                    *v = (-beta * d).exp() + if i == j { eps } else { 0.0 };
+                }
+            });
+        sums
+    }
+
+    /// The kept block, in pick order, both triangles.
+    fn kept_block(&self) -> Mat<f64> {
+        let k = self.picked.len();
+        Mat::from_fn(k, k, |s, t| {
+            let (s, t) = if s <= t { (s, t) } else { (t, s) };
+            self.block_rows[t][s]
+        })
+    }
+}
+
+impl KernelColumns for ActivationColumns<'_> {
+    fn items(&self) -> usize {
+        self.n
+    }
+
+    fn diagonal(&self) -> Vec<f64> {
+        vec![1.0 + self.eps; self.n]
+    }
+
+    fn column(&mut self, j: usize, gains: &[f64], chosen: &[bool], out: &mut [f64]) -> Result<()> {
+        if self.slot[j].is_none() {
+            self.read_batch(j, gains, chosen)?;
+        }
+        let s = self.slot[j].expect("the batch holds j");
+        out.copy_from_slice(crate::cpu::contiguous(self.columns.col(s)));
+        self.picked.push(j);
+        self.block_rows
+            .push(self.picked.iter().map(|&y| out[y]).collect());
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Backend;
+    use crate::dpp::greedy_map;
+    use crate::kernel::rbf_kernel;
+    use crate::progress::NoProgress;
+    use crate::types::SliceRows;
+    use half::f16;
+    use rand::{Rng, SeedableRng};
+
+    /// m x n rows: neurons in clusters around a few centres (so that picking one lowers its
+    /// cluster's gains and batches miss), with an offset.
+    fn clustered(m: usize, n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let centres: Vec<Vec<f32>> = (0..6)
+            .map(|_| (0..m).map(|_| rng.random_range(-1.0f32..1.0)).collect())
+            .collect();
+        let mut a = vec![0.0f32; m * n];
+        for j in 0..n {
+            let (c, spread) = (j % 6, 0.05 + 0.1 * (j % 4) as f32);
+            for t in 0..m {
+                a[t * n + j] = 2.0 + centres[c][t] + spread * rng.random_range(-1.0f32..1.0);
+            }
+        }
+        a
+    }
+
+    #[test]
+    fn picks_are_greedy_map_on_the_whole_kernel() {
+        let (m, n, k) = (500, 48, 20);
+        let a = clustered(m, n, 3);
+        let halves: Vec<f16> = a.iter().map(|&x| f16::from_f32(x)).collect();
+        for rows in [ActivationRows::F32(&a), ActivationRows::F16(&halves)] {
+            for beta in [Beta::Paper, Beta::Value(0.004)] {
+                let l = rbf_kernel(&Backend::Cpu, rows, n, beta, 1e-6).unwrap();
+                let mut want = greedy_map(l.matrix.as_ref(), GreedyStop::Count(k)).unwrap();
+                want.sort_unstable();
+                for batch in [1, 5, 16, n] {
+                    let mut source = SliceRows::new(rows, n).unwrap().with_chunk_rows(77);
+                    let got = greedy_in_batches(&mut source, k, beta, 1e-6, batch, &mut NoProgress)
+                        .unwrap();
+                    assert_eq!(got.kept, want, "batch {batch} {beta:?}");
+                    assert_eq!(got.beta, l.beta);
+                    // The same block up to the f32 products' rounding (both paths make
+                    // their own).
+                    let whole = diversity(l.matrix.as_ref(), &want);
+                    let log_det_err = (got.diversity.log_det - whole.log_det).abs();
+                    assert!(log_det_err <= 1e-5 * (1.0 + whole.log_det.abs()));
+                    let off_err = (got.diversity.mean_off_diagonal - whole.mean_off_diagonal).abs();
+                    assert!(off_err <= 1e-6);
+                    // One column per pass is a pass per pick; a batch of all n is one pass.
+                    match batch {
+                        1 => assert_eq!(got.passes, k + 1),
+                        b if b == n => assert_eq!(got.passes, 2),
+                        _ => assert!(got.passes > 2 && got.passes <= k + 1),
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_requests_are_errors() {
+        let (m, n) = (50, 8);
+        let a = clustered(m, n, 5);
+        let rows = ActivationRows::F32(&a);
+        let mut source = SliceRows::new(rows, n).unwrap();
+        let mut run = |k, beta, eps| {
+            greedy_from_activations(&mut source, k, beta, eps, &mut NoProgress)
+                .map(|_| ())
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(run(0, Beta::Paper, 0.0).contains("between 1 and 8"));
+        assert!(run(9, Beta::Paper, 0.0).contains("between 1 and 8"));
+        assert!(run(2, Beta::Median, 0.0).contains("median"));
+        assert!(run(2, Beta::Paper, f64::NAN).contains("eps"));
+    }
+}
