@@ -899,8 +899,9 @@ fn select_from_columns(
     let found =
         columns::greedy_with_moments(source, moments, k, opts.beta, opts.eps, batch, progress)?;
     work.notes.push(format!(
-        "greedy MAP computed its kernel columns in {} passes over the activations, \
-         {batch} columns at most per pass",
+        "greedy MAP computed {} kernel columns for its {k} picks in {} passes over the \
+         activations, {batch} columns at most per pass",
+        found.columns_computed,
         found.passes - 1
     ));
     work.stage("select", t);

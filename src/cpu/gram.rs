@@ -89,9 +89,8 @@ pub(crate) struct CpuGram {
     mean: Vec<f64>,
     merged: usize,
     sums: Vec<f64>,
-    /// Rows waiting for a whole chunk, in f32, allocated once; centred in place.
-    staged: Vec<f32>,
-    staged_rows: usize,
+    /// Rows waiting for a whole chunk.
+    chunk: RowChunk,
     /// The f32 products a chunk is merged from: one n x n per thread for narrow layers
     /// (the rows split across threads), one block of columns for wide ones.
     partials: Vec<Mat<f32>>,
@@ -110,15 +109,14 @@ impl CpuGram {
             mean: vec![0.0; n],
             merged: 0,
             sums: vec![0.0; n],
-            staged: Vec::new(),
-            staged_rows: 0,
+            chunk: RowChunk::new(n),
             partials: Vec::new(),
             block: block_columns(n),
         })
     }
 
     pub(crate) fn samples(&self) -> usize {
-        self.merged + self.staged_rows
+        self.merged + self.chunk.rows
     }
 
     /// What an accumulator for `n` neurons holds during a pass of `rows` rows: its f64
@@ -156,26 +154,10 @@ impl CpuGram {
         for (total, s) in self.sums.iter_mut().zip(&sums) {
             *total += s;
         }
-        let limit = chunk_rows(n);
         let mut r = 0;
         while r < count {
-            let take = (limit - self.staged_rows).min(count - r);
-            // Grown to a chunk as rows come (a few rows need no 64 MB), then reused.
-            let end = (self.staged_rows + take) * n;
-            if self.staged.len() < end {
-                self.staged.resize(end, 0.0);
-            }
-            let dst = &mut self.staged[self.staged_rows * n..end];
-            match rows.slice(r * n..(r + take) * n) {
-                ActivationRows::F32(v) => dst.copy_from_slice(v),
-                ActivationRows::F16(v) => dst
-                    .par_chunks_mut(CONVERT_PIECE)
-                    .zip(v.par_chunks(CONVERT_PIECE))
-                    .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, x)| *d = x.to_f32())),
-            }
-            self.staged_rows += take;
-            r += take;
-            if self.staged_rows == limit {
+            r += self.chunk.fill(rows.slice(r * n..count * n));
+            if self.chunk.is_full() {
                 self.flush();
             }
         }
@@ -185,24 +167,17 @@ impl CpuGram {
     /// Merges the staged rows: centred on their own means, multiplied, added with the
     /// pairwise update's correction.
     fn flush(&mut self) {
-        let (n, rows) = (self.n, self.staged_rows);
+        let n = self.n;
+        let (chunk, rows) = self.chunk.take();
         if rows == 0 {
             return;
         }
-        self.staged_rows = 0;
-        let chunk = &mut self.staged[..rows * n];
         let chunk_mean: Vec<f64> = column_sums(ActivationRows::F32(chunk), n)
             .into_iter()
             .map(|s| s / rows as f64)
             .collect();
         let shift: Vec<f32> = chunk_mean.iter().map(|&x| x as f32).collect();
-        chunk.par_chunks_mut(CENTRE_ROWS * n).for_each(|part| {
-            for row in part.chunks_exact_mut(n) {
-                for (x, c) in row.iter_mut().zip(&shift) {
-                    *x -= c;
-                }
-            }
-        });
+        centre(chunk, &shift);
         // The product is about the shift, not the chunk's mean: `M_b = S - r d d^T` with
         // `d = mean - shift`; the merge adds `f delta delta^T`, `delta` the means' gap.
         let before = self.merged as f64;
@@ -226,7 +201,7 @@ impl CpuGram {
         }
         self.merged += rows;
         let lower = self.lower.get_or_insert_with(|| super::symmetric::zeros(n));
-        let a = MatRef::from_row_major_slice(&self.staged[..rows * n], rows, n);
+        let a = MatRef::from_row_major_slice(&*chunk, rows, n);
         if n > SPLIT_MAX_N {
             let width = self.block;
             if self.partials.len() != 1 {
@@ -269,6 +244,71 @@ struct Correction {
     r: f64,
     delta: Vec<f64>,
     f: f64,
+}
+
+/// Rows gathered in f32 into chunks of [`chunk_rows`] rows, the unit of one product; the
+/// buffer grows to a chunk as rows come (a few rows need no 64 MB), then is reused.
+pub(crate) struct RowChunk {
+    n: usize,
+    limit: usize,
+    values: Vec<f32>,
+    rows: usize,
+}
+
+impl RowChunk {
+    pub(crate) fn new(n: usize) -> Self {
+        Self {
+            n,
+            limit: chunk_rows(n),
+            values: Vec::new(),
+            rows: 0,
+        }
+    }
+
+    /// Copies (f16: converts) the leading rows of `rows` until the chunk is full; returns
+    /// how many it took.
+    pub(crate) fn fill(&mut self, rows: ActivationRows<'_>) -> usize {
+        let n = self.n;
+        let take = (self.limit - self.rows).min(rows.len() / n);
+        let end = (self.rows + take) * n;
+        if self.values.len() < end {
+            self.values.resize(end, 0.0);
+        }
+        let dst = &mut self.values[self.rows * n..end];
+        match rows.slice(0..take * n) {
+            ActivationRows::F32(v) => dst.copy_from_slice(v),
+            ActivationRows::F16(v) => dst
+                .par_chunks_mut(CONVERT_PIECE)
+                .zip(v.par_chunks(CONVERT_PIECE))
+                .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, x)| *d = x.to_f32())),
+        }
+        self.rows += take;
+        take
+    }
+
+    pub(crate) fn is_full(&self) -> bool {
+        self.rows == self.limit
+    }
+
+    /// The staged rows (row-major, to be centred and multiplied in place) and their count;
+    /// the chunk is empty again.
+    pub(crate) fn take(&mut self) -> (&mut [f32], usize) {
+        let rows = std::mem::take(&mut self.rows);
+        (&mut self.values[..rows * self.n], rows)
+    }
+}
+
+/// Subtracts `shift` from every row of `chunk` (row-major, `shift.len()` values per row),
+/// rows on all threads.
+pub(crate) fn centre(chunk: &mut [f32], shift: &[f32]) {
+    let n = shift.len();
+    chunk.par_chunks_mut(CENTRE_ROWS * n).for_each(|part| {
+        for row in part.chunks_exact_mut(n) {
+            for (x, c) in row.iter_mut().zip(shift) {
+                *x -= c;
+            }
+        }
+    });
 }
 
 /// Rows per product for a layer of `n` neurons.

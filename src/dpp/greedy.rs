@@ -13,9 +13,15 @@
 //! for a layer too wide to hold L, [`crate::select::columns`]).
 
 use faer::MatRef;
+use rayon::prelude::*;
 
 use super::eigen::validate_kernel;
 use crate::error::{Error, Result};
+use crate::linalg::simd::sub_scaled;
+
+/// Items per task of the update: a part of `e` stays in cache while the Cholesky rows
+/// stream past it.
+const UPDATE_PART: usize = 4096;
 
 /// When greedy MAP stops.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -137,13 +143,7 @@ pub(crate) fn greedy_map_over(
         }
         let dj = gain_d2.sqrt();
         kernel.column(j, &d2, &is_chosen, &mut e)?;
-        for t in 0..chosen.len() {
-            let row = &c[t * n..(t + 1) * n];
-            let cj = row[j];
-            for (ei, ci) in e.iter_mut().zip(row) {
-                *ei -= cj * ci;
-            }
-        }
+        subtract_projections(&mut e, &c, chosen.len(), j);
         for ((ei, di), &taken) in e.iter_mut().zip(d2.iter_mut()).zip(&is_chosen) {
             *ei /= dj;
             if !taken {
@@ -156,4 +156,25 @@ pub(crate) fn greedy_map_over(
         chosen.push(j);
     }
     Ok(chosen)
+}
+
+/// `e_i -= sum_t c_t[j] c_t[i]` over the first `steps` Cholesky rows (row t at
+/// `c[t n..(t + 1) n]`): the step's O(n k) read of the rows, the greedy loop's cost, on all
+/// threads for wide kernels. Each item's sum runs in the same order on any part, so the
+/// result does not depend on the thread count.
+fn subtract_projections(e: &mut [f64], c: &[f64], steps: usize, j: usize) {
+    let n = e.len();
+    let update = |start: usize, part: &mut [f64]| {
+        for t in 0..steps {
+            let row = &c[t * n..(t + 1) * n];
+            sub_scaled(part, row[j], &row[start..start + part.len()]);
+        }
+    };
+    if n >= 2 * UPDATE_PART && steps > 0 {
+        e.par_chunks_mut(UPDATE_PART)
+            .enumerate()
+            .for_each(|(p, part)| update(p * UPDATE_PART, part));
+    } else {
+        update(0, e);
+    }
 }

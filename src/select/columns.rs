@@ -7,8 +7,10 @@
 //! [`crate::cpu::rbf`]): a pass over the activations. One pass computes a batch of columns:
 //! the picked item's and those of the unpicked items with the largest gains `d_i^2`, the
 //! likeliest next picks. Gains only fall, so an item outside the batch is picked only once
-//! every batch item above it was picked or fell below it; then the next pass starts. The
-//! picks are greedy MAP's on the whole kernel (the tests compare them).
+//! every batch item above it was picked or fell below it; then the next pass starts, and
+//! computes only the columns the batch does not hold yet (a column is read once, when its
+//! item is picked, and its slot freed). The picks are greedy MAP's on the whole kernel (the
+//! tests compare them).
 //!
 //! A first pass collects what every column needs: the column sums and M's diagonal. The
 //! products are f32 over chunks of rows centred on the (f32-rounded) mean, added in f64, as
@@ -19,7 +21,7 @@ use faer::{Accum, Mat, MatRef, Par};
 use rayon::prelude::*;
 
 use super::{diversity, Diversity};
-use crate::cpu::gram::{chunk_rows, column_sums};
+use crate::cpu::gram::{centre, chunk_rows, column_sums, RowChunk};
 use crate::cpu::rbf::DistanceParts;
 use crate::dpp::{greedy_map_over, GreedyStop, KernelColumns};
 use crate::error::{Error, Result};
@@ -33,8 +35,6 @@ use crate::types::{ActivationRows, RowSource};
 const BATCH_BYTES: usize = 256 << 20;
 /// Columns per batch at least (when n allows): fewer would mean a pass for every few picks.
 const MIN_BATCH: usize = 64;
-/// Values converted per task when f16 rows are staged.
-const CONVERT_PIECE: usize = 1 << 16;
 
 /// What [`greedy_from_activations`] found.
 #[derive(Clone, Debug)]
@@ -47,6 +47,8 @@ pub struct ColumnGreedy {
     pub diversity: Diversity,
     /// Passes over the activations: the first (sums and variances) and one per batch.
     pub passes: usize,
+    /// Kernel columns computed (k of them read).
+    pub columns_computed: usize,
 }
 
 /// Greedy MAP keeping `k` of the source's neurons on their RBF kernel (`beta` as paper or
@@ -140,6 +142,7 @@ pub(crate) fn greedy_with_moments(
         beta,
         diversity,
         passes: columns.passes + 1,
+        columns_computed: columns.computed,
     })
 }
 
@@ -243,15 +246,16 @@ struct ActivationColumns<'a> {
     beta: f64,
     eps: f64,
     batch: usize,
-    /// The current batch: its items, and their kernel columns (n x len).
-    items: Vec<usize>,
-    slot: Vec<Option<usize>>,
+    /// The batch: kernel columns (n x batch), the item of each slot, the slot of each item.
     columns: Mat<f64>,
+    owner: Vec<Option<usize>>,
+    slot: Vec<Option<usize>>,
     /// Items in the order their columns were read, and the kept block's lower triangle
     /// (row t: `L[picked[s], picked[t]]` for s <= t).
     picked: Vec<usize>,
     block_rows: Vec<Vec<f64>>,
     passes: usize,
+    computed: usize,
 }
 
 impl<'a> ActivationColumns<'a> {
@@ -284,17 +288,19 @@ impl<'a> ActivationColumns<'a> {
             beta,
             eps,
             batch: batch.clamp(1, n),
-            items: Vec::new(),
-            slot: vec![None; n],
             columns: Mat::zeros(0, 0),
+            owner: Vec::new(),
+            slot: vec![None; n],
             picked: Vec::new(),
             block_rows: Vec::new(),
             passes: 0,
+            computed: 0,
         }
     }
 
-    /// Computes the kernel columns of `j` and of the unpicked items with the largest
-    /// gains: one pass over the activations.
+    /// Makes sure the batch holds the kernel columns of `j` and of the unpicked items with
+    /// the largest gains: those it holds already stay, the others are computed in one
+    /// pass over the activations, into the slots of columns no longer wanted.
     fn read_batch(&mut self, j: usize, gains: &[f64], chosen: &[bool]) -> Result<()> {
         let n = self.n;
         let mut others: Vec<usize> = (0..n).filter(|&i| i != j && !chosen[i]).collect();
@@ -306,59 +312,81 @@ impl<'a> ActivationColumns<'a> {
             });
         }
         others.truncate(extra);
-        for &i in &self.items {
-            self.slot[i] = None;
+        let mut wanted = vec![false; n];
+        for &i in std::iter::once(&j).chain(&others) {
+            wanted[i] = true;
         }
-        self.items = std::iter::once(j).chain(others).collect();
-        for (s, &i) in self.items.iter().enumerate() {
+        if self.columns.ncols() != self.batch {
+            self.columns = Mat::zeros(n, self.batch);
+            self.owner = vec![None; self.batch];
+        }
+        let mut free = Vec::new();
+        for (s, owner) in self.owner.iter_mut().enumerate() {
+            match *owner {
+                Some(i) if wanted[i] => {}
+                Some(i) => {
+                    self.slot[i] = None;
+                    *owner = None;
+                    free.push(s);
+                }
+                None => free.push(s),
+            }
+        }
+        // The new columns: (slot, item), j first.
+        let new: Vec<(usize, usize)> = std::iter::once(j)
+            .chain(others)
+            .filter(|&i| self.slot[i].is_none())
+            .zip(free)
+            .map(|(i, s)| (s, i))
+            .collect();
+        for &(s, i) in &new {
+            self.owner[s] = Some(i);
             self.slot[i] = Some(s);
         }
         self.passes += 1;
+        self.computed += new.len();
         let stage = format!(
-            "kernel columns (pass {}, {} columns)",
+            "kernel columns (pass {}, {} new columns)",
             self.passes,
-            self.items.len()
+            new.len()
         );
-        let sums = self.comoment_columns(&stage)?;
-        self.columns = self.kernel_columns(sums);
+        self.comoment_columns(&new, &stage)?;
+        self.kernel_columns(&new);
         Ok(())
     }
 
-    /// `S = (A - 1 shift^T)^T (A - 1 shift^T)[:, items]`, f32 products per chunk of rows
-    /// added in f64.
-    fn comoment_columns(&mut self, stage: &str) -> Result<Mat<f64>> {
-        let (n, width) = (self.n, self.items.len());
-        let limit = chunk_rows(n);
-        let mut sums = Mat::<f64>::zeros(n, width);
+    /// Into the slots of `new` (slot, item): `S = (A - 1 shift^T)^T (A - 1 shift^T)[:, item]`,
+    /// f32 products per chunk of rows added in f64.
+    fn comoment_columns(&mut self, new: &[(usize, usize)], stage: &str) -> Result<()> {
+        let (n, width) = (self.n, new.len());
+        // For each slot, its column of the pass's product.
+        let mut product_column = vec![None; self.columns.ncols()];
+        for (q, &(s, _)) in new.iter().enumerate() {
+            product_column[s] = Some(q);
+            self.columns.col_mut(s).fill(0.0);
+        }
         let mut product = Mat::<f32>::zeros(n, width);
-        let mut staged: Vec<f32> = Vec::new();
-        let mut staged_rows = 0;
+        let mut chunk = RowChunk::new(n);
         let mut gathered: Vec<f32> = Vec::new();
-        let (items, shift) = (&self.items, &self.shift);
+        let (columns, shift) = (&mut self.columns, &self.shift);
         let progress = &mut *self.progress;
         progress.start(stage, self.source.rows() as u64);
-        let mut flush = |staged: &mut Vec<f32>, rows: usize| {
+        let mut add_chunk = |chunk: &mut RowChunk| {
+            let (values, rows) = chunk.take();
             if rows == 0 {
                 return;
             }
-            let chunk = &mut staged[..rows * n];
-            chunk.par_chunks_mut(64 * n).for_each(|part| {
-                for row in part.chunks_exact_mut(n) {
-                    for (x, c) in row.iter_mut().zip(shift) {
-                        *x -= c;
-                    }
-                }
-            });
+            centre(values, shift);
             gathered.resize(rows * width, 0.0);
             gathered
                 .par_chunks_mut(rows)
-                .zip(items.par_iter())
-                .for_each(|(col, &i)| {
-                    for (g, row) in col.iter_mut().zip(chunk.chunks_exact(n)) {
+                .zip(new.par_iter())
+                .for_each(|(col, &(_, i))| {
+                    for (g, row) in col.iter_mut().zip(values.chunks_exact(n)) {
                         *g = row[i];
                     }
                 });
-            let a = MatRef::from_row_major_slice(&*chunk, rows, n);
+            let a = MatRef::from_row_major_slice(&*values, rows, n);
             let b = MatRef::from_column_major_slice(&gathered[..], rows, width);
             gemm(
                 product.as_mut(),
@@ -368,12 +396,16 @@ impl<'a> ActivationColumns<'a> {
                 1.0f32,
                 Par::rayon(0),
             );
-            sums.par_col_iter_mut()
-                .zip(product.par_col_iter())
-                .for_each(|(dst, src)| {
-                    let dst = crate::cpu::contiguous_mut(dst);
-                    for (d, &x) in dst.iter_mut().zip(crate::cpu::contiguous(src)) {
-                        *d += x as f64;
+            columns
+                .par_col_iter_mut()
+                .zip(product_column.par_iter())
+                .for_each(|(dst, q)| {
+                    if let Some(q) = *q {
+                        let dst = crate::cpu::contiguous_mut(dst);
+                        let src = crate::cpu::contiguous(product.col(q));
+                        for (d, &x) in dst.iter_mut().zip(src) {
+                            *d += x as f64;
+                        }
                     }
                 });
         };
@@ -381,51 +413,41 @@ impl<'a> ActivationColumns<'a> {
             let count = rows.whole_rows(n)?;
             let mut r = 0;
             while r < count {
-                let take = (limit - staged_rows).min(count - r);
-                let end = (staged_rows + take) * n;
-                if staged.len() < end {
-                    staged.resize(end, 0.0);
-                }
-                let dst = &mut staged[staged_rows * n..end];
-                match rows.slice(r * n..(r + take) * n) {
-                    ActivationRows::F32(v) => dst.copy_from_slice(v),
-                    ActivationRows::F16(v) => dst
-                        .par_chunks_mut(CONVERT_PIECE)
-                        .zip(v.par_chunks(CONVERT_PIECE))
-                        .for_each(|(d, s)| d.iter_mut().zip(s).for_each(|(d, x)| *d = x.to_f32())),
-                }
-                staged_rows += take;
-                r += take;
-                if staged_rows == limit {
-                    flush(&mut staged, staged_rows);
-                    staged_rows = 0;
+                r += chunk.fill(rows.slice(r * n..count * n));
+                if chunk.is_full() {
+                    add_chunk(&mut chunk);
                 }
             }
             progress.advance(count as u64);
             Ok(())
         });
-        flush(&mut staged, staged_rows);
+        add_chunk(&mut chunk);
         progress.finish();
-        result?;
-        Ok(sums)
+        result
     }
 
-    /// The kernel columns from the co-moment sums about the shift, in place:
-    /// `M = S - m d d^T` (d the mean's offset from the shift), then `exp(-beta D)` and
-    /// `eps` on the diagonal, as [`crate::rbf::rbf_from_distances`] builds L.
-    fn kernel_columns(&self, mut sums: Mat<f64>) -> Mat<f64> {
+    /// The kernel columns of `new` (slot, item) from their co-moment sums about the shift,
+    /// in place: `M = S - m d d^T` (d the mean's offset from the shift), then
+    /// `exp(-beta D)` and `eps` on the diagonal, as [`crate::rbf::rbf_from_distances`]
+    /// builds L.
+    fn kernel_columns(&mut self, new: &[(usize, usize)]) {
         let m = self.samples as f64;
+        let mut item_of_slot = vec![None; self.columns.ncols()];
+        for &(s, i) in new {
+            item_of_slot[s] = Some(i);
+        }
         let (offset, parts, beta, eps) = (&self.offset, &self.parts, self.beta, self.eps);
-        sums.par_col_iter_mut()
-            .zip(self.items.par_iter())
-            .for_each(|(col, &j)| {
+        self.columns
+            .par_col_iter_mut()
+            .zip(item_of_slot.par_iter())
+            .for_each(|(col, item)| {
+                let Some(j) = *item else { return };
                 let dj = m * offset[j];
                 for (i, v) in crate::cpu::contiguous_mut(col).iter_mut().enumerate() {
                     let d = parts.distance(i, j, *v - dj * offset[i]);
                     *v = (-beta * d).exp() + if i == j { eps } else { 0.0 };
                 }
             });
-        sums
     }
 
     /// The kept block, in pick order, both triangles.
@@ -451,7 +473,8 @@ impl KernelColumns for ActivationColumns<'_> {
         if self.slot[j].is_none() {
             self.read_batch(j, gains, chosen)?;
         }
-        let s = self.slot[j].expect("the batch holds j");
+        let s = self.slot[j].take().expect("the batch holds j");
+        self.owner[s] = None;
         out.copy_from_slice(crate::cpu::contiguous(self.columns.col(s)));
         self.picked.push(j);
         self.block_rows
@@ -512,9 +535,12 @@ mod tests {
                     let off_err = (got.diversity.mean_off_diagonal - whole.mean_off_diagonal).abs();
                     assert!(off_err <= 1e-6);
                     // One column per pass is a pass per pick; a batch of all n is one pass.
+                    // Each pick's column was computed (a column evicted from the batch may
+                    // be computed again later).
+                    assert!(got.columns_computed >= k);
                     match batch {
-                        1 => assert_eq!(got.passes, k + 1),
-                        b if b == n => assert_eq!(got.passes, 2),
+                        1 => assert_eq!((got.passes, got.columns_computed), (k + 1, k)),
+                        b if b == n => assert_eq!((got.passes, got.columns_computed), (2, n)),
                         _ => assert!(got.passes > 2 && got.passes <= k + 1),
                     }
                 }
