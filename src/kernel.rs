@@ -85,7 +85,7 @@ impl LayerStats {
     }
 
     /// The engine, once n is at least 1 and the host can hold `holds()`: the n x n
-    /// matrices; the chunk of rows (its size depends on the rows pushed, 200 MB at most)
+    /// matrices; the chunk of rows (its size depends on the rows pushed, 64 MiB at most)
     /// is left to the check's margin.
     fn checked(
         backend: &Backend,
@@ -116,9 +116,9 @@ impl LayerStats {
     /// chunk's f32 product into it: a block of columns at a time (64 MiB) for n > 1024, one
     /// n x n product per thread otherwise; its chunk of rows is staged in f32 (8192 rows or
     /// 2^24 values at most); G and D are built in place of the sum, except for
-    /// [`StatsKind::Both`], which hands back G and D as two matrices. The GPU engine reads its results back once, straight into
-    /// one n x n f64 matrix per product, through a readback buffer and a two-slot input
-    /// ring of mapped staging buffers.
+    /// [`StatsKind::Both`], which hands back G and D as two matrices. The GPU engine reads
+    /// its results back once, straight into one n x n f64 matrix per product, through a
+    /// readback buffer and a two-slot input ring of mapped staging buffers.
     pub fn planned_host_memory(
         backend: &Backend,
         n: usize,
@@ -251,9 +251,9 @@ impl LayerStats {
     }
 
     /// [`LayerStats::finish`] of an engine from [`LayerStats::new_rounding_gram`], for the
-    /// one-pass route when only the fusion reads G: G rounded to f32 ([`GramStatsF32`])
-    /// beside the distances. The rounding comes first and the distances then overwrite
-    /// the f64 Gram, so that G and D are never both held in f64.
+    /// one-pass route when only the fusion reads G: the centred co-moments rounded to f32
+    /// ([`GramStatsF32`]) beside the distances. The rounding comes first and the distances
+    /// then overwrite the f64 co-moments, so that two n x n f64 matrices are never held.
     pub(crate) fn finish_rounding_gram(self) -> Result<(GramStatsF32, Distances)> {
         match (self.engine, self.kind) {
             (Engine::Cpu(c), StatsKind::Both) => {
@@ -271,8 +271,8 @@ impl LayerStats {
     }
 
     /// What [`LayerStats::finish_rounding_gram`] holds at its peak, as
-    /// [`LayerStats::planned_host_memory`] counts a pass: the pass, or the f64 Gram beside
-    /// its rounded copy.
+    /// [`LayerStats::planned_host_memory`] counts a pass: the pass, or the f64 co-moments
+    /// beside their rounded copy.
     pub(crate) fn planned_host_memory_rounding_gram(n: usize, rows: usize) -> Vec<Allocation> {
         let pass = CpuGram::planned_pass_memory(n, rows);
         let finish = vec![

@@ -95,22 +95,38 @@ pub struct RbfKernel {
 /// distances' memory, so a layer's kernel never needs a second n x n matrix. `eps` must be
 /// finite and >= 0.
 pub fn rbf_from_distances(d: Distances, beta: Beta, eps: f64) -> Result<RbfKernel> {
-    if !(eps.is_finite() && eps >= 0.0) {
-        return Err(Error::invalid(format!(
-            "eps must be a finite number >= 0, got {eps}"
-        )));
-    }
+    check_eps(eps)?;
     let beta = beta.resolve(&d)?;
     let mut matrix = d.squared;
     // n^2 exponentials (1e9 at n = 32768, seconds on one core): columns across threads.
     matrix.par_col_iter_mut().enumerate().for_each(|(j, col)| {
         let col = crate::cpu::contiguous_mut(col);
-        for v in col.iter_mut() {
-            *v = (-beta * *v).exp();
+        for (i, v) in col.iter_mut().enumerate() {
+            *v = rbf_entry(beta, eps, i == j, *v);
         }
-        col[j] += eps;
     });
     Ok(RbfKernel { matrix, beta, eps })
+}
+
+/// `L_ij = exp(-beta D_ij)`, plus eps on the diagonal.
+#[inline]
+pub(crate) fn rbf_entry(beta: f64, eps: f64, diagonal: bool, distance: f64) -> f64 {
+    let l = (-beta * distance).exp();
+    if diagonal {
+        l + eps
+    } else {
+        l
+    }
+}
+
+/// An error unless `eps` is a finite number >= 0.
+pub(crate) fn check_eps(eps: f64) -> Result<()> {
+    if !(eps.is_finite() && eps >= 0.0) {
+        return Err(Error::invalid(format!(
+            "eps must be a finite number >= 0, got {eps}"
+        )));
+    }
+    Ok(())
 }
 
 /// The median of the entries strictly above the diagonal of `d` (the mean of the two middle

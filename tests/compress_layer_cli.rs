@@ -828,3 +828,92 @@ fn the_memory_check_chooses_the_route_or_refuses_the_layer() {
     );
     assert!(!out.exists());
 }
+
+/// Greedy MAP on a layer whose kernel does not fit: `auto` takes the columns route (kernel
+/// columns computed from the activations, no n x n matrix) when two passes do not fit,
+/// says so, and keeps what the two-pass route keeps; with the median beta, which needs every
+/// distance, the columns route is refused before any pass.
+#[test]
+fn greedy_takes_the_columns_route_when_the_kernel_does_not_fit() {
+    use divnet::compress::{plan_layer, KeepSpec, LayerOptions, Route};
+    use divnet::select::SelectionMethod;
+
+    let (m, n, n_out) = (60, 1200, 4);
+    let dir = tempfile::tempdir().unwrap();
+    let acts: Vec<f32> = (0..m * n)
+        .map(|i| ((i * 37 + i / n * 11) % 101) as f32 / 101.0)
+        .collect();
+    let acts_path = dir.path().join("wide.npy");
+    write_npy(&acts_path, &[m, n], &acts).unwrap();
+    let mut model = TensorFile::default();
+    let w: Vec<f32> = (0..n_out * n)
+        .map(|i| ((i * 13) % 7) as f32 - 3.0)
+        .collect();
+    model.insert(
+        "down.weight".into(),
+        Tensor::from_f32(&w, vec![n_out, n], Dtype::F32).unwrap(),
+    );
+    let model_path = dir.path().join("m.safetensors");
+    write_safetensors(&model_path, &model).unwrap();
+
+    let mut opts = LayerOptions::new(KeepSpec::Count(20));
+    opts.method = SelectionMethod::Greedy;
+    let mut need = |route| {
+        opts.route = Some(route);
+        plan_layer(&divnet::Backend::Cpu, n, m, &[n_out], &opts)
+            .unwrap()
+            .memory
+            .need_with_margin()
+    };
+    let (one, two, columns) = (
+        need(Route::OnePass),
+        need(Route::TwoPass),
+        need(Route::Columns),
+    );
+    // Neither pass route fits here; the columns route does.
+    let between = (one.min(two) + columns) / 2;
+    assert!(columns < between, "columns {columns}, two {two}, one {one}");
+
+    let run = |available: u64, extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_divnet"))
+            .args(["compress-layer", "--activations"])
+            .arg(&acts_path)
+            .args(["--weights"])
+            .arg(&model_path)
+            .args(["--next", "down", "--select", "greedy", "-k", "20"])
+            .args(["--backend", "cpu"])
+            .args(extra)
+            .env("DIVNET_MEMORY_AVAILABLE", available.to_string())
+            .output()
+            .unwrap()
+    };
+    let mut kept = Vec::new();
+    for (available, asked, route) in [
+        (one.max(two), "two-pass", "two-pass"),
+        (between, "auto", "columns"),
+    ] {
+        let rep = dir.path().join(format!("{route}.json"));
+        let out = dir.path().join(format!("{route}.safetensors"));
+        let (out, rep_arg) = (out.to_str().unwrap(), rep.to_str().unwrap());
+        ok(&run(
+            available,
+            &["--route", asked, "--out", out, "--report", rep_arg],
+        ));
+        let r = report(&rep);
+        assert_eq!(r["route"], route, "{available} bytes free");
+        kept.push(r["kept"].clone());
+    }
+    assert_eq!(kept[0], kept[1]);
+
+    let refused = run(between, &["--beta", "median", "--dry-run"]);
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("needs"), "{stderr}");
+    let refused = run(
+        two,
+        &["--beta", "median", "--route", "columns", "--dry-run"],
+    );
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("median heuristic"), "{stderr}");
+}

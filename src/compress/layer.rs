@@ -97,15 +97,17 @@ pub struct LayerOutcome {
 /// one pass collecting the Gram statistics beside the distances (G kept in f32 while the
 /// kernel is held, on the CPU when only the fusion reads it), or, when G and the kernel
 /// do not fit together (or `opts.route` asks), the distances alone and after selection a
-/// second pass over the activations for the fusion system. Either way no n x n matrix is
-/// copied: the kernel is built over the distances, and each matrix is dropped before the
-/// next is made.
+/// second pass over the activations for the fusion system; for greedy MAP, when even that
+/// does not fit, no kernel at all: greedy reads kernel columns computed from further passes
+/// ([`Route::Columns`]). No n x n matrix is copied: the kernel is built over the
+/// distances, and each matrix is dropped before the next is made.
 ///
 /// The report's stages are `statistics` (the first pass; it includes reading the
-/// activations when they come from a file), `kernel` (DPP methods), `select`, `fusion
-/// statistics` (the second pass, two-pass route only), `fuse (widening G)` (one-pass route,
-/// when G was kept in f32) and `fuse`; the report says which
-/// route ran, the plan, and the process's peak memory after each stage.
+/// activations when they come from a file), `kernel` (DPP methods), `select` (on the
+/// columns route, with its passes), `fusion statistics` (the last pass, two-pass and
+/// columns routes), `fuse (widening G)` (one-pass route, when G was kept in f32) and
+/// `fuse`; the report says which route ran, the plan, and the process's peak memory after
+/// each stage.
 pub fn compress_layer(
     backend: &Backend,
     activations: &mut dyn RowSource,
@@ -886,7 +888,7 @@ fn select_from_columns(
             ))
         }
     };
-    columns::check_request(n, k, opts.eps)?;
+    columns::check_request(n, k, opts.beta, opts.eps)?;
     if work.backend.gpu().is_some() {
         work.notes
             .push("the columns route computes kernel columns on the CPU".into());

@@ -2,12 +2,12 @@
 //! pipeline takes and what each of its stages holds at once, checked against the memory
 //! the machine has free ([`crate::memory`]).
 //!
-//! Two routes get the fusion its statistics:
+//! Three routes get the fusion its statistics:
 //! - [`Route::OnePass`]: one pass over the activations collects the Gram statistics
 //!   (n x n G) and, when the method needs a kernel, the distances, which become the kernel
-//!   L in place: G and L are alive together, G rounded to f32 on the CPU backend when the
-//!   selection does not read it (k-DPP, DPP, greedy MAP) and widened back for the fusion
-//!   once L is gone;
+//!   L in place: G and L are alive together, G kept as its centred co-moments rounded to
+//!   f32 on the CPU backend when the selection does not read it (k-DPP, DPP, greedy MAP)
+//!   and widened back for the fusion once L is gone;
 //! - [`Route::TwoPass`]: the kernel's pass (only the distances), selection, then a second
 //!   pass over the activations for the fusion system of the kept set
 //!   ([`crate::cpu::fusion::FusionPass`]): one n x n matrix at a time, and no pass at all
@@ -114,7 +114,9 @@ pub fn plan_layer(
     let shape = Shape::new(backend, n, m, next_rows, &selection, opts);
     let one = shape.plan(backend, Route::OnePass);
     let two = shape.plan(backend, Route::TwoPass);
+    // The columns route: greedy MAP with a beta known without the distances.
     let greedy = shape.method == Some(SelectionMethod::Greedy);
+    let columns_fit = greedy && opts.beta.resolve_without_distances(1).is_ok();
     let (route, reason) = match opts.route {
         Some(Route::Columns) if !greedy => {
             return Err(Error::invalid(format!(
@@ -123,6 +125,12 @@ pub fn plan_layer(
                     .method
                     .map_or("a given list".to_string(), |m| m.to_string())
             )))
+        }
+        Some(Route::Columns) if !columns_fit => {
+            return Err(opts
+                .beta
+                .resolve_without_distances(1)
+                .expect_err("the beta is refused"))
         }
         Some(Route::TwoPass) if shape.gram_selects => {
             return Err(Error::invalid(format!(
@@ -144,7 +152,7 @@ pub fn plan_layer(
                 available.describe()
             ),
         ),
-        None if greedy && !two.fits(&available) => (
+        None if columns_fit && !two.fits(&available) => (
             Route::Columns,
             format!(
                 "two passes would need {}; {}",

@@ -1,6 +1,7 @@
 //! The CPU twin of the statistics kernels: the co-moments of a layer's activations about
 //! their mean, `M = (A - 1 mu^T)^T (A - 1 mu^T)`, from which both statistics follow: the
-//! Gram matrix `G = M + s s^T / m` and the distances `D_ij = M_ii + M_jj - 2 M_ij`.
+//! Gram matrix `G = M + s s^T / m` and the distances
+//! `D_ij = (M_ii + M_jj - 2 M_ij) + m (mu_i - mu_j)^2` ([`crate::cpu::rbf`]).
 //!
 //! Each row chunk is centred on its own column means (rounded to f32) and multiplied in
 //! f32 by faer's matrix product (only the lower triangle, like BLAS syrk); the chunk's
@@ -14,8 +15,9 @@
 //! `G_ii + G_jj - 2 G_ij` then loses two near-duplicate neurons' distance to it. Centred,
 //! the error scales with the variance instead: on unit-variance activations with an offset
 //! of 5 (m = 32768, near-duplicate pairs), the kernel `exp(-beta D)` at the paper's
-//! `beta = 10 / m` is within 3e-6 of the f64 one, where uncentred f32 is 9e-5 off (see
-//! `tests/kernels.rs`, `centred_statistics_keep_near_duplicates_apart`).
+//! `beta = 10 / m` is within 2.2e-6 of the f64 one (`tests/kernels.rs`,
+//! `centred_statistics_keep_near_duplicates_apart`), where uncentred f32 products were about
+//! 1e-4 off (9e-5 in a numpy prototype of both on such data).
 
 use faer::linalg::matmul::matmul as gemm;
 use faer::linalg::matmul::triangular::{matmul, BlockStructure};
@@ -68,13 +70,14 @@ pub(crate) fn add_mean_outer(g: &mut Mat<f64>, col_sums: &[f64], samples: usize)
     if samples == 0 {
         return;
     }
-    let mean: Vec<f64> = col_sums.iter().map(|s| s / samples as f64).collect();
+    // `(s_i s_j) / m`: the same value at (i, j) and (j, i), so that G stays symmetric.
+    let m = samples as f64;
     g.par_col_iter_mut()
         .zip(col_sums.par_iter())
         .with_min_len(16)
         .for_each(|(col, &sj)| {
-            for (x, mi) in super::contiguous_mut(col).iter_mut().zip(&mean) {
-                *x += mi * sj;
+            for (x, si) in super::contiguous_mut(col).iter_mut().zip(col_sums) {
+                *x += si * sj / m;
             }
         });
 }
@@ -86,8 +89,7 @@ pub(crate) struct CpuGram {
     /// chunk was merged.
     lower: Option<Mat<f64>>,
     /// The mean of the rows merged so far, and their count.
-    mean: Vec<f64>,
-    merged: usize,
+    running: RunningMean,
     sums: Vec<f64>,
     /// Rows waiting for a whole chunk.
     chunk: RowChunk,
@@ -106,8 +108,7 @@ impl CpuGram {
         Ok(Self {
             n,
             lower: None,
-            mean: vec![0.0; n],
-            merged: 0,
+            running: RunningMean::new(n),
             sums: vec![0.0; n],
             chunk: RowChunk::new(n),
             partials: Vec::new(),
@@ -116,7 +117,7 @@ impl CpuGram {
     }
 
     pub(crate) fn samples(&self) -> usize {
-        self.merged + self.chunk.rows
+        self.running.count + self.chunk.rows
     }
 
     /// What an accumulator for `n` neurons holds during a pass of `rows` rows: its f64
@@ -136,21 +137,19 @@ impl CpuGram {
                 (0..threads()).map(|_| Allocation::matrix("a chunk's n x n product", n, n, 4)),
             );
         }
-        let staged = chunk_rows(n).min(rows.max(1));
-        holds.push(Allocation::matrix("a chunk of rows", staged, n, 4));
+        holds.push(Allocation::matrix(
+            "a chunk of rows",
+            staged_rows(n, rows),
+            n,
+            4,
+        ));
         holds
     }
 
     pub(crate) fn push(&mut self, rows: ActivationRows<'_>) -> Result<()> {
         let n = self.n;
         let count = rows.whole_rows(n)?;
-        // The column sums double as the finiteness check: finite f32 values summed in f64
-        // cannot overflow (3.4e38 times any row count stays far below 1.8e308), so a sum is
-        // non-finite exactly when a value is. Only then are the values scanned, to name it.
-        let sums = column_sums(rows, n);
-        if sums.iter().any(|s| !s.is_finite()) {
-            rows.check_finite(n)?;
-        }
+        let sums = checked_column_sums(rows, n)?;
         for (total, s) in self.sums.iter_mut().zip(&sums) {
             *total += s;
         }
@@ -172,34 +171,7 @@ impl CpuGram {
         if rows == 0 {
             return;
         }
-        let chunk_mean: Vec<f64> = column_sums(ActivationRows::F32(chunk), n)
-            .into_iter()
-            .map(|s| s / rows as f64)
-            .collect();
-        let shift: Vec<f32> = chunk_mean.iter().map(|&x| x as f32).collect();
-        centre(chunk, &shift);
-        // The product is about the shift, not the chunk's mean: `M_b = S - r d d^T` with
-        // `d = mean - shift`; the merge adds `f delta delta^T`, `delta` the means' gap.
-        let before = self.merged as f64;
-        let r = rows as f64;
-        let merge = Correction {
-            d: chunk_mean
-                .iter()
-                .zip(&shift)
-                .map(|(&m, &c)| m - c as f64)
-                .collect(),
-            r,
-            delta: chunk_mean
-                .iter()
-                .zip(&self.mean)
-                .map(|(b, a)| b - a)
-                .collect(),
-            f: before * r / (before + r),
-        };
-        for (mu, delta) in self.mean.iter_mut().zip(&merge.delta) {
-            *mu += delta * r / (before + r);
-        }
-        self.merged += rows;
+        let merge = self.running.centre_and_merge(chunk, rows);
         let lower = self.lower.get_or_insert_with(|| super::symmetric::zeros(n));
         let a = MatRef::from_row_major_slice(&*chunk, rows, n);
         if n > SPLIT_MAX_N {
@@ -232,18 +204,82 @@ impl CpuGram {
         Comoments {
             comoments,
             col_sums: self.sums,
-            samples: self.merged,
+            samples: self.running.count,
         }
     }
 }
 
+/// The mean of the rows merged so far and their count: what the pairwise update merges
+/// each chunk against.
+pub(crate) struct RunningMean {
+    mean: Vec<f64>,
+    count: usize,
+}
+
+impl RunningMean {
+    pub(crate) fn new(n: usize) -> Self {
+        Self {
+            mean: vec![0.0; n],
+            count: 0,
+        }
+    }
+
+    /// Centres the chunk (`rows` rows, row-major) on its own column means rounded to f32,
+    /// and merges those means: returns the terms its product is merged with.
+    pub(crate) fn centre_and_merge(&mut self, chunk: &mut [f32], rows: usize) -> Correction {
+        let n = self.mean.len();
+        let chunk_mean: Vec<f64> = column_sums(ActivationRows::F32(chunk), n)
+            .into_iter()
+            .map(|s| s / rows as f64)
+            .collect();
+        let shift: Vec<f32> = chunk_mean.iter().map(|&x| x as f32).collect();
+        centre(chunk, &shift);
+        // The product is about the shift, not the chunk's mean: `M_b = S - r d d^T` with
+        // `d = mean - shift`; the merge adds `f delta delta^T`, `delta` the means' gap.
+        let before = self.count as f64;
+        let r = rows as f64;
+        let correction = Correction {
+            d: chunk_mean
+                .iter()
+                .zip(&shift)
+                .map(|(&m, &c)| m - c as f64)
+                .collect(),
+            r,
+            delta: chunk_mean
+                .iter()
+                .zip(&self.mean)
+                .map(|(b, a)| b - a)
+                .collect(),
+            f: before * r / (before + r),
+        };
+        for (mu, delta) in self.mean.iter_mut().zip(&correction.delta) {
+            *mu += delta * r / (before + r);
+        }
+        self.count += rows;
+        correction
+    }
+
+    /// Rows merged so far.
+    pub(crate) fn count(&self) -> usize {
+        self.count
+    }
+}
+
 /// The rank-one terms a chunk's f32 product `S` (about its shift) is merged with:
-/// `M_ij += S_ij - r d_i d_j + f delta_i delta_j`.
-struct Correction {
+/// `M_ij += S_ij + term(i, j)`.
+pub(crate) struct Correction {
     d: Vec<f64>,
     r: f64,
     delta: Vec<f64>,
     f: f64,
+}
+
+impl Correction {
+    /// `f delta_i delta_j - r d_i d_j`.
+    #[inline]
+    pub(crate) fn term(&self, i: usize, j: usize) -> f64 {
+        self.f * self.delta[i] * self.delta[j] - self.r * self.d[i] * self.d[j]
+    }
 }
 
 /// Rows gathered in f32 into chunks of [`chunk_rows`] rows, the unit of one product; the
@@ -316,6 +352,16 @@ pub(crate) fn chunk_rows(n: usize) -> usize {
     CHUNK_ROWS.min((CHUNK_ELEMS / n).max(1))
 }
 
+/// The rows a pass over `rows` rows stages at once, for a plan: a whole chunk when the
+/// count is not known yet (0, a stream before its first pass).
+pub(crate) fn staged_rows(n: usize, rows: usize) -> usize {
+    if rows == 0 {
+        chunk_rows(n)
+    } else {
+        chunk_rows(n).min(rows)
+    }
+}
+
 /// Columns per product block of a wide layer of `n` neurons.
 fn block_columns(n: usize) -> usize {
     (BLOCK_ELEMS / n).clamp(1, n)
@@ -330,7 +376,7 @@ fn block_product(a: MatRef<'_, f32>, j0: usize, j1: usize, out: MatMut<'_, f32>)
     let width = j1 - j0;
     let cols = a.subcols(j0, width);
     let (top, below) = out.split_at_row_mut(width);
-    lower_product(cols, top, Accum::Replace, Par::rayon(0));
+    lower_product(cols, top, Par::rayon(0));
     if j1 < a.ncols() {
         gemm(
             below,
@@ -354,9 +400,8 @@ fn merge_columns(lower: &mut Mat<f64>, j0: usize, parts: &[MatRef<'_, f32>], c: 
         let j = j0 + jj;
         // SAFETY: each task writes its own column j (rows j..n) and nothing else.
         let out = unsafe { shared.column(j, j..n) };
-        let (dj, deltaj) = (c.r * c.d[j], c.f * c.delta[j]);
-        for (o, (&di, &deli)) in out.iter_mut().zip(c.d[j..].iter().zip(&c.delta[j..])) {
-            *o += deli * deltaj - di * dj;
+        for (i, o) in (j..n).zip(out.iter_mut()) {
+            *o += c.term(i, j);
         }
         for p in parts {
             let src = &contiguous(p.col(jj))[jj..];
@@ -374,33 +419,26 @@ pub fn gram_stats(rows: ActivationRows<'_>, n: usize) -> Result<GramStats> {
     Ok(acc.finish().into_gram())
 }
 
-/// Layers up to this width split the rows across threads; wider ones let faer parallelise
-/// over the output, which it does well there (n = 2048, m = 8192: 217 ms against 247 ms
-/// for two row halves), and hold one n x n partial instead of one per thread.
+/// Layers up to this width split the rows across threads, one n x n product each; wider
+/// ones let faer parallelise over the output, which it does well there (n = 2048,
+/// m = 8192: 217 ms against 247 ms for two row halves), a block of columns at a time.
 const SPLIT_MAX_N: usize = 1024;
 /// Rows per thread at least, so that each partial product stays BLAS-efficient.
 const MIN_ROWS_PER_THREAD: usize = 256;
 
-/// `A^T A` (lower triangle) as a few partial products over row ranges of `a`, one per
-/// thread, written into `out` (resized to the number of parts). faer parallelises a
-/// triangular product over its output, which for n of a few hundred leaves the cores idle
-/// (about 4x slower than this at n = 512, m = 8192).
-fn lower_products<T>(a: MatRef<'_, T>, out: &mut Vec<Mat<T>>)
-where
-    T: faer::traits::ComplexField + Send + Sync,
-{
+/// `A^T A` (lower triangle) of a narrow layer's chunk as a few partial products over row
+/// ranges of `a`, one per thread, written into `out` (resized to the number of parts).
+/// faer parallelises a triangular product over its output, which for n of a few hundred
+/// leaves the cores idle (about 4x slower than this at n = 512, m = 8192).
+fn lower_products(a: MatRef<'_, f32>, out: &mut Vec<Mat<f32>>) {
     let (m, n) = (a.nrows(), a.ncols());
-    let parts = if n > SPLIT_MAX_N {
-        1
-    } else {
-        threads().min(m / MIN_ROWS_PER_THREAD).max(1)
-    };
+    let parts = threads().min(m / MIN_ROWS_PER_THREAD).max(1);
     out.truncate(parts);
     while out.len() < parts {
         out.push(Mat::zeros(n, n));
     }
     if parts == 1 {
-        lower_product(a, out[0].as_mut(), Accum::Replace, Par::rayon(0));
+        lower_product(a, out[0].as_mut(), Par::rayon(0));
         return;
     }
     let step = m.div_ceil(parts);
@@ -409,9 +447,9 @@ where
         for (t, g) in rest.iter_mut().enumerate() {
             let start = (t + 1) * step;
             let part = a.subrows(start, step.min(m - start));
-            s.spawn(move || lower_product(part, g.as_mut(), Accum::Replace, Par::Seq));
+            s.spawn(move || lower_product(part, g.as_mut(), Par::Seq));
         }
-        lower_product(a.subrows(0, step), first.as_mut(), Accum::Replace, Par::Seq);
+        lower_product(a.subrows(0, step), first.as_mut(), Par::Seq);
     });
 }
 
@@ -419,29 +457,36 @@ fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |t| t.get())
 }
 
-/// Overwrites (`Accum::Replace`) or adds to (`Accum::Add`) the lower triangle of `g` that
-/// of `a^T a`.
-fn lower_product<T: faer::traits::ComplexField>(
-    a: MatRef<'_, T>,
-    g: MatMut<'_, T>,
-    accum: Accum,
-    par: Par,
-) {
+/// Overwrites the lower triangle of `g` with that of `a^T a`.
+fn lower_product(a: MatRef<'_, f32>, g: MatMut<'_, f32>, par: Par) {
     matmul(
         g,
         BlockStructure::TriangularLower,
-        accum,
+        Accum::Replace,
         a.transpose(),
         BlockStructure::Rectangular,
         a,
         BlockStructure::Rectangular,
-        T::one_impl(),
+        1.0f32,
         par,
     );
 }
 
+/// `A^T 1` in f64, and an error naming the first non-finite value if there is one.
+///
+/// The column sums double as the finiteness check: finite f32 values summed in f64 cannot
+/// overflow (3.4e38 times any row count stays far below 1.8e308), so a sum is non-finite
+/// exactly when a value is. Only then are the values scanned, to name it.
+pub(crate) fn checked_column_sums(rows: ActivationRows<'_>, n: usize) -> Result<Vec<f64>> {
+    let sums = column_sums(rows, n);
+    if sums.iter().any(|s| !s.is_finite()) {
+        rows.check_finite(n)?;
+    }
+    Ok(sums)
+}
+
 /// `A^T 1` in f64, the rows split across threads when there are enough of them.
-pub(crate) fn column_sums(rows: ActivationRows<'_>, n: usize) -> Vec<f64> {
+fn column_sums(rows: ActivationRows<'_>, n: usize) -> Vec<f64> {
     let count = rows.len() / n;
     let parts = threads().min(count / MIN_ROWS_PER_THREAD).max(1);
     let step = count.div_ceil(parts).max(1);

@@ -34,7 +34,7 @@ pub(crate) fn zeros(n: usize) -> Mat<f64> {
 }
 
 /// `src` converted element by element (`f`) into a new matrix of its shape, columns on
-/// all threads: the one-pass route's G rounded to f32 and widened back.
+/// all threads: the one-pass route's co-moments rounded to f32 and widened back.
 pub(crate) fn converted<A, B>(src: &Mat<A>, f: impl Fn(A) -> B + Sync) -> Mat<B>
 where
     A: Copy + Sync,

@@ -19,9 +19,9 @@ use super::eigen::validate_kernel;
 use crate::error::{Error, Result};
 use crate::linalg::simd::sub_scaled;
 
-/// Items per task of the update: a part of `e` stays in cache while the Cholesky rows
-/// stream past it.
-const UPDATE_PART: usize = 4096;
+/// Items per task of the update, at most and at least: a part of `e` stays in cache while
+/// the Cholesky rows stream past it, and is long enough to stream them well.
+const UPDATE_PART: (usize, usize) = (4096, 1024);
 
 /// When greedy MAP stops.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -170,10 +170,11 @@ fn subtract_projections(e: &mut [f64], c: &[f64], steps: usize, j: usize) {
             sub_scaled(part, row[j], &row[start..start + part.len()]);
         }
     };
-    if n >= 2 * UPDATE_PART && steps > 0 {
-        e.par_chunks_mut(UPDATE_PART)
+    let part = (n / rayon::current_num_threads().max(1)).clamp(UPDATE_PART.1, UPDATE_PART.0);
+    if n >= 2 * part && steps > 0 {
+        e.par_chunks_mut(part)
             .enumerate()
-            .for_each(|(p, part)| update(p * UPDATE_PART, part));
+            .for_each(|(p, values)| update(p * part, values));
     } else {
         update(0, e);
     }

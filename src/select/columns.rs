@@ -12,22 +12,24 @@
 //! item is picked, and its slot freed). The picks are greedy MAP's on the whole kernel (the
 //! tests compare them).
 //!
-//! A first pass collects what every column needs: the column sums and M's diagonal. The
-//! products are f32 over chunks of rows centred on the (f32-rounded) mean, added in f64, as
-//! the statistics engine does ([`crate::cpu::gram`]).
+//! A first pass collects what every column needs: the column sums and M's diagonal (in
+//! f64). The columns are computed as the statistics engine computes all of M
+//! ([`crate::cpu::gram`]): f32 products of row chunks centred on their own means, merged in
+//! f64. Their rounding differs from the whole kernel's (the diagonal is exact here), so a
+//! pick decided by a rounding-level difference in gain can differ from the whole kernel's.
 
 use faer::linalg::matmul::matmul as gemm;
 use faer::{Accum, Mat, MatRef, Par};
 use rayon::prelude::*;
 
 use super::{diversity, Diversity};
-use crate::cpu::gram::{centre, chunk_rows, column_sums, RowChunk};
+use crate::cpu::gram::{checked_column_sums, staged_rows, RowChunk, RunningMean};
 use crate::cpu::rbf::DistanceParts;
 use crate::dpp::{greedy_map_over, GreedyStop, KernelColumns};
 use crate::error::{Error, Result};
 use crate::memory::Allocation;
 use crate::progress::Progress;
-use crate::rbf::Beta;
+use crate::rbf::{check_eps, rbf_entry, Beta};
 use crate::types::{ActivationRows, RowSource};
 
 /// Bytes of a pass's batch at most: its columns in f64 and the f32 product (12 n bytes per
@@ -77,7 +79,7 @@ pub(crate) fn batch_columns(n: usize, k: usize) -> usize {
 /// Cholesky rows, the batch, a chunk of rows and its batch columns, the kept block.
 pub(crate) fn planned_memory(n: usize, k: usize, rows: usize) -> Vec<Allocation> {
     let batch = batch_columns(n, k);
-    let chunk = chunk_rows(n).min(rows.max(1));
+    let chunk = staged_rows(n, rows);
     vec![
         Allocation::matrix("greedy MAP's Cholesky rows", k, n, 8),
         Allocation::matrix("a batch of kernel columns", n, batch, 8),
@@ -96,18 +98,16 @@ pub(crate) fn greedy_in_batches(
     batch: usize,
     progress: &mut dyn Progress,
 ) -> Result<ColumnGreedy> {
-    check_request(source.width(), k, eps)?;
+    check_request(source.width(), k, beta, eps)?;
     let moments = ColumnMoments::of(source, progress)?;
     greedy_with_moments(source, moments, k, beta, eps, batch, progress)
 }
 
-/// k and eps, before any pass.
-pub(crate) fn check_request(n: usize, k: usize, eps: f64) -> Result<()> {
-    if !(eps.is_finite() && eps >= 0.0) {
-        return Err(Error::invalid(format!(
-            "eps must be a finite number >= 0, got {eps}"
-        )));
-    }
+/// k, beta and eps, before any pass.
+pub(crate) fn check_request(n: usize, k: usize, beta: Beta, eps: f64) -> Result<()> {
+    check_eps(eps)?;
+    // Any m will do to check the median's refusal and a given value.
+    beta.resolve_without_distances(1)?;
     if k == 0 || k > n {
         return Err(Error::invalid(format!(
             "cannot keep {k} of {n} neurons: k must be between 1 and {n}"
@@ -126,7 +126,10 @@ pub(crate) fn greedy_with_moments(
     batch: usize,
     progress: &mut dyn Progress,
 ) -> Result<ColumnGreedy> {
-    check_request(source.width(), k, eps)?;
+    check_request(source.width(), k, beta, eps)?;
+    if moments.samples == 0 {
+        return Err(Error::invalid("the activations have no rows"));
+    }
     let beta = beta.resolve_without_distances(moments.samples)?;
     let mut columns = ActivationColumns::new(source, moments, beta, eps, batch, progress);
     let picked = greedy_map_over(&mut columns, GreedyStop::Count(k))?;
@@ -169,10 +172,7 @@ impl ColumnMoments {
             if count == 0 {
                 return Ok(());
             }
-            let sums = column_sums(rows, n);
-            if sums.iter().any(|s| !s.is_finite()) {
-                rows.check_finite(n)?;
-            }
+            let sums = checked_column_sums(rows, n)?;
             moments.merge(rows, &sums, count);
             progress.advance(count as u64);
             Ok(())
@@ -239,9 +239,6 @@ struct ActivationColumns<'a> {
     progress: &'a mut dyn Progress,
     n: usize,
     samples: usize,
-    /// The rows are centred on `shift` (the mean rounded to f32); `offset = mean - shift`.
-    shift: Vec<f32>,
-    offset: Vec<f64>,
     parts: DistanceParts,
     beta: f64,
     eps: f64,
@@ -268,22 +265,12 @@ impl<'a> ActivationColumns<'a> {
         progress: &'a mut dyn Progress,
     ) -> Self {
         let n = source.width();
-        let m = moments.samples.max(1) as f64;
-        let mean: Vec<f64> = moments.sums.iter().map(|s| s / m).collect();
-        let shift: Vec<f32> = mean.iter().map(|&x| x as f32).collect();
-        let offset = mean
-            .iter()
-            .zip(&shift)
-            .map(|(a, &b)| a - b as f64)
-            .collect();
         let parts = DistanceParts::from_parts(moments.diag, &moments.sums, moments.samples);
         Self {
             source,
             progress,
             n,
             samples: moments.samples,
-            shift,
-            offset,
             parts,
             beta,
             eps,
@@ -355,11 +342,13 @@ impl<'a> ActivationColumns<'a> {
         Ok(())
     }
 
-    /// Into the slots of `new` (slot, item): `S = (A - 1 shift^T)^T (A - 1 shift^T)[:, item]`,
-    /// f32 products per chunk of rows added in f64.
+    /// Into the slots of `new` (slot, item): column `item` of the centred co-moments M,
+    /// each chunk of rows centred on its own means and multiplied in f32, the chunks merged
+    /// in f64 by the pairwise update, as the statistics engine computes all of M
+    /// ([`crate::cpu::gram`]). An error when the pass does not give the first pass's rows.
     fn comoment_columns(&mut self, new: &[(usize, usize)], stage: &str) -> Result<()> {
         let (n, width) = (self.n, new.len());
-        // For each slot, its column of the pass's product.
+        // For each slot, its column of the chunk's product.
         let mut product_column = vec![None; self.columns.ncols()];
         for (q, &(s, _)) in new.iter().enumerate() {
             product_column[s] = Some(q);
@@ -367,8 +356,9 @@ impl<'a> ActivationColumns<'a> {
         }
         let mut product = Mat::<f32>::zeros(n, width);
         let mut chunk = RowChunk::new(n);
+        let mut running = RunningMean::new(n);
         let mut gathered: Vec<f32> = Vec::new();
-        let (columns, shift) = (&mut self.columns, &self.shift);
+        let columns = &mut self.columns;
         let progress = &mut *self.progress;
         progress.start(stage, self.source.rows() as u64);
         let mut add_chunk = |chunk: &mut RowChunk| {
@@ -376,7 +366,7 @@ impl<'a> ActivationColumns<'a> {
             if rows == 0 {
                 return;
             }
-            centre(values, shift);
+            let correction = running.centre_and_merge(values, rows);
             gathered.resize(rows * width, 0.0);
             gathered
                 .par_chunks_mut(rows)
@@ -401,10 +391,11 @@ impl<'a> ActivationColumns<'a> {
                 .zip(product_column.par_iter())
                 .for_each(|(dst, q)| {
                     if let Some(q) = *q {
+                        let j = new[q].1;
                         let dst = crate::cpu::contiguous_mut(dst);
                         let src = crate::cpu::contiguous(product.col(q));
-                        for (d, &x) in dst.iter_mut().zip(src) {
-                            *d += x as f64;
+                        for (i, (d, &x)) in dst.iter_mut().zip(src).enumerate() {
+                            *d += x as f64 + correction.term(i, j);
                         }
                     }
                 });
@@ -423,29 +414,42 @@ impl<'a> ActivationColumns<'a> {
         });
         add_chunk(&mut chunk);
         progress.finish();
-        result
+        result?;
+        let samples = running.count();
+        let finite = new
+            .iter()
+            .all(|&(s, _)| self.columns.col(s).iter().all(|x| x.is_finite()));
+        if samples != self.samples || !finite {
+            return Err(Error::invalid(format!(
+                "the activations changed between passes: pass {} read {samples} rows{}, the \
+                 first {}",
+                self.passes + 1,
+                if finite {
+                    ""
+                } else {
+                    " with non-finite values"
+                },
+                self.samples
+            )));
+        }
+        Ok(())
     }
 
-    /// The kernel columns of `new` (slot, item) from their co-moment sums about the shift,
-    /// in place: `M = S - m d d^T` (d the mean's offset from the shift), then
-    /// `exp(-beta D)` and `eps` on the diagonal, as [`crate::rbf::rbf_from_distances`]
-    /// builds L.
+    /// The kernel columns of `new` (slot, item) from their columns of M, in place, as
+    /// [`crate::rbf::rbf_from_distances`] builds L.
     fn kernel_columns(&mut self, new: &[(usize, usize)]) {
-        let m = self.samples as f64;
         let mut item_of_slot = vec![None; self.columns.ncols()];
         for &(s, i) in new {
             item_of_slot[s] = Some(i);
         }
-        let (offset, parts, beta, eps) = (&self.offset, &self.parts, self.beta, self.eps);
+        let (parts, beta, eps) = (&self.parts, self.beta, self.eps);
         self.columns
             .par_col_iter_mut()
             .zip(item_of_slot.par_iter())
             .for_each(|(col, item)| {
                 let Some(j) = *item else { return };
-                let dj = m * offset[j];
                 for (i, v) in crate::cpu::contiguous_mut(col).iter_mut().enumerate() {
-                    let d = parts.distance(i, j, *v - dj * offset[i]);
-                    *v = (-beta * d).exp() + if i == j { eps } else { 0.0 };
+                    *v = rbf_entry(beta, eps, i == j, parts.distance(i, j, *v));
                 }
             });
     }
@@ -548,6 +552,79 @@ mod tests {
         }
     }
 
+    /// Near-duplicate pairs far from zero, their offset drifting over the rows (so that a
+    /// single shift would leave large sums): the columns' centring per chunk keeps greedy's
+    /// picks those of the whole kernel.
+    #[test]
+    fn near_duplicates_with_drift_pick_as_the_whole_kernel() {
+        let (m, n, k) = (20_000, 24, 10);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(17);
+        let mut a = vec![0.0f32; m * n];
+        for t in 0..m {
+            let offset = 5.0 + 3.0 * t as f32 / m as f32;
+            for j in 0..n / 2 {
+                let v = offset + (j as f32 * 0.1 + 0.5) * rng.random_range(-1.0f32..1.0);
+                a[t * n + 2 * j] = v;
+                a[t * n + 2 * j + 1] = v + 1e-3 * rng.random_range(-1.0f32..1.0);
+            }
+        }
+        let rows = ActivationRows::F32(&a);
+        let l = rbf_kernel(&Backend::Cpu, rows, n, Beta::Paper, 1e-6).unwrap();
+        let mut want = greedy_map(l.matrix.as_ref(), GreedyStop::Count(k)).unwrap();
+        want.sort_unstable();
+        // One of each pair.
+        assert!(want.windows(2).all(|w| w[0] / 2 != w[1] / 2), "{want:?}");
+        for batch in [3, n] {
+            let mut source = SliceRows::new(rows, n).unwrap().with_chunk_rows(999);
+            let got = greedy_in_batches(&mut source, k, Beta::Paper, 1e-6, batch, &mut NoProgress)
+                .unwrap();
+            assert_eq!(got.kept, want, "batch {batch}");
+        }
+    }
+
+    /// A source that gives fewer rows after its first pass.
+    struct Shrinking<'a> {
+        rows: &'a [f32],
+        n: usize,
+        passes: usize,
+    }
+
+    impl RowSource for Shrinking<'_> {
+        fn width(&self) -> usize {
+            self.n
+        }
+        fn rows(&self) -> usize {
+            self.rows.len() / self.n
+        }
+        fn pass(&mut self, visit: &mut dyn FnMut(ActivationRows<'_>) -> Result<()>) -> Result<()> {
+            self.passes += 1;
+            let take = if self.passes == 1 {
+                self.rows.len()
+            } else {
+                self.rows.len() / 2
+            };
+            visit(ActivationRows::F32(&self.rows[..take / self.n * self.n]))
+        }
+    }
+
+    #[test]
+    fn a_source_that_changes_between_passes_is_an_error() {
+        let (m, n) = (100, 12);
+        let a = clustered(m, n, 9);
+        let mut source = Shrinking {
+            rows: &a,
+            n,
+            passes: 0,
+        };
+        let err = greedy_from_activations(&mut source, 3, Beta::Paper, 0.0, &mut NoProgress)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("changed between passes") && err.contains("read 50 rows"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn bad_requests_are_errors() {
         let (m, n) = (50, 8);
@@ -564,5 +641,15 @@ mod tests {
         assert!(run(9, Beta::Paper, 0.0).contains("between 1 and 8"));
         assert!(run(2, Beta::Median, 0.0).contains("median"));
         assert!(run(2, Beta::Paper, f64::NAN).contains("eps"));
+        // Refused before any pass: an empty source is an error only after its first.
+        let mut empty = SliceRows::new(ActivationRows::F32(&[]), n).unwrap();
+        let err = greedy_from_activations(&mut empty, 2, Beta::Median, 0.0, &mut NoProgress)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("median"), "{err}");
+        let err = greedy_from_activations(&mut empty, 2, Beta::Paper, 0.0, &mut NoProgress)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("no rows"), "{err}");
     }
 }
