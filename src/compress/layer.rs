@@ -888,18 +888,16 @@ fn select_from_columns(
             ))
         }
     };
-    columns::check_request(n, k, opts.beta, opts.eps)?;
     if work.backend.gpu().is_some() {
         work.notes
             .push("the columns route computes kernel columns on the CPU".into());
     }
     let t = Instant::now();
-    let moments = columns::ColumnMoments::of(source, progress)?;
+    let first = columns::FirstPass::read(source, k, opts.beta, opts.eps, progress)?;
     work.stage("statistics", t);
     let t = Instant::now();
     let batch = columns::batch_columns(n, k);
-    let found =
-        columns::greedy_with_moments(source, moments, k, opts.beta, opts.eps, batch, progress)?;
+    let found = first.greedy(source, batch, progress)?;
     work.notes.push(format!(
         "greedy MAP computed {} kernel columns for its {k} picks in {} passes over the \
          activations, {batch} columns at most per pass",

@@ -234,16 +234,28 @@ impl RunningMean {
             .collect();
         let shift: Vec<f32> = chunk_mean.iter().map(|&x| x as f32).collect();
         centre(chunk, &shift);
-        // The product is about the shift, not the chunk's mean: `M_b = S - r d d^T` with
-        // `d = mean - shift`; the merge adds `f delta delta^T`, `delta` the means' gap.
+        let offset = chunk_mean
+            .iter()
+            .zip(&shift)
+            .map(|(&m, &c)| m - c as f64)
+            .collect();
+        self.merge(&chunk_mean, offset, rows)
+    }
+
+    /// Merges a chunk of `rows` rows with mean `chunk_mean` whose product was taken about
+    /// `chunk_mean - offset`: returns the terms it is merged with. The product is about the
+    /// shift, not the chunk's mean: `M_b = S - r d d^T` with `d = offset`; the merge adds
+    /// `f delta delta^T`, `delta` the means' gap.
+    pub(crate) fn merge(
+        &mut self,
+        chunk_mean: &[f64],
+        offset: Vec<f64>,
+        rows: usize,
+    ) -> Correction {
         let before = self.count as f64;
         let r = rows as f64;
         let correction = Correction {
-            d: chunk_mean
-                .iter()
-                .zip(&shift)
-                .map(|(&m, &c)| m - c as f64)
-                .collect(),
+            d: offset,
             r,
             delta: chunk_mean
                 .iter()

@@ -98,73 +98,99 @@ pub(crate) fn greedy_in_batches(
     batch: usize,
     progress: &mut dyn Progress,
 ) -> Result<ColumnGreedy> {
-    check_request(source.width(), k, beta, eps)?;
-    let moments = ColumnMoments::of(source, progress)?;
-    greedy_with_moments(source, moments, k, beta, eps, batch, progress)
+    FirstPass::read(source, k, beta, eps, progress)?.greedy(source, batch, progress)
 }
 
-/// k, beta and eps, before any pass.
-pub(crate) fn check_request(n: usize, k: usize, beta: Beta, eps: f64) -> Result<()> {
-    check_eps(eps)?;
-    // Any m will do to check the median's refusal and a given value.
-    beta.resolve_without_distances(1)?;
-    if k == 0 || k > n {
-        return Err(Error::invalid(format!(
-            "cannot keep {k} of {n} neurons: k must be between 1 and {n}"
-        )));
-    }
-    Ok(())
-}
-
-/// Greedy MAP after the first pass ([`ColumnMoments::of`]), batches of `batch` columns.
-pub(crate) fn greedy_with_moments(
-    source: &mut dyn RowSource,
+/// What the columns route knows after its first pass: the request, checked before the
+/// pass, and the column sums and variances.
+pub(crate) struct FirstPass {
     moments: ColumnMoments,
     k: usize,
-    beta: Beta,
+    beta: f64,
     eps: f64,
-    batch: usize,
-    progress: &mut dyn Progress,
-) -> Result<ColumnGreedy> {
-    check_request(source.width(), k, beta, eps)?;
-    if moments.samples == 0 {
-        return Err(Error::invalid("the activations have no rows"));
+}
+
+impl FirstPass {
+    /// Checks k, beta and eps, then reads `source` once; an error when it has no rows.
+    pub(crate) fn read(
+        source: &mut dyn RowSource,
+        k: usize,
+        beta: Beta,
+        eps: f64,
+        progress: &mut dyn Progress,
+    ) -> Result<Self> {
+        let n = source.width();
+        check_eps(eps)?;
+        // Any m will do to check the median's refusal and a given value.
+        beta.resolve_without_distances(1)?;
+        if k == 0 || k > n {
+            return Err(Error::invalid(format!(
+                "cannot keep {k} of {n} neurons: k must be between 1 and {n}"
+            )));
+        }
+        let moments = ColumnMoments::of(source, progress)?;
+        if moments.samples() == 0 {
+            return Err(Error::invalid("the activations have no rows"));
+        }
+        Ok(Self {
+            k,
+            beta: beta.resolve_without_distances(moments.samples())?,
+            eps,
+            moments,
+        })
     }
-    let beta = beta.resolve_without_distances(moments.samples)?;
-    let mut columns = ActivationColumns::new(source, moments, beta, eps, batch, progress);
-    let picked = greedy_map_over(&mut columns, GreedyStop::Count(k))?;
-    // The kept block in pick order, then in the sorted order the caller gets.
-    let block = columns.kept_block();
-    let mut order: Vec<usize> = (0..picked.len()).collect();
-    order.sort_by_key(|&t| picked[t]);
-    let diversity = diversity(block.as_ref(), &order);
-    let mut kept = picked;
-    kept.sort_unstable();
-    Ok(ColumnGreedy {
-        kept,
-        beta,
-        diversity,
-        passes: columns.passes + 1,
-        columns_computed: columns.computed,
-    })
+
+    /// Greedy MAP from kernel columns computed from further passes over `source` (the
+    /// source just read), `batch` columns at most per pass.
+    pub(crate) fn greedy(
+        self,
+        source: &mut dyn RowSource,
+        batch: usize,
+        progress: &mut dyn Progress,
+    ) -> Result<ColumnGreedy> {
+        let (k, beta) = (self.k, self.beta);
+        let mut columns =
+            ActivationColumns::new(source, self.moments, beta, self.eps, batch, progress);
+        let picked = greedy_map_over(&mut columns, GreedyStop::Count(k))?;
+        // The kept block in pick order, then in the sorted order the caller gets.
+        let block = columns.kept_block();
+        let mut order: Vec<usize> = (0..picked.len()).collect();
+        order.sort_by_key(|&t| picked[t]);
+        let diversity = diversity(block.as_ref(), &order);
+        let mut kept = picked;
+        kept.sort_unstable();
+        Ok(ColumnGreedy {
+            kept,
+            beta,
+            diversity,
+            passes: columns.passes + 1,
+            columns_computed: columns.computed,
+        })
+    }
 }
 
 /// The column sums and M's diagonal (each column's squared deviations from its mean), in
 /// f64, chunk by chunk with the pairwise update.
-pub(crate) struct ColumnMoments {
+struct ColumnMoments {
     sums: Vec<f64>,
     diag: Vec<f64>,
-    samples: usize,
+    /// The rows' mean so far, and their count.
+    running: RunningMean,
 }
 
 impl ColumnMoments {
+    /// Rows read.
+    fn samples(&self) -> usize {
+        self.running.count()
+    }
+
     /// One pass over `source`.
-    pub(crate) fn of(source: &mut dyn RowSource, progress: &mut dyn Progress) -> Result<Self> {
+    fn of(source: &mut dyn RowSource, progress: &mut dyn Progress) -> Result<Self> {
         let n = source.width();
         let mut moments = Self {
             sums: vec![0.0; n],
             diag: vec![0.0; n],
-            samples: 0,
+            running: RunningMean::new(n),
         };
         progress.start("statistics", source.rows() as u64);
         let result = source.pass(&mut |rows| {
@@ -218,18 +244,12 @@ impl ColumnMoments {
                     a
                 },
             );
-        let before = self.samples as f64;
-        let f = before * r / (before + r);
+        // About the rows' own mean: no shift.
+        let correction = self.running.merge(&mean, vec![0.0; n], count);
         for j in 0..n {
-            let delta = if self.samples == 0 {
-                0.0
-            } else {
-                mean[j] - self.sums[j] / before
-            };
-            self.diag[j] += squares[j] + f * delta * delta;
+            self.diag[j] += squares[j] + correction.term(j, j);
             self.sums[j] += sums[j];
         }
-        self.samples += count;
     }
 }
 
@@ -265,12 +285,13 @@ impl<'a> ActivationColumns<'a> {
         progress: &'a mut dyn Progress,
     ) -> Self {
         let n = source.width();
-        let parts = DistanceParts::from_parts(moments.diag, &moments.sums, moments.samples);
+        let samples = moments.samples();
+        let parts = DistanceParts::from_parts(moments.diag, &moments.sums, samples);
         Self {
             source,
             progress,
             n,
-            samples: moments.samples,
+            samples,
             parts,
             beta,
             eps,
