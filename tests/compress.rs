@@ -14,8 +14,19 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 fn random_inputs(m: usize, d: usize, seed: u64) -> Vec<f32> {
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    (0..m * d).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+    uniform_values(&mut ChaCha8Rng::seed_from_u64(seed), m * d)
+}
+
+/// `len` values `U(-1, 1)`.
+fn uniform_values(rng: &mut ChaCha8Rng, len: usize) -> Vec<f32> {
+    (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+/// `len` ReLU activations, `max(U(-0.3, 1), 0)`: about a quarter of them zero.
+fn relu_values(rng: &mut ChaCha8Rng, len: usize) -> Vec<f32> {
+    (0..len)
+        .map(|_| rng.random_range(-0.3f32..1.0).max(0.0))
+        .collect()
 }
 
 fn max_rel_diff(a: &[f32], b: &[f32]) -> f64 {
@@ -338,12 +349,10 @@ fn compress_layer_fuses_several_next_layers_as_one_stack() {
 
     let (m, n) = (300, 10);
     let mut rng = ChaCha8Rng::seed_from_u64(7);
-    let acts: Vec<f32> = (0..m * n)
-        .map(|_| rng.random_range(-0.3f32..1.0).max(0.0))
-        .collect();
-    let w1: Vec<f32> = (0..4 * n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-    let b1: Vec<f32> = (0..4).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-    let w2: Vec<f32> = (0..3 * n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let acts = relu_values(&mut rng, m * n);
+    let w1 = uniform_values(&mut rng, 4 * n);
+    let b1 = uniform_values(&mut rng, 4);
+    let w2 = uniform_values(&mut rng, 3 * n);
     let stacked_w: Vec<f32> = w1.iter().chain(&w2).copied().collect();
     let stacked_b: Vec<f32> = b1.iter().copied().chain([0.0; 3]).collect();
 
@@ -417,13 +426,9 @@ fn one_pass_fusion_from_the_rounded_gram_matches_an_f64_gram() {
 
     let (m, n, n_out) = (500, 24, 7);
     let mut rng = ChaCha8Rng::seed_from_u64(13);
-    let acts: Vec<f32> = (0..m * n)
-        .map(|_| rng.random_range(-0.3f32..1.0).max(0.0))
-        .collect();
-    let w: Vec<f32> = (0..n_out * n)
-        .map(|_| rng.random_range(-1.0f32..1.0))
-        .collect();
-    let b: Vec<f32> = (0..n_out).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+    let acts = relu_values(&mut rng, m * n);
+    let w = uniform_values(&mut rng, n_out * n);
+    let b = uniform_values(&mut rng, n_out);
     let next = NextLayer {
         weight: &w,
         bias: Some(&b),
@@ -515,14 +520,10 @@ fn both_routes_of_compress_layer_give_the_same_layer() {
 
     let (m, n) = (400, 40);
     let mut rng = ChaCha8Rng::seed_from_u64(9);
-    let acts: Vec<f32> = (0..m * n)
-        .map(|_| rng.random_range(-0.3f32..1.0).max(0.0))
-        .collect();
-    let w1: Vec<f32> = (0..5 * n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-    let b1: Vec<f32> = (0..5).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-    let w2: Vec<f32> = (0..60 * n)
-        .map(|_| rng.random_range(-1.0f32..1.0))
-        .collect();
+    let acts = relu_values(&mut rng, m * n);
+    let w1 = uniform_values(&mut rng, 5 * n);
+    let b1 = uniform_values(&mut rng, 5);
+    let w2 = uniform_values(&mut rng, 60 * n);
     let next = [
         NextLayer {
             weight: &w1,
@@ -646,12 +647,8 @@ fn greedy_from_kernel_columns_keeps_what_the_whole_kernel_keeps() {
 
     let (m, n, n_out) = (300, 50, 7);
     let mut rng = ChaCha8Rng::seed_from_u64(21);
-    let acts: Vec<f32> = (0..m * n)
-        .map(|_| rng.random_range(-0.3f32..1.0).max(0.0))
-        .collect();
-    let w: Vec<f32> = (0..n_out * n)
-        .map(|_| rng.random_range(-1.0f32..1.0))
-        .collect();
+    let acts = relu_values(&mut rng, m * n);
+    let w = uniform_values(&mut rng, n_out * n);
     let next = [NextLayer {
         weight: &w,
         bias: None,

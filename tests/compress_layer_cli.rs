@@ -710,6 +710,30 @@ fn fortran_f16_activations_and_the_two_pass_route() {
     );
 }
 
+/// A wide layer's files for the memory-plan tests: `acts` (m x n) as `wide.npy`, and a
+/// next layer `down` (n_out x n) in `m.safetensors`.
+fn write_wide_layer(
+    dir: &Path,
+    m: usize,
+    n: usize,
+    n_out: usize,
+    acts: &[f32],
+) -> (PathBuf, PathBuf) {
+    let acts_path = dir.join("wide.npy");
+    write_npy(&acts_path, &[m, n], acts).unwrap();
+    let mut model = TensorFile::default();
+    let w: Vec<f32> = (0..n_out * n)
+        .map(|i| ((i * 13) % 7) as f32 - 3.0)
+        .collect();
+    model.insert(
+        "down.weight".into(),
+        Tensor::from_f32(&w, vec![n_out, n], Dtype::F32).unwrap(),
+    );
+    let model_path = dir.join("m.safetensors");
+    write_safetensors(&model_path, &model).unwrap();
+    (acts_path, model_path)
+}
+
 /// A layer of 1500 neurons with random selection: the plan of each route, as the library
 /// makes it, decides what `DIVNET_MEMORY_AVAILABLE` must pretend for the command to take
 /// one pass, two passes, or to refuse the layer with a message that says what it needs and
@@ -724,18 +748,7 @@ fn the_memory_check_chooses_the_route_or_refuses_the_layer() {
     let acts: Vec<f32> = (0..m * n)
         .map(|i| ((i * 37) % 101) as f32 / 101.0)
         .collect();
-    let acts_path = dir.path().join("wide.npy");
-    write_npy(&acts_path, &[m, n], &acts).unwrap();
-    let mut model = TensorFile::default();
-    let w: Vec<f32> = (0..n_out * n)
-        .map(|i| ((i * 13) % 7) as f32 - 3.0)
-        .collect();
-    model.insert(
-        "down.weight".into(),
-        Tensor::from_f32(&w, vec![n_out, n], Dtype::F32).unwrap(),
-    );
-    let model_path = dir.path().join("m.safetensors");
-    write_safetensors(&model_path, &model).unwrap();
+    let (acts_path, model_path) = write_wide_layer(dir.path(), m, n, n_out, &acts);
 
     let mut opts = LayerOptions::new(KeepSpec::Count(100));
     opts.method = SelectionMethod::Random;
@@ -843,18 +856,7 @@ fn greedy_takes_the_columns_route_when_the_kernel_does_not_fit() {
     let acts: Vec<f32> = (0..m * n)
         .map(|i| ((i * 37 + i / n * 11) % 101) as f32 / 101.0)
         .collect();
-    let acts_path = dir.path().join("wide.npy");
-    write_npy(&acts_path, &[m, n], &acts).unwrap();
-    let mut model = TensorFile::default();
-    let w: Vec<f32> = (0..n_out * n)
-        .map(|i| ((i * 13) % 7) as f32 - 3.0)
-        .collect();
-    model.insert(
-        "down.weight".into(),
-        Tensor::from_f32(&w, vec![n_out, n], Dtype::F32).unwrap(),
-    );
-    let model_path = dir.path().join("m.safetensors");
-    write_safetensors(&model_path, &model).unwrap();
+    let (acts_path, model_path) = write_wide_layer(dir.path(), m, n, n_out, &acts);
 
     let mut opts = LayerOptions::new(KeepSpec::Count(20));
     opts.method = SelectionMethod::Greedy;
