@@ -5,11 +5,15 @@
 //! One file per phase:
 //! - [`reduction`]: blocked Householder reduction to tridiagonal form, `A = Q T Q^T`
 //!   (`dsytrd`), about 4/3 n^3 flops, on a [`team`] of spinning threads;
+//! - [`band`] and [`bulge`]: the same reduction in two stages, to a band of half-width b
+//!   by matrix products (4/3 n^3 flops), then to tridiagonal form by bulge chasing
+//!   (6 n^2 b);
 //! - [`divide_conquer`]: all eigenpairs of T (`dstedc`);
 //! - [`eigenvalues`]: all eigenvalues of T alone, O(n^2) (`dsterf`);
 //! - [`inverse_iteration`]: eigenvectors of T for chosen eigenvalues (`dstein`, with
 //!   clusters computed whole);
-//! - [`back_transform`]: eigenvectors of T to those of A, 2 n^2 per vector (`dormtr`);
+//! - [`back_transform`]: eigenvectors of T to those of A, 2 n^2 per vector (`dormtr`),
+//!   4 n^2 after the two-stage reduction;
 //! - [`simd`]: the vector kernels of the inner loops; [`team`]: the thread team and the
 //!   process-wide budget that sizes it;
 //! - [`eigh`]: the two drivers, [`eigh::symmetric_eigen`] (reduction, divide and conquer,
@@ -17,9 +21,15 @@
 //!   [`eigh::PartialEigen`] (reduction and eigenvalues once, then any k eigenvectors on
 //!   demand: 4/3 n^3 + 2 n^2 k + 2 n k^2 flops, one n x n matrix plus n x k).
 //!
-//! Flops understate the reduction: half of it is a matrix-vector product per column, bound
-//! by memory, so it takes most of the time of either driver (at n = 4000 on one thread,
-//! 9.0 s of the partial path's 10.6 s and 10.5 s of the full one's 15.2 s).
+//! Flops understate the one-stage reduction: half of it is a matrix-vector product per
+//! column, bound by memory, so it takes most of the time of either driver (at n = 4000 on
+//! one thread, 9.0 s of the partial path's 10.6 s and 10.5 s of the full one's 15.2 s).
+//! The partial path therefore reduces large matrices (from
+//! [`eigh::TWO_STAGE_MIN_N`]) in two stages, which run at the speed of the arithmetic and
+//! pay for it with a second back-transformation: at n = 8192 with 2048 vectors on two
+//! cores, 21 s instead of about 32. The full path keeps one stage: it serves small
+//! matrices, where the one-stage reduction is as fast, and it would pay the second
+//! back-transformation on all n vectors.
 //!
 //! # Determinism
 //!
@@ -32,6 +42,8 @@
 //! differently (see [`simd`]), as do faer's.
 
 pub(crate) mod back_transform;
+pub(crate) mod band;
+pub(crate) mod bulge;
 pub(crate) mod divide_conquer;
 pub(crate) mod eigenvalues;
 pub(crate) mod eigh;
@@ -179,4 +191,39 @@ pub(crate) fn assert_eigendecomposition(
         resid <= 1e-12 * scale * n as f64,
         "{what}: residual {resid:e}"
     );
+}
+
+/// A random symmetric n x n matrix (entries in (-2, 2)) from `seed`.
+#[cfg(test)]
+pub(crate) fn random_symmetric(n: usize, seed: u64) -> Mat<f64> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let b = Mat::<f64>::from_fn(n, n, |_, _| rng.random_range(-1.0..1.0));
+    Mat::from_fn(n, n, |i, j| b[(i, j)] + b[(j, i)])
+}
+
+/// Asserts that two reductions of the same matrix gave the same bits: T, the taus and the
+/// whole reflector storage.
+#[cfg(test)]
+pub(crate) fn assert_same_reduction(
+    t: &reduction::Tridiagonal,
+    reference: &reduction::Tridiagonal,
+    what: &str,
+) {
+    let same = |x: &[f64], y: &[f64]| {
+        x.len() == y.len() && x.iter().zip(y).all(|(a, b)| a.to_bits() == b.to_bits())
+    };
+    assert!(same(&t.diag, &reference.diag), "{what}: diagonal");
+    assert!(same(&t.offdiag, &reference.offdiag), "{what}: subdiagonal");
+    assert!(same(&t.taus, &reference.taus), "{what}: taus");
+    assert_eq!(t.stages, reference.stages, "{what}: stages");
+    for j in 0..t.reflectors.ncols() {
+        assert!(
+            same(
+                t.reflectors.col_as_slice(j),
+                reference.reflectors.col_as_slice(j)
+            ),
+            "{what}: reflector storage, column {j}"
+        );
+    }
 }

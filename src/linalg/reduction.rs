@@ -51,16 +51,50 @@ const PART_MIN_COLUMNS: usize = 256;
 /// operands of the trailing update, the symmetric product's parts and the column.
 pub(crate) const WORKSPACE_COLUMNS: usize = 5 * PANEL + PART_COUNTS[PART_COUNTS.len() - 1] + 1;
 
-/// The result of [`tridiagonalize`].
+/// The result of [`tridiagonalize`] or [`super::band::tridiagonalize_in_two_stages`].
 pub(crate) struct Tridiagonal {
     /// The diagonal of T (n).
     pub(crate) diag: Vec<f64>,
     /// The subdiagonal of T (n - 1).
     pub(crate) offdiag: Vec<f64>,
-    /// Column c below the diagonal holds `v_c` (rows c + 1..n); the rest is scratch.
+    /// Column c holds `v_c` from its leading one at row c + 1 (one stage) or c + b (two
+    /// stages, which keep the second stage's reflectors in the strict upper triangle); the
+    /// rest is scratch.
     pub(crate) reflectors: Mat<f64>,
-    /// `tau_c` of each reflector (n - 1).
+    /// `tau_c` of each reflector (n - 1, or n - b after two stages).
     pub(crate) taus: Vec<f64>,
+    /// Which reduction made T.
+    pub(crate) stages: Stages,
+}
+
+#[cfg(test)]
+impl Tridiagonal {
+    /// T as a dense matrix.
+    pub(crate) fn dense_t(&self) -> Mat<f64> {
+        let n = self.diag.len();
+        Mat::from_fn(n, n, |i, j| {
+            if i == j {
+                self.diag[i]
+            } else if i == j + 1 {
+                self.offdiag[j]
+            } else if j == i + 1 {
+                self.offdiag[i]
+            } else {
+                0.0
+            }
+        })
+    }
+}
+
+/// The reduction that made a [`Tridiagonal`], which says where its reflectors are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Stages {
+    /// This module's: `v_c` from row c + 1, n - 1 of them.
+    One,
+    /// [`super::band`] then [`super::bulge`]: the first stage's `v_c` from row
+    /// c + `width` (n - width of them, the taus), the second stage's in the strict upper
+    /// triangle.
+    Two { width: usize },
 }
 
 /// Reduces the symmetric matrix whose lower triangle is that of `a` (n x n, column-major)
@@ -134,6 +168,7 @@ impl Reduction {
             offdiag: self.offdiag,
             reflectors: self.a,
             taus: self.taus,
+            stages: Stages::One,
         }
     }
 
@@ -187,18 +222,7 @@ impl Reduction {
         let col = &mut self.column[..n - c];
         self.diag[c] = col[0];
         let x = &mut col[1..];
-        let alpha = x[0];
-        let xnorm = dot(&x[1..], &x[1..]).sqrt();
-        let (beta, tau) = if xnorm == 0.0 {
-            (alpha, 0.0)
-        } else {
-            let beta = -alpha.hypot(xnorm).copysign(alpha);
-            let scale = 1.0 / (alpha - beta);
-            for xi in &mut x[1..] {
-                *xi *= scale;
-            }
-            (beta, (beta - alpha) / beta)
-        };
+        let (beta, tau) = householder(x);
         x[0] = 1.0;
         self.offdiag[c] = beta;
         self.taus[c] = tau;
@@ -281,10 +305,27 @@ impl Reduction {
     }
 }
 
+/// The reflector `H = I - tau v v^T` with `H x = beta e_1` (`dlarfg`): overwrites
+/// `x[1..]` with `v[1..]` (v's leading one is implied) and returns beta and tau; tau is 0
+/// (H = I) when `x[1..]` is zero already.
+pub(super) fn householder(x: &mut [f64]) -> (f64, f64) {
+    let alpha = x[0];
+    let xnorm = dot(&x[1..], &x[1..]).sqrt();
+    if xnorm == 0.0 {
+        return (alpha, 0.0);
+    }
+    let beta = -alpha.hypot(xnorm).copysign(alpha);
+    let scale = 1.0 / (alpha - beta);
+    for xi in &mut x[1..] {
+        *xi *= scale;
+    }
+    (beta, (beta - alpha) / beta)
+}
+
 /// The number of parts a parallel step on a trailing matrix of order `r` is split into:
 /// a function of `r` alone (see the module docs), the largest of [`PART_COUNTS`] that
 /// leaves each part [`PART_MIN_COLUMNS`].
-fn part_count(r: usize) -> usize {
+pub(super) fn part_count(r: usize) -> usize {
     PART_COUNTS
         .into_iter()
         .rev()
@@ -308,7 +349,7 @@ fn equal_area_columns(r: usize, parts: usize) -> Vec<usize> {
 
 /// Runs `job(part)` for every part in `0..parts`, the team's members taking parts in turn
 /// (member t takes parts t, t + size, ...).
-fn for_each_part(team: &mut SpinTeam, parts: usize, job: impl Fn(usize) + Sync) {
+pub(super) fn for_each_part(team: &mut SpinTeam, parts: usize, job: impl Fn(usize) + Sync) {
     let size = team.size();
     if size == 1 || parts == 1 {
         (0..parts).for_each(job);
@@ -317,29 +358,41 @@ fn for_each_part(team: &mut SpinTeam, parts: usize, job: impl Fn(usize) + Sync) 
     team.run(|member| (member..parts).step_by(size).for_each(&job));
 }
 
+/// Runs `job(part, share)` for every part's share of an output, the team's members taking
+/// parts in turn as in [`for_each_part`].
+pub(super) fn for_each_share<'a>(
+    team: &mut SpinTeam,
+    shares: Vec<MatMut<'a, f64>>,
+    job: impl Fn(usize, MatMut<'a, f64>) + Sync,
+) {
+    let shares: Vec<Mutex<Option<MatMut<'a, f64>>>> =
+        shares.into_iter().map(|s| Mutex::new(Some(s))).collect();
+    for_each_part(team, shares.len(), |part| {
+        if let Some(share) = shares[part].lock().expect("unpoisoned").take() {
+            job(part, share);
+        }
+    });
+}
+
 /// `dst -= lhs rhs^T` on the lower triangle of the square `dst`, its columns split into
 /// [`part_count`] parts of equal area, each part one or two sequential products (the
 /// diagonal block and the rectangle below it).
-fn rank_2k_update(
+pub(super) fn rank_2k_update(
     team: &mut SpinTeam,
     dst: MatMut<'_, f64>,
     lhs: MatRef<'_, f64>,
     rhs: MatRef<'_, f64>,
 ) {
     let r = dst.nrows();
-    let parts = part_count(r);
-    let bounds = equal_area_columns(r, parts);
-    let mut shares = Vec::with_capacity(parts);
+    let bounds = equal_area_columns(r, part_count(r));
+    let mut shares = Vec::with_capacity(bounds.len() - 1);
     let mut rest = dst;
-    for t in 0..parts {
+    for t in 0..bounds.len() - 1 {
         let (share, tail) = rest.split_at_col_mut(bounds[t + 1] - bounds[t]);
-        shares.push(Mutex::new(Some(share)));
+        shares.push(share);
         rest = tail;
     }
-    for_each_part(team, parts, |part| {
-        let Some(share) = shares[part].lock().expect("unpoisoned").take() else {
-            return;
-        };
+    for_each_share(team, shares, |part, share| {
         let (j0, j1) = (bounds[part], bounds[part + 1]);
         if j0 == j1 {
             return;
@@ -439,13 +492,7 @@ fn symmetric_product(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn random_symmetric(n: usize, seed: u64) -> Mat<f64> {
-        use rand::{Rng, SeedableRng};
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-        let b = Mat::<f64>::from_fn(n, n, |_, _| rng.random_range(-1.0..1.0));
-        Mat::from_fn(n, n, |i, j| b[(i, j)] + b[(j, i)])
-    }
+    use crate::linalg::{assert_same_reduction, random_symmetric};
 
     /// The symmetric product and the rank-2k update, split across teams of one to three
     /// threads, against dense products and bit for bit against the one-thread result;
@@ -514,17 +561,7 @@ mod tests {
         for n in [1, 2, 3, 33, 70, 560] {
             let a = random_symmetric(n, n as u64);
             let t = tridiagonalize(a.clone(), &mut crate::progress::NoProgress);
-            let mut m = Mat::<f64>::from_fn(n, n, |i, j| {
-                if i == j {
-                    t.diag[i]
-                } else if i == j + 1 {
-                    t.offdiag[j]
-                } else if j == i + 1 {
-                    t.offdiag[i]
-                } else {
-                    0.0
-                }
-            });
+            let mut m = t.dense_t();
             // M <- H_c M H_c for c = n-2 .. 0 gives Q T Q^T.
             for c in (0..n.saturating_sub(1)).rev() {
                 let v: Vec<f64> = (0..n)
@@ -565,24 +602,7 @@ mod tests {
         };
         let one = reduce(1);
         for threads in [2, 3] {
-            let t = reduce(threads);
-            let same =
-                |x: &[f64], y: &[f64]| x.iter().zip(y).all(|(a, b)| a.to_bits() == b.to_bits());
-            assert!(same(&t.diag, &one.diag), "{threads} threads: diagonal");
-            assert!(
-                same(&t.offdiag, &one.offdiag),
-                "{threads} threads: subdiagonal"
-            );
-            assert!(same(&t.taus, &one.taus), "{threads} threads: taus");
-            for j in 0..n {
-                assert!(
-                    same(
-                        &t.reflectors.col_as_slice(j)[j..],
-                        &one.reflectors.col_as_slice(j)[j..]
-                    ),
-                    "{threads} threads: reflector {j}"
-                );
-            }
+            assert_same_reduction(&reduce(threads), &one, &format!("{threads} threads"));
         }
     }
 }

@@ -64,7 +64,7 @@ impl Drop for TeamLease {
     }
 }
 
-/// Spins before a waiting member starts yielding its core between checks.
+/// Spins before a waiting thread starts yielding its core between checks.
 const SPINS_BEFORE_YIELD: u32 = 1 << 16;
 
 type Job<'a> = &'a (dyn Fn(usize) + Sync);
@@ -203,7 +203,7 @@ impl Drop for Finished<'_> {
     }
 }
 
-fn wait(spins: &mut u32) {
+pub(super) fn wait(spins: &mut u32) {
     if *spins < SPINS_BEFORE_YIELD {
         *spins += 1;
         std::hint::spin_loop();

@@ -1,0 +1,333 @@
+//! The second stage of the two-stage reduction: a symmetric band matrix to tridiagonal form
+//! by bulge chasing, `B = Q2 T Q2^T` (Schwarz's algorithm, as LAPACK's `dsytrd_sb2st`
+//! runs it: one column per sweep, Householder reflectors of length b).
+//!
+//! Sweep j zeroes column j below its subdiagonal with a reflector on rows
+//! `j+1..j+1+b`. Applied from both sides, it fills the block below the band with a bulge;
+//! the next reflector, on the next b rows, zeroes the bulge's first column, and so on down
+//! the matrix. What is left of each bulge is taken by the next sweeps, so between sweeps
+//! the entries are nonzero at most 2b - 1 below the diagonal, and the working band keeps
+//! 2b diagonals. Reflector i of sweep j acts on rows `j+1+ib..` (b of them, fewer at the
+//! end); the reflectors of one sweep act on disjoint rows.
+//!
+//! Sweep j's reflectors cover rows j + 1..n exactly once, n - 1 - j values: they are kept
+//! in the strict upper triangle of the reduced matrix, column n - 1 - j (rows 0..n-1-j),
+//! which has exactly that many entries and which the first stage never uses. Each
+//! reflector's leading one is implied and its tau is kept in its place.
+//!
+//! About 6 n^2 b flops on one thread (the sweeps depend on each other step by step).
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use faer::Mat;
+
+use super::band::Band;
+use super::reduction::householder;
+use super::team::{wait, SpinTeam};
+use crate::progress::Progress;
+
+/// Sweeps per job posted to the team: progress is reported between jobs.
+const SWEEPS_PER_JOB: usize = 128;
+
+/// T's diagonal (n) and subdiagonal (n - 1) from the band, Q2's reflectors written into the
+/// strict upper triangle of `a` (n x n) as the module docs describe. Progress counts sweeps.
+///
+/// The team's members take sweeps in turn and run them as a pipeline: step s of a sweep
+/// touches rows and columns `j+1+sb..j+1+(s+2)b` only, so step s of sweep j + 1 may run
+/// once sweep j has finished step s + 2, beside sweep j's later steps. Every entry sees the
+/// same updates in the same order as in one thread, so the result does not depend on the
+/// team's size.
+pub(crate) fn chase_bulges(
+    band: &Band,
+    a: &mut Mat<f64>,
+    team: &mut SpinTeam,
+    progress: &mut dyn Progress,
+) -> (Vec<f64>, Vec<f64>) {
+    let n = band.diagonals.ncols();
+    let b = band.width;
+    let sweeps = n.saturating_sub(1);
+    let work = Working::new(band);
+    let store = ReflectorStore {
+        ptr: a.as_ptr_mut(),
+        col_stride: a.col_stride() as usize,
+    };
+    assert_eq!(a.row_stride(), 1, "column-major storage");
+    // Steps finished by each sweep (usize::MAX once it is over).
+    let done: Vec<AtomicUsize> = (0..sweeps).map(|_| AtomicUsize::new(0)).collect();
+    progress.start("bulge chasing", sweeps as u64);
+    let size = team.size();
+    let mut first = 0;
+    while first < sweeps {
+        let last = (first + SWEEPS_PER_JOB).min(sweeps);
+        team.run(|member| {
+            for j in (first + member..last).step_by(size) {
+                let this = Sweep {
+                    work: &work,
+                    store: &store,
+                    b,
+                    j,
+                    previous: j.checked_sub(1).map(|p| &done[p]),
+                    done: &done[j],
+                };
+                // SAFETY: the sweeps run as the pipeline described above.
+                unsafe { this.run() };
+            }
+        });
+        progress.advance((last - first) as u64);
+        first = last;
+    }
+    progress.finish();
+    let diag = (0..n).map(|j| work.get(j, j)).collect();
+    let offdiag = (0..sweeps).map(|j| work.get(j + 1, j)).collect();
+    (diag, offdiag)
+}
+
+/// Sets its sweep's count to "over" when dropped, so that the next sweep never waits
+/// forever, even when this one panics (the team then raises the panic).
+struct Over<'a>(&'a AtomicUsize);
+
+impl Drop for Over<'_> {
+    fn drop(&mut self) {
+        self.0.store(usize::MAX, Ordering::Release);
+    }
+}
+
+/// Where sweep j's reflectors go: column n - 1 - j of the reduced matrix, rows 0..n-1-j.
+struct ReflectorStore {
+    ptr: *mut f64,
+    col_stride: usize,
+}
+
+// SAFETY: each sweep writes its own column only.
+unsafe impl Sync for ReflectorStore {}
+
+/// Sweep j of the band `work` (half-width b), its reflectors into `store`; `previous`
+/// and `done` count the steps finished by sweeps j - 1 and j.
+struct Sweep<'a> {
+    work: &'a Working,
+    store: &'a ReflectorStore,
+    b: usize,
+    j: usize,
+    previous: Option<&'a AtomicUsize>,
+    done: &'a AtomicUsize,
+}
+
+impl Sweep<'_> {
+    /// The sweep's reflectors, one step per position, each step waiting until the previous
+    /// sweep has finished the step two positions further on. The loops are short (b
+    /// values), so on x86-64 a copy compiled for AVX2 runs when the CPU has it; it performs
+    /// the same operations (no fused multiply-adds), so both copies give the same bits.
+    ///
+    /// # Safety
+    /// No other thread runs this sweep, the sweeps before it run (or ran) with the same
+    /// waits, and no later sweep has started a step that this sweep's steps must precede.
+    unsafe fn run(&self) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the CPU supports AVX2; the caller upholds the rest.
+            return unsafe { self.run_avx2() };
+        }
+        // SAFETY: upheld by the caller.
+        unsafe { self.run_portable() }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn run_avx2(&self) {
+        // SAFETY: upheld by the caller.
+        unsafe { self.run_portable() }
+    }
+
+    #[inline(always)]
+    unsafe fn run_portable(&self) {
+        let Sweep {
+            work,
+            store,
+            b,
+            j,
+            previous,
+            done,
+        } = *self;
+        let n = work.n;
+        let _over = Over(done);
+        let wait_for = |step: usize| {
+            if let Some(previous) = previous {
+                let mut spins = 0u32;
+                while previous.load(Ordering::Acquire) < step + 3 {
+                    wait(&mut spins);
+                }
+            }
+        };
+        // SAFETY: column n - 1 - j has n rows; this sweep alone writes its first n - 1 - j.
+        let stored = unsafe {
+            std::slice::from_raw_parts_mut(store.ptr.add((n - 1 - j) * store.col_stride), n - 1 - j)
+        };
+        let mut v = vec![0.0; b];
+        let mut next = vec![0.0; b];
+        wait_for(0);
+        // The sweep's first reflector zeroes column j below the subdiagonal.
+        let mut len = b.min(n - 1 - j);
+        let mut tau = work.reflect(j + 1, j, len, &mut v);
+        stored[0] = tau;
+        stored[1..len].copy_from_slice(&v[1..len]);
+        let mut r0 = j + 1;
+        let mut step = 0;
+        loop {
+            if step > 0 {
+                wait_for(step);
+            }
+            if tau != 0.0 {
+                work.two_sided(r0, len, &v[..len], tau);
+            }
+            let r1 = r0 + len;
+            if r1 >= n {
+                break;
+            }
+            let m = b.min(n - r1);
+            if tau != 0.0 {
+                work.right(r1, m, r0, len, &v[..len], tau);
+            }
+            // The bulge's first column, column r0 below the band, zeroed by the next
+            // reflector, which the rest of the bulge's columns then see from the left.
+            let next_tau = work.reflect(r1, r0, m, &mut next);
+            if next_tau != 0.0 {
+                work.left(r1, m, r0 + 1, r0 + len, &next[..m], next_tau);
+            }
+            let at = r1 - (j + 1);
+            stored[at] = next_tau;
+            stored[at + 1..at + m].copy_from_slice(&next[1..m]);
+            std::mem::swap(&mut v, &mut next);
+            tau = next_tau;
+            r0 = r1;
+            len = m;
+            step += 1;
+            done.store(step, Ordering::Release);
+        }
+    }
+}
+
+/// The band during the sweeps: `values[c * ld + (r - c)] = B[r, c]` for 0 <= r - c < 2b,
+/// so each column's entries are contiguous, and so are a block's columns below the
+/// diagonal. The sweeps' threads share it; each touches only its step's rows and columns.
+struct Working {
+    n: usize,
+    ld: usize,
+    values: std::cell::UnsafeCell<Vec<f64>>,
+}
+
+// SAFETY: the sweeps' threads touch disjoint entries at any one time (see `chase_bulges`).
+unsafe impl Sync for Working {}
+
+impl Working {
+    fn new(band: &Band) -> Self {
+        let n = band.diagonals.ncols();
+        let ld = 2 * band.width;
+        let mut values = vec![0.0; n * ld];
+        for c in 0..n {
+            for d in 0..=band.width.min(n - 1 - c) {
+                values[c * ld + d] = band.diagonals[(d, c)];
+            }
+        }
+        Working {
+            n,
+            ld,
+            values: std::cell::UnsafeCell::new(values),
+        }
+    }
+
+    /// B[r, c] once the sweeps are over.
+    fn get(&self, r: usize, c: usize) -> f64 {
+        // SAFETY: called after the team's jobs, when no thread writes.
+        unsafe { (&*self.values.get())[c * self.ld + (r - c)] }
+    }
+
+    /// Rows `r..r + len` of column c (r >= c, r + len - c <= 2b).
+    #[allow(clippy::mut_from_ref)]
+    #[inline(always)]
+    fn column(&self, r: usize, c: usize, len: usize) -> &mut [f64] {
+        assert!(r >= c && r + len - c <= self.ld && r + len <= self.n);
+        let at = c * self.ld + (r - c);
+        // SAFETY: in bounds (checked above, n * ld values); only the sweep whose step
+        // covers these entries touches them now (see `chase_bulges`), and no two of its
+        // slices are alive at once.
+        unsafe { std::slice::from_raw_parts_mut((*self.values.get()).as_mut_ptr().add(at), len) }
+    }
+
+    /// The reflector that zeroes rows `r + 1..r + len` of column c: applied to that
+    /// column (leaving beta at row r), its v (leading one included) into `v[..len]`;
+    /// returns tau.
+    #[inline(always)]
+    fn reflect(&self, r: usize, c: usize, len: usize, v: &mut [f64]) -> f64 {
+        let x = self.column(r, c, len);
+        let (beta, tau) = householder(x);
+        v[0] = 1.0;
+        v[1..len].copy_from_slice(&x[1..]);
+        x[0] = beta;
+        x[1..].fill(0.0);
+        tau
+    }
+
+    /// `S <- H S H` for the diagonal block S on rows and columns `r0..r0 + len`, its lower
+    /// triangle stored: `w = tau S v`, `w -= (tau / 2)(w^T v) v`, `S -= v w^T + w v^T`.
+    #[inline(always)]
+    fn two_sided(&self, r0: usize, len: usize, v: &[f64], tau: f64) {
+        let mut w = vec![0.0; len];
+        for jj in 0..len {
+            let col = self.column(r0 + jj, r0 + jj, len - jj);
+            let mut sum = col[0] * v[jj];
+            for t in 1..len - jj {
+                sum += col[t] * v[jj + t];
+                w[jj + t] += col[t] * v[jj];
+            }
+            w[jj] += sum;
+        }
+        let mut wv = 0.0;
+        for (wi, vi) in w.iter_mut().zip(v) {
+            *wi *= tau;
+            wv += *wi * vi;
+        }
+        let alpha = -0.5 * tau * wv;
+        for (wi, vi) in w.iter_mut().zip(v) {
+            *wi += alpha * vi;
+        }
+        for jj in 0..len {
+            let (vj, wj) = (v[jj], w[jj]);
+            let col = self.column(r0 + jj, r0 + jj, len - jj);
+            for (t, x) in col.iter_mut().enumerate() {
+                *x -= v[jj + t] * wj + w[jj + t] * vj;
+            }
+        }
+    }
+
+    /// `X <- X H` for the block X on rows `r1..r1 + m` and columns `r0..r0 + len`:
+    /// `y = X v`, `X -= tau y v^T`.
+    #[inline(always)]
+    fn right(&self, r1: usize, m: usize, r0: usize, len: usize, v: &[f64], tau: f64) {
+        let mut y = vec![0.0; m];
+        for (jj, &vj) in v.iter().enumerate().take(len) {
+            for (yi, x) in y.iter_mut().zip(self.column(r1, r0 + jj, m)) {
+                *yi += *x * vj;
+            }
+        }
+        for (jj, &vj) in v.iter().enumerate().take(len) {
+            let scale = tau * vj;
+            for (x, yi) in self.column(r1, r0 + jj, m).iter_mut().zip(&y) {
+                *x -= scale * yi;
+            }
+        }
+    }
+
+    /// `X <- H X` for the block X on rows `r1..r1 + m` and columns `c0..c1`:
+    /// each column `x -= tau (v^T x) v`.
+    #[inline(always)]
+    fn left(&self, r1: usize, m: usize, c0: usize, c1: usize, v: &[f64], tau: f64) {
+        for c in c0..c1 {
+            let col = self.column(r1, c, m);
+            let s: f64 = col.iter().zip(v).map(|(x, vi)| x * vi).sum();
+            let scale = tau * s;
+            for (x, vi) in col.iter_mut().zip(v) {
+                *x -= scale * vi;
+            }
+        }
+    }
+}
