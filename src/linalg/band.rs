@@ -38,10 +38,12 @@ pub(crate) struct Band {
     pub(crate) diagonals: Mat<f64>,
 }
 
-/// Columns of n values the band reduction holds beside the matrix, for half-width b: the
-/// band, `A22 V T` and W, and the two n x 2b operands of the trailing update.
+/// Columns of n values the two-stage reduction holds beside the matrix, for half-width b:
+/// the band (b + 1 diagonals) and, in the first stage, V, `A22 V` and Y (then W) and the
+/// two n x 2b operands of the trailing update; the second stage's working band (2b
+/// diagonals) is less.
 pub(crate) const fn workspace_columns(b: usize) -> usize {
-    b + 1 + 2 * b + 4 * b
+    (b + 1) + 3 * b + 4 * b
 }
 
 /// Reduces the symmetric matrix whose lower triangle is that of `a` to a band of
