@@ -328,9 +328,15 @@ impl MemoryPlan {
 
     /// Whether the plan fits `available` with the margin; an unknown figure fits.
     pub fn fits(&self, available: &Available) -> bool {
+        self.fits_share(available, 1)
+    }
+
+    /// Whether the plan, with the margin, takes at most one part in `parts` of
+    /// `available`; an unknown figure fits.
+    pub fn fits_share(&self, available: &Available, parts: u64) -> bool {
         available
             .bytes
-            .is_none_or(|free| self.need_with_margin() <= free)
+            .is_none_or(|free| self.need_with_margin() <= free / parts.max(1))
     }
 
     /// An error when the plan does not fit: "a layer of 32768 neurons needs 10.9 GB at its

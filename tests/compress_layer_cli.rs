@@ -736,11 +736,13 @@ fn write_wide_layer(
 
 /// A layer of 1500 neurons with random selection: the plan of each route, as the library
 /// makes it, decides what `DIVNET_MEMORY_AVAILABLE` must pretend for the command to take
-/// one pass, two passes, or to refuse the layer with a message that says what it needs and
-/// what is free, exit code 2 and no output. `--dry-run` prints the plan and writes nothing.
+/// one pass (when that takes at most `ONE_PASS_SHARE` of the free memory), two passes
+/// (when one pass would take more, even though it fits), or to refuse the layer with a
+/// message that says what it needs and what is free, exit code 2 and no output.
+/// `--dry-run` prints the plan and writes nothing.
 #[test]
 fn the_memory_check_chooses_the_route_or_refuses_the_layer() {
-    use divnet::compress::{plan_layer, KeepSpec, LayerOptions, Route};
+    use divnet::compress::{plan_layer, KeepSpec, LayerOptions, Route, ONE_PASS_SHARE};
     use divnet::select::SelectionMethod;
 
     let (m, n, n_out) = (40, 1500, 4);
@@ -793,7 +795,13 @@ fn the_memory_check_chooses_the_route_or_refuses_the_layer() {
         "--report",
         rep.to_str().unwrap(),
     ];
-    for (available, route) in [(one, "one-pass"), ((one + two) / 2, "two-pass")] {
+    let share = ONE_PASS_SHARE;
+    for (available, route) in [
+        (one * share, "one-pass"),
+        (one * share - 1, "two-pass"),
+        (one, "two-pass"),
+        ((one + two) / 2, "two-pass"),
+    ] {
         ok(&run(available, &to_file));
         let r = report(&rep);
         assert_eq!(r["route"], route, "{available} bytes free");
@@ -829,10 +837,12 @@ fn the_memory_check_chooses_the_route_or_refuses_the_layer() {
         "{stderr}"
     );
 
-    let dry = run(one, &["--dry-run"]);
+    let dry = run(one * share, &["--dry-run"]);
     let stdout = String::from_utf8_lossy(&ok(&dry).stdout).to_string();
     assert!(
-        stdout.starts_with("route: one-pass") && stdout.contains("at its peak"),
+        stdout.starts_with("route: one-pass")
+            && stdout.contains(&format!("at most 1/{share} of the free memory"))
+            && stdout.contains("at its peak"),
         "{stdout}"
     );
     assert!(

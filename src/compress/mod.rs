@@ -20,7 +20,7 @@ pub use layer::{
 pub use mlp::{
     apply_selection, compress_mlp, observe_hidden_layer, CompressOptions, LayerObservation,
 };
-pub use plan::{plan_layer, LayerPlan, Route};
+pub use plan::{plan_layer, LayerPlan, Route, ONE_PASS_SHARE};
 
 use crate::error::{Error, Result};
 use crate::fusion::FusionMode;

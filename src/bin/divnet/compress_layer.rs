@@ -86,8 +86,9 @@ pub struct Args {
     /// two-pass (the fusion's statistics from a second read after selection: one n x n
     /// matrix at a time) or columns (greedy only: no n x n matrix; greedy MAP computes the
     /// kernel columns it reads from further reads of the activations, a batch per read).
-    /// auto takes one pass when it fits the free memory, else two, and for greedy the
-    /// columns route when two passes do not fit either.
+    /// auto takes one pass when it needs at most 1/8 of the free memory (the second read
+    /// costs little time: 3-8% at n = 8192 and 16384), else two, and for greedy the columns
+    /// route when two passes do not fit.
     #[arg(long, value_enum, default_value_t = RouteArg::Auto)]
     route: RouteArg,
     /// Check the inputs, print the route and the memory plan (what each stage holds, the
@@ -105,7 +106,8 @@ pub struct Args {
 /// `--route` as clap sees it.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 enum RouteArg {
-    /// One pass when it fits the free memory, else two (else columns, for greedy).
+    /// One pass when it needs at most 1/8 of the free memory, else two (else columns,
+    /// for greedy).
     Auto,
     /// G collected with the kernel's distances.
     OnePass,
