@@ -535,10 +535,17 @@ mod tests {
         };
         assert!(plan.fits(&free(plan.need_with_margin())));
         assert!(!plan.fits(&free(plan.peak())));
-        assert!(plan.fits(&Available {
+        let unknown = Available {
             bytes: None,
-            source: "unknown".into()
-        }));
+            source: "unknown".into(),
+        };
+        assert!(plan.fits(&unknown));
+        // A share: one part in eight of what is free, the margin included.
+        let need = plan.need_with_margin();
+        assert!(plan.fits_share(&free(8 * need), 8));
+        assert!(!plan.fits_share(&free(8 * need - 1), 8));
+        assert!(plan.fits_share(&free(need), 1));
+        assert!(plan.fits_share(&unknown, 8));
         let msg = plan.check(&free(6_200_000_000)).unwrap_err().to_string();
         assert_eq!(
             msg,

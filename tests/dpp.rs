@@ -1087,6 +1087,13 @@ fn layer_selector_picks_the_eigen_path_by_size() {
         .unwrap();
     assert_eq!(drawn, sample_dpp(&partial, 3).unwrap());
     assert_eq!(selector.eigen_path(), "partial: 4/3 n^3 + 2 n^2 k");
+    // From 4096 neurons the reduction takes two stages, and the report says so.
+    let wide = Mat::<f64>::identity(4096, 4096);
+    let selector = LayerSelector::new(4096, Some(&wide), None);
+    assert_eq!(
+        selector.eigen_path(),
+        "partial, two-stage reduction: 4/3 n^3 + 4 n^2 k"
+    );
 
     // A selector that owns its kernel and draws once frees the partial eigendecomposition
     // before projection sampling: the same draws, seed for seed, and no second draw.

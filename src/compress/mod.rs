@@ -93,9 +93,10 @@ pub struct LayerReport {
     /// Diversity of the kept set under the kernel, when one was built (and not reduced in
     /// place by a wide layer's partial eigendecomposition).
     pub diversity: Option<Diversity>,
-    /// Which eigendecomposition a DPP draw came from: "full eigendecomposition" or
-    /// "partial: 4/3 n^3 + 2 n^2 k" (chosen by the layer's width, see
-    /// [`crate::select::PARTIAL_SPECTRUM_MIN_NEURONS`]); none for the other methods.
+    /// Which eigendecomposition a DPP draw came from: "full eigendecomposition",
+    /// "partial: 4/3 n^3 + 2 n^2 k" or "partial, two-stage reduction: 4/3 n^3 + 4 n^2 k"
+    /// (chosen by the layer's width, see [`crate::select::LayerSelector::eigen_path`]);
+    /// none for the other methods.
     pub eigen_path: Option<String>,
     /// How the fusion got its statistics: "one-pass" (G collected with the kernel's
     /// distances) or "two-pass" (a second pass over the activations after selection); see

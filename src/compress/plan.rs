@@ -37,7 +37,7 @@ use crate::select::{SelectionMethod, SelectionSize, PARTIAL_SPECTRUM_MIN_NEURONS
 /// (mean of five) on one pass against 48.2 s on two, and n = 16384 292.4 s against
 /// 294.5 s, for 3.97 GiB against 2.97. So memory is spent on it only while the layer is
 /// small for the machine: with 24 GB free, n = 8192 (1.2 GB with the margin) takes one
-/// pass, n = 16384 (4.9 GB) and wider take two.
+/// pass, n = 16384 (4.3 GB) and wider take two.
 pub const ONE_PASS_SHARE: u64 = 8;
 
 /// How [`super::compress_layer`] gets the statistics of the fusion.
@@ -161,6 +161,16 @@ pub fn plan_layer(
                 available.describe()
             ),
         ),
+        // Two passes never need more than one today; should a plan ever say so, one pass
+        // that fits is still better than refusing the layer.
+        None if one.fits(&available) && !two.fits(&available) => (
+            Route::OnePass,
+            format!(
+                "one pass takes {} with the margin and two passes do not fit: {}",
+                gb(one.need_with_margin()),
+                available.describe()
+            ),
+        ),
         None if columns_fit && !two.fits(&available) => (
             Route::Columns,
             format!(
@@ -172,8 +182,9 @@ pub fn plan_layer(
         None => (
             Route::TwoPass,
             format!(
-                "one pass would need {}, more than 1/{ONE_PASS_SHARE} of the free memory: {}",
-                one.describe_peak(),
+                "one pass would need {} with the margin, more than 1/{ONE_PASS_SHARE} of the \
+                 free memory: {}",
+                gb(one.need_with_margin()),
                 available.describe()
             ),
         ),
@@ -360,7 +371,7 @@ impl Shape {
             return vec![Allocation::matrix(
                 "the draw's eigenvectors and the back-transformation's panels",
                 n,
-                PartialEigen::eigenvector_columns(k),
+                PartialEigen::eigenvector_columns(n, k),
                 8,
             )];
         }
@@ -382,7 +393,7 @@ impl Shape {
                 Allocation::matrix(
                     "the draw's eigenvectors and the back-transformation's panels",
                     n,
-                    PartialEigen::eigenvector_columns(k),
+                    PartialEigen::eigenvector_columns(n, k),
                     8,
                 ),
                 Allocation::matrix("the projection sampler's basis", 2 * k, n, 8),
@@ -563,7 +574,7 @@ mod tests {
         assert_eq!(kdpp.peak(), select.bytes());
         assert_eq!(
             select.bytes(),
-            12 * nn + (n * PartialEigen::eigenvector_columns(2048) * 8) as u64
+            12 * nn + (n * PartialEigen::eigenvector_columns(n, 2048) * 8) as u64
         );
     }
 }

@@ -8,8 +8,9 @@
 //!   then each draw only selects columns. For small n, and wherever all eigenvectors are
 //!   wanted.
 //! - [`PartialSpectrum`]: the reduction to tridiagonal form and all eigenvalues (about
-//!   4/3 n^3, in L's own storage), then each draw computes its k eigenvectors
-//!   (2 n^2 k + 2 n k^2). For large n.
+//!   4/3 n^3, in L's own storage; in two stages from 4096 neurons), then each draw
+//!   computes its k eigenvectors (2 n^2 k + 2 n k^2; 4 n^2 k after two stages). For
+//!   large n.
 //!
 //! A sample then costs O(n k^2) (projection sampling) plus O(n k) (eigenvector
 //! selection). Greedy MAP works on `L` directly in O(n k^2) time and O(n k) memory. The

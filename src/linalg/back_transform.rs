@@ -2,13 +2,16 @@
 //! of A = Q T Q^T by `z <- Q z`, Q applied from the reflectors the reduction stored.
 //!
 //! The cost is 2 n^2 k for k columns, whichever eigenvectors they are: the full
-//! decomposition pays it for all n, a k-DPP draw for the k it selects.
+//! decomposition pays it for all n, a k-DPP draw for the k it selects. After the two-stage
+//! reduction it is paid twice, once per stage's reflectors.
 
 use faer::linalg::matmul::matmul as gemm;
 use faer::reborrow::{Reborrow, ReborrowMut};
-use faer::{Accum, Mat};
+use faer::{Accum, Mat, Par};
 use rayon::prelude::*;
 
+use super::band::MAX_BAND_WIDTH;
+use super::eigh::TWO_STAGE_MIN_N;
 use super::product_par;
 use super::reduction::{Stages, Tridiagonal};
 use crate::cpu::{contiguous, contiguous_mut};
@@ -18,14 +21,21 @@ use crate::progress::Progress;
 /// less memory traffic (the triangular factor costs b^2 per block).
 const BACK_PANEL: usize = 128;
 
-/// Columns of n values [`apply_q`] holds beside z, at most: V, and `V^T z` and `F V^T z`
-/// (each BACK_PANEL x k with k <= n), or a stripe per thread.
-pub(crate) fn workspace_columns() -> usize {
-    (3 * BACK_PANEL).max(STRIPE * rayon::current_num_threads())
+/// Columns of n values [`apply_q`] holds beside k columns of z, at most: V, and `V^T z` and
+/// `F V^T z` (each BACK_PANEL x k with k <= n), or, after the two-stage reduction (from
+/// [`TWO_STAGE_MIN_N`]), a stripe per thread at work.
+pub(crate) fn workspace_columns(n: usize, k: usize) -> usize {
+    let panels = 3 * BACK_PANEL;
+    if n < TWO_STAGE_MIN_N {
+        return panels;
+    }
+    let stripes = rayon::current_num_threads().min(k.div_ceil(STRIPE));
+    panels.max(STRIPE * stripes)
 }
 
 /// `z <- Q z` for the Q of `t` (`A = Q T Q^T`): for the two-stage reduction, the second
-/// stage's reflectors first, then the first stage's. Progress counts reflectors.
+/// stage's reflectors first (progress by column of z), then the first stage's (by
+/// reflector).
 pub(crate) fn apply_q(t: &Tridiagonal, z: &mut Mat<f64>, progress: &mut dyn Progress) {
     match t.stages {
         Stages::One => apply_reflectors(&t.reflectors, &t.taus, 1, z, progress),
@@ -63,7 +73,7 @@ fn apply_reflectors(
                 reflectors[(start + offset + r, start + c)]
             }
         });
-        let f = triangular_factor(&v, &taus[start..end]);
+        let f = triangular_factor(&v, &taus[start..end], product_par(bs));
         let mut target = z.as_mut().get_mut(start + offset.., ..);
         let mut vtz = Mat::<f64>::zeros(bs, target.ncols());
         gemm(
@@ -152,8 +162,38 @@ fn apply_bulge_reflectors(
 
 /// [`apply_bulge_reflectors`] on one stripe (n rows of [`STRIPE`] values): groups of
 /// `width` sweeps, last group first; in each, position by position down the matrix, the
-/// group's reflectors there (last sweep first) two at a time.
+/// group's reflectors there (last sweep first) two at a time. On x86-64 a copy compiled for
+/// AVX-512 or AVX2 with fused multiply-adds runs when the CPU has them (those builds round
+/// differently from the portable one, as the reduction's kernels do: see `simd.rs`).
 fn apply_to_stripe(reflectors: &Mat<f64>, width: usize, rows: &mut [f64]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma")
+    {
+        // SAFETY: the CPU supports AVX-512F and FMA.
+        return unsafe { apply_to_stripe_avx512(reflectors, width, rows) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports AVX2 and FMA.
+        return unsafe { apply_to_stripe_avx2(reflectors, width, rows) };
+    }
+    apply_to_stripe_with::<false>(reflectors, width, rows)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,fma")]
+unsafe fn apply_to_stripe_avx512(reflectors: &Mat<f64>, width: usize, rows: &mut [f64]) {
+    apply_to_stripe_with::<true>(reflectors, width, rows)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn apply_to_stripe_avx2(reflectors: &Mat<f64>, width: usize, rows: &mut [f64]) {
+    apply_to_stripe_with::<true>(reflectors, width, rows)
+}
+
+#[inline(always)]
+fn apply_to_stripe_with<const FUSED: bool>(reflectors: &Mat<f64>, width: usize, rows: &mut [f64]) {
     let n = reflectors.nrows();
     let sweeps = n.saturating_sub(1);
     let reflector = |j: usize, at: usize| -> (usize, &[f64]) {
@@ -171,19 +211,16 @@ fn apply_to_stripe(reflectors: &Mat<f64>, width: usize, rows: &mut [f64]) {
             let present = group_end.min(n - 1 - at);
             let mut j = present;
             while j > group_start {
-                let (r0, first) = reflector(j - 1, at);
+                let (r0, later) = reflector(j - 1, at);
                 if j - 1 > group_start {
-                    // Sweep j - 1 then j - 2: the second acts one row higher.
-                    let (r1, second) = reflector(j - 2, at);
-                    let end = (r0 + first.len()).max(r1 + second.len());
-                    reflect_pair(&mut rows[r1 * STRIPE..end * STRIPE], first, second);
+                    // Sweep j - 1 then j - 2, whose reflector acts one row higher.
+                    let (r1, earlier) = reflector(j - 2, at);
+                    let end = (r0 + later.len()).max(r1 + earlier.len());
+                    reflect_pair::<FUSED>(&mut rows[r1 * STRIPE..end * STRIPE], later, earlier);
                     j -= 2;
                 } else {
-                    reflect_pair(
-                        &mut rows[r0 * STRIPE..(r0 + first.len()) * STRIPE],
-                        &[],
-                        first,
-                    );
+                    let end = r0 + later.len();
+                    reflect_pair::<FUSED>(&mut rows[r0 * STRIPE..end * STRIPE], &[], later);
                     j -= 1;
                 }
             }
@@ -193,43 +230,15 @@ fn apply_to_stripe(reflectors: &Mat<f64>, width: usize, rows: &mut [f64]) {
     }
 }
 
-/// `X <- H2 H1 X` for the rows of X (each [`STRIPE`] values), with H1 acting on rows
-/// 1..=first.len() and H2 on rows 0..second.len() (first empty: H1 = I); each reflector
-/// stored as tau followed by v past its implied leading one. One pass over the rows for
-/// both products with X, one for both updates:
-/// `y1 = tau1 v1^T X`, `y2 = tau2 (v2^T X - (v2^T v1) y1)`, `X -= v1 y1^T + v2 y2^T`.
-#[inline]
-fn reflect_pair(rows: &mut [f64], first: &[f64], second: &[f64]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma")
-    {
-        // SAFETY: the CPU supports AVX-512F and FMA.
-        return unsafe { reflect_pair_avx512(rows, first, second) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports AVX2 and FMA.
-        return unsafe { reflect_pair_avx2(rows, first, second) };
-    }
-    reflect_pair_with::<false>(rows, first, second)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,fma")]
-unsafe fn reflect_pair_avx512(rows: &mut [f64], first: &[f64], second: &[f64]) {
-    reflect_pair_with::<true>(rows, first, second)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn reflect_pair_avx2(rows: &mut [f64], first: &[f64], second: &[f64]) {
-    reflect_pair_with::<true>(rows, first, second)
-}
-
-/// [`reflect_pair`]'s arithmetic, with fused multiply-adds where the CPU has them (the
-/// builds then round differently, as the reduction's kernels do: see `simd.rs`).
+/// `X <- H_e H_l X` for the rows of X (each [`STRIPE`] values): H_l, the later sweep's
+/// reflector, acts on rows 1..=later.len() and is applied first; H_e, the earlier sweep's,
+/// on rows 0..earlier.len() (`later` empty: H_l = I). Each reflector is stored as tau
+/// followed by v past its implied leading one. One pass over the rows for both products
+/// with X, one for both updates:
+/// `y_l = tau_l v_l^T X`, `y_e = tau_e (v_e^T X - (v_e^T v_l) y_l)`,
+/// `X -= v_l y_l^T + v_e y_e^T`; with fused multiply-adds when `FUSED`.
 #[inline(always)]
-fn reflect_pair_with<const FUSED: bool>(rows: &mut [f64], first: &[f64], second: &[f64]) {
+fn reflect_pair<const FUSED: bool>(rows: &mut [f64], later: &[f64], earlier: &[f64]) {
     #[inline(always)]
     fn madd<const FUSED: bool>(a: f64, b: f64, c: f64) -> f64 {
         if FUSED {
@@ -240,56 +249,49 @@ fn reflect_pair_with<const FUSED: bool>(rows: &mut [f64], first: &[f64], second:
     }
     let count = rows.len() / STRIPE;
     // Each reflector's coefficient on each row (zero outside its rows).
-    let mut c1 = [0.0f64; MAX_PAIR_ROWS];
-    let mut c2 = [0.0f64; MAX_PAIR_ROWS];
+    let mut cl = [0.0f64; MAX_PAIR_ROWS];
+    let mut ce = [0.0f64; MAX_PAIR_ROWS];
     assert!(count <= MAX_PAIR_ROWS);
-    let tau1 = first.first().copied().unwrap_or(0.0);
-    let tau2 = second[0];
-    if !first.is_empty() {
-        c1[1] = 1.0;
-        c1[2..1 + first.len()].copy_from_slice(&first[1..]);
+    let tau_l = later.first().copied().unwrap_or(0.0);
+    let tau_e = earlier[0];
+    if !later.is_empty() {
+        cl[1] = 1.0;
+        cl[2..1 + later.len()].copy_from_slice(&later[1..]);
     }
-    c2[0] = 1.0;
-    c2[1..second.len()].copy_from_slice(&second[1..]);
-    let overlap: f64 = c1.iter().zip(&c2).map(|(a, b)| a * b).sum();
-    let mut y1 = [0.0f64; STRIPE];
-    let mut y2 = [0.0f64; STRIPE];
+    ce[0] = 1.0;
+    ce[1..earlier.len()].copy_from_slice(&earlier[1..]);
+    let overlap: f64 = cl.iter().zip(&ce).map(|(a, b)| a * b).sum();
+    let mut yl = [0.0f64; STRIPE];
+    let mut ye = [0.0f64; STRIPE];
     for (r, row) in rows.chunks_exact(STRIPE).enumerate() {
-        let (a1, a2) = (c1[r], c2[r]);
+        let (al, ae) = (cl[r], ce[r]);
         for l in 0..STRIPE {
-            y1[l] = madd::<FUSED>(a1, row[l], y1[l]);
-            y2[l] = madd::<FUSED>(a2, row[l], y2[l]);
+            yl[l] = madd::<FUSED>(al, row[l], yl[l]);
+            ye[l] = madd::<FUSED>(ae, row[l], ye[l]);
         }
     }
     for l in 0..STRIPE {
-        y1[l] *= tau1;
-        y2[l] = tau2 * madd::<FUSED>(-overlap, y1[l], y2[l]);
+        yl[l] *= tau_l;
+        ye[l] = tau_e * madd::<FUSED>(-overlap, yl[l], ye[l]);
     }
     for (r, row) in rows.chunks_exact_mut(STRIPE).enumerate() {
-        let (a1, a2) = (c1[r], c2[r]);
+        let (al, ae) = (cl[r], ce[r]);
         for l in 0..STRIPE {
-            row[l] = madd::<FUSED>(-a2, y2[l], madd::<FUSED>(-a1, y1[l], row[l]));
+            row[l] = madd::<FUSED>(-ae, ye[l], madd::<FUSED>(-al, yl[l], row[l]));
         }
     }
 }
 
-/// Rows a pair of reflectors spans at most, for bands up to 64 wide.
-const MAX_PAIR_ROWS: usize = 65;
+/// Rows a pair of reflectors spans at most.
+const MAX_PAIR_ROWS: usize = MAX_BAND_WIDTH + 1;
 
 /// F of the compact WY form `H_0 ... H_{b-1} = I - V F V^T` by LAPACK's `dlarft`
 /// recurrence, column i from `V^T v_i`: all of `V^T V` in one matrix product rather than
 /// b^2 / 2 separate dot products.
-pub(super) fn triangular_factor(v: &Mat<f64>, taus: &[f64]) -> Mat<f64> {
+pub(super) fn triangular_factor(v: &Mat<f64>, taus: &[f64], par: Par) -> Mat<f64> {
     let bs = taus.len();
     let mut vtv = Mat::<f64>::zeros(bs, bs);
-    gemm(
-        &mut vtv,
-        Accum::Replace,
-        v.transpose(),
-        v,
-        1.0,
-        product_par(bs),
-    );
+    gemm(&mut vtv, Accum::Replace, v.transpose(), v, 1.0, par);
     let mut f = Mat::<f64>::zeros(bs, bs);
     for (i, &tau) in taus.iter().enumerate() {
         f[(i, i)] = tau;

@@ -17,7 +17,7 @@
 //!
 //! About 6 n^2 b flops on one thread (the sweeps depend on each other step by step).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use faer::Mat;
 
@@ -32,11 +32,12 @@ const SWEEPS_PER_JOB: usize = 128;
 /// T's diagonal (n) and subdiagonal (n - 1) from the band, Q2's reflectors written into the
 /// strict upper triangle of `a` (n x n) as the module docs describe. Progress counts sweeps.
 ///
-/// The team's members take sweeps in turn and run them as a pipeline: step s of a sweep
-/// touches rows and columns `j+1+sb..j+1+(s+2)b` only, so step s of sweep j + 1 may run
-/// once sweep j has finished step s + 2, beside sweep j's later steps. Every entry sees the
-/// same updates in the same order as in one thread, so the result does not depend on the
-/// team's size.
+/// The team's members take sweeps in turn and run them as a pipeline. Step s of sweep j
+/// touches rows and columns `j+1+sb..j+1+(s+2)b` only (and column j at step 0), so step s
+/// of sweep j + 1 may run once sweep j has finished step s + 2, beside sweep j's later
+/// steps. Every entry sees the same updates in the same order as in one thread, so the
+/// result does not depend on the team's size. A sweep that panics stops the pipeline: every
+/// waiting sweep then panics too, without touching the band, and the team raises the panic.
 pub(crate) fn chase_bulges(
     band: &Band,
     a: &mut Mat<f64>,
@@ -46,49 +47,103 @@ pub(crate) fn chase_bulges(
     let n = band.diagonals.ncols();
     let b = band.width;
     let sweeps = n.saturating_sub(1);
-    let work = Working::new(band);
+    assert_eq!(
+        (a.nrows(), a.ncols()),
+        (n, n),
+        "the reduced matrix is n x n"
+    );
+    assert_eq!(a.row_stride(), 1, "column-major storage");
+    let mut values = Working::values(band);
+    let work = Working {
+        n,
+        ld: 2 * b,
+        ptr: values.as_mut_ptr(),
+    };
     let store = ReflectorStore {
         ptr: a.as_ptr_mut(),
         col_stride: a.col_stride() as usize,
     };
-    assert_eq!(a.row_stride(), 1, "column-major storage");
-    // Steps finished by each sweep (usize::MAX once it is over).
-    let done: Vec<AtomicUsize> = (0..sweeps).map(|_| AtomicUsize::new(0)).collect();
+    let pipeline = Pipeline {
+        done: (0..sweeps).map(|_| StepCount::default()).collect(),
+        stopped: AtomicBool::new(false),
+    };
     progress.start("bulge chasing", sweeps as u64);
     let size = team.size();
     let mut first = 0;
     while first < sweeps {
         let last = (first + SWEEPS_PER_JOB).min(sweeps);
         team.run(|member| {
+            let mut scratch = vec![0.0; 4 * b];
             for j in (first + member..last).step_by(size) {
                 let this = Sweep {
                     work: &work,
                     store: &store,
+                    pipeline: &pipeline,
                     b,
                     j,
-                    previous: j.checked_sub(1).map(|p| &done[p]),
-                    done: &done[j],
                 };
                 // SAFETY: the sweeps run as the pipeline described above.
-                unsafe { this.run() };
+                unsafe { this.run(&mut scratch) };
             }
         });
         progress.advance((last - first) as u64);
         first = last;
     }
     progress.finish();
-    let diag = (0..n).map(|j| work.get(j, j)).collect();
-    let offdiag = (0..sweeps).map(|j| work.get(j + 1, j)).collect();
+    let get = |r: usize, c: usize| values[c * 2 * b + (r - c)];
+    let diag = (0..n).map(|j| get(j, j)).collect();
+    let offdiag = (0..sweeps).map(|j| get(j + 1, j)).collect();
     (diag, offdiag)
 }
 
-/// Sets its sweep's count to "over" when dropped, so that the next sweep never waits
-/// forever, even when this one panics (the team then raises the panic).
-struct Over<'a>(&'a AtomicUsize);
+/// The sweeps' progress: the steps each has finished (usize::MAX once it is over), and
+/// whether one of them panicked.
+struct Pipeline {
+    done: Vec<StepCount>,
+    stopped: AtomicBool,
+}
 
-impl Drop for Over<'_> {
+/// A sweep's finished steps, alone on its cache line: the next sweep polls it while this
+/// one writes its neighbours' counts.
+#[derive(Default)]
+#[repr(align(64))]
+struct StepCount(AtomicUsize);
+
+impl Pipeline {
+    /// Waits until sweep j has finished `steps` steps; panics, without waiting further,
+    /// once a sweep has panicked.
+    fn wait_for(&self, j: usize, steps: usize) {
+        let mut spins = 0u32;
+        loop {
+            let done = self.done[j].0.load(Ordering::Acquire);
+            // Read after `done`: a panicking sweep stops the pipeline before it marks
+            // itself over.
+            if self.stopped.load(Ordering::Acquire) {
+                panic!("bulge chasing stopped: another sweep panicked");
+            }
+            if done >= steps {
+                return;
+            }
+            wait(&mut spins);
+        }
+    }
+}
+
+/// Marks its sweep over when dropped, and stops the pipeline first if the sweep is
+/// unwinding from a panic.
+struct SweepOver<'a> {
+    pipeline: &'a Pipeline,
+    j: usize,
+}
+
+impl Drop for SweepOver<'_> {
     fn drop(&mut self) {
-        self.0.store(usize::MAX, Ordering::Release);
+        if std::thread::panicking() {
+            self.pipeline.stopped.store(true, Ordering::Release);
+        }
+        self.pipeline.done[self.j]
+            .0
+            .store(usize::MAX, Ordering::Release);
     }
 }
 
@@ -101,73 +156,70 @@ struct ReflectorStore {
 // SAFETY: each sweep writes its own column only.
 unsafe impl Sync for ReflectorStore {}
 
-/// Sweep j of the band `work` (half-width b), its reflectors into `store`; `previous`
-/// and `done` count the steps finished by sweeps j - 1 and j.
+/// Sweep j of the band `work` (half-width b), its reflectors into `store`, its progress in
+/// `pipeline`.
 struct Sweep<'a> {
     work: &'a Working,
     store: &'a ReflectorStore,
+    pipeline: &'a Pipeline,
     b: usize,
     j: usize,
-    previous: Option<&'a AtomicUsize>,
-    done: &'a AtomicUsize,
 }
 
 impl Sweep<'_> {
     /// The sweep's reflectors, one step per position, each step waiting until the previous
-    /// sweep has finished the step two positions further on. The loops are short (b
-    /// values), so on x86-64 a copy compiled for AVX2 runs when the CPU has it; it performs
-    /// the same operations (no fused multiply-adds), so both copies give the same bits.
+    /// sweep has finished the step two positions further on; `scratch` holds 4b values.
+    /// The loops are short (b values), so on x86-64 a copy compiled for AVX2 runs when the
+    /// CPU has it; it performs the same operations (no fused multiply-adds), so both copies
+    /// give the same bits.
     ///
     /// # Safety
     /// No other thread runs this sweep, the sweeps before it run (or ran) with the same
     /// waits, and no later sweep has started a step that this sweep's steps must precede.
-    unsafe fn run(&self) {
+    unsafe fn run(&self, scratch: &mut [f64]) {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") {
             // SAFETY: the CPU supports AVX2; the caller upholds the rest.
-            return unsafe { self.run_avx2() };
+            return unsafe { self.run_avx2(scratch) };
         }
         // SAFETY: upheld by the caller.
-        unsafe { self.run_portable() }
+        unsafe { self.run_portable(scratch) }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn run_avx2(&self) {
+    unsafe fn run_avx2(&self, scratch: &mut [f64]) {
         // SAFETY: upheld by the caller.
-        unsafe { self.run_portable() }
+        unsafe { self.run_portable(scratch) }
     }
 
     #[inline(always)]
-    unsafe fn run_portable(&self) {
+    unsafe fn run_portable(&self, scratch: &mut [f64]) {
         let Sweep {
             work,
             store,
+            pipeline,
             b,
             j,
-            previous,
-            done,
         } = *self;
         let n = work.n;
-        let _over = Over(done);
+        let _over = SweepOver { pipeline, j };
         let wait_for = |step: usize| {
-            if let Some(previous) = previous {
-                let mut spins = 0u32;
-                while previous.load(Ordering::Acquire) < step + 3 {
-                    wait(&mut spins);
-                }
+            if j > 0 {
+                pipeline.wait_for(j - 1, step + 3);
             }
         };
+        let (v, rest) = scratch.split_at_mut(b);
+        let (next, rest) = rest.split_at_mut(b);
+        let (mut v, mut next) = (v, next);
         // SAFETY: column n - 1 - j has n rows; this sweep alone writes its first n - 1 - j.
         let stored = unsafe {
             std::slice::from_raw_parts_mut(store.ptr.add((n - 1 - j) * store.col_stride), n - 1 - j)
         };
-        let mut v = vec![0.0; b];
-        let mut next = vec![0.0; b];
         wait_for(0);
         // The sweep's first reflector zeroes column j below the subdiagonal.
         let mut len = b.min(n - 1 - j);
-        let mut tau = work.reflect(j + 1, j, len, &mut v);
+        let mut tau = unsafe { work.reflect(j + 1, j, len, v) };
         stored[0] = tau;
         stored[1..len].copy_from_slice(&v[1..len]);
         let mut r0 = j + 1;
@@ -177,7 +229,7 @@ impl Sweep<'_> {
                 wait_for(step);
             }
             if tau != 0.0 {
-                work.two_sided(r0, len, &v[..len], tau);
+                unsafe { work.two_sided(r0, len, &v[..len], tau, rest) };
             }
             let r1 = r0 + len;
             if r1 >= n {
@@ -185,13 +237,13 @@ impl Sweep<'_> {
             }
             let m = b.min(n - r1);
             if tau != 0.0 {
-                work.right(r1, m, r0, len, &v[..len], tau);
+                unsafe { work.right(r1, m, r0, len, &v[..len], tau, rest) };
             }
             // The bulge's first column, column r0 below the band, zeroed by the next
             // reflector, which the rest of the bulge's columns then see from the left.
-            let next_tau = work.reflect(r1, r0, m, &mut next);
+            let next_tau = unsafe { work.reflect(r1, r0, m, next) };
             if next_tau != 0.0 {
-                work.left(r1, m, r0 + 1, r0 + len, &next[..m], next_tau);
+                unsafe { work.left(r1, m, r0 + 1, r0 + len, &next[..m], next_tau) };
             }
             let at = r1 - (j + 1);
             stored[at] = next_tau;
@@ -201,25 +253,30 @@ impl Sweep<'_> {
             r0 = r1;
             len = m;
             step += 1;
-            done.store(step, Ordering::Release);
+            pipeline.done[j].0.store(step, Ordering::Release);
         }
     }
 }
 
-/// The band during the sweeps: `values[c * ld + (r - c)] = B[r, c]` for 0 <= r - c < 2b,
+/// The band during the sweeps: `B[r, c]` at `ptr[c * ld + (r - c)]` for 0 <= r - c < 2b,
 /// so each column's entries are contiguous, and so are a block's columns below the
-/// diagonal. The sweeps' threads share it; each touches only its step's rows and columns.
+/// diagonal. The storage is [`Working::values`], owned by [`chase_bulges`]; the sweeps'
+/// threads share this view of it, each touching only its current step's rows and columns.
+///
+/// Every method below is `unsafe` for that reason: the caller is a sweep's step that the
+/// pipeline lets run, and it touches only that step's entries (see [`chase_bulges`]).
 struct Working {
     n: usize,
     ld: usize,
-    values: std::cell::UnsafeCell<Vec<f64>>,
+    ptr: *mut f64,
 }
 
 // SAFETY: the sweeps' threads touch disjoint entries at any one time (see `chase_bulges`).
 unsafe impl Sync for Working {}
 
 impl Working {
-    fn new(band: &Band) -> Self {
+    /// The storage of the band's n columns, 2b values each.
+    fn values(band: &Band) -> Vec<f64> {
         let n = band.diagonals.ncols();
         let ld = 2 * band.width;
         let mut values = vec![0.0; n * ld];
@@ -228,37 +285,31 @@ impl Working {
                 values[c * ld + d] = band.diagonals[(d, c)];
             }
         }
-        Working {
-            n,
-            ld,
-            values: std::cell::UnsafeCell::new(values),
-        }
-    }
-
-    /// B[r, c] once the sweeps are over.
-    fn get(&self, r: usize, c: usize) -> f64 {
-        // SAFETY: called after the team's jobs, when no thread writes.
-        unsafe { (&*self.values.get())[c * self.ld + (r - c)] }
+        values
     }
 
     /// Rows `r..r + len` of column c (r >= c, r + len - c <= 2b).
+    ///
+    /// # Safety
+    /// Only the calling step touches these entries now, and no other slice of them is alive.
     #[allow(clippy::mut_from_ref)]
     #[inline(always)]
-    fn column(&self, r: usize, c: usize, len: usize) -> &mut [f64] {
+    unsafe fn column(&self, r: usize, c: usize, len: usize) -> &mut [f64] {
         assert!(r >= c && r + len - c <= self.ld && r + len <= self.n);
-        let at = c * self.ld + (r - c);
-        // SAFETY: in bounds (checked above, n * ld values); only the sweep whose step
-        // covers these entries touches them now (see `chase_bulges`), and no two of its
-        // slices are alive at once.
-        unsafe { std::slice::from_raw_parts_mut((*self.values.get()).as_mut_ptr().add(at), len) }
+        // SAFETY: in bounds (checked above, n * ld values); exclusive by the caller's
+        // contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(c * self.ld + (r - c)), len) }
     }
 
     /// The reflector that zeroes rows `r + 1..r + len` of column c: applied to that
     /// column (leaving beta at row r), its v (leading one included) into `v[..len]`;
     /// returns tau.
+    ///
+    /// # Safety
+    /// As for [`Working::column`].
     #[inline(always)]
-    fn reflect(&self, r: usize, c: usize, len: usize, v: &mut [f64]) -> f64 {
-        let x = self.column(r, c, len);
+    unsafe fn reflect(&self, r: usize, c: usize, len: usize, v: &mut [f64]) -> f64 {
+        let x = unsafe { self.column(r, c, len) };
         let (beta, tau) = householder(x);
         v[0] = 1.0;
         v[1..len].copy_from_slice(&x[1..]);
@@ -269,11 +320,15 @@ impl Working {
 
     /// `S <- H S H` for the diagonal block S on rows and columns `r0..r0 + len`, its lower
     /// triangle stored: `w = tau S v`, `w -= (tau / 2)(w^T v) v`, `S -= v w^T + w v^T`.
+    ///
+    /// # Safety
+    /// As for [`Working::column`]; `scratch` holds at least len values.
     #[inline(always)]
-    fn two_sided(&self, r0: usize, len: usize, v: &[f64], tau: f64) {
-        let mut w = vec![0.0; len];
+    unsafe fn two_sided(&self, r0: usize, len: usize, v: &[f64], tau: f64, scratch: &mut [f64]) {
+        let w = &mut scratch[..len];
+        w.fill(0.0);
         for jj in 0..len {
-            let col = self.column(r0 + jj, r0 + jj, len - jj);
+            let col = unsafe { self.column(r0 + jj, r0 + jj, len - jj) };
             let mut sum = col[0] * v[jj];
             for t in 1..len - jj {
                 sum += col[t] * v[jj + t];
@@ -292,7 +347,7 @@ impl Working {
         }
         for jj in 0..len {
             let (vj, wj) = (v[jj], w[jj]);
-            let col = self.column(r0 + jj, r0 + jj, len - jj);
+            let col = unsafe { self.column(r0 + jj, r0 + jj, len - jj) };
             for (t, x) in col.iter_mut().enumerate() {
                 *x -= v[jj + t] * wj + w[jj + t] * vj;
             }
@@ -301,17 +356,31 @@ impl Working {
 
     /// `X <- X H` for the block X on rows `r1..r1 + m` and columns `r0..r0 + len`:
     /// `y = X v`, `X -= tau y v^T`.
+    ///
+    /// # Safety
+    /// As for [`Working::column`]; `scratch` holds at least m values.
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    fn right(&self, r1: usize, m: usize, r0: usize, len: usize, v: &[f64], tau: f64) {
-        let mut y = vec![0.0; m];
+    unsafe fn right(
+        &self,
+        r1: usize,
+        m: usize,
+        r0: usize,
+        len: usize,
+        v: &[f64],
+        tau: f64,
+        scratch: &mut [f64],
+    ) {
+        let y = &mut scratch[..m];
+        y.fill(0.0);
         for (jj, &vj) in v.iter().enumerate().take(len) {
-            for (yi, x) in y.iter_mut().zip(self.column(r1, r0 + jj, m)) {
+            for (yi, x) in y.iter_mut().zip(unsafe { self.column(r1, r0 + jj, m) }) {
                 *yi += *x * vj;
             }
         }
         for (jj, &vj) in v.iter().enumerate().take(len) {
             let scale = tau * vj;
-            for (x, yi) in self.column(r1, r0 + jj, m).iter_mut().zip(&y) {
+            for (x, yi) in unsafe { self.column(r1, r0 + jj, m) }.iter_mut().zip(&*y) {
                 *x -= scale * yi;
             }
         }
@@ -319,10 +388,13 @@ impl Working {
 
     /// `X <- H X` for the block X on rows `r1..r1 + m` and columns `c0..c1`:
     /// each column `x -= tau (v^T x) v`.
+    ///
+    /// # Safety
+    /// As for [`Working::column`].
     #[inline(always)]
-    fn left(&self, r1: usize, m: usize, c0: usize, c1: usize, v: &[f64], tau: f64) {
+    unsafe fn left(&self, r1: usize, m: usize, c0: usize, c1: usize, v: &[f64], tau: f64) {
         for c in c0..c1 {
-            let col = self.column(r1, c, m);
+            let col = unsafe { self.column(r1, c, m) };
             let s: f64 = col.iter().zip(v).map(|(x, vi)| x * vi).sum();
             let scale = tau * s;
             for (x, vi) in col.iter_mut().zip(v) {

@@ -73,12 +73,12 @@ impl PartialEigen {
         }
     };
 
-    /// Columns of n values [`PartialEigen::eigenvectors`] holds for k vectors: the
-    /// result and the back-transformation's panels. Inverse iteration holds less than
-    /// the panels beside the result: O(n) per vector being iterated, and the
-    /// orthonormalisation's blocks (k x 256 and 256 x 256, no k x k).
-    pub(crate) fn eigenvector_columns(k: usize) -> usize {
-        k + super::back_transform::workspace_columns()
+    /// Columns of n values [`PartialEigen::eigenvectors`] holds for k vectors of a matrix
+    /// of order n: the result and the back-transformation's panels or stripes. Inverse
+    /// iteration holds less than the panels beside the result: O(n) per vector being
+    /// iterated, and the orthonormalisation's blocks (k x 256 and 256 x 256, no k x k).
+    pub(crate) fn eigenvector_columns(n: usize, k: usize) -> usize {
+        k + super::back_transform::workspace_columns(n, k)
     }
 
     /// Reduces the symmetric matrix whose lower triangle is that of `a`, in place, and

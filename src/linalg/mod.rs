@@ -19,7 +19,8 @@
 //! - [`eigh`]: the two drivers, [`eigh::symmetric_eigen`] (reduction, divide and conquer,
 //!   back-transformation: about 9 n^3 flops and three n x n matrices) and
 //!   [`eigh::PartialEigen`] (reduction and eigenvalues once, then any k eigenvectors on
-//!   demand: 4/3 n^3 + 2 n^2 k + 2 n k^2 flops, one n x n matrix plus n x k).
+//!   demand: 4/3 n^3 + 2 n^2 k + 2 n k^2 flops, 4 n^2 k after two stages; one n x n
+//!   matrix plus n x k).
 //!
 //! Flops understate the one-stage reduction: half of it is a matrix-vector product per
 //! column, bound by memory, so it takes most of the time of either driver (at n = 4000 on

@@ -285,22 +285,12 @@ impl Reduction {
         if q >= n {
             return;
         }
-        let r = n - q;
-        let (v, w) = (
-            self.a.as_ref().get(q.., p..q),
-            self.w.as_ref().get(q.., ..bs),
-        );
-        let mut lhs = Mat::<f64>::zeros(r, 2 * bs);
-        lhs.as_mut().get_mut(.., ..bs).copy_from(v);
-        lhs.as_mut().get_mut(.., bs..).copy_from(w);
-        let mut rhs = Mat::<f64>::zeros(r, 2 * bs);
-        rhs.as_mut().get_mut(.., ..bs).copy_from(w);
-        rhs.as_mut().get_mut(.., bs..).copy_from(v);
-        rank_2k_update(
+        let (reduced, trailing) = self.a.as_mut().split_at_col_mut(q);
+        symmetric_rank_2k_update(
             team,
-            self.a.as_mut().get_mut(q.., q..),
-            lhs.as_ref(),
-            rhs.as_ref(),
+            trailing.get_mut(q.., ..),
+            reduced.rb().get(q.., p..q),
+            self.w.as_ref().get(q.., ..bs),
         );
     }
 }
@@ -374,10 +364,28 @@ pub(super) fn for_each_share<'a>(
     });
 }
 
+/// `dst -= V W^T + W V^T` on the lower triangle of the square `dst`: one product
+/// `[V W] [W V]^T` ([`rank_2k_update`]), so `dst` is read and written once.
+pub(super) fn symmetric_rank_2k_update(
+    team: &mut SpinTeam,
+    dst: MatMut<'_, f64>,
+    v: MatRef<'_, f64>,
+    w: MatRef<'_, f64>,
+) {
+    let (r, k) = (v.nrows(), v.ncols());
+    let mut lhs = Mat::<f64>::zeros(r, 2 * k);
+    lhs.as_mut().get_mut(.., ..k).copy_from(v);
+    lhs.as_mut().get_mut(.., k..).copy_from(w);
+    let mut rhs = Mat::<f64>::zeros(r, 2 * k);
+    rhs.as_mut().get_mut(.., ..k).copy_from(w);
+    rhs.as_mut().get_mut(.., k..).copy_from(v);
+    rank_2k_update(team, dst, lhs.as_ref(), rhs.as_ref());
+}
+
 /// `dst -= lhs rhs^T` on the lower triangle of the square `dst`, its columns split into
 /// [`part_count`] parts of equal area, each part one or two sequential products (the
 /// diagonal block and the rectangle below it).
-pub(super) fn rank_2k_update(
+fn rank_2k_update(
     team: &mut SpinTeam,
     dst: MatMut<'_, f64>,
     lhs: MatRef<'_, f64>,

@@ -14,6 +14,7 @@ pub use fusion_greedy::{
     RESIDUAL_VARIANCE_TOL, ZERO_GAIN_TOL,
 };
 
+use crate::linalg::eigh::TWO_STAGE_MIN_N;
 use std::cell::{OnceCell, RefCell};
 
 use faer::{Mat, MatRef};
@@ -359,14 +360,18 @@ impl<'a> LayerSelector<'a> {
     }
 
     /// Which eigendecomposition kdpp and dpp draw from for this layer, for reports:
-    /// `"full eigendecomposition"` (about 9 n^3 flops, then each draw selects columns) or
+    /// `"full eigendecomposition"` (about 9 n^3 flops, then each draw selects columns),
     /// `"partial: 4/3 n^3 + 2 n^2 k"` (the reduction and all eigenvalues, then each draw
-    /// computes its k eigenvectors).
+    /// computes its k eigenvectors) or, from [`TWO_STAGE_MIN_N`] neurons,
+    /// `"partial, two-stage reduction: 4/3 n^3 + 4 n^2 k"` (the reduction through a band,
+    /// whose eigenvectors pay a second back-transformation).
     pub fn eigen_path(&self) -> &'static str {
-        if self.draws_from_partial() {
-            "partial: 4/3 n^3 + 2 n^2 k"
-        } else {
+        if !self.draws_from_partial() {
             "full eigendecomposition"
+        } else if self.n >= TWO_STAGE_MIN_N {
+            "partial, two-stage reduction: 4/3 n^3 + 4 n^2 k"
+        } else {
+            "partial: 4/3 n^3 + 2 n^2 k"
         }
     }
 

@@ -87,8 +87,8 @@ pub struct Args {
     /// matrix at a time) or columns (greedy only: no n x n matrix; greedy MAP computes the
     /// kernel columns it reads from further reads of the activations, a batch per read).
     /// auto takes one pass when it needs at most 1/8 of the free memory (the second read
-    /// costs little time: 3-8% at n = 8192 and 16384), else two, and for greedy the columns
-    /// route when two passes do not fit.
+    /// costs little time: 8% at n = 8192, under 1% at n = 16384), else two, and for greedy
+    /// the columns route when two passes do not fit.
     #[arg(long, value_enum, default_value_t = RouteArg::Auto)]
     route: RouteArg,
     /// Check the inputs, print the route and the memory plan (what each stage holds, the
