@@ -15,7 +15,7 @@
 //! which has exactly that many entries and which the first stage never uses. Each
 //! reflector's leading one is implied and its tau is kept in its place.
 //!
-//! About 6 n^2 b flops on one thread (the sweeps depend on each other step by step).
+//! About 6 n^2 b flops, the sweeps pipelined over the threads (see [`chase_bulges`]).
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -33,9 +33,9 @@ const SWEEPS_PER_JOB: usize = 128;
 /// strict upper triangle of `a` (n x n) as the module docs describe. Progress counts sweeps.
 ///
 /// The team's members take sweeps in turn and run them as a pipeline. Step s of sweep j
-/// touches rows and columns `j+1+sb..j+1+(s+2)b` only (and column j at step 0), so step s
-/// of sweep j + 1 may run once sweep j has finished step s + 2, beside sweep j's later
-/// steps. Every entry sees the same updates in the same order as in one thread, so the
+/// touches rows and columns `j+1+(s-1)b..j+1+(s+2)b` only (and column j at step 0), so
+/// step s of sweep j + 1 may run once sweep j has finished step s + 3, beside sweep j's
+/// later steps. Every entry sees the same updates in the same order as in one thread, so the
 /// result does not depend on the team's size. A sweep that panics stops the pipeline: every
 /// waiting sweep then panics too, without touching the band, and the team raises the panic.
 pub(crate) fn chase_bulges(
@@ -73,7 +73,7 @@ pub(crate) fn chase_bulges(
     while first < sweeps {
         let last = (first + SWEEPS_PER_JOB).min(sweeps);
         team.run(|member| {
-            let mut scratch = vec![0.0; 4 * b];
+            let mut scratch = vec![0.0; 2 * b];
             for j in (first + member..last).step_by(size) {
                 let this = Sweep {
                     work: &work,
@@ -168,7 +168,7 @@ struct Sweep<'a> {
 
 impl Sweep<'_> {
     /// The sweep's reflectors, one step per position, each step waiting until the previous
-    /// sweep has finished the step two positions further on; `scratch` holds 4b values.
+    /// sweep has finished the step three positions further on; `scratch` holds 2b values.
     /// The loops are short (b values), so on x86-64 a copy compiled for AVX2 runs when the
     /// CPU has it; it performs the same operations (no fused multiply-adds), so both copies
     /// give the same bits.
@@ -204,54 +204,40 @@ impl Sweep<'_> {
         } = *self;
         let n = work.n;
         let _over = SweepOver { pipeline, j };
-        let wait_for = |step: usize| {
-            if j > 0 {
-                pipeline.wait_for(j - 1, step + 3);
-            }
-        };
-        let (v, rest) = scratch.split_at_mut(b);
-        let (next, rest) = rest.split_at_mut(b);
-        let (mut v, mut next) = (v, next);
+        let (v, scratch) = scratch.split_at_mut(b);
         // SAFETY: column n - 1 - j has n rows; this sweep alone writes its first n - 1 - j.
         let stored = unsafe {
             std::slice::from_raw_parts_mut(store.ptr.add((n - 1 - j) * store.col_stride), n - 1 - j)
         };
-        wait_for(0);
-        // The sweep's first reflector zeroes column j below the subdiagonal.
-        let mut len = b.min(n - 1 - j);
-        let mut tau = unsafe { work.reflect(j + 1, j, len, v) };
-        stored[0] = tau;
-        stored[1..len].copy_from_slice(&v[1..len]);
-        let mut r0 = j + 1;
+        // Step s: the reflector on rows r..r + len that zeroes column c below row r (column
+        // j at step 0, then the first column of the previous step's rows, c..c + before),
+        // applied from the left to the rest of those columns, to the diagonal block from
+        // both sides, and from the right to the rows below, which makes the next bulge.
+        let (mut c, mut before) = (j, 1);
+        let (mut r, mut len) = (j + 1, b.min(n - 1 - j));
         let mut step = 0;
         loop {
-            if step > 0 {
-                wait_for(step);
+            if j > 0 {
+                pipeline.wait_for(j - 1, step + 4);
             }
+            let tau = unsafe { work.reflect(r, c, len, v) };
+            let at = r - (j + 1);
+            stored[at] = tau;
+            stored[at + 1..at + len].copy_from_slice(&v[1..len]);
             if tau != 0.0 {
-                unsafe { work.two_sided(r0, len, &v[..len], tau, rest) };
+                unsafe { work.left(r, len, c + 1, c + before, &v[..len], tau) };
+                unsafe { work.two_sided(r, len, &v[..len], tau, scratch) };
             }
-            let r1 = r0 + len;
-            if r1 >= n {
+            let below = r + len;
+            if below >= n {
                 break;
             }
-            let m = b.min(n - r1);
+            let m = b.min(n - below);
             if tau != 0.0 {
-                unsafe { work.right(r1, m, r0, len, &v[..len], tau, rest) };
+                unsafe { work.right(below, m, r, len, &v[..len], tau, scratch) };
             }
-            // The bulge's first column, column r0 below the band, zeroed by the next
-            // reflector, which the rest of the bulge's columns then see from the left.
-            let next_tau = unsafe { work.reflect(r1, r0, m, next) };
-            if next_tau != 0.0 {
-                unsafe { work.left(r1, m, r0 + 1, r0 + len, &next[..m], next_tau) };
-            }
-            let at = r1 - (j + 1);
-            stored[at] = next_tau;
-            stored[at + 1..at + m].copy_from_slice(&next[1..m]);
-            std::mem::swap(&mut v, &mut next);
-            tau = next_tau;
-            r0 = r1;
-            len = m;
+            (c, before) = (r, len);
+            (r, len) = (below, m);
             step += 1;
             pipeline.done[j].0.store(step, Ordering::Release);
         }
