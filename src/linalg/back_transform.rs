@@ -107,7 +107,7 @@ const STRIPE: usize = 64;
 /// strict upper triangle of `reflectors` for a band of half-width `width`.
 ///
 /// The reflectors are short (`width` rows) and many (about n^2 / (2 width)), so they are
-/// applied one at a time to stripes of [`STRIPE`] columns of z, each stripe copied into a
+/// applied, two at a time, to stripes of [`STRIPE`] columns of z, each stripe copied into a
 /// row-major buffer so that a reflector's rows are contiguous, the stripes in parallel.
 /// Within a group of `width` consecutive sweeps the reflectors are applied position by
 /// position down the matrix (the sweeps' reflectors at one position, last sweep first):
@@ -122,23 +122,13 @@ fn apply_bulge_reflectors(
     let n = z.nrows();
     let k = z.ncols();
     progress.start("back-transformation (band)", k as u64);
-    let mut stripes: Vec<faer::MatMut<'_, f64>> = Vec::new();
+    // Progress after each group of a few stripes per thread.
+    let group = 4 * rayon::current_num_threads().max(1) * STRIPE;
     let mut rest = z.as_mut();
     while rest.ncols() > 0 {
-        let w = STRIPE.min(rest.ncols());
-        let (stripe, tail) = rest.split_at_col_mut(w);
-        stripes.push(stripe);
-        rest = tail;
-    }
-    let batch = 4 * rayon::current_num_threads().max(1);
-    let mut stripes = stripes.into_iter();
-    loop {
-        let group: Vec<_> = stripes.by_ref().take(batch).collect();
-        if group.is_empty() {
-            break;
-        }
-        let columns: usize = group.iter().map(|s| s.ncols()).sum();
-        group.into_par_iter().for_each(|mut stripe| {
+        let columns = group.min(rest.ncols());
+        let (now, tail) = rest.split_at_col_mut(columns);
+        now.par_col_chunks_mut(STRIPE).for_each(|mut stripe| {
             let mut rows = vec![0.0f64; n * STRIPE];
             for c in 0..stripe.ncols() {
                 for (r, x) in contiguous(stripe.rb().col(c)).iter().enumerate() {
@@ -156,6 +146,7 @@ fn apply_bulge_reflectors(
             }
         });
         progress.advance(columns as u64);
+        rest = tail;
     }
     progress.finish();
 }
