@@ -734,6 +734,24 @@ fn write_wide_layer(
     (acts_path, model_path)
 }
 
+/// What the library's plan for `route` needs, with the margin, to keep `k` of the n
+/// neurons of an (m, n, n_out) layer by `method` on the CPU.
+fn planned_need(
+    method: divnet::select::SelectionMethod,
+    k: usize,
+    (m, n, n_out): (usize, usize, usize),
+    route: divnet::compress::Route,
+) -> u64 {
+    use divnet::compress::{plan_layer, KeepSpec, LayerOptions};
+    let mut opts = LayerOptions::new(KeepSpec::Count(k));
+    opts.method = method;
+    opts.route = Some(route);
+    plan_layer(&divnet::Backend::Cpu, n, m, &[n_out], &opts)
+        .unwrap()
+        .memory
+        .need_with_margin()
+}
+
 /// A layer of 1500 neurons with random selection: the plan of each route, as the library
 /// makes it, decides what `DIVNET_MEMORY_AVAILABLE` must pretend for the command to take
 /// one pass (when that takes at most `ONE_PASS_SHARE` of the free memory), two passes
@@ -742,7 +760,7 @@ fn write_wide_layer(
 /// `--dry-run` prints the plan and writes nothing.
 #[test]
 fn the_memory_check_chooses_the_route_or_refuses_the_layer() {
-    use divnet::compress::{plan_layer, KeepSpec, LayerOptions, Route, ONE_PASS_SHARE};
+    use divnet::compress::{Route, ONE_PASS_SHARE};
     use divnet::select::SelectionMethod;
 
     let (m, n, n_out) = (40, 1500, 4);
@@ -752,15 +770,7 @@ fn the_memory_check_chooses_the_route_or_refuses_the_layer() {
         .collect();
     let (acts_path, model_path) = write_wide_layer(dir.path(), m, n, n_out, &acts);
 
-    let mut opts = LayerOptions::new(KeepSpec::Count(100));
-    opts.method = SelectionMethod::Random;
-    let mut need = |route| {
-        opts.route = Some(route);
-        plan_layer(&divnet::Backend::Cpu, n, m, &[n_out], &opts)
-            .unwrap()
-            .memory
-            .need_with_margin()
-    };
+    let need = |route| planned_need(SelectionMethod::Random, 100, (m, n, n_out), route);
     let (one, two) = (need(Route::OnePass), need(Route::TwoPass));
     assert!(two < one, "the two-pass route needs less: {two} vs {one}");
 
@@ -858,7 +868,7 @@ fn the_memory_check_chooses_the_route_or_refuses_the_layer() {
 /// distance, the columns route is refused before any pass.
 #[test]
 fn greedy_takes_the_columns_route_when_the_kernel_does_not_fit() {
-    use divnet::compress::{plan_layer, KeepSpec, LayerOptions, Route};
+    use divnet::compress::Route;
     use divnet::select::SelectionMethod;
 
     let (m, n, n_out) = (60, 1200, 4);
@@ -868,15 +878,7 @@ fn greedy_takes_the_columns_route_when_the_kernel_does_not_fit() {
         .collect();
     let (acts_path, model_path) = write_wide_layer(dir.path(), m, n, n_out, &acts);
 
-    let mut opts = LayerOptions::new(KeepSpec::Count(20));
-    opts.method = SelectionMethod::Greedy;
-    let mut need = |route| {
-        opts.route = Some(route);
-        plan_layer(&divnet::Backend::Cpu, n, m, &[n_out], &opts)
-            .unwrap()
-            .memory
-            .need_with_margin()
-    };
+    let need = |route| planned_need(SelectionMethod::Greedy, 20, (m, n, n_out), route);
     let (one, two, columns) = (
         need(Route::OnePass),
         need(Route::TwoPass),
