@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Whether two selection rules' test accuracies really differ: a paired test per test image.
+"""Whether two selection rules' test accuracies, or their fidelity to the full network, really
+differ: a paired test per test image.
 
 Compresses the shipped Fashion-MNIST network with `divnet compress` (fusion on, every hidden
 layer, the same k per layer) once per selection rule, predicts the 10000 test images with
 numpy, and compares the first rule with each of the others by McNemar's exact test: of the
 images exactly one of the two networks gets right, how many each gets, and the two-sided
 p-value of that split under "both rules are equally good" (a binomial with p = 1/2).
-Accuracies a few images apart are noise when that p-value is large.
+Accuracies a few images apart are noise when that p-value is large. The same test on
+agreement with the full network (the image gets the class the full network predicts, right or
+wrong) compares how faithfully each rule's network reproduces the original.
 
     cargo build --release
     python3 scripts/paired_accuracy.py                       # k = 400: fusion-greedy against greedy, importance
@@ -38,15 +41,15 @@ def read_idx(path):
     return np.frombuffer(raw[4 + 4 * ndim:], np.uint8).reshape(dims)
 
 
-def correct(model, images, labels, layers=("fc1", "fc2", "fc3")):
-    """Per test image: does the ReLU MLP in `model` classify it right?"""
+def predict(model, images, layers=("fc1", "fc2", "fc3")):
+    """Per test image: the class the ReLU MLP in `model` predicts."""
     t = load_file(model)
     h = images
     for i, name in enumerate(layers):
         h = h @ t[f"{name}.weight"].astype(np.float32).T + t[f"{name}.bias"].astype(np.float32)
         if i < len(layers) - 1:
             h = np.maximum(h, 0.0)
-    return h.argmax(axis=1) == labels
+    return h.argmax(axis=1)
 
 
 def mcnemar(a, b):
@@ -68,7 +71,7 @@ def main():
 
     images = read_idx(DATA / "t10k-images-idx3-ubyte.gz").reshape(-1, 784).astype(np.float32) / 255
     labels = read_idx(DATA / "t10k-labels-idx1-ubyte.gz")
-    results = {"full network": correct(MODEL, images, labels)}
+    predictions = {"full network": predict(MODEL, images)}
     with tempfile.TemporaryDirectory() as tmp:
         for rule in args.select.split(","):
             out = Path(tmp) / f"{rule}.safetensors"
@@ -78,17 +81,25 @@ def main():
                  "--select", rule, "-k", str(args.keep), "--seed", str(args.seed),
                  "--out", str(out)],
                 check=True, capture_output=True)
-            results[rule] = correct(out, images, labels)
+            predictions[rule] = predict(out, images)
 
-    for name, right in results.items():
+    full = predictions["full network"]
+    right = {name: p == labels for name, p in predictions.items()}
+    agree = {name: p == full for name, p in predictions.items()}
+    for name in predictions:
         label = name if name == "full network" else f"{name} + fusion, k = {args.keep}"
-        print(f"{label:40} {right.mean() * 100:6.2f}%  ({right.sum()} of {right.size})")
+        print(f"{label:40} {right[name].mean() * 100:6.2f}% right ({right[name].sum()} of "
+              f"{right[name].size}), {agree[name].mean() * 100:6.2f}% as the full network")
     rules = args.select.split(",")
     first = rules[0]
     for other in rules[1:] + ["full network"]:
-        only_a, only_b, pv = mcnemar(results[first], results[other])
+        only_a, only_b, pv = mcnemar(right[first], right[other])
         print(f"{first} vs {other}: right only with {first} {only_a}, only with {other} "
               f"{only_b}; McNemar exact p = {pv:.2g}")
+    for other in rules[1:]:
+        only_a, only_b, pv = mcnemar(agree[first], agree[other])
+        print(f"{first} vs {other}: as the full network only with {first} {only_a}, only with "
+              f"{other} {only_b}; McNemar exact p = {pv:.2g}")
 
 
 if __name__ == "__main__":

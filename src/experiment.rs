@@ -1,7 +1,8 @@
 //! The paper's experiment on a trained MLP (Mariet & Sra 2016, section 5): how diverse the
 //! neurons a k-DPP keeps are, and test accuracy against the number of neurons kept per hidden
 //! layer for k-DPP, random, importance and greedy MAP selection, each with and without fusion,
-//! with all hidden layers compressed or one at a time; and the selection built for the fusion
+//! with all hidden layers compressed or one at a time (and how often each compressed network
+//! predicts what the full one does); and the selection built for the fusion
 //! (fusion-greedy, and the k-DPP and greedy MAP on the quality-diversity kernel) against them,
 //! before and after a one-epoch fine-tune.
 //!
@@ -19,7 +20,7 @@ use crate::compress::{apply_selection, observe_hidden_layer, Progress};
 use crate::error::{Error, Result};
 use crate::fusion::{FusionMode, FusionOptions, NextLayer};
 use crate::kernel::{rbf_from_distances, Beta, GramStats, RbfKernel};
-use crate::model::{evaluate, train, Mlp, Optimizer, TrainConfig};
+use crate::model::{evaluate_against, predict, train, Mlp, Optimizer, TrainConfig};
 use crate::select::{
     diversity, importance_scores, Diversity, LayerSelector, SelectionMethod, SelectionSize,
 };
@@ -93,6 +94,12 @@ pub struct Point {
     pub std: f64,
     /// Mean test loss.
     pub loss: f64,
+    /// Per seed, the share of test images on which the compressed network predicts the class
+    /// the full network predicts: its fidelity, which accuracy alone does not show (a network
+    /// that errs on other images than the full one can score as well, or better).
+    pub agreements: Vec<f64>,
+    /// Their mean.
+    pub agreement: f64,
 }
 
 /// Accuracy against size for one variant and one scope.
@@ -298,6 +305,15 @@ struct Runner<'a> {
     original: &'a [OnceCell<Observed<'a>>],
     /// Their selectors, which keep the kernels' eigendecompositions for every draw.
     selectors: Vec<OnceCell<LayerSelector<'a>>>,
+    /// The full network's predicted class of each test image.
+    full_predictions: Vec<u32>,
+}
+
+/// One network on the test set.
+struct Evaluated {
+    accuracy: f64,
+    loss: f64,
+    agreement: f64,
 }
 
 impl<'a> Runner<'a> {
@@ -383,10 +399,21 @@ impl<'a> Runner<'a> {
         Ok(net)
     }
 
-    fn accuracy(&self, net: &Mlp) -> Result<(f64, f64)> {
+    /// Test accuracy, loss, and agreement with the full network's predictions.
+    fn evaluate(&self, net: &Mlp) -> Result<Evaluated> {
         let rows = self.data.test_labels.len();
-        let e = evaluate(net, self.data.test, rows, self.data.test_labels)?;
-        Ok((e.accuracy, e.loss))
+        let (e, agreement) = evaluate_against(
+            net,
+            self.data.test,
+            rows,
+            self.data.test_labels,
+            &self.full_predictions,
+        )?;
+        Ok(Evaluated {
+            accuracy: e.accuracy,
+            loss: e.loss,
+            agreement,
+        })
     }
 
     fn curve(
@@ -405,12 +432,14 @@ impl<'a> Runner<'a> {
         for &k in &self.cfg.sizes.clone() {
             let sizes: Vec<Option<usize>> = layers.iter().map(|&on| on.then_some(k)).collect();
             let mut accuracies = Vec::new();
+            let mut agreements = Vec::new();
             let mut loss = 0.0;
             for seed in 0..seeds {
                 let net = self.compress(variant, &sizes, seed)?;
-                let (acc, l) = self.accuracy(&net)?;
-                accuracies.push(acc);
-                loss += l / seeds as f64;
+                let e = self.evaluate(&net)?;
+                accuracies.push(e.accuracy);
+                agreements.push(e.agreement);
+                loss += e.loss / seeds as f64;
                 progress.advance(1);
             }
             let (mean, std) = mean_std(&accuracies);
@@ -420,6 +449,8 @@ impl<'a> Runner<'a> {
                 mean,
                 std,
                 loss,
+                agreement: mean_std(&agreements).0,
+                agreements,
             });
         }
         Ok(Curve {
@@ -485,8 +516,10 @@ pub fn run_experiment(
         m,
         original: &original,
         selectors: (0..hidden).map(|_| OnceCell::new()).collect(),
+        full_predictions: predict(model, data.test, data.test_labels.len())?,
     };
-    let (full_accuracy, full_loss) = runner.accuracy(model)?;
+    let full = runner.evaluate(model)?;
+    let (full_accuracy, full_loss) = (full.accuracy, full.loss);
 
     // Finding (a): diversity in the first hidden layer.
     progress.start("observe fc1", 1);
@@ -572,7 +605,7 @@ pub fn run_experiment(
             let mut after_draws = Vec::new();
             for seed in 0..per_variant(&variant) {
                 let mut net = runner.compress(variant, &vec![Some(k); hidden], seed)?;
-                before_draws.push(runner.accuracy(&net)?.0);
+                before_draws.push(runner.evaluate(&net)?.accuracy);
                 train(
                     &mut net,
                     data.calibration,
@@ -582,7 +615,7 @@ pub fn run_experiment(
                     &mut |_, _| {},
                     &mut |_| {},
                 )?;
-                after_draws.push(runner.accuracy(&net)?.0);
+                after_draws.push(runner.evaluate(&net)?.accuracy);
                 progress.advance(1);
             }
             let before = mean_std(&before_draws).0;

@@ -205,6 +205,18 @@ fn experiment_runs_on_a_reduced_grid() {
             let draws = if c.variant.method.is_random() { 2 } else { 1 };
             assert_eq!(p.accuracies.len(), draws, "{}", c.label);
             assert!(p.accuracies.iter().all(|a| (0.0..=1.0).contains(a)));
+            // Where a network predicts what the full one does, it is right or wrong with
+            // it, so accuracies can differ only by the share of images where they disagree.
+            assert_eq!(p.agreements.len(), draws, "{}", c.label);
+            for (&acc, &agree) in p.accuracies.iter().zip(&p.agreements) {
+                assert!((0.0..=1.0).contains(&agree), "{}", c.label);
+                assert!(
+                    (acc - r.full_accuracy).abs() <= 1.0 - agree + 1e-12,
+                    "{}: accuracy {acc} vs full {} with agreement {agree}",
+                    c.label,
+                    r.full_accuracy
+                );
+            }
         }
     }
     assert_eq!(r.heatmaps.len(), 2);

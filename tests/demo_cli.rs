@@ -79,6 +79,23 @@ fn demo_runs_on_a_reduced_grid_and_writes_its_outputs() {
             .unwrap()
     };
     assert!(at("kdpp + fusion") > at("kdpp"));
+    // Agreement with the full network, per point: fusion makes the compressed network a
+    // closer copy of the full one, and the table shows it for the fused rules.
+    let agreement = |label: &str| {
+        let c = curves.iter().find(|c| c["label"] == label).unwrap();
+        let p = &c["points"].as_array().unwrap()[0];
+        assert_eq!(
+            p["agreements"].as_array().unwrap().len(),
+            p["accuracies"].as_array().unwrap().len()
+        );
+        p["agreement"].as_f64().unwrap()
+    };
+    assert!(agreement("kdpp + fusion") > agreement("kdpp"));
+    assert!((0.0..=1.0).contains(&agreement("fusion-greedy + fusion")));
+    assert!(
+        stdout.contains("(e) agreement with the full network"),
+        "{stdout}"
+    );
     // Finding (e): the selection built for fusion against the paper's rules, all fine-tuned.
     let finetunes = report["finetune"].as_array().unwrap();
     let labels: Vec<&str> = finetunes

@@ -6,7 +6,8 @@ use std::collections::HashMap;
 
 use divnet::io::safetensors::{write_safetensors, Tensor, TensorFile};
 use divnet::model::{
-    evaluate, train, Activation, EpochReport, Linear, Mlp, Optimizer, TrainConfig,
+    evaluate, evaluate_against, predict, train, Activation, EpochReport, Linear, Mlp, Optimizer,
+    TrainConfig,
 };
 use divnet::Error;
 use rand::{Rng, SeedableRng};
@@ -433,6 +434,46 @@ fn evaluate_matches_a_hand_count() {
     assert!(evaluate(&mlp, &x[1..], m, &labels).is_err());
 }
 
+#[test]
+fn predictions_and_agreement_match_a_hand_count() {
+    let mlp = Mlp::init(&[5, 8, 4], Activation::Tanh, 3);
+    let other = Mlp::init(&[5, 8, 4], Activation::Tanh, 4);
+    let m = 2500; // spans several evaluation batches
+    let x = random_x(m, 5, 4);
+    let labels: Vec<u32> = (0..m as u32).map(|i| (i * 7 + i / 3) % 4).collect();
+    let argmax = |logits: &[f64], r: usize| {
+        let row = &logits[r * 4..(r + 1) * 4];
+        (0..4)
+            .max_by(|&a, &b| row[a].partial_cmp(&row[b]).unwrap().then(b.cmp(&a)))
+            .unwrap() as u32
+    };
+    let mine = &forward64(&mlp, &x, m)[1];
+    let theirs = &forward64(&other, &x, m)[1];
+    let want: Vec<u32> = (0..m).map(|r| argmax(mine, r)).collect();
+    let reference: Vec<u32> = (0..m).map(|r| argmax(theirs, r)).collect();
+    assert_eq!(predict(&mlp, &x, m).unwrap(), want);
+    assert_eq!(predict(&other, &x, m).unwrap(), reference);
+    let same = want.iter().zip(&reference).filter(|(a, b)| a == b).count();
+    assert!(
+        0 < same && same < m,
+        "the two models should differ somewhere: {same} of {m} agree"
+    );
+
+    let (ev, agreement) = evaluate_against(&mlp, &x, m, &labels, &reference).unwrap();
+    assert_eq!(ev, evaluate(&mlp, &x, m, &labels).unwrap());
+    assert!((agreement - same as f64 / m as f64).abs() < 1e-12);
+    let (_, with_itself) = evaluate_against(&mlp, &x, m, &labels, &want).unwrap();
+    assert_eq!(with_itself, 1.0);
+
+    let e = evaluate_against(&mlp, &x, m, &labels, &reference[1..]).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("2499 reference predictions for 2500"),
+        "{e}"
+    );
+    assert!(predict(&mlp, &x[1..], m).is_err());
+}
+
 /// Mean cross-entropy in f64 (the finite-difference reference).
 fn loss64(mlp: &Mlp, x: &[f32], m: usize, labels: &[u32]) -> f64 {
     let logits = forward64(mlp, x, m).pop().unwrap();
@@ -786,15 +827,14 @@ fn train_and_evaluate_commands() {
     assert_eq!(mlp.dims(), vec![6, 12, 3]);
     let want = evaluate(&mlp, &x, 120, &y).unwrap();
     assert!(want.accuracy > 0.95, "{}", want.accuracy);
-    let o = run(&[
-        "evaluate",
-        "--model",
-        &s(&out),
-        "--data",
-        &s(&xp),
-        "--labels",
-        &s(&yp),
-    ]);
+    // `divnet evaluate` of the trained model, with extra arguments.
+    let evaluate_cmd = |extra: &[&str]| {
+        let (out, xp, yp) = (s(&out), s(&xp), s(&yp));
+        let mut args = vec!["evaluate", "--model", &out, "--data", &xp, "--labels", &yp];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
+    let o = evaluate_cmd(&[]);
     assert!(o.status.success());
     let text = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -822,6 +862,30 @@ fn train_and_evaluate_commands() {
     assert_eq!(
         trained_dims(&["--hidden", "4", "--classes", "5"], "wide.safetensors"),
         vec![6, 4, 5]
+    );
+
+    // --reference: the share of samples given the reference's class, from the same run.
+    let tuned = dir.path().join("tuned.safetensors");
+    let reference = Mlp::load(&tuned, None, Activation::Relu).unwrap();
+    let (_, agreement) =
+        evaluate_against(&mlp, &x, 120, &y, &predict(&reference, &x, 120).unwrap()).unwrap();
+    for (path, share) in [(&tuned, agreement), (&out, 1.0)] {
+        let o = evaluate_cmd(&["--reference", &s(path)]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let text = String::from_utf8_lossy(&o.stdout);
+        assert!(text.contains(&format!("agrees   {share:.4} (")), "{text}");
+        assert!(
+            text.contains(&format!("accuracy {:.4}", want.accuracy)),
+            "{text}"
+        );
+    }
+    let wide = dir.path().join("wide.safetensors");
+    let o = evaluate_cmd(&["--reference", &s(&wide)]);
+    assert_eq!(o.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&s(&wide)) && err.contains("to 5 outputs, the model 6 to 3"),
+        "{err}"
     );
 
     // Failures: labels that do not match, a model that is not safetensors, a corrupt input.

@@ -9,4 +9,6 @@ pub mod mlp;
 pub mod train;
 
 pub use mlp::{tensor_name, Activation, Linear, Mlp};
-pub use train::{evaluate, train, EpochReport, Evaluation, Optimizer, TrainConfig};
+pub use train::{
+    evaluate, evaluate_against, predict, train, EpochReport, Evaluation, Optimizer, TrainConfig,
+};

@@ -25,7 +25,7 @@ pub struct Evaluation {
 /// Rows per forward pass in [`evaluate`]: bounds memory at any m.
 const EVAL_BATCH: usize = 1024;
 
-fn check_data(mlp: &Mlp, x: &[f32], m: usize, labels: &[u32]) -> Result<()> {
+fn check_inputs(mlp: &Mlp, x: &[f32], m: usize) -> Result<()> {
     mlp.validate()?;
     if m == 0 {
         return Err(Error::invalid("no samples"));
@@ -37,6 +37,11 @@ fn check_data(mlp: &Mlp, x: &[f32], m: usize, labels: &[u32]) -> Result<()> {
             mlp.input_dim()
         )));
     }
+    Ok(())
+}
+
+fn check_data(mlp: &Mlp, x: &[f32], m: usize, labels: &[u32]) -> Result<()> {
+    check_inputs(mlp, x, m)?;
     if labels.len() != m {
         return Err(Error::invalid(format!(
             "{} labels for {m} samples",
@@ -65,12 +70,7 @@ fn softmax_xent(
     let mut loss = 0.0f64;
     let mut correct = 0usize;
     for (r, (row, &label)) in logits.chunks_exact(classes).zip(labels).enumerate() {
-        let mut best = 0;
-        for (j, &v) in row.iter().enumerate() {
-            if v > row[best] {
-                best = j;
-            }
-        }
+        let best = argmax(row);
         correct += usize::from(best == label as usize);
         let max = row[best] as f64;
         let sum: f64 = row.iter().map(|&v| (v as f64 - max).exp()).sum();
@@ -88,29 +88,95 @@ fn softmax_xent(
     (loss, correct)
 }
 
+/// The class a row of logits points to: the first index of the largest logit (the one
+/// [`evaluate`] counts as the prediction).
+fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (j, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = j;
+        }
+    }
+    best
+}
+
 /// Accuracy and mean cross-entropy of `mlp` on m rows of x, in batches.
 pub fn evaluate(mlp: &Mlp, x: &[f32], m: usize, labels: &[u32]) -> Result<Evaluation> {
+    Ok(evaluate_batches(mlp, x, m, labels, None)?.0)
+}
+
+/// [`evaluate`], and the share of the rows on which `mlp` predicts what `reference` holds
+/// (another model's predictions, from [`predict`]): how faithfully a compressed network
+/// reproduces the original, which its accuracy alone does not say (a copy that errs
+/// differently can score as well). From the same forward pass.
+pub fn evaluate_against(
+    mlp: &Mlp,
+    x: &[f32],
+    m: usize,
+    labels: &[u32],
+    reference: &[u32],
+) -> Result<(Evaluation, f64)> {
+    if reference.len() != m {
+        return Err(Error::invalid(format!(
+            "{} reference predictions for {m} samples",
+            reference.len()
+        )));
+    }
+    let (ev, agree) = evaluate_batches(mlp, x, m, labels, Some(reference))?;
+    Ok((ev, agree as f64 / m as f64))
+}
+
+/// The predicted class of each of m rows of x: the first index of its largest logit.
+pub fn predict(mlp: &Mlp, x: &[f32], m: usize) -> Result<Vec<u32>> {
+    check_inputs(mlp, x, m)?;
+    let d = mlp.input_dim();
+    let classes = mlp.output_dim();
+    let mut predictions = Vec::with_capacity(m);
+    for start in (0..m).step_by(EVAL_BATCH) {
+        let end = (start + EVAL_BATCH).min(m);
+        let logits = mlp.forward(&x[start * d..end * d], end - start);
+        predictions.extend(logits.chunks_exact(classes).map(|row| argmax(row) as u32));
+    }
+    Ok(predictions)
+}
+
+/// The evaluation, and the number of rows predicted as `reference` says when given.
+fn evaluate_batches(
+    mlp: &Mlp,
+    x: &[f32],
+    m: usize,
+    labels: &[u32],
+    reference: Option<&[u32]>,
+) -> Result<(Evaluation, usize)> {
     check_data(mlp, x, m, labels)?;
     let d = mlp.input_dim();
     let classes = mlp.output_dim();
-    let (mut loss, mut correct) = (0.0f64, 0usize);
+    let (mut loss, mut correct, mut agree) = (0.0f64, 0usize, 0usize);
     for start in (0..m).step_by(EVAL_BATCH) {
         let end = (start + EVAL_BATCH).min(m);
         let logits = mlp.forward(&x[start * d..end * d], end - start);
         let (l, c) = softmax_xent(&logits, &labels[start..end], classes, 1.0, None);
         loss += l;
         correct += c;
+        if let Some(reference) = reference {
+            agree += logits
+                .chunks_exact(classes)
+                .zip(&reference[start..end])
+                .filter(|(row, &want)| argmax(row) == want as usize)
+                .count();
+        }
     }
     if !loss.is_finite() {
         return Err(Error::Numerical(
             "the loss is not finite: the model's outputs overflow".into(),
         ));
     }
-    Ok(Evaluation {
+    let ev = Evaluation {
         accuracy: correct as f64 / m as f64,
         loss: loss / m as f64,
         samples: m,
-    })
+    };
+    Ok((ev, agree))
 }
 
 /// The update rule.

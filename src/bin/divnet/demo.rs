@@ -29,8 +29,9 @@ use crate::plots;
 /// (c) the same with one hidden layer compressed at a time; (d) importance selection (and
 /// greedy MAP) with and without fusion; (e) selection built for the fusion (fusion-greedy,
 /// and the k-DPP and greedy MAP on the quality-diversity kernel) against them, before and
-/// after a one-epoch fine-tune. Writes report.json, table.txt and PNG plots to the output
-/// folder and prints the table.
+/// after a one-epoch fine-tune, and each fused network's agreement with the full one (the
+/// share of test images given the class the full network predicts). Writes report.json,
+/// table.txt and PNG plots to the output folder and prints the table.
 #[derive(clap::Args)]
 pub struct Args {
     /// Folder with the demo's data files, named as in divnet's data/fashion-mnist
@@ -248,6 +249,30 @@ pub fn format_table(r: &ExperimentReport, seeds: u64) -> String {
             let _ = writeln!(s);
         }
     }
+    let fused: Vec<_> = r
+        .curves
+        .iter()
+        .filter(|c| c.scope == "all hidden layers" && c.variant.fused)
+        .collect();
+    if let Some(first) = fused.first() {
+        let _ = writeln!(
+            s,
+            "\n(e) agreement with the full network (% of test images given the class the full network predicts), \
+             all hidden layers compressed, each + fusion; random methods: mean over {seeds} seeds"
+        );
+        let _ = write!(s, "{:<22}", "neurons kept");
+        for p in &first.points {
+            let _ = write!(s, "{:>13}", p.kept);
+        }
+        let _ = writeln!(s);
+        for c in &fused {
+            let _ = write!(s, "{:<22}", c.label);
+            for p in &c.points {
+                let _ = write!(s, "{:>13.1}", p.agreement * 100.0);
+            }
+            let _ = writeln!(s);
+        }
+    }
     if let Some(first) = r.finetune.first() {
         let _ = writeln!(
             s,
@@ -280,7 +305,7 @@ pub fn format_table(r: &ExperimentReport, seeds: u64) -> String {
             );
         }
     }
-    let find = |method: SelectionMethod, fused: bool, k: usize| {
+    let point = |method: SelectionMethod, fused: bool, k: usize| {
         r.curves
             .iter()
             .find(|c| {
@@ -289,7 +314,9 @@ pub fn format_table(r: &ExperimentReport, seeds: u64) -> String {
                     && c.variant.fused == fused
             })
             .and_then(|c| c.points.iter().find(|p| p.kept == k))
-            .map(|p| p.mean * 100.0)
+    };
+    let find = |method: SelectionMethod, fused: bool, k: usize| {
+        point(method, fused, k).map(|p| p.mean * 100.0)
     };
     let ten_percent = r.widths[1] / 10;
     if let (Some(kf), Some(rf), Some(gf), Some(imf)) = (
@@ -318,13 +345,23 @@ pub fn format_table(r: &ExperimentReport, seeds: u64) -> String {
         .first()
         .map(|c| c.points.iter().map(|p| p.kept).collect())
         .unwrap_or_default();
-    let margins: Vec<(usize, f64, f64)> = sizes
+    // Per size: fusion-greedy's accuracy and agreement, each minus greedy's and importance's.
+    let margins: Vec<(usize, [f64; 4])> = sizes
         .iter()
         .filter_map(|&k| {
-            let fg = find(SelectionMethod::FusionGreedy, true, k)?;
-            let g = find(SelectionMethod::Greedy, true, k)?;
-            let im = find(SelectionMethod::Importance, true, k)?;
-            Some((k, fg - g, fg - im))
+            let fg = point(SelectionMethod::FusionGreedy, true, k)?;
+            let g = point(SelectionMethod::Greedy, true, k)?;
+            let im = point(SelectionMethod::Importance, true, k)?;
+            let pct = |a: f64, b: f64| (a - b) * 100.0;
+            Some((
+                k,
+                [
+                    pct(fg.mean, g.mean),
+                    pct(fg.mean, im.mean),
+                    pct(fg.agreement, g.agreement),
+                    pct(fg.agreement, im.agreement),
+                ],
+            ))
         })
         .collect();
     if !margins.is_empty() {
@@ -334,16 +371,21 @@ pub fn format_table(r: &ExperimentReport, seeds: u64) -> String {
             "\nfusion-greedy + fusion, all hidden layers (target: at or above greedy + fusion and importance + fusion at every size):"
         );
         let _ = write!(s, "  {:<24}", "neurons kept");
-        for (k, _, _) in &margins {
+        for (k, _) in &margins {
             let _ = write!(s, "{k:>8}");
         }
-        for (name, pick) in [
-            ("vs greedy + fusion", 1usize),
-            ("vs importance + fusion", 2usize),
-        ] {
+        for (row, name) in [
+            "vs greedy + fusion",
+            "vs importance + fusion",
+            "agreement vs greedy",
+            "agreement vs importance",
+        ]
+        .into_iter()
+        .enumerate()
+        {
             let _ = write!(s, "\n  {name:<24}");
-            for m in &margins {
-                let _ = write!(s, "{:>+8.1}", if pick == 1 { m.1 } else { m.2 });
+            for (_, m) in &margins {
+                let _ = write!(s, "{:>+8.1}", m[row]);
             }
         }
         let _ = writeln!(s);

@@ -1,10 +1,11 @@
-//! `divnet evaluate`: accuracy and cross-entropy of an MLP on labelled data.
+//! `divnet evaluate`: accuracy and cross-entropy of an MLP on labelled data, and how often it
+//! predicts what a reference network (the original of a compressed one) predicts.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
 use divnet::io::data::{read_inputs, read_labels};
-use divnet::model::{evaluate, Activation, Mlp};
+use divnet::model::{evaluate, evaluate_against, predict, Activation, Mlp};
 
 /// Arguments.
 #[derive(clap::Args)]
@@ -24,6 +25,12 @@ pub struct Args {
     /// The activation between layers: relu, tanh, sigmoid or gelu.
     #[arg(long, default_value = "relu")]
     pub activation: String,
+    /// A reference network, such as the original of a compressed --model (same layer names
+    /// and activation): also report the share of samples that get the class the reference
+    /// predicts. A compressed network can match the original's accuracy while erring on
+    /// other samples; this says how faithfully it reproduces the original.
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
 }
 
 /// Runs the command.
@@ -33,7 +40,35 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let inputs = read_inputs(&args.data)?;
     let labels = read_labels(&args.labels)?;
     check_sizes(&mlp, &inputs, &labels, &args.data, &args.labels)?;
-    let ev = evaluate(&mlp, &inputs.data, inputs.rows, &labels)?;
+    let reference = match &args.reference {
+        Some(path) => {
+            let reference = Mlp::load(path, args.layers.as_deref(), activation)?;
+            if reference.input_dim() != mlp.input_dim()
+                || reference.output_dim() != mlp.output_dim()
+            {
+                anyhow::bail!(
+                    "{}: the reference maps {} inputs to {} outputs, the model {} to {}",
+                    path.display(),
+                    reference.input_dim(),
+                    reference.output_dim(),
+                    mlp.input_dim(),
+                    mlp.output_dim()
+                );
+            }
+            let predictions = predict(&reference, &inputs.data, inputs.rows)
+                .with_context(|| format!("running the reference {}", path.display()))?;
+            Some((path, predictions))
+        }
+        None => None,
+    };
+    let (ev, agreement) = match &reference {
+        Some((_, predictions)) => {
+            let (ev, agreement) =
+                evaluate_against(&mlp, &inputs.data, inputs.rows, &labels, predictions)?;
+            (ev, Some(agreement))
+        }
+        None => (evaluate(&mlp, &inputs.data, inputs.rows, &labels)?, None),
+    };
     println!(
         "model {} ({} parameters, widths {:?})",
         args.model.display(),
@@ -43,6 +78,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("samples  {}", ev.samples);
     println!("accuracy {:.4} ({:.2}%)", ev.accuracy, 100.0 * ev.accuracy);
     println!("loss     {:.4}", ev.loss);
+    if let (Some((path, _)), Some(agreement)) = (&reference, agreement) {
+        println!(
+            "agrees   {agreement:.4} ({:.2}% of the samples get the class {} predicts)",
+            100.0 * agreement,
+            path.display()
+        );
+    }
     Ok(())
 }
 
