@@ -347,6 +347,25 @@ fn compress_cli_runs_fusion_greedy() {
     let small = Mlp::load(&out, None, Activation::Relu).unwrap();
     let dims: Vec<usize> = small.layers.iter().map(|l| l.out_dim).collect();
     assert_eq!(dims, vec![6, 4, 3]);
+
+    // --dpp is --select dpp: another method beside it is refused, not overridden.
+    let conflict = std::process::Command::new(env!("CARGO_BIN_EXE_divnet"))
+        .args(["compress", "--select", "fusion-greedy", "--dpp"])
+        .arg("--model")
+        .arg(&model)
+        .arg("--calibration")
+        .arg(&calib)
+        .arg("--out")
+        .arg(dir.path().join("never.safetensors"))
+        .output()
+        .unwrap();
+    assert_eq!(conflict.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&conflict.stderr);
+    assert!(
+        err.contains("'--select <SELECT>' cannot be used with '--dpp'"),
+        "{err}"
+    );
+    assert!(!dir.path().join("never.safetensors").exists());
 }
 
 /// `compress_layer` with two next layers fuses both as one problem: the same kept set as

@@ -523,6 +523,10 @@ fn bad_inputs_fail_with_one_line_and_no_output() {
             "mix is given both",
         ),
         (
+            vec!["--next", "down", "--prev", "up,up", "-k", "4"],
+            "producing layer up is given twice",
+        ),
+        (
             vec!["--next", "down", "-k", "4", "--select", "recon"],
             "recon",
         ),

@@ -286,4 +286,8 @@ fn fusion_greedy_and_the_quality_kernel_from_activations_and_the_next_layer() {
         "deterministic",
     );
     assert_one_line_error(&run(&["--fusion-greedy", "15"]), "between 1 and 14");
+    assert_one_line_error(
+        &run(&["--fusion-greedy", "3", "--quality"]),
+        "'--fusion-greedy <K>' cannot be used with '--quality'",
+    );
 }

@@ -385,7 +385,8 @@ pub fn plan_layer_tensors(
 
 /// Checks the named tensors against a layer of `n` neurons: every next layer's weight
 /// `[n_out, n]` (floats) and bias `[n_out]`, every producing layer's weight with n rows and
-/// bias `[n]`; then that no next layer is named twice or also as a producing one. Returns
+/// bias `[n]`; then that no layer is named twice and none both as a next and as a producing
+/// one. Returns
 /// each next layer's n_out.
 fn check_tensors(n: usize, tensors: &LayerTensors<'_>) -> Result<Vec<usize>> {
     let file: &TensorFile = tensors.file;
@@ -423,6 +424,14 @@ fn check_tensors(n: usize, tensors: &LayerTensors<'_>) -> Result<Vec<usize>> {
         }
     }
     // Shapes first (they name the tensor that is wrong), then names that make no sense.
+    for (i, name) in tensors.prev.iter().enumerate() {
+        // Sliced twice, the layer would be cut down to the kept rows of its kept rows.
+        if tensors.prev[..i].contains(name) {
+            return Err(Error::invalid(format!(
+                "producing layer {name} is given twice"
+            )));
+        }
+    }
     for (i, name) in tensors.next.iter().enumerate() {
         if tensors.next[..i].contains(name) {
             return Err(Error::invalid(format!("next layer {name} is given twice")));

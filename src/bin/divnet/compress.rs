@@ -41,8 +41,8 @@ pub struct Args {
     /// Fraction of neurons to keep per hidden layer: one value or a comma list.
     #[arg(long, group = "size")]
     keep_ratio: Option<String>,
-    /// Let a DPP choose how many neurons to keep (implies --select dpp).
-    #[arg(long, group = "size")]
+    /// Let a DPP choose how many neurons to keep (the same as --select dpp).
+    #[arg(long, group = "size", conflicts_with = "select")]
     dpp: bool,
     /// Selection method: the paper's kdpp (or dpp, greedy MAP), random, importance, or
     /// fusion-greedy (the neurons that best explain the next layer's pre-activation), or the

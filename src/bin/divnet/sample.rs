@@ -62,7 +62,7 @@ pub struct Args {
     /// Weigh the kernel by the energy each neuron sends into the next layers (the
     /// quality-diversity kernel diag(q) L diag(q)) before drawing or greedy MAP. Needs
     /// --activations, --weights and --next.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "fusion_greedy")]
     quality: bool,
     /// Safetensors holding the layer(s) that read the activations (with --next).
     #[arg(long, value_name = "M.safetensors")]
