@@ -3,8 +3,11 @@
 //! Let Y be the kept neurons (k of them), P the dropped ones, and `u = [a_Y; 1]` the kept
 //! activations with a constant appended. Over the calibration set each dropped activation is
 //! approximated by `a_P ~ C^T u`, where C ((k+1) x |P|) solves the normal equations
-//! `(G~_YY + ridge I) C = [G_YP; s_P^T]` with `G~_YY = [[G_YY, s_Y], [s_Y^T, m]]`. The next
-//! layer `z = W a + b` then becomes `W'_Y = W_Y + W_P C_top^T`, `b' = b + W_P c_last`.
+//! `(G~_YY + ridge D) C = [G_YP; s_P^T]` with `G~_YY = [[G_YY, s_Y], [s_Y^T, m]]` and
+//! `D = diag(1, ..., 1, 0)`: like ridge regression's intercept, the constant is not damped, so
+//! the fused layer does not depend on where the activations sit (their mean) or on their
+//! scale. The next layer `z = W a + b` then becomes `W'_Y = W_Y + W_P C_top^T`,
+//! `b' = b + W_P c_last`.
 //!
 //! C is never formed: the system is solved directly for `X = C W_P^T` with the right-hand
 //! side `R = [G_YP; s_P^T] W_P^T` ((k+1) x n_out), so that `W'_Y = W_Y + X_top^T` and
@@ -45,15 +48,17 @@ pub enum FusionMode {
 pub struct FusionOptions {
     /// Which variant of the reweighting to apply.
     pub mode: FusionMode,
-    /// ridge = ridge_factor * trace(G~_YY) / (k+1), i.e. a fraction of the mean eigenvalue
-    /// of the system (for [`FusionMode::FuseNoBias`], of G_YY: trace(G_YY) / k).
+    /// ridge = ridge_factor * trace(G_c) / k, a fraction of the mean eigenvalue of the kept
+    /// neurons' centred Gram matrix `G_c = G_YY - s_Y s_Y^T / m`, on the kept neurons'
+    /// coefficients only (for [`FusionMode::FuseNoBias`], which has no constant, of G_YY:
+    /// trace(G_YY) / k).
     ///
     /// The default, 1e-6, sits just above the noise floor of a Gram matrix accumulated
     /// from f32 activations (relative rounding ~6e-8 per activation): directions that carry
     /// less than a millionth of the mean variance are not resolved by the data anyway.
     /// Damping them changes the well-determined directions by ~1e-6 relative (below what
     /// the f32 weights that are written out can hold), while it bounds the condition number
-    /// by about (k+1) * 1e6, which f64 Cholesky handles even for duplicate or dead neurons.
+    /// by about k * 1e6, which f64 Cholesky handles even for duplicate or dead neurons.
     pub ridge_factor: f64,
 }
 
@@ -299,25 +304,31 @@ pub(crate) fn solve_fusion(
         FusionMode::FuseNoBias => k,
         FusionMode::Prune => 0,
     };
-    let (x, ridge) = if dim == 0 {
-        (Mat::<f64>::zeros(0, n_out), 0.0)
-    } else {
-        solve_ridged(
-            system.lhs.as_ref().submatrix(0, 0, dim, dim),
-            rhs.as_ref().submatrix(0, 0, dim, n_out),
+    let (x, ridge) = match opts.mode {
+        FusionMode::Prune => (Mat::<f64>::zeros(0, n_out), 0.0),
+        FusionMode::FuseNoBias => solve_ridged(
+            k,
+            n_out,
+            k,
+            |i, j| system.lhs[(i, j)],
+            |i, o| rhs[(i, o)],
             opts.ridge_factor,
-        )?
+        )?,
+        FusionMode::Fuse => solve_with_free_constant(system, k, n_out, opts.ridge_factor)?,
     };
 
     // Z - Z' = W_P a_P - X^T u, so ||Z - Z'||^2 = tr(W_P G_PP W_P^T) - 2 <X, R> + tr(X^T G~ X),
-    // and (G~ + ridge I) X = R turns the last term into <X, R> - ridge ||X||^2.
+    // and (G~ + ridge D) X = R turns the last term into <X, R> - ridge ||X_top||^2 (the
+    // constant's row is not damped: D has a 0 there).
     let mut xr = 0.0;
     let mut xx = 0.0;
     for o in 0..n_out {
         for i in 0..dim {
             let v = x[(i, o)];
             xr += v * rhs[(i, o)];
-            xx += v * v;
+            if i < k {
+                xx += v * v;
+            }
         }
     }
     let err_energy = (system.dropped_energy - xr - ridge * xx).max(0.0);
@@ -348,32 +359,69 @@ pub(crate) fn solve_fusion(
     })
 }
 
-/// Solves `(lhs + ridge I) X = rhs` by Cholesky with `ridge = factor * trace(lhs) / dim`.
-/// When the factorisation still fails (the matrix is singular to working precision and the
-/// factor is tiny or zero), the ridge grows tenfold until it succeeds; the one used is
-/// returned.
-fn solve_ridged(
-    lhs: faer::MatRef<'_, f64>,
-    rhs: faer::MatRef<'_, f64>,
+/// Solves the system with the constant, `(lhs + ridge D) X = rhs` with
+/// `D = diag(1, ..., 1, 0)`, by eliminating the constant first: with `lhs = [[G, s], [s^T,
+/// m]]` and `rhs = [R; r^T]`, the kept rows solve the centred system
+/// `(G - s s^T / m + ridge I) X_top = R - s r^T / m` ([`solve_ridged`], so the ridge is a
+/// fraction of the centred trace), and the constant's row is `(r^T - s^T X_top) / m`.
+/// Returns the (k+1) x n_out solution and the ridge.
+fn solve_with_free_constant(
+    system: &FusionSystem,
+    k: usize,
+    n_out: usize,
     factor: f64,
 ) -> Result<(Mat<f64>, f64)> {
-    let dim = lhs.nrows();
-    let trace: f64 = (0..dim).map(|i| lhs[(i, i)]).sum();
-    // A zero trace means every kept activation is zero on the calibration set: any positive
-    // ridge gives the (zero) minimum-norm answer; take one on the scale of 1.
+    let lhs = system.lhs.as_ref();
+    let rhs = system.rhs.as_ref();
+    let m = lhs[(k, k)];
+    let s = lhs.col(k).subrows(0, k);
+    let r = rhs.row(k);
+    let (mut x, ridge) = solve_ridged(
+        k,
+        n_out,
+        k + 1,
+        |i, j| lhs[(i, j)] - s[i] * s[j] / m,
+        |i, o| rhs[(i, o)] - s[i] * r[o] / m,
+        factor,
+    )?;
+    for o in 0..n_out {
+        let explained: f64 = (0..k).map(|j| s[j] * x[(j, o)]).sum();
+        x[(k, o)] = (r[o] - explained) / m;
+    }
+    Ok((x, ridge))
+}
+
+/// Solves `(L + ridge I) X = B` by Cholesky with `ridge = factor * trace(L) / dim`, for the
+/// `dim` x `dim` matrix `L` and the `dim` x `n_out` right-hand side `B` given entry by entry
+/// (so that a centred system is built straight into the factor's buffer, never stored beside
+/// the assembled one). X comes in the top `dim` of `rows` zeroed rows (room the caller
+/// fills). When the factorisation fails (the matrix is singular to working precision and
+/// the factor is tiny or zero), the ridge grows tenfold until it succeeds; the one used is
+/// returned.
+fn solve_ridged(
+    dim: usize,
+    n_out: usize,
+    rows: usize,
+    lhs: impl Fn(usize, usize) -> f64,
+    rhs: impl Fn(usize, usize) -> f64,
+    factor: f64,
+) -> Result<(Mat<f64>, f64)> {
+    let trace: f64 = (0..dim).map(|i| lhs(i, i)).sum();
+    // A zero trace means every kept activation is zero (or, centred, constant) on the
+    // calibration set: any positive ridge gives the (zero) minimum-norm answer; take one on
+    // the scale of 1.
     let scale = if trace > 0.0 { trace / dim as f64 } else { 1.0 };
     let mut ridge = factor * scale;
     let par = faer::get_global_parallelism();
     for _ in 0..40 {
-        // The ridged copy is factored in place: one more (k+1)^2 beside lhs, not two.
-        let mut a = lhs.to_owned();
-        for i in 0..dim {
-            a[(i, i)] += ridge;
-        }
+        // The ridged matrix is built and factored in place: one (k+1)^2 beside the system.
+        let mut a = Mat::from_fn(dim, dim, |i, j| {
+            lhs(i, j) + if i == j { ridge } else { 0.0 }
+        });
         if cholesky_lower_in_place(a.as_mut(), par) {
-            let mut x = rhs.to_owned();
-            solve_lower_triangular_in_place(a.as_ref(), x.as_mut(), par);
-            solve_upper_triangular_in_place(a.transpose(), x.as_mut(), par);
+            let mut x = Mat::from_fn(rows, n_out, |i, o| if i < dim { rhs(i, o) } else { 0.0 });
+            solve_lower_triangular_in_place(a.as_ref(), x.as_mut().subrows_mut(0, dim), par);
+            solve_upper_triangular_in_place(a.transpose(), x.as_mut().subrows_mut(0, dim), par);
             if x.col_iter().all(|c| c.iter().all(|v| v.is_finite())) {
                 return Ok((x, ridge));
             }

@@ -201,6 +201,53 @@ fn fused_weights_equal_qr_least_squares() {
     assert!(f.ridge > 0.0);
 }
 
+/// With the constant, the ridge damps the kept neurons' coefficients only, on the scale of
+/// their centred variance: the fused weights do not depend on the activations' scale or on
+/// an offset common to them (the bias absorbs it), and neither does the error. A ridge on
+/// the constant, or one on the uncentred trace, over-damped large activations (error 0.670
+/// against the optimum 0.612 at 1e4 in a review's case).
+#[test]
+fn fusion_with_bias_does_not_depend_on_the_activations_scale_or_offset() {
+    let base = Case::random(200, 24, 10, 11);
+    let keep = keep_set();
+    let k = keep.len();
+    let fuse = |case: &Case| {
+        fuse_next_layer(
+            &Backend::Cpu,
+            &case.stats(),
+            &keep,
+            case.next(),
+            &FusionOptions::default(),
+        )
+        .unwrap()
+    };
+    for (scale, offset) in [(1.0, 0.0), (1e4, 0.0), (1e-3, 0.0), (1.0, 50.0), (3e3, 1e4)] {
+        let moved = Mat::from_fn(base.a.nrows(), base.n(), |t, i| {
+            scale * base.a[(t, i)] + offset
+        });
+        let case = Case::with_activations(moved, base.n_out, 12);
+        let got = fuse(&case);
+        let what = format!("scale {scale}, offset {offset}");
+        let (wy, b) = case.reference(&keep, true);
+        let dw = max_rel_diff(&got.weight, |i| wy[(i / k, i % k)], case.n_out * k);
+        let db = max_rel_diff(&got.bias, |o| b[o], case.n_out);
+        assert!(
+            dw < 1e-5,
+            "{what}: weights differ from QR least squares by {dw:e}"
+        );
+        assert!(
+            db < 1e-5,
+            "{what}: bias differs from QR least squares by {db:e}"
+        );
+        let explicit = frob_rel(&case.z(), &case.z_fused(&keep, &got));
+        assert!(
+            (got.relative_error - explicit).abs() <= 1e-4 * explicit,
+            "{what}: reported {} vs explicit {explicit}",
+            got.relative_error
+        );
+    }
+}
+
 #[test]
 fn fuse_without_bias_equals_qr_on_kept_only() {
     let case = Case::random(120, 24, 10, 2);
@@ -599,8 +646,14 @@ fn fusion_from_a_second_pass_equals_fusion_from_the_gram() {
                 // 8192 rows, added in f64), or 2e-5.
                 let tol = (10.0 * f32_route.0.max(f32_route.1)).max(2e-5);
                 assert!(dw < tol && db < tol, "{what}: weights {dw:e}, bias {db:e}");
+                // The ridge follows the centred trace, which f32 products resolve less well
+                // than the uncentred one: the same relative tolerance as the weights.
                 let dr = (streamed.ridge - from_gram.ridge).abs();
-                assert!(dr <= 1e-6 * from_gram.ridge, "{what}: ridge {dr:e}");
+                assert!(
+                    dr <= tol * from_gram.ridge,
+                    "{what}: ridge {dr:e} of {}",
+                    from_gram.ridge
+                );
                 let de = (streamed.relative_error - from_gram.relative_error).abs();
                 assert!(
                     de <= 1e-5 * from_gram.relative_error + 1e-7,

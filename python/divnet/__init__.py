@@ -65,7 +65,8 @@ __version__: str = _divnet.__version__
 SELECTION_METHODS: tuple[str, ...] = tuple(_divnet.SELECTION_METHODS)
 #: Added to the RBF kernel's diagonal so that it is positive definite (``--eps``).
 DEFAULT_EPS: float = _divnet.DEFAULT_EPS
-#: Ridge of the fusion system, as a fraction of its mean eigenvalue (``--ridge-factor``).
+#: Ridge of the fusion system, as a fraction of the mean eigenvalue of the kept neurons'
+#: centred Gram matrix; the constant is not damped (``--ridge-factor``).
 DEFAULT_RIDGE_FACTOR: float = _divnet.DEFAULT_RIDGE_FACTOR
 #: Calibration rows pushed through an MLP at a time (``--chunk-rows``).
 DEFAULT_CHUNK_ROWS: int = _divnet.DEFAULT_CHUNK_ROWS
@@ -316,7 +317,8 @@ def compress_layer(
         method: ``"kdpp"``, ``"dpp"``, ``"greedy"``, ``"random"`` or ``"importance"``.
         fusion: ``"fuse"`` (least squares on the kept neurons and a constant),
             ``"fuse-no-bias"`` (the paper's objective, biases untouched) or ``"prune"``.
-        ridge_factor: the fusion system's ridge, as a fraction of its mean eigenvalue.
+        ridge_factor: the fusion system's ridge, as a fraction of the mean eigenvalue of the
+            kept neurons' centred Gram matrix (the constant is not damped).
         beta, eps: the RBF kernel of the DPP methods (see :func:`kernel`).
         seed: seed of the random methods.
         backend: ``"auto"``, ``"gpu"`` or ``"cpu"``.

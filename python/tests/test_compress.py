@@ -36,13 +36,16 @@ def ffn(rng: np.random.Generator, m: int = 400, d: int = 10, n: int = 16, n_out:
 
 def fused_reference(a, w, b, keep, ridge_factor):
     """W'_Y = W_Y + W_P C_top^T, b' = b + W_P c_last, C from the ridge-regularised normal
-    equations of a_P ~ C^T [a_Y; 1], all in float64."""
+    equations of a_P ~ C^T [a_Y; 1] (ridge regression with a free intercept: the ridge,
+    ridge_factor times the mean variance of the kept neurons, damps C_top only), in float64."""
     a = a.astype(np.float64)
     n = a.shape[1]
     drop = [i for i in range(n) if i not in keep]
     u = np.hstack([a[:, keep], np.ones((len(a), 1))])
     lhs = u.T @ u
-    lhs += ridge_factor * np.trace(lhs) / len(lhs) * np.eye(len(lhs))
+    centred = a[:, keep] - a[:, keep].mean(axis=0)
+    ridge = ridge_factor * np.trace(centred.T @ centred) / len(keep)
+    lhs[: len(keep), : len(keep)] += ridge * np.eye(len(keep))
     c = np.linalg.solve(lhs, u.T @ a[:, drop])
     w = w.astype(np.float64)
     return w[:, keep] + w[:, drop] @ c[:-1].T, b + w[:, drop] @ c[-1]

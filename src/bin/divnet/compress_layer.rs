@@ -71,7 +71,8 @@ pub struct Args {
     /// Fuse without the constant term (the paper's original objective; bias untouched).
     #[arg(long)]
     no_bias: bool,
-    /// Ridge of the fusion system, as a fraction of its mean eigenvalue.
+    /// Ridge of the fusion system, as a fraction of the kept neurons' mean variance (the mean
+    /// eigenvalue of their centred Gram matrix); the constant term is not damped.
     #[arg(long, default_value_t = FusionOptions::default().ridge_factor)]
     ridge_factor: f64,
     /// Seed of the random selection methods.
