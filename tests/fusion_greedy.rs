@@ -4,7 +4,7 @@
 
 use divnet::fusion::{fuse_next_layer, FusionOptions, NextLayer};
 use divnet::kernel::{gram_stats, ActivationRows, GramStats};
-use divnet::select::quality::{quality_kernel, quality_scores, QualityScore};
+use divnet::select::quality::{quality_kernel, quality_scores, QualityScore, QUALITY_DIAGONAL};
 use divnet::select::{
     fusion_greedy, single_neuron_gains, LayerSelector, SelectionMethod, SelectionSize,
 };
@@ -607,14 +607,24 @@ fn quality_kernel_weighs_determinants_by_scores() {
     let scores = [0.5, 2.0, 0.0, 1.0, 3.0, 0.5];
     let lq = quality_kernel(l.as_ref(), &scores).unwrap();
     let mean = scores.iter().sum::<f64>() / n as f64;
+    let weighted = |i: usize, j: usize| l[(i, j)] * scores[i] * scores[j] / (mean * mean);
+    let delta = QUALITY_DIAGONAL * (0..n).map(|i| weighted(i, i)).fold(0.0, f64::max);
     for i in 0..n {
         for j in 0..n {
-            let want = l[(i, j)] * scores[i] * scores[j] / (mean * mean);
+            let want = weighted(i, j) + if i == j { delta } else { 0.0 };
             assert!((lq[(i, j)] - want).abs() < 1e-15, "({i}, {j})");
         }
     }
+    // Scores all 0: no neuron is worth more than another, the kernel is L's.
+    let flat = quality_kernel(l.as_ref(), &[0.0; 6]).unwrap();
+    let delta = QUALITY_DIAGONAL * (0..n).map(|i| l[(i, i)]).fold(0.0, f64::max);
+    for i in 0..n {
+        for j in 0..n {
+            let want = l[(i, j)] + if i == j { delta } else { 0.0 };
+            assert!((flat[(i, j)] - want).abs() < 1e-15, "({i}, {j})");
+        }
+    }
     assert!(quality_kernel(l.as_ref(), &[1.0; 5]).is_err());
-    assert!(quality_kernel(l.as_ref(), &[0.0; 6]).is_err());
     assert!(quality_kernel(l.as_ref(), &[1.0, -1.0, 1.0, 1.0, 1.0, 1.0]).is_err());
 }
 
@@ -662,4 +672,107 @@ fn quality_methods_select_through_the_layer_selector() {
     assert!(no_target
         .select(SelectionMethod::QualityKDpp, SelectionSize::Exactly(8), 3)
         .is_err());
+}
+
+/// Neurons that score 0 (dead or constant: they send no variation into the next layer) do
+/// not cap the quality methods' k: both keep up to every neuron, greedy MAP on the quality
+/// kernel takes the ones that score first, and a next layer that reads nothing that varies
+/// leaves the plain kernel.
+#[test]
+fn quality_methods_keep_any_k_beside_neurons_that_score_zero() {
+    let (layer, _) = degenerate_layer(400);
+    let n = layer.n();
+    let (stats, next) = (layer.exact_stats(), layer.next());
+    let rows: Vec<f32> = (0..400)
+        .flat_map(|t| (0..n).map(move |j| (t, j)))
+        .map(|(t, j)| layer.a[(t, j)] as f32)
+        .collect();
+    let kernel = divnet::kernel::rbf_kernel(
+        &Backend::Cpu,
+        ActivationRows::F32(&rows),
+        n,
+        divnet::kernel::Beta::Median,
+        1e-6,
+    )
+    .unwrap();
+    let scores = quality_scores(&stats, &next, QualityScore::NextLayerEnergy).unwrap();
+    let zero: Vec<usize> = (0..n).filter(|&j| scores[j] <= 1e-12 * scores[0]).collect();
+    assert_eq!(zero, vec![6, 7, 10, 12], "the dead and constant neurons");
+    let selector =
+        LayerSelector::new(n, Some(&kernel.matrix), None).with_next_layers(&stats, &next);
+    for k in [n - zero.len(), n - 1, n] {
+        let g = selector
+            .select(SelectionMethod::QualityGreedy, SelectionSize::Exactly(k), 0)
+            .unwrap();
+        assert_eq!(g.len(), k);
+        if k == n - zero.len() {
+            assert!(g.iter().all(|j| !zero.contains(j)), "{g:?}");
+        }
+        let d = selector
+            .select(SelectionMethod::QualityKDpp, SelectionSize::Exactly(k), 5)
+            .unwrap();
+        assert_eq!(d.len(), k);
+    }
+    // A next layer that reads nothing: every score is 0, the kernel is the plain one.
+    let silent: Vec<(Vec<f32>, Vec<f32>, usize)> = layer
+        .next
+        .iter()
+        .map(|(w, b, n_out)| (vec![0.0; w.len()], b.clone(), *n_out))
+        .collect();
+    let silent_next: Vec<NextLayer<'_>> = silent
+        .iter()
+        .map(|(w, b, n_out)| NextLayer {
+            weight: w,
+            bias: Some(b),
+            n_out: *n_out,
+            n_in: n,
+        })
+        .collect();
+    let plain =
+        LayerSelector::new(n, Some(&kernel.matrix), None).with_next_layers(&stats, &silent_next);
+    let g = plain
+        .select(SelectionMethod::QualityGreedy, SelectionSize::Exactly(5), 0)
+        .unwrap();
+    let want = LayerSelector::new(n, Some(&kernel.matrix), None)
+        .select(SelectionMethod::Greedy, SelectionSize::Exactly(5), 0)
+        .unwrap();
+    assert_eq!(g, want);
+}
+
+/// A neuron whose spread is small beside its mean (100 +- 1: a variance 3.3e-5 of its second
+/// moment) still carries what the next layer reads: fusion-greedy keeps it first, from the
+/// pipeline's statistics (centred f32 products) as from exact ones, and the predicted error
+/// is what is left of Z once it is kept. A floor on the residual variance of 1e-4 of `G_jj`
+/// took it for a constant.
+#[test]
+fn a_neuron_with_a_large_mean_and_a_small_spread_is_kept_when_the_next_layer_reads_it() {
+    let (m, n) = (2000, 6);
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let a = Mat::from_fn(m, n, |_, j| {
+        if j == 0 {
+            100.0 + rng.random_range(-1.0..1.0)
+        } else {
+            rng.random_range(-1.0..1.0f64).max(0.0)
+        }
+    });
+    let mut layer = Layer::with_activations(a, &[4], 10);
+    for (w, _, _) in &mut layer.next {
+        for (i, v) in w.iter_mut().enumerate() {
+            *v = if i % n == 0 { 5.0 } else { 0.01 };
+        }
+    }
+    let next = layer.next();
+    let z = layer.z();
+    for stats in [layer.exact_stats(), layer.pipeline_stats()] {
+        let selection = fusion_greedy(&stats, &next, 1).unwrap();
+        assert_eq!(selection.order, vec![0]);
+        let left = layer.residual_energy(&z, &[0]);
+        assert!(
+            (selection.residual_energy[0] - left).abs() <= 1e-3 * selection.centred_energy,
+            "predicted {} vs {left} of {}",
+            selection.residual_energy[0],
+            selection.centred_energy
+        );
+        assert!(left <= 1e-3 * selection.centred_energy);
+    }
 }

@@ -69,10 +69,25 @@ pub fn quality_scores(
     }
 }
 
-/// `diag(q) L diag(q)` with `q_i = score_i / mean score`: scores scaled to mean 1, so the
-/// kernel keeps about L's scale (the rank tolerances of the samplers are relative anyway).
+/// Added to the quality kernel's diagonal, relative to its largest diagonal entry.
 ///
-/// Errors (Error::InvalidInput): `scores` not of length n, negative or not finite, or all 0.
+/// A neuron that scores 0 (dead, constant, or not read by the next layer) has a zero row in
+/// `diag(q) L diag(q)`, so the kernel's rank is the number of neurons that score; a k-DPP or
+/// greedy MAP asked for more (k = n on a ReLU layer with dead neurons) had no subset of
+/// positive determinant and failed, where every other method keeps k. With this diagonal a
+/// zero-score neuron is an item of its own with a tiny weight: drawn only when the
+/// neurons that score are exhausted (greedy MAP: after all of them). 1e-6 of the largest
+/// diagonal entry stays above the samplers' rank tolerance (n eps times the largest
+/// eigenvalue, at most n^2 eps times the largest diagonal entry) up to n of about 67000,
+/// and changes the determinants of the neurons that score by about 1e-6 relative.
+pub const QUALITY_DIAGONAL: f64 = 1e-6;
+
+/// `diag(q) L diag(q) + delta I` with `q_i = score_i / mean score` (scores scaled to mean 1,
+/// so the kernel keeps about L's scale) and `delta` = [`QUALITY_DIAGONAL`] times the largest
+/// diagonal entry of `diag(q) L diag(q)`. When every neuron scores 0, no neuron is worth more
+/// than another: `q = 1`, the kernel is L (plus `delta`).
+///
+/// Errors (Error::InvalidInput): `scores` not of length n, negative or not finite.
 pub fn quality_kernel(kernel: MatRef<'_, f64>, scores: &[f64]) -> Result<Mat<f64>> {
     let n = kernel.nrows();
     if kernel.ncols() != n || scores.len() != n {
@@ -90,11 +105,16 @@ pub fn quality_kernel(kernel: MatRef<'_, f64>, scores: &[f64]) -> Result<Mat<f64
         )));
     }
     let mean = scores.iter().sum::<f64>() / n.max(1) as f64;
-    if mean <= 0.0 {
-        return Err(Error::invalid(
-            "quality kernel: every neuron scores 0 (the next layer reads nothing that varies)",
-        ));
-    }
-    let q: Vec<f64> = scores.iter().map(|s| s / mean).collect();
-    Ok(Mat::from_fn(n, n, |i, j| q[i] * kernel[(i, j)] * q[j]))
+    let q: Vec<f64> = if mean > 0.0 {
+        scores.iter().map(|s| s / mean).collect()
+    } else {
+        vec![1.0; n]
+    };
+    let largest = (0..n)
+        .map(|i| q[i] * q[i] * kernel[(i, i)])
+        .fold(0.0, f64::max);
+    let delta = QUALITY_DIAGONAL * largest;
+    Ok(Mat::from_fn(n, n, |i, j| {
+        q[i] * kernel[(i, j)] * q[j] + if i == j { delta } else { 0.0 }
+    }))
 }
