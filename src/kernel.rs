@@ -20,7 +20,9 @@ use crate::progress::Progress;
 use crate::types::GramStatsF32;
 
 pub use crate::rbf::{rbf_from_distances, Beta, RbfKernel};
-pub use crate::types::{ActivationRows, Distances, GramStats, RowSource, SliceRows, StatsKind};
+pub use crate::types::{
+    ActivationRows, Distances, GramStats, RowSource, SliceRows, StatsKind, MAX_ACTIVATION,
+};
 
 /// What [`LayerStats::finish`] returns: the statistics its [`StatsKind`] asked for.
 #[derive(Clone, Debug)]

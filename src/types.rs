@@ -61,27 +61,60 @@ impl<'a> ActivationRows<'a> {
         Ok(len / n)
     }
 
-    /// An error naming the first value that is not finite (row and neuron), if any.
+    /// An error naming the first value the statistics cannot take (row, neuron and value:
+    /// see [`usable_activation`]), if any.
     pub(crate) fn check_finite(&self, n: usize) -> Result<()> {
         use rayon::prelude::*;
         // On all threads: the GPU path scans every row it uploads.
         let bad = match self {
-            ActivationRows::F32(v) => v.par_iter().position_first(|x| !x.is_finite()),
-            ActivationRows::F16(v) => v.par_iter().position_first(|x| !x.is_finite()),
+            ActivationRows::F32(v) => v
+                .par_iter()
+                .position_first(|&x| !usable_activation(x))
+                .map(|k| (k, v[k])),
+            ActivationRows::F16(v) => v
+                .par_iter()
+                .position_first(|x| !usable_activation(x.to_f32()))
+                .map(|k| (k, v[k].to_f32())),
         };
         match bad {
-            Some(k) => Err(non_finite_activation(k / n, k % n)),
+            Some((k, value)) => Err(unusable_activation(k / n, k % n, value)),
             None => Ok(()),
         }
     }
 }
 
-/// The error for a NaN or infinite activation at `row` (counted from the first row of the
-/// pass) and `neuron`.
-pub(crate) fn non_finite_activation(row: usize, neuron: usize) -> Error {
-    Error::invalid(format!(
-        "activation at row {row}, neuron {neuron} is not finite"
-    ))
+/// The largest activation, in size, that the statistics take. Their f32 products sum up to
+/// 8192 squares before they reach f64; past about 1.8e17 that sum overflows, and such a Gram
+/// matrix came back with infinite entries, the error naming neither the file nor the value.
+/// 1e15 leaves a margin; no layer's activations come near it.
+pub const MAX_ACTIVATION: f32 = 1e15;
+
+/// Whether the statistics take `x`: finite and at most [`MAX_ACTIVATION`] in size.
+pub(crate) fn usable_activation(x: f32) -> bool {
+    x.abs() <= MAX_ACTIVATION
+}
+
+/// What is wrong with a finite activation the statistics do not take, for error messages.
+pub(crate) fn too_large(value: f32) -> String {
+    format!(
+        "{value:e}: activations must be at most {MAX_ACTIVATION:e} in size (the statistics' \
+         f32 products overflow beyond); scale them down"
+    )
+}
+
+/// The error for an activation the statistics do not take, at `row` (counted from the first
+/// row of the pass) and `neuron`.
+pub(crate) fn unusable_activation(row: usize, neuron: usize, value: f32) -> Error {
+    if value.is_finite() {
+        Error::invalid(format!(
+            "activation at row {row}, neuron {neuron} is {}",
+            too_large(value)
+        ))
+    } else {
+        Error::invalid(format!(
+            "activation at row {row}, neuron {neuron} is not finite"
+        ))
+    }
 }
 
 /// Where a layer's activations come from, one pass at a time: an in-memory matrix, an npy

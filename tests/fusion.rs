@@ -673,27 +673,36 @@ fn fusion_from_a_second_pass_equals_fusion_from_the_gram() {
     }
 }
 
-/// A NaN met by the second pass is an error naming its row (across chunks) and neuron.
+/// A NaN met by the second pass is an error naming its row (across chunks) and neuron, and
+/// so is a value too large for the f32 products (here and in the statistics engine).
 #[test]
 fn second_pass_names_a_non_finite_activation() {
     let mut case = Case::random(20, 6, 3, 30);
-    let mut rows = case.f32_rows();
-    rows[13 * 6 + 4] = f32::NAN;
-    let mut source = SliceRows::new(ActivationRows::F32(&rows), 6)
-        .unwrap()
-        .with_chunk_rows(5);
-    let err = fuse_next_layer_from_rows(
-        &Backend::Cpu,
-        &mut source,
-        &[0, 2],
-        case.next(),
-        &FusionOptions::default(),
-        &mut NoProgress,
-    )
-    .unwrap_err();
-    assert!(matches!(err, Error::InvalidInput(_)), "{err}");
-    assert_eq!(
-        err.to_string(),
-        "activation at row 13, neuron 4 is not finite"
-    );
+    let clean = case.f32_rows();
+    for (bad, want) in [
+        (f32::NAN, "activation at row 13, neuron 4 is not finite"),
+        (
+            -2e16,
+            "activation at row 13, neuron 4 is -2e16: activations must be at most 1e15 in size",
+        ),
+    ] {
+        let mut rows = clean.clone();
+        rows[13 * 6 + 4] = bad;
+        let mut source = SliceRows::new(ActivationRows::F32(&rows), 6)
+            .unwrap()
+            .with_chunk_rows(5);
+        let err = fuse_next_layer_from_rows(
+            &Backend::Cpu,
+            &mut source,
+            &[0, 2],
+            case.next(),
+            &FusionOptions::default(),
+            &mut NoProgress,
+        )
+        .unwrap_err();
+        assert!(matches!(err, Error::InvalidInput(_)), "{err}");
+        assert!(err.to_string().starts_with(want), "{err}");
+        let err = gram_stats(&Backend::Cpu, ActivationRows::F32(&rows), 6).unwrap_err();
+        assert!(err.to_string().starts_with(want), "{err}");
+    }
 }

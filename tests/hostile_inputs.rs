@@ -879,10 +879,25 @@ fn train_cases() -> Vec<Case> {
 
 /// `divnet compress-layer` on hidden layer fc1 (6 neurons) of the test model, fused into fc2.
 fn layer(name: &'static str, keep: Option<&[u8]>, extra: &[&'static str]) -> Case {
-    let acts: Vec<f32> = (0..8 * 6).map(|i| ((i * 5) % 11) as f32 / 11.0).collect();
+    layer_with(name, layer_activations(), good_model(), keep, extra)
+}
+
+/// The 8 x 6 activations of fc1 that [`layer`] compresses.
+fn layer_activations() -> Vec<f32> {
+    (0..8 * 6).map(|i| ((i * 5) % 11) as f32 / 11.0).collect()
+}
+
+/// [`layer`] with these activations and this model.
+fn layer_with(
+    name: &'static str,
+    acts: Vec<f32>,
+    model: Vec<u8>,
+    keep: Option<&[u8]>,
+    extra: &[&'static str],
+) -> Case {
     let mut files = vec![
         ("a.npy", b(npy_bytes(&[8, 6], &acts))),
-        ("m.safetensors", b(good_model())),
+        ("m.safetensors", b(model)),
     ];
     let mut args = vec![
         "compress-layer",
@@ -971,6 +986,39 @@ fn compress_layer_cases() -> Vec<Case> {
             &["7", "6"],
         ),
         no_file(layer("k = 0 (compress-layer)", None, &["-k", "0"]), &["0"]),
+        blame(
+            layer_with(
+                "NaN in the next layer's weights (compress-layer)",
+                layer_activations(),
+                {
+                    let mut w = vec![0.5f32; 5 * 6];
+                    w[8] = f32::NAN;
+                    model_with(
+                        "fc2.weight",
+                        Tensor::from_f32(&w, vec![5, 6], Dtype::F32).unwrap(),
+                    )
+                },
+                None,
+                &["-k", "3", "--select", "fusion-greedy"],
+            ),
+            m,
+            &["fc2.weight[1, 2]", "NaN", "finite"],
+        ),
+        blame(
+            layer_with(
+                "activation too large for the statistics",
+                {
+                    let mut a = layer_activations();
+                    a[13] = 3e19;
+                    a
+                },
+                good_model(),
+                None,
+                &["-k", "3"],
+            ),
+            "@a.npy",
+            &["row 2, column 1", "3e19", "at most 1e15"],
+        ),
     ]
 }
 

@@ -12,7 +12,9 @@ use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::{Accum, Mat, MatRef, Par};
 
 use crate::error::{Error, Result};
-use crate::types::{non_finite_activation, ActivationRows, FusionSystem, GramStats, NextLayer};
+use crate::types::{
+    unusable_activation, usable_activation, ActivationRows, FusionSystem, GramStats, NextLayer,
+};
 
 /// Assembles the normal equations of the fusion and the two energies of the reconstruction
 /// error, in f64. `keep` and `dropped` partition the layer's neurons (validated by the
@@ -196,12 +198,12 @@ impl<'a> FusionPass<'a> {
             let u = &mut self.u[r * (k + 1)..(r + 1) * (k + 1)];
             for (dst, &i) in u.iter_mut().zip(&self.keep) {
                 *dst = to_f32(row[i]);
-                finite &= dst.is_finite();
+                finite &= usable_activation(*dst);
             }
             u[k] = 1.0;
             for (dst, &i) in self.a_p[r * p..(r + 1) * p].iter_mut().zip(&self.dropped) {
                 *dst = to_f32(row[i]);
-                finite &= dst.is_finite();
+                finite &= usable_activation(*dst);
             }
         }
         if finite {
@@ -209,9 +211,13 @@ impl<'a> FusionPass<'a> {
         }
         let k = v[..rows * n]
             .iter()
-            .position(|&x| !to_f32(x).is_finite())
-            .expect("a value is not finite");
-        Err(non_finite_activation(self.samples() + k / n, k % n))
+            .position(|&x| !usable_activation(to_f32(x)))
+            .expect("a value is not usable");
+        Err(unusable_activation(
+            self.samples() + k / n,
+            k % n,
+            to_f32(v[k]),
+        ))
     }
 
     /// Multiplies the staged rows into the sums.

@@ -229,6 +229,7 @@ impl RunningMean {
     pub(crate) fn centre_and_merge(&mut self, chunk: &mut [f32], rows: usize) -> Correction {
         let n = self.mean.len();
         let chunk_mean: Vec<f64> = column_sums(ActivationRows::F32(chunk), n)
+            .0
             .into_iter()
             .map(|s| s / rows as f64)
             .collect();
@@ -484,35 +485,41 @@ fn lower_product(a: MatRef<'_, f32>, g: MatMut<'_, f32>, par: Par) {
     );
 }
 
-/// `A^T 1` in f64, and an error naming the first non-finite value if there is one.
+/// `A^T 1` in f64, and an error naming the first value the statistics do not take (not
+/// finite, or larger than [`crate::types::MAX_ACTIVATION`]) if there is one.
 ///
-/// The column sums double as the finiteness check: finite f32 values summed in f64 cannot
-/// overflow (3.4e38 times any row count stays far below 1.8e308), so a sum is non-finite
-/// exactly when a value is. Only then are the values scanned, to name it.
+/// The pass that sums the columns doubles as the check: finite f32 values summed in f64
+/// cannot overflow (3.4e38 times any row count stays far below 1.8e308), so a sum is
+/// non-finite exactly when a value is, and the same pass keeps the largest magnitude. Only
+/// when one of the two says so are the values scanned again, to name the culprit.
 pub(crate) fn checked_column_sums(rows: ActivationRows<'_>, n: usize) -> Result<Vec<f64>> {
-    let sums = column_sums(rows, n);
-    if sums.iter().any(|s| !s.is_finite()) {
+    let (sums, largest) = column_sums(rows, n);
+    if sums.iter().any(|s| !s.is_finite()) || largest > crate::types::MAX_ACTIVATION {
         rows.check_finite(n)?;
     }
     Ok(sums)
 }
 
-/// `A^T 1` in f64, the rows split across threads when there are enough of them.
-fn column_sums(rows: ActivationRows<'_>, n: usize) -> Vec<f64> {
+/// `A^T 1` in f64 and the largest magnitude among the values (NaN aside), the rows split
+/// across threads when there are enough of them.
+fn column_sums(rows: ActivationRows<'_>, n: usize) -> (Vec<f64>, f32) {
     let count = rows.len() / n;
     let parts = threads().min(count / MIN_ROWS_PER_THREAD).max(1);
     let step = count.div_ceil(parts).max(1);
     let partial = |start: usize| {
         let end = (start + step).min(count);
         let mut sums = vec![0.0f64; n];
+        let mut largest = 0.0f32;
         match rows {
             ActivationRows::F32(v) => {
                 for row in v[start * n..end * n].chunks_exact(n) {
                     for (s, &x) in sums.iter_mut().zip(row) {
                         *s += x as f64;
+                        largest = largest.max(x.abs());
                     }
                 }
             }
+            // Every finite f16 is far below the limit.
             ActivationRows::F16(v) => {
                 for row in v[start * n..end * n].chunks_exact(n) {
                     for (s, x) in sums.iter_mut().zip(row) {
@@ -521,7 +528,7 @@ fn column_sums(rows: ActivationRows<'_>, n: usize) -> Vec<f64> {
                 }
             }
         }
-        sums
+        (sums, largest)
     };
     if parts == 1 {
         return partial(0);
@@ -531,13 +538,15 @@ fn column_sums(rows: ActivationRows<'_>, n: usize) -> Vec<f64> {
             .step_by(step)
             .map(|start| s.spawn(move || partial(start)))
             .collect();
-        let mut sums = partial(0);
+        let (mut sums, mut largest) = partial(0);
         for h in handles {
-            for (s, x) in sums.iter_mut().zip(h.join().expect("column-sum thread")) {
+            let (part, part_largest) = h.join().expect("column-sum thread");
+            for (s, x) in sums.iter_mut().zip(part) {
                 *s += x;
             }
+            largest = largest.max(part_largest);
         }
-        sums
+        (sums, largest)
     })
 }
 

@@ -14,7 +14,7 @@ use half::f16;
 
 use crate::error::{Error, Result};
 use crate::io::atomic::write_atomic;
-use crate::types::{ActivationRows, RowSource};
+use crate::types::{too_large, usable_activation, ActivationRows, RowSource};
 
 const MAGIC: &[u8] = b"\x93NUMPY";
 
@@ -517,10 +517,17 @@ impl ChunkValues {
         }
     }
 
-    fn first_non_finite(&self) -> Option<usize> {
+    /// The first value the statistics do not take, and its position.
+    fn first_unusable(&self) -> Option<(usize, f32)> {
         match self {
-            ChunkValues::F16(v) => v.iter().position(|x| !x.is_finite()),
-            ChunkValues::F32(v) => v.iter().position(|x| !x.is_finite()),
+            ChunkValues::F16(v) => v
+                .iter()
+                .position(|x| !usable_activation(x.to_f32()))
+                .map(|k| (k, v[k].to_f32())),
+            ChunkValues::F32(v) => v
+                .iter()
+                .position(|&x| !usable_activation(x))
+                .map(|k| (k, v[k])),
         }
     }
 
@@ -587,8 +594,19 @@ impl RowSource for NpyRowReader {
             let count = self.chunk_rows.min(m - first);
             self.read_rows(first, count, &mut raw)?;
             values.decode_into(dtype, &raw, count, n, fortran);
-            if let Some(k) = values.first_non_finite() {
-                return Err(non_finite_value(&self.path, first + k / n, k % n));
+            if let Some((k, value)) = values.first_unusable() {
+                let (row, column) = (first + k / n, k % n);
+                return Err(if value.is_finite() {
+                    Error::format(
+                        &self.path,
+                        format!(
+                            "value at row {row}, column {column} is {}",
+                            too_large(value)
+                        ),
+                    )
+                } else {
+                    non_finite_value(&self.path, row, column)
+                });
             }
             visit(values.rows())?;
             first += count;
