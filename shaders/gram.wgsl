@@ -1,11 +1,17 @@
 // Tiled products over one row chunk of a row-major activation matrix A (rows x n), added
 // into the device-resident accumulators of the upper-triangle tiles of an n x n symmetric
 // result:
-//   gram_tiles: G_ij += sum_t A_ti A_tj
+//   gram_tiles: G_ij += sum_t (A_ti - c_i) (A_tj - c_j)
 //   dist_tiles: D_ij += sum_t (A_ti - A_tj)^2   (directly, so near-duplicate columns do not
 //                                                cancel as G_ii + G_jj - 2 G_ij would)
 //   both_tiles: both, from one load of the chunk
-//   col_sums:   s_c  += sum_t A_tc
+//   col_sums:   s_c  += sum_t (A_tc - c_c)
+// where c is a fixed shift per column (the column means of the first chunk, from shift.wgsl;
+// 0 for the distances, which need none), which the host takes back out in f64:
+// G = G' + c s'^T + s' c^T + m c c^T, s = s' + m c. Products of shifted values keep the
+// statistics of a column whose mean dominates its spread: summed raw, a constant column's
+// f32 products left up to 1.1e-4 of G_jj in its centred variance (lavapipe, chunks of 4096
+// rows); shifted, 0 to rounding.
 //
 // Work: one workgroup per 64 x 64 output tile of the block bound at group 1; the tile's
 // position comes from `tiles` (tile row in the high 16 bits, column in the low 16), so only
@@ -45,6 +51,8 @@ struct Block {
 @group(0) @binding(1) var<storage, read> a: array<u32>;
 @group(0) @binding(2) var<storage, read> tiles: array<u32>;
 @group(0) @binding(3) var<storage, read> opaque_one: array<f32>;
+// The shift c, one value per column (group 0: the same for every chunk and block).
+@group(0) @binding(4) var<storage, read> shift: array<f32>;
 
 @group(1) @binding(0) var<uniform> block: Block;
 // (hi, lo) per output: tile k of the block at [k * 4096, (k + 1) * 4096), row-major 64 x 64.
@@ -61,9 +69,24 @@ const TILE_OUTPUTS: u32 = 4096u;
 // thread at (x, y) reads its four operands with one vec4 load per row.
 var<workgroup> ta: array<vec4<f32>, 256>;
 var<workgroup> tb: array<vec4<f32>, 256>;
+// both_tiles only: the same slabs shifted (ta, tb keep the raw values for the distances).
+var<workgroup> sa: array<vec4<f32>, 256>;
+var<workgroup> sb: array<vec4<f32>, 256>;
 
 fn load4(t: u32, c: u32) -> vec4<f32> {
     return vec4<f32>(load(t, c), load(t, c + 16u), load(t, c + 32u), load(t, c + 48u));
+}
+
+// Value (t, c) minus the column's shift, 0 outside the chunk (so that padding adds nothing).
+fn shifted(t: u32, c: u32) -> f32 {
+    if t >= chunk.rows || c >= chunk.n {
+        return 0.0;
+    }
+    return load(t, c) - shift[c];
+}
+
+fn shifted4(t: u32, c: u32) -> vec4<f32> {
+    return vec4<f32>(shifted(t, c), shifted(t, c + 16u), shifted(t, c + 32u), shifted(t, c + 48u));
 }
 
 fn load_slabs(l: u32, t0: u32, ci: u32, cj: u32) {
@@ -71,6 +94,13 @@ fn load_slabs(l: u32, t0: u32, ci: u32, cj: u32) {
     let g = l % 16u;
     ta[l] = load4(t, ci + g);
     tb[l] = load4(t, cj + g);
+}
+
+fn load_shifted_slabs(l: u32, t0: u32, ci: u32, cj: u32) {
+    let t = t0 + l / 16u;
+    let g = l % 16u;
+    ta[l] = shifted4(t, ci + g);
+    tb[l] = shifted4(t, cj + g);
 }
 
 // The block-local index of this workgroup's tile (the grid is 2-D: blocks may hold more
@@ -145,7 +175,7 @@ fn gram_tiles(
     var c2 = vec4<f32>(0.0);
     var c3 = vec4<f32>(0.0);
     for (var t0 = 0u; t0 < chunk.rows; t0 += SLAB) {
-        load_slabs(l, t0, origin.x, origin.y);
+        load_shifted_slabs(l, t0, origin.x, origin.y);
         workgroupBarrier();
         for (var s = 0u; s < SLAB; s++) {
             let av = ta[s * 16u + lid.y];
@@ -218,14 +248,20 @@ fn both_tiles(
     var e3 = vec4<f32>(0.0);
     for (var t0 = 0u; t0 < chunk.rows; t0 += SLAB) {
         load_slabs(l, t0, origin.x, origin.y);
+        let t = t0 + l / 16u;
+        let g = l % 16u;
+        sa[l] = shifted4(t, origin.x + g);
+        sb[l] = shifted4(t, origin.y + g);
         workgroupBarrier();
         for (var s = 0u; s < SLAB; s++) {
             let av = ta[s * 16u + lid.y];
             let bv = tb[s * 16u + lid.x];
-            g0 += av.x * bv;
-            g1 += av.y * bv;
-            g2 += av.z * bv;
-            g3 += av.w * bv;
+            let ac = sa[s * 16u + lid.y];
+            let bc = sb[s * 16u + lid.x];
+            g0 += ac.x * bc;
+            g1 += ac.y * bc;
+            g2 += ac.z * bc;
+            g3 += ac.w * bc;
             let d0 = vec4<f32>(av.x) - bv;
             let d1 = vec4<f32>(av.y) - bv;
             let d2 = vec4<f32>(av.z) - bv;
@@ -249,7 +285,7 @@ fn col_sums(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     var s = 0.0;
     for (var t = 0u; t < chunk.rows; t++) {
-        s += load(t, c);
+        s += shifted(t, c);
     }
     acc[c] = two_sum(acc[c], s, opaque_one[0]);
 }

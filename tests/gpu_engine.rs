@@ -129,9 +129,14 @@ fn one_readback_per_product_whatever_m() {
             "{kind:?}: {} submits for {chunks} chunks",
             long.submits
         );
-        // One tile per product, the column sums with the Gram.
+        // One tile per product, the column sums (f32 pairs) and their shift (f32) with the
+        // Gram.
         let products = if kind == StatsKind::Both { 2 } else { 1 };
-        let sums = if kind.has_gram() { n as u64 * 8 } else { 0 };
+        let sums = if kind.has_gram() {
+            n as u64 * 8 + (n as u64 * 4).next_multiple_of(8)
+        } else {
+            0
+        };
         assert_eq!(
             long.readback_bytes,
             products * TILE_BYTES + sums,
@@ -152,7 +157,10 @@ fn embedding_path_reads_back_only_the_result() {
     let g = gram_from_buffer(&ctx, &buffer, RowFormat::F32, m, n).unwrap();
     let cost = counters(&ctx).since(&before);
     assert_eq!(cost.readbacks, 1, "{cost:?}");
-    assert_eq!(cost.readback_bytes, tiles * TILE_BYTES + n as u64 * 8);
+    assert_eq!(
+        cost.readback_bytes,
+        tiles * TILE_BYTES + n as u64 * 8 + (n as u64 * 4).next_multiple_of(8)
+    );
     // The rows are read where they are: what goes up is parameters and the tile list.
     assert!(
         cost.upload_bytes < 1024,
@@ -266,7 +274,10 @@ fn several_blocks_in_one_group() {
     let a = random(m, n, -0.4, 13);
     let (result, cost) = run(&ctx, &a, n, StatsKind::Both, 64);
     check(result, &a, m, n, "one-tile blocks");
-    assert_eq!(cost.readback_bytes, 2 * 6 * TILE_BYTES + n as u64 * 8);
+    assert_eq!(
+        cost.readback_bytes,
+        2 * 6 * TILE_BYTES + n as u64 * 8 + (n as u64 * 4).next_multiple_of(8)
+    );
 }
 
 #[test]
@@ -323,10 +334,12 @@ fn timing_reports_device_time_where_the_adapter_has_timestamps() {
 #[test]
 fn running_sums_keep_what_f32_would_drop() {
     let Some(ctx) = test_context() else { return };
-    // 64-row chunks (256-byte cap, one neuron). The first chunk makes G = 2^26, where f32's
-    // spacing is 8: each later chunk adds 64 x 0.1^2 = 0.64, which a plain f32 running sum
+    // 64-row chunks (256-byte cap, one neuron). The first chunk makes G = 2^27, where f32's
+    // spacing is 16: each later chunk adds 64 x 0.1^2 = 0.64, which a plain f32 running sum
     // would drop every time (an error of 640 after 1000 chunks). The (hi, lo) pair keeps it,
-    // up to lo's own roundings (lo reaches 640, where f32's spacing is 6e-5).
+    // up to lo's own roundings (lo reaches 640, where f32's spacing is 6e-5). The first
+    // chunk's mean is 0, so the shift the products are taken about (its column means) is 0
+    // and the later chunks' products stay 0.1^2.
     let ctx = Arc::new(ctx.with_max_block_bytes(256));
     let backend = Backend::Gpu(ctx);
     let small = 0.1f32;
@@ -335,18 +348,67 @@ fn running_sums_keep_what_f32_would_drop() {
     // The large value fills a chunk of its own: within one chunk the sum is plain f32.
     let mut first = [0.0f32; 64];
     first[0] = 8192.0;
+    first[1] = -8192.0;
     stats.push(ActivationRows::F32(&first)).unwrap();
     for _ in 0..chunks {
         stats.push(ActivationRows::F32(&[small; 64])).unwrap();
     }
     let gram = stats.finish().unwrap().into_gram().unwrap();
-    let want = 8192.0f64 * 8192.0 + (chunks * 64) as f64 * (small as f64).powi(2);
+    let want = 2.0 * 8192.0f64 * 8192.0 + (chunks * 64) as f64 * (small as f64).powi(2);
     let got = gram.gram[(0, 0)];
     assert!(
         (got - want).abs() < 0.05,
         "G = {got}, exact {want}: the compensation was lost ({})",
         got - want
     );
-    let s_want = 8192.0 + (chunks * 64) as f64 * small as f64;
+    let s_want = (chunks * 64) as f64 * small as f64;
     assert!((gram.col_sums[0] - s_want).abs() < 1e-6 * s_want);
+}
+
+/// Columns whose mean dominates their spread keep their centred statistics: the products
+/// are taken about the first chunk's column means, so a constant column's centred variance
+/// is 0 to rounding, not the 1.1e-4 of `G_jj` that raw f32 products over 4096-row chunks
+/// left (lavapipe, m = 20000), and an offset column's variance stays within 1e-5 of itself.
+/// Both engines, chunks of 1 to 5000 rows.
+#[test]
+fn columns_with_a_large_mean_keep_their_centred_variance() {
+    let mut backends = vec![Backend::Cpu];
+    if let Some(ctx) = test_context() {
+        backends.push(Backend::Gpu(Arc::new(ctx)));
+    }
+    let constants = [1e-3f32, 0.1, 7.77, 1234.567, 3.3e4];
+    let n = constants.len() + 1;
+    let m = 20000;
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let mut a = Vec::with_capacity(m * n);
+    for _ in 0..m {
+        a.extend_from_slice(&constants);
+        a.push(100.0 + rng.random_range(-1.0f32..1.0));
+    }
+    // The offset column's centred variance, in f64 from the same f32 values.
+    let offset: Vec<f64> = a.iter().skip(n - 1).step_by(n).map(|&x| x as f64).collect();
+    let mean = offset.iter().sum::<f64>() / m as f64;
+    let want = offset.iter().map(|x| (x - mean).powi(2)).sum::<f64>();
+    for backend in &backends {
+        for chunk in [1usize, 37, 5000] {
+            let mut stats = LayerStats::new(backend, n, StatsKind::Gram).unwrap();
+            for rows in a.chunks(chunk * n) {
+                stats.push(ActivationRows::F32(rows)).unwrap();
+            }
+            let g = stats.finish().unwrap().into_gram().unwrap();
+            let centred = |j: usize| g.gram[(j, j)] - g.col_sums[j].powi(2) / m as f64;
+            for (j, c) in constants.iter().enumerate() {
+                assert!(
+                    centred(j).abs() <= 1e-9 * g.gram[(j, j)],
+                    "{backend:?}, chunks of {chunk}: constant {c} has centred variance {:e} of G_jj",
+                    centred(j) / g.gram[(j, j)]
+                );
+            }
+            let got = centred(n - 1);
+            assert!(
+                (got - want).abs() <= 1e-5 * want,
+                "{backend:?}, chunks of {chunk}: offset column's variance {got} vs {want}"
+            );
+        }
+    }
 }

@@ -194,11 +194,8 @@ impl DeviceAccumulator {
         pass: &mut wgpu::ComputePass<'_>,
         kernels: &ChunkKernels<'_>,
     ) {
-        if let (Some(pipeline), Some((_, bind))) = (kernels.sums, &self.sums) {
-            pass.set_pipeline(pipeline);
-            pass.set_bind_group(0, kernels.input, &[]);
-            pass.set_bind_group(1, bind, &[]);
-            pass.dispatch_workgroups(self.n.div_ceil(256) as u32, 1, 1);
+        if let Some(pipeline) = kernels.sums {
+            self.record_sums(pass, pipeline, kernels.input);
         }
         pass.set_pipeline(kernels.tiles);
         pass.set_bind_group(0, kernels.input, &[]);
@@ -207,6 +204,32 @@ impl DeviceAccumulator {
             let x = slot.tiles.min(self.max_workgroups as usize).max(1);
             pass.dispatch_workgroups(x as u32, slot.tiles.div_ceil(x) as u32, 1);
         }
+    }
+
+    /// Records the column-sum dispatch of the chunk bound in `input` (nothing without the
+    /// column-sum accumulator).
+    pub(crate) fn record_sums(
+        &self,
+        pass: &mut wgpu::ComputePass<'_>,
+        pipeline: &wgpu::ComputePipeline,
+        input: &wgpu::BindGroup,
+    ) {
+        if let Some((_, bind)) = &self.sums {
+            pass.set_pipeline(pipeline);
+            pass.set_bind_group(0, input, &[]);
+            pass.set_bind_group(1, bind, &[]);
+            pass.dispatch_workgroups(self.n.div_ceil(256) as u32, 1, 1);
+        }
+    }
+
+    /// The column-sum accumulator, when the Gram is kept.
+    pub(crate) fn column_sums(&self) -> Option<&wgpu::Buffer> {
+        self.sums.as_ref().map(|(buffer, _)| buffer)
+    }
+
+    /// n, the number of columns.
+    pub(crate) fn n(&self) -> usize {
+        self.n
     }
 
     /// The buffers to read back after a pass, in order: per loaded block its Gram then its
@@ -269,4 +292,6 @@ pub(crate) enum Held {
     Tiles { product: Product, first: usize },
     /// The column sums, one (hi, lo) pair per column.
     ColumnSums,
+    /// The columns' shift, one f32 per column.
+    Shift,
 }

@@ -14,7 +14,10 @@ use crate::cpu::symmetric::{zeros, SharedMatrix};
 pub(crate) struct HostResult {
     gram: Option<Mat<f64>>,
     distances: Option<Mat<f64>>,
+    /// The column sums of the shifted values until [`HostResult::finish`].
     sums: Vec<f64>,
+    /// The shift the Gram and the column sums were taken about (0 until read back).
+    shift: Vec<f64>,
 }
 
 impl HostResult {
@@ -24,21 +27,30 @@ impl HostResult {
             gram: products.gram.then(|| zeros(n)),
             distances: products.distances.then(|| zeros(n)),
             sums: vec![0.0; n],
+            shift: vec![0.0; n],
         }
     }
 
     /// Adds one read-back piece: `bytes` of the region that holds `held`, starting `offset`
     /// bytes into it (whole tiles, or whole column-sum pairs).
     pub(crate) fn add(&mut self, plan: &BlockPlan, held: Held, offset: u64, bytes: &[u8]) {
-        let pairs: &[[f32; 2]] = bytemuck::cast_slice(bytes);
         match held {
             Held::ColumnSums => {
+                let pairs: &[[f32; 2]] = bytemuck::cast_slice(bytes);
                 let first = (offset / 8) as usize;
                 for (s, p) in self.sums[first..].iter_mut().zip(pairs) {
                     *s += p[0] as f64 + p[1] as f64;
                 }
             }
+            Held::Shift => {
+                let values: &[f32] = bytemuck::cast_slice(bytes);
+                let first = (offset / 4) as usize;
+                for (c, &v) in self.shift[first..].iter_mut().zip(values) {
+                    *c = v as f64;
+                }
+            }
             Held::Tiles { product, first } => {
+                let pairs: &[[f32; 2]] = bytemuck::cast_slice(bytes);
                 let matrix = match product {
                     Product::Gram => self.gram.as_mut(),
                     Product::Distances => self.distances.as_mut(),
@@ -50,8 +62,23 @@ impl HostResult {
         }
     }
 
-    /// The Gram matrix, the distances (zero diagonal) and the column sums.
-    pub(crate) fn finish(self) -> (Option<Mat<f64>>, Option<Mat<f64>>, Vec<f64>) {
+    /// The Gram matrix, the distances (zero diagonal) and the column sums of `m` rows, the
+    /// shift taken back out of the first and the last in f64:
+    /// `G = G' + c s'^T + s' c^T + m c c^T`, `s = s' + m c`.
+    pub(crate) fn finish(mut self, m: usize) -> (Option<Mat<f64>>, Option<Mat<f64>>, Vec<f64>) {
+        let m = m as f64;
+        let (c, s) = (&self.shift, &self.sums);
+        if let Some(g) = self.gram.as_mut() {
+            g.par_col_iter_mut().enumerate().for_each(|(j, col)| {
+                let (cj, sj) = (c[j], s[j]);
+                for (i, v) in col.iter_mut().enumerate() {
+                    *v += c[i] * sj + s[i] * cj + m * c[i] * cj;
+                }
+            });
+        }
+        for (s, c) in self.sums.iter_mut().zip(&self.shift) {
+            *s += m * c;
+        }
         let mut distances = self.distances;
         if let Some(d) = distances.as_mut() {
             // (a - a)^2 sums to exactly 0 already; said here so that no rounding can leak.

@@ -22,9 +22,11 @@ const SOURCE_F16: &str = concat!(
     include_str!("../../shaders/gram_load_f16.wgsl")
 );
 
-/// Group 0 of every kernel: the chunk's parameters, its rows, the tile list, `opaque_one`.
+/// Group 0 of every kernel: the chunk's parameters, its rows, the tile list, `opaque_one`,
+/// the columns' shift.
 pub(crate) const CHUNK: &[Binding] = &[
     Binding::Uniform,
+    Binding::Storage,
     Binding::Storage,
     Binding::Storage,
     Binding::Storage,

@@ -8,12 +8,18 @@
 //! [`crate::types::RowSource`] is read again for each group; rows pushed one call at a time
 //! are kept on the host (device rows: the buffer is kept) until the pass is finished, then
 //! replayed for each group. Results of several such rounds add up.
+//!
+//! The Gram products and column sums are taken about a shift per column, the first chunk's
+//! column means ([`ColumnShift`]), and the shift is taken back out on the host in f64: f32
+//! products of raw values lose the centred variance of a column whose mean dominates its
+//! spread.
 
 use faer::Mat;
 
-use super::accumulator::{ChunkKernels, DeviceAccumulator, Held, Products};
+use super::accumulator::{ChunkKernels, DeviceAccumulator, Held, Products, TWO_ACCUMULATORS};
 use super::assemble::HostResult;
 use super::context::Refusal;
+use super::context::ShaderEntry;
 use super::gram::{Kernels, RowFormat, CHUNK};
 use super::plan::{BlockPlan, PlanLimits, TILE_BYTES};
 use super::readback::Readback;
@@ -85,6 +91,22 @@ pub(crate) struct GpuStats {
     result: HostResult,
     samples: usize,
     rounds: usize,
+    /// The columns' shift, bound in group 0 of every chunk (see [`ColumnShift`]).
+    shift: ColumnShift,
+}
+
+/// The shift `c` the Gram products and column sums are taken about (`shaders/gram.wgsl`):
+/// the column means of the first chunk, computed on the device by `shaders/shift.wgsl` when
+/// that chunk is recorded, never changed after, so that every chunk, group and round sums
+/// about the same values. Zero until then, and for engines without the Gram (no column
+/// sums to take means from, no Gram to keep precise).
+struct ColumnShift {
+    /// n f32 values.
+    values: wgpu::Buffer,
+    /// `Params` of `shaders/shift.wgsl`.
+    params: wgpu::Buffer,
+    /// Whether the first chunk has fixed it.
+    fixed: bool,
 }
 
 impl GpuStats {
@@ -108,6 +130,17 @@ impl GpuStats {
             false,
         )?;
         let kept = (plan.groups() > 1).then(Vec::new);
+        let shift = ColumnShift {
+            // Zeroed at creation.
+            values: ctx.storage_buffer("divnet column shift", (n * 4) as u64)?,
+            params: ctx.buffer(
+                "divnet column shift params",
+                std::mem::size_of::<ChunkParams>() as u64,
+                wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                false,
+            )?,
+            fixed: false,
+        };
         let mut stats = Self {
             n,
             plan,
@@ -123,6 +156,7 @@ impl GpuStats {
             result: HostResult::new(n, products),
             samples: 0,
             rounds: 0,
+            shift,
         };
         if stats.kept.is_none() {
             stats.load_group(ctx, 0)?;
@@ -236,7 +270,7 @@ impl GpuStats {
                 }
             }
         }
-        let (gram, distances, sums) = self.result.finish();
+        let (gram, distances, sums) = self.result.finish(self.samples);
         Ok((gram, distances, sums, self.samples))
     }
 
@@ -339,7 +373,13 @@ impl GpuStats {
                 let bind = ctx.bind_buffers(
                     "divnet chunk",
                     CHUNK,
-                    &[&params, ring.input(slot), &self.tiles, &self.one],
+                    &[
+                        &params,
+                        ring.input(slot),
+                        &self.tiles,
+                        &self.one,
+                        &self.shift.values,
+                    ],
                 )?;
                 Ok(ChunkInput {
                     params,
@@ -377,6 +417,8 @@ impl GpuStats {
             ctx,
             &self.acc,
             with_sums,
+            &mut self.shift,
+            filled.rows,
             &mut encoder,
             &input.bind,
             filled.format,
@@ -428,10 +470,20 @@ impl GpuStats {
                     },
                     self.tiles.as_entire_buffer_binding(),
                     self.one.as_entire_buffer_binding(),
+                    self.shift.values.as_entire_buffer_binding(),
                 ],
             )?;
             let mut encoder = ctx.encoder("divnet statistics chunk in place");
-            record_chunk(ctx, &self.acc, with_sums, &mut encoder, &bind, format)?;
+            record_chunk(
+                ctx,
+                &self.acc,
+                with_sums,
+                &mut self.shift,
+                take,
+                &mut encoder,
+                &bind,
+                format,
+            )?;
             ctx.submit("statistics chunk", encoder)?;
             start += take;
         }
@@ -445,13 +497,23 @@ impl GpuStats {
         if self.readback.is_none() {
             let products = self.acc.products().count() as u64;
             let tiles = (self.plan.group_blocks() * self.plan.block_tiles()) as u64;
-            let bytes = tiles * TILE_BYTES * products + (self.n * 8) as u64;
+            // The tiles, the column sums and the shift (each piece lies at a multiple of 8).
+            let bytes = tiles * TILE_BYTES * products + shift_and_sums_bytes(self.n);
             self.readback = Some(Readback::new(
                 ctx,
                 bytes.min(MAX_READBACK_BYTES.max(TILE_BYTES)),
             )?);
         }
-        let (regions, held) = self.acc.regions(with_sums);
+        let (mut regions, mut held) = self.acc.regions(with_sums);
+        if with_sums {
+            regions.push(super::readback::Region {
+                buffer: &self.shift.values,
+                offset: 0,
+                bytes: (self.n * 4) as u64,
+                granule: 4,
+            });
+            held.push(Held::Shift);
+        }
         let plan = &self.plan;
         let result = &mut self.result;
         self.readback
@@ -465,6 +527,12 @@ impl GpuStats {
         self.loaded = None;
         Ok(())
     }
+}
+
+/// The bytes the column sums ((hi, lo) f32 pairs) and their shift (f32) take in a readback,
+/// where every piece starts at a multiple of 8 bytes.
+pub(crate) fn shift_and_sums_bytes(n: usize) -> u64 {
+    (n * 8 + (n * 4).next_multiple_of(8)) as u64
 }
 
 /// The host-side buffers an engine for `n` neurons maps at most: the input ring's two
@@ -535,10 +603,13 @@ fn chunk_rows(ctx: &GpuContext, n: usize, format: RowFormat, slack: u64) -> Resu
 
 /// Records one chunk's dispatches (column sums when asked, then every loaded block) in one
 /// compute pass on `encoder`.
+#[allow(clippy::too_many_arguments)]
 fn record_chunk(
     ctx: &GpuContext,
     acc: &DeviceAccumulator,
     with_sums: bool,
+    shift: &mut ColumnShift,
+    rows: usize,
     encoder: &mut wgpu::CommandEncoder,
     input: &wgpu::BindGroup,
     format: RowFormat,
@@ -550,16 +621,51 @@ fn record_chunk(
     } else {
         None
     };
+    // The first chunk with column sums fixes the shift: summed unshifted, its sums become
+    // the shift (and are cleared) before the chunk is summed again and multiplied, shifted.
+    let first = match (&sums, acc.column_sums()) {
+        (Some(sums), Some(buffer)) if !shift.fixed && rows > 0 => {
+            let params = ChunkParams {
+                rows: rows as u32,
+                n: acc.n() as u32,
+                base: 0,
+                stride: 0,
+            };
+            ctx.write_buffer(&shift.params, 0, bytemuck::bytes_of(&params));
+            let bind = ctx.bind_buffers(
+                "divnet column shift",
+                TWO_ACCUMULATORS,
+                &[&shift.params, buffer, &shift.values],
+            )?;
+            shift.fixed = true;
+            Some((sums.clone(), ctx.pipeline(MEAN_SHIFT)?, bind))
+        }
+        _ => None,
+    };
     let chunk = ChunkKernels {
         tiles: &tiles,
         sums: sums.as_deref(),
         input,
     };
     ctx.compute_pass(encoder, "divnet statistics", |pass| {
+        if let Some((sums, mean_shift, bind)) = &first {
+            acc.record_sums(pass, sums, input);
+            pass.set_pipeline(mean_shift);
+            pass.set_bind_group(0, bind, &[]);
+            pass.dispatch_workgroups(acc.n().div_ceil(256) as u32, 1, 1);
+        }
         acc.record_chunk(pass, &chunk)
     });
     Ok(())
 }
+
+/// `shaders/shift.wgsl`: the first chunk's column sums into the shift.
+const MEAN_SHIFT: ShaderEntry = ShaderEntry {
+    key: "shift::mean_shift",
+    source: include_str!("../../shaders/shift.wgsl"),
+    entry_point: "mean_shift",
+    groups: &[TWO_ACCUMULATORS],
+};
 
 /// Appends host rows to the rows kept for the next round (checking that the host can hold
 /// them: a caller pushing a whole calibration set into a layer too wide for one group

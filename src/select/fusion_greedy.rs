@@ -66,10 +66,9 @@ use crate::progress::{NoProgress, Progress};
 /// above the floor: one with mean 100 and spread 0.5, which the next layer reads, was
 /// treated as constant by the floor of 1e-4 that this one replaced, and never kept.
 ///
-/// The GPU engine sums f32 products over chunks of up to 4096 rows without centring them:
-/// there a constant neuron's centred variance came out at up to 1.1e-4 of `G_jj` (lavapipe,
-/// m >= 20000), above this floor, so on that backend a constant neuron counts as one with
-/// a tiny variance and tiny gains, and is kept late rather than never.
+/// The GPU engine takes its products about the first chunk's column means for the same
+/// reason; before it did, a constant neuron's centred variance came out at up to 1.1e-4 of
+/// `G_jj` there (lavapipe, m >= 20000), above any floor fusion could afford.
 pub const RESIDUAL_VARIANCE_TOL: f64 = 1e-5;
 
 /// Gain, relative to the centred energy `||Z_c||_F^2`, at or below which a neuron explains
