@@ -29,6 +29,7 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::linalg::cholesky_lower_in_place;
 use crate::progress::Progress;
+use crate::select::RESIDUAL_VARIANCE_TOL;
 use crate::types::RowSource;
 pub use crate::types::{FusionSystem, GramStats, NextLayer};
 
@@ -50,8 +51,11 @@ pub struct FusionOptions {
     pub mode: FusionMode,
     /// ridge = ridge_factor * trace(G_c) / k, a fraction of the mean eigenvalue of the kept
     /// neurons' centred Gram matrix `G_c = G_YY - s_Y s_Y^T / m`, on the kept neurons'
-    /// coefficients only (for [`FusionMode::FuseNoBias`], which has no constant, of G_YY:
-    /// trace(G_YY) / k).
+    /// coefficients only (for [`FusionMode::FuseNoBias`], which has no constant: of G_YY,
+    /// trace(G_YY) / k). A kept neuron whose centred variance is at most
+    /// [`crate::select::RESIDUAL_VARIANCE_TOL`] of its second moment (a constant, whose
+    /// centred statistics are rounding) gets that much more on its own diagonal, unless the
+    /// factor is 0.
     ///
     /// The default, 1e-6, sits just above the noise floor of a Gram matrix accumulated
     /// from f32 activations (relative rounding ~6e-8 per activation): directions that carry
@@ -304,34 +308,35 @@ pub(crate) fn solve_fusion(
         FusionMode::FuseNoBias => k,
         FusionMode::Prune => 0,
     };
-    let (x, ridge) = match opts.mode {
-        FusionMode::Prune => (Mat::<f64>::zeros(0, n_out), 0.0),
-        FusionMode::FuseNoBias => solve_ridged(
-            k,
-            n_out,
-            k,
-            |i, j| system.lhs[(i, j)],
-            |i, o| rhs[(i, o)],
-            opts.ridge_factor,
-        )?,
+    let (x, ridge, damping) = match opts.mode {
+        FusionMode::Prune => (Mat::<f64>::zeros(0, n_out), 0.0, Vec::new()),
+        FusionMode::FuseNoBias => {
+            let (x, ridge) = solve_ridged(
+                k,
+                n_out,
+                k,
+                |i, j| system.lhs[(i, j)],
+                |i, o| rhs[(i, o)],
+                opts.ridge_factor,
+            )?;
+            (x, ridge, vec![ridge; k])
+        }
         FusionMode::Fuse => solve_with_free_constant(system, k, n_out, opts.ridge_factor)?,
     };
 
     // Z - Z' = W_P a_P - X^T u, so ||Z - Z'||^2 = tr(W_P G_PP W_P^T) - 2 <X, R> + tr(X^T G~ X),
-    // and (G~ + ridge D) X = R turns the last term into <X, R> - ridge ||X_top||^2 (the
-    // constant's row is not damped: D has a 0 there).
+    // and (G~ + diag(damping)) X = R turns the last term into <X, R> - sum_i damping_i
+    // ||X_i||^2 (the constant's row is not damped).
     let mut xr = 0.0;
-    let mut xx = 0.0;
+    let mut damped = 0.0;
     for o in 0..n_out {
         for i in 0..dim {
             let v = x[(i, o)];
             xr += v * rhs[(i, o)];
-            if i < k {
-                xx += v * v;
-            }
+            damped += damping[i] * v * v;
         }
     }
-    let err_energy = (system.dropped_energy - xr - ridge * xx).max(0.0);
+    let err_energy = (system.dropped_energy - xr - damped).max(0.0);
     let relative_error = if z_energy > 0.0 {
         (err_energy / z_energy).sqrt()
     } else {
@@ -363,24 +368,42 @@ pub(crate) fn solve_fusion(
 /// `D = diag(1, ..., 1, 0)`, by eliminating the constant first: with `lhs = [[G, s], [s^T,
 /// m]]` and `rhs = [R; r^T]`, the kept rows solve the centred system
 /// `(G - s s^T / m + ridge I) X_top = R - s r^T / m` ([`solve_ridged`], so the ridge is a
-/// fraction of the centred trace), and the constant's row is `(r^T - s^T X_top) / m`.
-/// Returns the (k+1) x n_out solution and the ridge.
+/// fraction of the centred trace; unresolved neurons get more, see below), and the
+/// constant's row is `(r^T - s^T X_top) / m`. Returns the (k+1) x n_out solution, the ridge
+/// and each row's damping (ridge plus extra: the diagonal added to `G~`).
 fn solve_with_free_constant(
     system: &FusionSystem,
     k: usize,
     n_out: usize,
     factor: f64,
-) -> Result<(Mat<f64>, f64)> {
+) -> Result<(Mat<f64>, f64, Vec<f64>)> {
     let lhs = system.lhs.as_ref();
     let rhs = system.rhs.as_ref();
     let m = lhs[(k, k)];
     let s = lhs.col(k).subrows(0, k);
     let r = rhs.row(k);
+    // A kept neuron that is constant (saturated; every neuron at m = 1) has a centred
+    // variance of rounding only, and so has its row of the centred system: solved as they
+    // are, rounding divided by rounding gave fused weights that grew with the square of the
+    // activations (732 for constants of 1000, a review measured). Such a neuron, whose
+    // centred variance is at most RESIDUAL_VARIANCE_TOL of its second moment (what
+    // fusion-greedy takes for adding nothing), gets that much on its diagonal: its
+    // coefficients stay near 0 and the constant takes its mean.
+    let unresolved: Vec<f64> = (0..k)
+        .map(|i| {
+            let floor = RESIDUAL_VARIANCE_TOL * lhs[(i, i)];
+            if factor > 0.0 && lhs[(i, i)] - s[i] * s[i] / m <= floor {
+                floor
+            } else {
+                0.0
+            }
+        })
+        .collect();
     let (mut x, ridge) = solve_ridged(
         k,
         n_out,
         k + 1,
-        |i, j| lhs[(i, j)] - s[i] * s[j] / m,
+        |i, j| lhs[(i, j)] - s[i] * s[j] / m + if i == j { unresolved[i] } else { 0.0 },
         |i, o| rhs[(i, o)] - s[i] * r[o] / m,
         factor,
     )?;
@@ -388,7 +411,10 @@ fn solve_with_free_constant(
         let explained: f64 = (0..k).map(|j| s[j] * x[(j, o)]).sum();
         x[(k, o)] = (r[o] - explained) / m;
     }
-    Ok((x, ridge))
+    let damping = (0..=k)
+        .map(|i| if i < k { ridge + unresolved[i] } else { 0.0 })
+        .collect();
+    Ok((x, ridge, damping))
 }
 
 /// Solves `(L + ridge I) X = B` by Cholesky with `ridge = factor * trace(L) / dim`, for the

@@ -248,6 +248,66 @@ fn fusion_with_bias_does_not_depend_on_the_activations_scale_or_offset() {
     }
 }
 
+/// A kept set of constant neurons explains nothing but the mean: the fused layer keeps the
+/// kept columns' weights (to within the ridge) and puts the dropped neurons' means into the
+/// bias, whatever the constants' size. Their centred Gram is rounding only; a ridge scaled
+/// to it alone gave weights that grew with the constants' square (732 at 1000, in a review).
+#[test]
+fn constant_kept_neurons_leave_the_weights_and_fill_the_bias() {
+    let (m, n) = (2000, 7);
+    let mut rng = ChaCha8Rng::seed_from_u64(41);
+    let constants = [1.0, 10.0, 1000.0];
+    // Dropped neurons with large means: the rounding in the centred cross terms grows with
+    // them.
+    let a = Mat::from_fn(m, n, |_, j| match constants.get(j) {
+        Some(&c) => c,
+        None => 500.0 + 50.0 * rng.random::<f64>(),
+    });
+    let mut case = Case::with_activations(a, 4, 42);
+    let rows = case.f32_rows();
+    let keep = [0, 1, 2];
+    let exact = case.stats();
+    let pipeline = gram_stats(&Backend::Cpu, ActivationRows::F32(&rows), n).unwrap();
+    // What is left once Z is replaced by its mean: all of the centred Z.
+    let z = case.z();
+    let mean_only = {
+        let means: Vec<f64> = (0..case.n_out)
+            .map(|o| (0..m).map(|t| z[(t, o)]).sum::<f64>() / m as f64)
+            .collect();
+        frob_rel(&z, &Mat::from_fn(m, case.n_out, |_, o| means[o]))
+    };
+    for (what, stats) in [("exact", exact), ("pipeline", pipeline)] {
+        let f = fuse_next_layer(
+            &Backend::Cpu,
+            &stats,
+            &keep,
+            case.next(),
+            &FusionOptions::default(),
+        )
+        .unwrap();
+        let scale = case.w.iter().fold(0.0f32, |w, x| w.max(x.abs())) as f64;
+        let moved = max_rel_diff(
+            &f.weight,
+            |i| case.w[(i / 3) * n + keep[i % 3]] as f64,
+            case.n_out * 3,
+        );
+        assert!(
+            moved * scale <= 1e-3 * scale,
+            "{what}: kept weights moved by {moved:e} of the largest"
+        );
+        let explicit = frob_rel(&z, &case.z_fused(&keep, &f));
+        assert!(
+            (explicit - mean_only).abs() <= 1e-5 * mean_only,
+            "{what}: error {explicit} vs {mean_only} for the mean alone"
+        );
+        assert!(
+            (f.relative_error - explicit).abs() <= 1e-4 * explicit,
+            "{what}: reported {} vs explicit {explicit}",
+            f.relative_error
+        );
+    }
+}
+
 #[test]
 fn fuse_without_bias_equals_qr_on_kept_only() {
     let case = Case::random(120, 24, 10, 2);

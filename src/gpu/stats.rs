@@ -637,8 +637,9 @@ fn record_chunk(
                 TWO_ACCUMULATORS,
                 &[&shift.params, buffer, &shift.values],
             )?;
+            let pipeline = ctx.pipeline(MEAN_SHIFT)?;
             shift.fixed = true;
-            Some((sums.clone(), ctx.pipeline(MEAN_SHIFT)?, bind))
+            Some((sums.clone(), pipeline, bind))
         }
         _ => None,
     };

@@ -77,7 +77,8 @@ pub fn quality_scores(
 /// greedy MAP asked for more (k = n on a ReLU layer with dead neurons) had no subset of
 /// positive determinant and failed, where every other method keeps k. With this diagonal a
 /// zero-score neuron is an item of its own with a tiny weight: drawn only when the
-/// neurons that score are exhausted (greedy MAP: after all of them). 1e-6 of the largest
+/// neurons that score are exhausted (greedy MAP: after every one whose conditional variance
+/// stays above that diagonal, which leaves out near-duplicates). 1e-6 of the largest
 /// diagonal entry stays above the samplers' rank tolerance (n eps times the largest
 /// eigenvalue, at most n^2 eps times the largest diagonal entry) up to n of about 67000,
 /// and changes the determinants of the neurons that score by about 1e-6 relative.
