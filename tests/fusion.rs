@@ -733,6 +733,57 @@ fn fusion_from_a_second_pass_equals_fusion_from_the_gram() {
     }
 }
 
+/// The second pass takes its f32 products about the first rows' means: on neurons whose mean
+/// dominates their spread (100 +- 1, a constant 7.77 among the kept and the dropped) over
+/// more rows than one block, it gives the fusion of the exact statistics. Raw f32 products
+/// left up to 2e-4 of a constant's second moment in its centred variance.
+#[test]
+fn second_pass_keeps_neurons_with_a_large_mean_apart() {
+    let (m, n) = (9000, 8);
+    let mut rng = ChaCha8Rng::seed_from_u64(51);
+    let a = Mat::from_fn(m, n, |_, j| match j {
+        0 | 5 => 7.77,
+        _ => 100.0 + rng.random_range(-1.0..1.0f64),
+    });
+    let mut case = Case::with_activations(a, 5, 52);
+    let rows = case.f32_rows();
+    let keep = [0, 1, 2, 3];
+    let exact = fuse_next_layer(
+        &Backend::Cpu,
+        &case.stats(),
+        &keep,
+        case.next(),
+        &FusionOptions::default(),
+    )
+    .unwrap();
+    for chunk in [7, m] {
+        let mut source = SliceRows::new(ActivationRows::F32(&rows), n)
+            .unwrap()
+            .with_chunk_rows(chunk);
+        let streamed = fuse_next_layer_from_rows(
+            &Backend::Cpu,
+            &mut source,
+            &keep,
+            case.next(),
+            &FusionOptions::default(),
+            &mut NoProgress,
+        )
+        .unwrap();
+        let dw = max_rel_diff(&streamed.weight, |i| exact.weight[i] as f64, 5 * 4);
+        let db = max_rel_diff(&streamed.bias, |o| exact.bias[o] as f64, 5);
+        assert!(
+            dw < 1e-4 && db < 1e-4,
+            "chunks of {chunk}: weights {dw:e}, bias {db:e}"
+        );
+        let explicit = frob_rel(&case.z(), &case.z_fused(&keep, &streamed));
+        assert!(
+            (streamed.relative_error - explicit).abs() <= 1e-3 * explicit,
+            "chunks of {chunk}: reported {} vs explicit {explicit}",
+            streamed.relative_error
+        );
+    }
+}
+
 /// A NaN met by the second pass is an error naming its row (across chunks) and neuron, and
 /// so is a value too large for the f32 products (here and in the statistics engine).
 #[test]

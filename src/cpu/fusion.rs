@@ -102,7 +102,11 @@ const PASS_VALUES: usize = 1 << 24;
 /// That is the least-squares problem `min ||Z_P - U X||` itself, so the energies and the
 /// system are those of the same numbers and the reported error keeps no cancellation that
 /// the Gram route does not have. Products run in f32, summed over blocks of at most 8192
-/// rows, and the blocks are added in f64, as the CPU Gram does. Memory: O(k^2 + n n_out)
+/// rows, and the blocks are added in f64, as the CPU Gram does. They are taken about a shift
+/// per neuron, the means of the first rows multiplied, which [`FusionPass::finish`] takes
+/// back out in f64: f32 products of raw values lose the centred statistics of a neuron
+/// whose mean dominates its spread (a constant one's came out at up to 2e-4 of its second
+/// moment over 8192-row blocks), and the fusion solves the centred system. Memory: O(k^2 + n n_out)
 /// and one chunk, no n x n or n x k matrix. Work: `m (n - k) n_out` for `Z_P`, `m k n_out` for `R` and
 /// `m k^2 / 2` for `G~_YY`, against `m n^2 / 2` for a Gram.
 pub struct FusionPass<'a> {
@@ -123,6 +127,10 @@ pub struct FusionPass<'a> {
     staged: usize,
     /// Rows in the f32 partials `uu` and `uz` not yet added to `lhs` and `rhs`.
     block_rows: usize,
+    /// The shift of the kept neurons (in the order of `keep`) and of the dropped ones, fixed
+    /// by the first product (empty before).
+    shift_keep: Vec<f32>,
+    shift_dropped: Vec<f32>,
     /// The staged rows and the per-product buffers, kept between chunks.
     u: Vec<f32>,
     a_p: Vec<f32>,
@@ -151,6 +159,8 @@ impl<'a> FusionPass<'a> {
             limit: PASS_ROWS.min((PASS_VALUES / (n + n_out)).max(1)),
             staged: 0,
             block_rows: 0,
+            shift_keep: Vec::new(),
+            shift_dropped: Vec::new(),
             u: Vec::new(),
             a_p: Vec::new(),
             z: Mat::zeros(0, 0),
@@ -229,8 +239,43 @@ impl<'a> FusionPass<'a> {
         if self.block_rows + rows > PASS_ROWS {
             self.flush();
         }
+        self.shift_staged(rows);
         self.product(rows);
         self.samples += rows;
+    }
+
+    /// Subtracts the shift from the `rows` staged rows, fixing it first (the columns' means
+    /// over these rows) when this is the first product.
+    fn shift_staged(&mut self, rows: usize) {
+        let (k, p) = (self.keep.len(), self.dropped.len());
+        let u = &mut self.u[..rows * (k + 1)];
+        let a_p = &mut self.a_p[..rows * p];
+        if self.shift_keep.is_empty() {
+            let means = |v: &[f32], width: usize, cols: usize| -> Vec<f32> {
+                let mut sums = vec![0.0f64; cols];
+                for row in v.chunks_exact(width) {
+                    for (s, &x) in sums.iter_mut().zip(row) {
+                        *s += x as f64;
+                    }
+                }
+                sums.iter().map(|s| (s / rows as f64) as f32).collect()
+            };
+            self.shift_keep = means(u, k + 1, k);
+            self.shift_dropped = means(a_p, p.max(1), p);
+        }
+        // The constant column (index k of each u row) is not shifted.
+        for row in u.chunks_exact_mut(k + 1) {
+            for (x, c) in row.iter_mut().zip(&self.shift_keep) {
+                *x -= c;
+            }
+        }
+        if p > 0 {
+            for row in a_p.chunks_exact_mut(p) {
+                for (x, c) in row.iter_mut().zip(&self.shift_dropped) {
+                    *x -= c;
+                }
+            }
+        }
     }
 
     /// The products of the gathered `rows` rows, added to the sums.
@@ -310,6 +355,7 @@ impl<'a> FusionPass<'a> {
                 self.lhs[(j, i)] = self.lhs[(i, j)];
             }
         }
+        self.take_out_shift();
         let kept_energy = kept_energy(
             &self.lhs,
             &self.keep,
@@ -322,6 +368,51 @@ impl<'a> FusionPass<'a> {
             kept_energy,
             dropped_energy: self.dropped_energy,
         })
+    }
+}
+
+impl FusionPass<'_> {
+    /// Turns the sums about the shift back into those of the activations, in f64. With
+    /// `x = a_Y - c` (kept), `Z'_P = (A_P - 1 c_P^T) W_P^T` and `z = W_P c_P`, the sums are
+    /// `G' = x^T x`, `s' = x^T 1`, `R'_Y = x^T Z'_P`, `r' = 1^T Z'_P` and `||Z'_P||^2`; then
+    /// `G = G' + c s'^T + s' c^T + m c c^T`, `s = s' + m c`, `r = r' + m z`,
+    /// `R_Y = R'_Y + s' z^T + c r^T` and `||Z_P||^2 = ||Z'_P||^2 + 2 z . r' + m ||z||^2`.
+    fn take_out_shift(&mut self) {
+        let (k, n_out, n) = (self.keep.len(), self.next.n_out, self.next.n_in);
+        let m = self.samples as f64;
+        let c: Vec<f64> = self.shift_keep.iter().map(|&x| x as f64).collect();
+        let mut z = vec![0.0f64; n_out];
+        for (o, zo) in z.iter_mut().enumerate() {
+            let row = &self.next.weight[o * n..(o + 1) * n];
+            *zo = self
+                .dropped
+                .iter()
+                .zip(&self.shift_dropped)
+                .map(|(&j, &cj)| row[j] as f64 * cj as f64)
+                .sum();
+        }
+        let s_shifted: Vec<f64> = (0..k).map(|i| self.lhs[(k, i)]).collect();
+        for j in 0..k {
+            for i in 0..k {
+                self.lhs[(i, j)] += c[i] * s_shifted[j] + s_shifted[i] * c[j] + m * c[i] * c[j];
+            }
+        }
+        for i in 0..k {
+            let s = s_shifted[i] + m * c[i];
+            self.lhs[(i, k)] = s;
+            self.lhs[(k, i)] = s;
+        }
+        let r_shifted: Vec<f64> = (0..n_out).map(|o| self.rhs[(k, o)]).collect();
+        let zr: f64 = z.iter().zip(&r_shifted).map(|(a, b)| a * b).sum();
+        let zz: f64 = z.iter().map(|a| a * a).sum();
+        self.dropped_energy += 2.0 * zr + m * zz;
+        for o in 0..n_out {
+            let r = r_shifted[o] + m * z[o];
+            self.rhs[(k, o)] = r;
+            for i in 0..k {
+                self.rhs[(i, o)] += s_shifted[i] * z[o] + c[i] * r;
+            }
+        }
     }
 }
 
