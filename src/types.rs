@@ -45,7 +45,7 @@ impl<'a> ActivationRows<'a> {
     /// of `n` or a value is not finite.
     pub fn row_count(&self, n: usize) -> Result<usize> {
         let count = self.whole_rows(n)?;
-        self.check_finite(n)?;
+        self.check_usable(n)?;
         Ok(count)
     }
 
@@ -63,10 +63,18 @@ impl<'a> ActivationRows<'a> {
 
     /// An error naming the first value the statistics cannot take (row, neuron and value:
     /// see [`usable_activation`]), if any.
-    pub(crate) fn check_finite(&self, n: usize) -> Result<()> {
+    pub(crate) fn check_usable(&self, n: usize) -> Result<()> {
+        match self.first_unusable() {
+            Some((k, value)) => Err(unusable_activation(k / n, k % n, value)),
+            None => Ok(()),
+        }
+    }
+
+    /// The position and value of the first value the statistics cannot take, if any.
+    pub(crate) fn first_unusable(&self) -> Option<(usize, f32)> {
         use rayon::prelude::*;
         // On all threads: the GPU path scans every row it uploads.
-        let bad = match self {
+        match self {
             ActivationRows::F32(v) => v
                 .par_iter()
                 .position_first(|&x| !usable_activation(x))
@@ -75,10 +83,6 @@ impl<'a> ActivationRows<'a> {
                 .par_iter()
                 .position_first(|x| !usable_activation(x.to_f32()))
                 .map(|k| (k, v[k].to_f32())),
-        };
-        match bad {
-            Some((k, value)) => Err(unusable_activation(k / n, k % n, value)),
-            None => Ok(()),
         }
     }
 }

@@ -518,14 +518,22 @@ pub fn read_next_tensors(
         .iter()
         .map(|name| {
             let n_out = check_next_tensor(file, name, n, source, activations)?;
+            let in_file = |e: Error| match e {
+                Error::InvalidInput(m) => Error::format(source, m),
+                e => e,
+            };
             let w_name = tensor_name(name, "weight");
-            let weight = file.get(&w_name).expect("checked").to_f32()?;
-            check_finite(&weight, &w_name, n, source)?;
+            let weight = file
+                .get(&w_name)
+                .expect("checked")
+                .finite_f32(&w_name)
+                .map_err(in_file)?;
             let b_name = tensor_name(name, "bias");
-            let bias = file.get(&b_name).map(|b| b.to_f32()).transpose()?;
-            if let Some(b) = &bias {
-                check_finite(b, &b_name, 1, source)?;
-            }
+            let bias = file
+                .get(&b_name)
+                .map(|b| b.finite_f32(&b_name))
+                .transpose()
+                .map_err(in_file)?;
             Ok(NextTensors {
                 weight,
                 bias,
@@ -533,28 +541,6 @@ pub fn read_next_tensors(
             })
         })
         .collect()
-}
-
-/// Refuses a tensor (`cols` values per row, as f32) holding a NaN or an infinity, or a value
-/// too large for f32, naming the file, the tensor and the entry.
-fn check_finite(values: &[f32], name: &str, cols: usize, source: &Path) -> Result<()> {
-    match values.iter().position(|v| !v.is_finite()) {
-        None => Ok(()),
-        Some(i) => {
-            let at = if cols > 1 {
-                format!("[{}, {}]", i / cols, i % cols)
-            } else {
-                format!("[{i}]")
-            };
-            Err(Error::format(
-                source,
-                format!(
-                    "{name}{at} is {} as f32: the next layer's weights must be finite",
-                    values[i]
-                ),
-            ))
-        }
-    }
 }
 
 /// The tensor `name`, which must exist and hold floats.

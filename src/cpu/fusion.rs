@@ -11,6 +11,7 @@ use faer::linalg::matmul::matmul;
 use faer::linalg::matmul::triangular::{self, BlockStructure};
 use faer::{Accum, Mat, MatRef, Par};
 
+use crate::cpu::gram::{centre, column_sums};
 use crate::error::{Error, Result};
 use crate::types::{
     unusable_activation, usable_activation, ActivationRows, FusionSystem, GramStats, NextLayer,
@@ -127,8 +128,8 @@ pub struct FusionPass<'a> {
     staged: usize,
     /// Rows in the f32 partials `uu` and `uz` not yet added to `lhs` and `rhs`.
     block_rows: usize,
-    /// The shift of the kept neurons (in the order of `keep`) and of the dropped ones, fixed
-    /// by the first product (empty before).
+    /// The shift of the kept neurons (in the order of `keep`, then 0 for the constant column)
+    /// and of the dropped ones, fixed by the first product (empty before).
     shift_keep: Vec<f32>,
     shift_dropped: Vec<f32>,
     /// The staged rows and the per-product buffers, kept between chunks.
@@ -251,30 +252,20 @@ impl<'a> FusionPass<'a> {
         let u = &mut self.u[..rows * (k + 1)];
         let a_p = &mut self.a_p[..rows * p];
         if self.shift_keep.is_empty() {
-            let means = |v: &[f32], width: usize, cols: usize| -> Vec<f32> {
-                let mut sums = vec![0.0f64; cols];
-                for row in v.chunks_exact(width) {
-                    for (s, &x) in sums.iter_mut().zip(row) {
-                        *s += x as f64;
-                    }
-                }
+            let means = |v: &[f32], width: usize| -> Vec<f32> {
+                let (sums, _) = column_sums(ActivationRows::F32(v), width);
                 sums.iter().map(|s| (s / rows as f64) as f32).collect()
             };
-            self.shift_keep = means(u, k + 1, k);
-            self.shift_dropped = means(a_p, p.max(1), p);
-        }
-        // The constant column (index k of each u row) is not shifted.
-        for row in u.chunks_exact_mut(k + 1) {
-            for (x, c) in row.iter_mut().zip(&self.shift_keep) {
-                *x -= c;
+            self.shift_keep = means(u, k + 1);
+            // The constant column stays 1.
+            self.shift_keep[k] = 0.0;
+            if p > 0 {
+                self.shift_dropped = means(a_p, p);
             }
         }
+        centre(u, &self.shift_keep);
         if p > 0 {
-            for row in a_p.chunks_exact_mut(p) {
-                for (x, c) in row.iter_mut().zip(&self.shift_dropped) {
-                    *x -= c;
-                }
-            }
+            centre(a_p, &self.shift_dropped);
         }
     }
 
@@ -380,7 +371,7 @@ impl FusionPass<'_> {
     fn take_out_shift(&mut self) {
         let (k, n_out, n) = (self.keep.len(), self.next.n_out, self.next.n_in);
         let m = self.samples as f64;
-        let c: Vec<f64> = self.shift_keep.iter().map(|&x| x as f64).collect();
+        let c: Vec<f64> = self.shift_keep[..k].iter().map(|&x| x as f64).collect();
         let mut z = vec![0.0f64; n_out];
         for (o, zo) in z.iter_mut().enumerate() {
             let row = &self.next.weight[o * n..(o + 1) * n];

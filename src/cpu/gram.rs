@@ -495,14 +495,14 @@ fn lower_product(a: MatRef<'_, f32>, g: MatMut<'_, f32>, par: Par) {
 pub(crate) fn checked_column_sums(rows: ActivationRows<'_>, n: usize) -> Result<Vec<f64>> {
     let (sums, largest) = column_sums(rows, n);
     if sums.iter().any(|s| !s.is_finite()) || largest > crate::types::MAX_ACTIVATION {
-        rows.check_finite(n)?;
+        rows.check_usable(n)?;
     }
     Ok(sums)
 }
 
 /// `A^T 1` in f64 and the largest magnitude among the values (NaN aside), the rows split
 /// across threads when there are enough of them.
-fn column_sums(rows: ActivationRows<'_>, n: usize) -> (Vec<f64>, f32) {
+pub(crate) fn column_sums(rows: ActivationRows<'_>, n: usize) -> (Vec<f64>, f32) {
     let count = rows.len() / n;
     let parts = threads().min(count / MIN_ROWS_PER_THREAD).max(1);
     let step = count.div_ceil(parts).max(1);

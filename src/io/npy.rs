@@ -14,7 +14,7 @@ use half::f16;
 
 use crate::error::{Error, Result};
 use crate::io::atomic::write_atomic;
-use crate::types::{too_large, usable_activation, ActivationRows, RowSource};
+use crate::types::{too_large, ActivationRows, RowSource};
 
 const MAGIC: &[u8] = b"\x93NUMPY";
 
@@ -517,20 +517,6 @@ impl ChunkValues {
         }
     }
 
-    /// The first value the statistics do not take, and its position.
-    fn first_unusable(&self) -> Option<(usize, f32)> {
-        match self {
-            ChunkValues::F16(v) => v
-                .iter()
-                .position(|x| !usable_activation(x.to_f32()))
-                .map(|k| (k, v[k].to_f32())),
-            ChunkValues::F32(v) => v
-                .iter()
-                .position(|&x| !usable_activation(x))
-                .map(|k| (k, v[k])),
-        }
-    }
-
     fn rows(&self) -> ActivationRows<'_> {
         match self {
             ChunkValues::F16(v) => ActivationRows::F16(v),
@@ -594,7 +580,7 @@ impl RowSource for NpyRowReader {
             let count = self.chunk_rows.min(m - first);
             self.read_rows(first, count, &mut raw)?;
             values.decode_into(dtype, &raw, count, n, fortran);
-            if let Some((k, value)) = values.first_unusable() {
+            if let Some((k, value)) = values.rows().first_unusable() {
                 let (row, column) = (first + k / n, k % n);
                 return Err(if value.is_finite() {
                     Error::format(

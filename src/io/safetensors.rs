@@ -29,6 +29,28 @@ pub struct Tensor {
 }
 
 impl Tensor {
+    /// [`Tensor::to_f32`] for weights, which must be finite as f32: a NaN, an infinity or an
+    /// f64 beyond f32's range is an error naming the tensor `name` and the entry (`[row,
+    /// column]` of a matrix). Callers that know the file add it.
+    pub fn finite_f32(&self, name: &str) -> Result<Vec<f32>> {
+        let values = self
+            .to_f32()
+            .map_err(|e| Error::invalid(format!("tensor {name}: {e}")))?;
+        match values.iter().position(|v| !v.is_finite()) {
+            None => Ok(values),
+            Some(i) => {
+                let at = match self.shape[..] {
+                    [_, cols] => format!("[{}, {}]", i / cols, i % cols),
+                    _ => format!("[{i}]"),
+                };
+                Err(Error::invalid(format!(
+                    "tensor {name}{at} (element {i}) is {} as f32: weights must be finite",
+                    values[i]
+                )))
+            }
+        }
+    }
+
     /// F32, F16, BF16 (and F64) converted to f32; other dtypes -> an error naming the dtype
     /// (callers that know the file and tensor name add them, see [`read_safetensors`]).
     pub fn to_f32(&self) -> Result<Vec<f32>> {

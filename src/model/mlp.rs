@@ -625,7 +625,7 @@ fn read_layer(file: &TensorFile, prefix: &str) -> Result<Linear> {
         )));
     }
     let (out_dim, in_dim) = (w.shape[0], w.shape[1]);
-    let weight = float_values(&wname, w)?;
+    let weight = w.finite_f32(&wname)?;
     let bname = tensor_name(prefix, "bias");
     let (bias, has_bias) = match file.get(&bname) {
         Some(b) => {
@@ -635,7 +635,7 @@ fn read_layer(file: &TensorFile, prefix: &str) -> Result<Linear> {
                     b.shape, w.shape
                 )));
             }
-            (float_values(&bname, b)?, true)
+            (b.finite_f32(&bname)?, true)
         }
         None => (vec![0.0; out_dim], false),
     };
@@ -647,16 +647,4 @@ fn read_layer(file: &TensorFile, prefix: &str) -> Result<Linear> {
         bias,
         has_bias,
     })
-}
-
-fn float_values(name: &str, t: &Tensor) -> Result<Vec<f32>> {
-    let v = t
-        .to_f32()
-        .map_err(|e| Error::invalid(format!("tensor {name}: {e}")))?;
-    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
-        return Err(Error::invalid(format!(
-            "tensor {name} has a non-finite value (NaN or Inf) at element {i}"
-        )));
-    }
-    Ok(v)
 }
