@@ -302,12 +302,6 @@ pub(crate) fn solve_fusion(
     }
     let z_energy = system.kept_energy + 2.0 * cross + system.dropped_energy;
 
-    // Rows of the system that the mode uses: all k+1 with the bias, the top k without.
-    let dim = match opts.mode {
-        FusionMode::Fuse => k + 1,
-        FusionMode::FuseNoBias => k,
-        FusionMode::Prune => 0,
-    };
     let (x, ridge, damping) = match opts.mode {
         FusionMode::Prune => (Mat::<f64>::zeros(0, n_out), 0.0, Vec::new()),
         FusionMode::FuseNoBias => {
@@ -323,6 +317,8 @@ pub(crate) fn solve_fusion(
         }
         FusionMode::Fuse => solve_with_free_constant(system, k, n_out, opts.ridge_factor)?,
     };
+    // Rows of the system the mode solved: all k+1 with the bias, the top k without.
+    let dim = x.nrows();
 
     // Z - Z' = W_P a_P - X^T u, so ||Z - Z'||^2 = tr(W_P G_PP W_P^T) - 2 <X, R> + tr(X^T G~ X),
     // and (G~ + diag(damping)) X = R turns the last term into <X, R> - sum_i damping_i

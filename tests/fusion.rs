@@ -89,6 +89,18 @@ impl Case {
         })
     }
 
+    /// The fused layer's error on the data, `||Z - Z'|| / ||Z||`, once checked to be what
+    /// `f` reports, to within `tol` of itself.
+    fn reported_error(&self, keep: &[usize], f: &FusedLayer, tol: f64, what: &str) -> f64 {
+        let explicit = frob_rel(&self.z(), &self.z_fused(keep, f));
+        assert!(
+            (f.relative_error - explicit).abs() <= tol * explicit,
+            "{what}: reported {} vs explicit {explicit}",
+            f.relative_error
+        );
+        explicit
+    }
+
     /// Z' = A_Y W'^T + b' for a fused layer.
     fn z_fused(&self, keep: &[usize], f: &FusedLayer) -> Mat<f64> {
         let k = keep.len();
@@ -239,12 +251,7 @@ fn fusion_with_bias_does_not_depend_on_the_activations_scale_or_offset() {
             db < 1e-5,
             "{what}: bias differs from QR least squares by {db:e}"
         );
-        let explicit = frob_rel(&case.z(), &case.z_fused(&keep, &got));
-        assert!(
-            (got.relative_error - explicit).abs() <= 1e-4 * explicit,
-            "{what}: reported {} vs explicit {explicit}",
-            got.relative_error
-        );
+        case.reported_error(&keep, &got, 1e-4, &what);
     }
 }
 
@@ -295,15 +302,10 @@ fn constant_kept_neurons_leave_the_weights_and_fill_the_bias() {
             moved * scale <= 1e-3 * scale,
             "{what}: kept weights moved by {moved:e} of the largest"
         );
-        let explicit = frob_rel(&z, &case.z_fused(&keep, &f));
+        let explicit = case.reported_error(&keep, &f, 1e-4, what);
         assert!(
             (explicit - mean_only).abs() <= 1e-5 * mean_only,
             "{what}: error {explicit} vs {mean_only} for the mean alone"
-        );
-        assert!(
-            (f.relative_error - explicit).abs() <= 1e-4 * explicit,
-            "{what}: reported {} vs explicit {explicit}",
-            f.relative_error
         );
     }
 }
@@ -775,12 +777,7 @@ fn second_pass_keeps_neurons_with_a_large_mean_apart() {
             dw < 1e-4 && db < 1e-4,
             "chunks of {chunk}: weights {dw:e}, bias {db:e}"
         );
-        let explicit = frob_rel(&case.z(), &case.z_fused(&keep, &streamed));
-        assert!(
-            (streamed.relative_error - explicit).abs() <= 1e-3 * explicit,
-            "chunks of {chunk}: reported {} vs explicit {explicit}",
-            streamed.relative_error
-        );
+        case.reported_error(&keep, &streamed, 1e-3, &format!("chunks of {chunk}"));
     }
 }
 

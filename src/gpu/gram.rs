@@ -95,6 +95,14 @@ macro_rules! kernels {
 const KERNELS_F32: Kernels = kernels!(SOURCE_F32, "f32");
 const KERNELS_F16: Kernels = kernels!(SOURCE_F16, "f16");
 
+/// `shaders/shift.wgsl`: the first chunk's column sums into the shift.
+pub(crate) const MEAN_SHIFT: ShaderEntry = ShaderEntry {
+    key: "shift::mean_shift",
+    source: include_str!("../../shaders/shift.wgsl"),
+    entry_point: "mean_shift",
+    groups: &[TWO_ACCUMULATORS],
+};
+
 /// The complete WGSL modules of this file, with whether each needs f16-in-f32 support
 /// (for validation in tests).
 #[doc(hidden)]

@@ -19,8 +19,7 @@ use faer::Mat;
 use super::accumulator::{ChunkKernels, DeviceAccumulator, Held, Products, TWO_ACCUMULATORS};
 use super::assemble::HostResult;
 use super::context::Refusal;
-use super::context::ShaderEntry;
-use super::gram::{Kernels, RowFormat, CHUNK};
+use super::gram::{Kernels, RowFormat, CHUNK, MEAN_SHIFT};
 use super::plan::{BlockPlan, PlanLimits, TILE_BYTES};
 use super::readback::Readback;
 use super::ring::InputRing;
@@ -531,7 +530,7 @@ impl GpuStats {
 
 /// The bytes the column sums ((hi, lo) f32 pairs) and their shift (f32) take in a readback,
 /// where every piece starts at a multiple of 8 bytes.
-pub(crate) fn shift_and_sums_bytes(n: usize) -> u64 {
+fn shift_and_sums_bytes(n: usize) -> u64 {
     (n * 8 + (n * 4).next_multiple_of(8)) as u64
 }
 
@@ -659,14 +658,6 @@ fn record_chunk(
     });
     Ok(())
 }
-
-/// `shaders/shift.wgsl`: the first chunk's column sums into the shift.
-const MEAN_SHIFT: ShaderEntry = ShaderEntry {
-    key: "shift::mean_shift",
-    source: include_str!("../../shaders/shift.wgsl"),
-    entry_point: "mean_shift",
-    groups: &[TWO_ACCUMULATORS],
-};
 
 /// Appends host rows to the rows kept for the next round (checking that the host can hold
 /// them: a caller pushing a whole calibration set into a layer too wide for one group

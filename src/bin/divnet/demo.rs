@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::Context;
 use divnet::compress::{DEFAULT_CHUNK_ROWS, DEFAULT_EPS};
 use divnet::experiment::{
-    mean_std, run_experiment, ExperimentConfig, ExperimentData, ExperimentReport,
+    mean_std, run_experiment, Curve, ExperimentConfig, ExperimentData, ExperimentReport, Point,
 };
 use divnet::io::safetensors::read_safetensors;
 use divnet::kernel::Beta;
@@ -174,6 +174,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A table of `curves` (all over the same sizes): a header of the sizes, then one row per
+/// curve, its label and `cell` of each point.
+fn curve_rows(s: &mut String, curves: &[&Curve], cell: impl Fn(&Curve, &Point) -> String) {
+    let _ = write!(s, "{:<22}", "neurons kept");
+    for p in &curves[0].points {
+        let _ = write!(s, "{:>13}", p.kept);
+    }
+    let _ = writeln!(s);
+    for c in curves {
+        let _ = write!(s, "{:<22}", c.label);
+        for p in &c.points {
+            let _ = write!(s, "{:>13}", cell(c, p));
+        }
+        let _ = writeln!(s);
+    }
+}
+
 fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
@@ -231,47 +248,26 @@ pub fn format_table(r: &ExperimentReport, seeds: u64) -> String {
             "\n{title}; random methods: mean ± std over {seeds} seeds"
         );
         let curves: Vec<_> = r.curves.iter().filter(|c| c.scope == *scope).collect();
-        let _ = write!(s, "{:<22}", "neurons kept");
-        for p in &curves[0].points {
-            let _ = write!(s, "{:>13}", p.kept);
-        }
-        let _ = writeln!(s);
-        for c in curves {
-            let _ = write!(s, "{:<22}", c.label);
-            for p in &c.points {
-                let cell = if c.variant.method.is_random() && p.accuracies.len() > 1 {
-                    format!("{:.1}±{:.1}", p.mean * 100.0, p.std * 100.0)
-                } else {
-                    format!("{:.1}", p.mean * 100.0)
-                };
-                let _ = write!(s, "{cell:>13}");
+        curve_rows(&mut s, &curves, |c, p| {
+            if c.variant.method.is_random() && p.accuracies.len() > 1 {
+                format!("{:.1}±{:.1}", p.mean * 100.0, p.std * 100.0)
+            } else {
+                format!("{:.1}", p.mean * 100.0)
             }
-            let _ = writeln!(s);
-        }
+        });
     }
     let fused: Vec<_> = r
         .curves
         .iter()
         .filter(|c| c.scope == "all hidden layers" && c.variant.fused)
         .collect();
-    if let Some(first) = fused.first() {
+    if !fused.is_empty() {
         let _ = writeln!(
             s,
             "\n(e) agreement with the full network (% of test images given the class the full network predicts), \
              all hidden layers compressed, each + fusion; random methods: mean over {seeds} seeds"
         );
-        let _ = write!(s, "{:<22}", "neurons kept");
-        for p in &first.points {
-            let _ = write!(s, "{:>13}", p.kept);
-        }
-        let _ = writeln!(s);
-        for c in &fused {
-            let _ = write!(s, "{:<22}", c.label);
-            for p in &c.points {
-                let _ = write!(s, "{:>13.1}", p.agreement * 100.0);
-            }
-            let _ = writeln!(s);
-        }
+        curve_rows(&mut s, &fused, |_, p| format!("{:.1}", p.agreement * 100.0));
     }
     if let Some(first) = r.finetune.first() {
         let _ = writeln!(

@@ -61,11 +61,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
+    // The evaluation, and with a reference, its path and the share of samples that agree.
     let (ev, agreement) = match &reference {
-        Some((_, predictions)) => {
+        Some((path, predictions)) => {
             let (ev, agreement) =
                 evaluate_against(&mlp, &inputs.data, inputs.rows, &labels, predictions)?;
-            (ev, Some(agreement))
+            (ev, Some((path, agreement)))
         }
         None => (evaluate(&mlp, &inputs.data, inputs.rows, &labels)?, None),
     };
@@ -78,7 +79,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("samples  {}", ev.samples);
     println!("accuracy {:.4} ({:.2}%)", ev.accuracy, 100.0 * ev.accuracy);
     println!("loss     {:.4}", ev.loss);
-    if let (Some((path, _)), Some(agreement)) = (&reference, agreement) {
+    if let Some((path, agreement)) = agreement {
         println!(
             "agrees   {agreement:.4} ({:.2}% of the samples get the class {} predicts)",
             100.0 * agreement,
