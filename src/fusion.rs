@@ -29,7 +29,7 @@ use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::linalg::cholesky_lower_in_place;
 use crate::progress::Progress;
-use crate::select::RESIDUAL_VARIANCE_TOL;
+use crate::select::{CONSTANT_VARIANCE_TOL, RESIDUAL_VARIANCE_TOL};
 use crate::types::RowSource;
 pub use crate::types::{FusionSystem, GramStats, NextLayer};
 
@@ -52,10 +52,10 @@ pub struct FusionOptions {
     /// ridge = ridge_factor * trace(G_c) / k, a fraction of the mean eigenvalue of the kept
     /// neurons' centred Gram matrix `G_c = G_YY - s_Y s_Y^T / m`, on the kept neurons'
     /// coefficients only (for [`FusionMode::FuseNoBias`], which has no constant: of G_YY,
-    /// trace(G_YY) / k). A kept neuron whose centred variance is at most
-    /// [`crate::select::RESIDUAL_VARIANCE_TOL`] of its second moment (a constant, whose
-    /// centred statistics are rounding) gets that much more on its own diagonal, unless the
-    /// factor is 0.
+    /// trace(G_YY) / k). A kept constant (a neuron whose centred variance is at most
+    /// [`crate::select::CONSTANT_VARIANCE_TOL`] of its second moment: rounding) gets
+    /// [`crate::select::RESIDUAL_VARIANCE_TOL`] of its second moment more on its own
+    /// diagonal, unless the factor is 0.
     ///
     /// The default, 1e-6, sits just above the noise floor of a Gram matrix accumulated
     /// from f32 activations (relative rounding ~6e-8 per activation): directions that carry
@@ -382,14 +382,18 @@ fn solve_with_free_constant(
     // variance of rounding only, and so has its row of the centred system: solved as they
     // are, rounding divided by rounding gave fused weights that grew with the square of the
     // activations (732 for constants of 1000, a review measured). Such a neuron, whose
-    // centred variance is at most RESIDUAL_VARIANCE_TOL of its second moment (what
-    // fusion-greedy takes for adding nothing), gets that much on its diagonal: its
-    // coefficients stay near 0 and the constant takes its mean.
+    // centred variance is at most CONSTANT_VARIANCE_TOL of its second moment (what
+    // fusion-greedy takes for a constant), gets RESIDUAL_VARIANCE_TOL of its second moment
+    // on its diagonal: its coefficients stay near 0 and the constant takes its mean. Only
+    // constants: a neuron of mean 500 and spread 1 is resolved (the statistics are taken
+    // about the means), and damping it as one lost what the next layer read of it.
     let unresolved: Vec<f64> = (0..k)
         .map(|i| {
-            let floor = RESIDUAL_VARIANCE_TOL * lhs[(i, i)];
-            if factor > 0.0 && lhs[(i, i)] - s[i] * s[i] / m <= floor {
-                floor
+            let second_moment = lhs[(i, i)];
+            if factor > 0.0
+                && second_moment - s[i] * s[i] / m <= CONSTANT_VARIANCE_TOL * second_moment
+            {
+                RESIDUAL_VARIANCE_TOL * second_moment
             } else {
                 0.0
             }

@@ -29,14 +29,16 @@
 //! stacked: the objective is the sum of their errors.
 //!
 //! Degenerate neurons. A neuron whose variance left after centring and projection is at most
-//! [`RESIDUAL_VARIANCE_TOL`] of its second moment `G_jj` adds nothing fusion can resolve: a
-//! dead neuron, a duplicate (or linear combination) of kept ones, a constant. It is never
+//! [`residual_floor`] (a [`RESIDUAL_VARIANCE_TOL`] share of its centred variance; for a
+//! constant, whose centred variance is rounding, [`CONSTANT_VARIANCE_TOL`] of its second
+//! moment `G_jj`) adds nothing fusion can resolve: a dead neuron, a duplicate (or linear
+//! combination) of kept ones, a constant. It is never
 //! picked while another one is left, and its residual is not updated (no division by a
 //! vanishing `d_j`). A candidate whose gain is at most [`ZERO_GAIN_TOL`] of the energy of
 //! `Z_c` explains nothing more (the next layer is already reproduced, or does not read it).
 //! Each step takes, in this order:
 //! 1. the largest gain above that floor (ties: the lowest index);
-//! 2. else, the largest residual variance relative to `G_jj`, i.e. the most new direction for
+//! 2. else, the largest share of its centred variance left, i.e. the most new direction for
 //!    the layer (ties: the lowest index): once the next layer is explained the rest is chosen
 //!    for diversity in the geometry fusion uses;
 //! 3. else, the lowest index.
@@ -56,25 +58,42 @@ use crate::kernel::GramStats;
 use crate::linalg::simd::{dot, sub_scaled};
 use crate::progress::{NoProgress, Progress};
 
-/// Residual variance, relative to the neuron's second moment `G_jj`, at or below which a
-/// neuron adds nothing. The statistics come from sums of f32 products, so a neuron that is a
-/// linear combination of others keeps a little residual variance once projected on them.
-/// Measured with the CPU engine (which centres each chunk before its f32 products, so a
-/// constant neuron's centred variance is exactly 0 there): up to 8.5e-7 of `G_jj` for
-/// `a_0 - a_1 / 2 + 1/4` over m = 300 ... 100000 rows and chunks of 64 ... 8192. The floor
-/// sits an order of magnitude above it. A neuron whose spread is above 0.3% of its RMS is
-/// above the floor: one with mean 100 and spread 0.5, which the next layer reads, was
-/// treated as constant by the floor of 1e-4 that this one replaced, and never kept.
+/// Residual variance, relative to the neuron's centred variance, at or below which a neuron
+/// adds nothing (see [`residual_floor`]). The statistics come from sums of f32 products, so a
+/// neuron that is a linear combination of others keeps a little residual variance once
+/// projected on them. Measured for `a_0 - a_1 / 2 + 1/4` and `3 a_0 - 2.9 a_1`, with
+/// offsets 0 ... 500 and m = 300 ... 100000: up to 3.6e-6 of its centred variance with the
+/// CPU engine (which centres each chunk before its f32 products), up to 3.5e-5 with the GPU
+/// engine (lavapipe; products about the first chunk's means, summed in f32 over longer
+/// runs). The floor sits above both.
 ///
-/// The GPU engine takes its products about the first chunk's column means for the same
-/// reason; before it did, a constant neuron's centred variance came out at up to 1.1e-4 of
-/// `G_jj` there (lavapipe, m >= 20000), above any floor fusion could afford.
-pub const RESIDUAL_VARIANCE_TOL: f64 = 1e-5;
+/// It is relative to the centred variance, not the second moment, because both engines take
+/// their products about the neurons' means: a neuron of mean 500 and spread 1, a linear
+/// function of which the next layer reads, is resolved as well as one of mean 0. A floor of
+/// 1e-5 of `G_jj` took it for a constant (a review measured fusion's error at 0.50 instead
+/// of 7e-7), as one of 1e-4 did a neuron of mean 100 and spread 0.5 before it.
+pub const RESIDUAL_VARIANCE_TOL: f64 = 1e-4;
+
+/// Centred variance, relative to the second moment `G_jj`, at or below which a neuron is a
+/// constant: what is left of a constant's centred variance is rounding of the f64 sums
+/// (measured: 0 with the CPU engine, up to 6e-14 of `G_jj` with the GPU engine), while a
+/// neuron whose spread is 3e-6 of its mean, a few f32 steps, is still above it.
+pub const CONSTANT_VARIANCE_TOL: f64 = 1e-11;
+
+/// The residual variance at or below which neuron j adds nothing: [`RESIDUAL_VARIANCE_TOL`]
+/// of its centred variance `centred`, and at least [`CONSTANT_VARIANCE_TOL`] of its second
+/// moment `second_moment` (so a constant, whose centred variance is rounding, is at or below
+/// it).
+pub fn residual_floor(second_moment: f64, centred: f64) -> f64 {
+    (RESIDUAL_VARIANCE_TOL * centred.max(0.0)).max(CONSTANT_VARIANCE_TOL * second_moment)
+}
 
 /// Gain, relative to the centred energy `||Z_c||_F^2`, at or below which a neuron explains
 /// nothing more. Within a panel `||H_res[j]||^2` is updated, not recomputed, so it carries
-/// rounding of about 1e-14 of its value at the panel's start; divided by a residual variance
-/// down to [`RESIDUAL_VARIANCE_TOL`] of `G_jj`, that is at most 1e-9 of the centred energy.
+/// rounding of about 1e-14 of its value at the panel's start, which is at most `C_jj
+/// ||Z_c||^2` (Cauchy-Schwarz, `C_jj` the neuron's centred variance); divided by a residual
+/// variance down to [`RESIDUAL_VARIANCE_TOL`] of `C_jj`, that is at most 1e-10 of the
+/// centred energy.
 /// A gain of 1e-9 is a part of the centred pre-activation 3e-5 of its size: nothing that
 /// f32 weights would keep.
 pub const ZERO_GAIN_TOL: f64 = 1e-9;
@@ -150,7 +169,8 @@ pub fn fusion_greedy_with_progress(
     let mut d2: Vec<f64> = (0..n)
         .map(|j| (g[(j, j)] - s[j] * s[j] / m).max(0.0))
         .collect();
-    let floor: Vec<f64> = (0..n).map(|j| RESIDUAL_VARIANCE_TOL * g[(j, j)]).collect();
+    let centred = d2.clone();
+    let floor: Vec<f64> = (0..n).map(|j| residual_floor(g[(j, j)], d2[j])).collect();
     let mut norm2: Vec<f64> = h_start.chunks_exact(n_out).map(|h| dot(h, h)).collect();
     let gain_floor = ZERO_GAIN_TOL * target.centred_energy;
     let mut taken = vec![false; n];
@@ -160,7 +180,7 @@ pub fn fusion_greedy_with_progress(
 
     progress.start("fusion-greedy", k as u64);
     for step in 0..k {
-        let (t, pick) = next_pick(&d2, &norm2, &floor, &taken, gain_floor, |j| g[(j, j)]);
+        let (t, pick) = next_pick(&d2, &norm2, &floor, &taken, gain_floor, &centred);
         taken[t] = true;
         order.push(t);
         if pick != Pick::Exhausted {
@@ -337,7 +357,7 @@ pub fn single_neuron_gains(stats: &GramStats, next: &[NextLayer<'_>]) -> Result<
     Ok((0..n)
         .map(|j| {
             let variance = g[(j, j)] - s[j] * s[j] / m;
-            if variance <= RESIDUAL_VARIANCE_TOL * g[(j, j)] {
+            if variance <= residual_floor(g[(j, j)], variance) {
                 return 0.0;
             }
             let h = &target.h[j * target.n_out..(j + 1) * target.n_out];
@@ -364,7 +384,7 @@ fn next_pick(
     floor: &[f64],
     taken: &[bool],
     gain_floor: f64,
-    second_moment: impl Fn(usize) -> f64,
+    centred: &[f64],
 ) -> (usize, Pick) {
     let mut by_gain: Option<(usize, f64)> = None;
     let mut by_variance: Option<(usize, f64)> = None;
@@ -383,8 +403,8 @@ fn next_pick(
                 by_gain = Some((j, gain));
             }
         } else {
-            // d2 > floor >= 0 implies G_jj > 0.
-            let relative = d2[j] / second_moment(j);
+            // d2 > floor >= 0 implies a positive centred variance.
+            let relative = d2[j] / centred[j];
             if by_variance.is_none_or(|(_, best)| relative > best) {
                 by_variance = Some((j, relative));
             }

@@ -10,8 +10,8 @@ mod fusion_greedy;
 pub mod quality;
 
 pub use fusion_greedy::{
-    fusion_greedy, fusion_greedy_with_progress, single_neuron_gains, FusionGreedy,
-    RESIDUAL_VARIANCE_TOL, ZERO_GAIN_TOL,
+    fusion_greedy, fusion_greedy_with_progress, residual_floor, single_neuron_gains, FusionGreedy,
+    CONSTANT_VARIANCE_TOL, RESIDUAL_VARIANCE_TOL, ZERO_GAIN_TOL,
 };
 
 use crate::linalg::eigh::TWO_STAGE_MIN_N;
