@@ -852,3 +852,74 @@ fn next_weights_are_released_while_a_layer_compresses_and_restored_on_failure() 
     }
     assert_eq!(file.get("up.weight").unwrap().shape, vec![k, 3]);
 }
+
+/// `divnet compress` on an F16 model whose fused weights grow past 65504 (two identical
+/// neurons read with weights 40000: fusion folds one into the other, 80000) refuses, naming
+/// the model file and the tensor, and writes neither the model nor the report; the same
+/// output paths are checked before any work (`--out` and `--report` naming one file).
+#[test]
+fn compress_cli_refuses_fused_weights_the_dtype_cannot_hold() {
+    use divnet::io::safetensors::{Tensor, TensorFile};
+    use safetensors::Dtype;
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let mut w1 = uniform_values(&mut rng, 4 * 6);
+    let first: Vec<f32> = w1[..6].to_vec();
+    w1[6..12].copy_from_slice(&first);
+    let w2: Vec<f32> = (0..8)
+        .map(|i| if i < 4 { 40000.0 } else { -40000.0 })
+        .collect();
+    let mut file = TensorFile::default();
+    let f16 = |v: &[f32], shape: Vec<usize>| Tensor::from_f32(v, shape, Dtype::F16).unwrap();
+    file.insert("fc1.weight".into(), f16(&w1, vec![4, 6]));
+    file.insert("fc1.bias".into(), f16(&[0.0; 4], vec![4]));
+    file.insert("fc2.weight".into(), f16(&w2, vec![2, 4]));
+    file.insert("fc2.bias".into(), f16(&[0.0; 2], vec![2]));
+    let model = dir.path().join("m.safetensors");
+    write_safetensors(&model, &file).unwrap();
+    let calib = dir.path().join("c.npy");
+    divnet::io::npy::write_npy(&calib, &[200, 6], &random_inputs(200, 6, 4)).unwrap();
+    let (out, rep) = (dir.path().join("o.safetensors"), dir.path().join("r.json"));
+    let run = |report: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_divnet"))
+            .args([
+                "compress",
+                "--select",
+                "fusion-greedy",
+                "-k",
+                "3",
+                "--backend",
+                "cpu",
+            ])
+            .arg("--model")
+            .arg(&model)
+            .arg("--calibration")
+            .arg(&calib)
+            .arg("--out")
+            .arg(&out)
+            .arg("--report")
+            .arg(report)
+            .output()
+            .unwrap()
+    };
+    let o = run(&rep);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    let last = err.lines().last().unwrap_or("");
+    for needle in ["m.safetensors", "fc2.weight", "does not fit F16"] {
+        assert!(last.contains(needle), "{last:?} lacks {needle:?}");
+    }
+    assert!(!out.exists() && !rep.exists());
+
+    let o = run(&out);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--out and --report name the same file"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("next-layer error"),
+        "the work ran first: {err}"
+    );
+}

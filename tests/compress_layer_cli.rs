@@ -935,3 +935,93 @@ fn greedy_takes_the_columns_route_when_the_kernel_does_not_fit() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("median heuristic"), "{stderr}");
 }
+
+/// The output paths are checked before any work, and the model and its report are written
+/// together or not at all: a report that cannot be written leaves no new model (and the
+/// previous one as it was), and `--out` and `--report` may not name the same file.
+#[test]
+fn outputs_are_checked_first_and_written_together() {
+    let f = Fixture::new(6);
+    let model = f.path("small.safetensors");
+    std::fs::write(&model, b"the previous model").unwrap();
+    std::fs::create_dir(f.path("folder")).unwrap();
+    let missing = f.path("missing").join("r.json");
+    let model_s = model.to_str().unwrap();
+    let folder = f.path("folder");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["--out", model_s, "--report", missing.to_str().unwrap()],
+            "--report",
+        ),
+        (vec!["--out", folder.to_str().unwrap()], "--out"),
+        (vec!["--out", model_s, "--report", model_s], "same file"),
+    ];
+    for (args, needle) in cases {
+        let mut all = vec!["--next", "down", "-k", "4"];
+        all.extend(args.iter().copied());
+        let o = f.run(&all);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        let last = err.lines().last().unwrap_or("");
+        assert!(
+            last.starts_with("divnet: error: ") && last.contains(needle),
+            "{args:?}: {last:?} lacks {needle:?}"
+        );
+        // Refused before the work, whose summary starts with the route it took.
+        assert!(!err.contains("route:"), "{args:?}: {err}");
+        assert_eq!(std::fs::read(&model).unwrap(), b"the previous model");
+    }
+    let names: Vec<String> = std::fs::read_dir(f.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.ends_with(".tmp")),
+        "temporary file left: {names:?}"
+    );
+}
+
+/// Fusion folds a dropped neuron that is 1000 times a kept one into that neuron's weights:
+/// 70 x 1000 is more than F16 holds (65504). The command refuses, naming the file, the
+/// tensor and the entry, and writes nothing, instead of storing an infinity.
+#[test]
+fn fused_weights_beyond_the_dtype_are_refused() {
+    let f = Fixture::new(7);
+    let mut acts = f.acts.clone();
+    for t in 0..M {
+        acts[t * N + 11] = 1000.0 * acts[t * N + 4];
+    }
+    write_npy(&f.path("scaled.npy"), &[M, N], &acts).unwrap();
+    let mut model = f.model.clone();
+    let mut w = f.w();
+    for o in 0..N_OUT {
+        w[o * N + 11] = 70.0;
+    }
+    model.insert(
+        "down.weight".into(),
+        Tensor::from_f32(&w, vec![N_OUT, N], Dtype::F16).unwrap(),
+    );
+    write_safetensors(&f.path("model.safetensors"), &model).unwrap();
+    let keep: Vec<usize> = (0..N).filter(|&i| i != 11).collect();
+    std::fs::write(f.path("keep.json"), serde_json::to_string(&keep).unwrap()).unwrap();
+    let out = f.path("never.safetensors");
+    let o = f.run_on(
+        "scaled.npy",
+        &[
+            "--next",
+            "down",
+            "--keep",
+            f.path("keep.json").to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    let last = err.lines().last().unwrap_or("");
+    for needle in ["model.safetensors", "down.weight", "does not fit F16"] {
+        assert!(last.contains(needle), "{last:?} lacks {needle:?}");
+    }
+    assert!(!out.exists());
+}

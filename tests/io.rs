@@ -573,3 +573,28 @@ fn mutated_files_never_panic() {
         let _ = parse_keep_list(&mutate(&keep), 20);
     }
 }
+
+/// Encoding refuses what the dtype cannot hold instead of storing an infinity: F16 holds
+/// 65504 but not 70000 (the entry is named as `[row, column]`), BF16 and F32 hold 1e38, no
+/// dtype holds a NaN or an infinity.
+#[test]
+fn encoding_refuses_values_the_dtype_cannot_hold() {
+    let ok = Tensor::from_f32(&[1.0, -65504.0], vec![2], Dtype::F16).unwrap();
+    assert_eq!(ok.to_f32().unwrap(), vec![1.0, -65504.0]);
+    let err = Tensor::from_f32(&[1.0, 2.0, 3.0, 70000.0], vec![2, 2], Dtype::F16)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("70000 at [1, 1] (element 3) does not fit F16"),
+        "{err}"
+    );
+    for dtype in [Dtype::BF16, Dtype::F32, Dtype::F64] {
+        Tensor::from_f32(&[1e38], vec![1], dtype).unwrap();
+        for bad in [f32::INFINITY, f32::NAN] {
+            let err = Tensor::from_f32(&[0.0, bad], vec![2], dtype).unwrap_err();
+            assert!(err.to_string().contains("at [1]"), "{dtype:?}: {err}");
+        }
+    }
+    let err = Tensor::from_f32(&[3.4e38], vec![1], Dtype::BF16).unwrap_err();
+    assert!(err.to_string().contains("does not fit BF16"), "{err}");
+}

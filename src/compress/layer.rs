@@ -297,26 +297,21 @@ pub fn compress_layer_tensors(
             return Err(e);
         }
     };
-    let k = outcome.kept.len();
-
-    for ((name, fused), read) in tensors.next.iter().zip(&outcome.next).zip(&next_weights) {
-        let (had_bias, n_out) = (&read.bias, read.n_out);
-        let w_name = tensor_name(name, "weight");
-        let w_dtype = file.get(&w_name).expect("checked").dtype;
-        file.insert(
-            w_name,
-            Tensor::from_f32(&fused.weight, vec![n_out, k], w_dtype)?,
-        );
-        let b_name = tensor_name(name, "bias");
-        if had_bias.is_some() || fused.bias.iter().any(|&b| b != 0.0) {
-            let dtype = file.get(&b_name).map_or(w_dtype, |t| t.dtype);
-            if had_bias.is_none() {
-                outcome.report.notes.push(format!(
-                    "{b_name}: created to hold the fused constant term ({dtype:?})"
-                ));
-            }
-            file.insert(b_name, Tensor::from_f32(&fused.bias, vec![n_out], dtype)?);
+    let encoded = match encode_fused(file, tensors.next, &outcome, &next_weights, tensors.source) {
+        Ok(encoded) => encoded,
+        Err(e) => {
+            restore_next_weights(file, tensors.next, &released, &next_weights)?;
+            return Err(e);
         }
+    };
+    for (name, tensor, created) in encoded {
+        if created {
+            outcome.report.notes.push(format!(
+                "{name}: created to hold the fused constant term ({:?})",
+                tensor.dtype
+            ));
+        }
+        file.insert(name, tensor);
     }
     for p in tensors.prev {
         for name in [tensor_name(p, "weight"), tensor_name(p, "bias")] {
@@ -328,6 +323,51 @@ pub fn compress_layer_tensors(
     }
     outcome.report.name = tensors.prev.join(",");
     Ok(outcome)
+}
+
+/// The fused next layers encoded in their tensors' dtypes (a new bias in the weight's), as
+/// `(name, tensor, whether the tensor is new)`, before any is stored: a value the dtype
+/// cannot hold (a dropped neuron that is a large multiple of a kept one folds its weight
+/// into that neuron's, past F16's 65504, say) is an error naming the file, tensor and entry,
+/// and the tensors stay as they were.
+fn encode_fused(
+    file: &TensorFile,
+    names: &[String],
+    outcome: &LayerOutcome,
+    read: &[NextTensors],
+    source: &Path,
+) -> Result<Vec<(String, Tensor, bool)>> {
+    let k = outcome.kept.len();
+    let mut encoded = Vec::new();
+    for ((name, fused), read) in names.iter().zip(&outcome.next).zip(read) {
+        let n_out = read.n_out;
+        let w_name = tensor_name(name, "weight");
+        let w_dtype = file.get(&w_name).expect("checked").dtype;
+        let encode = |tensor_name: &str, values: &[f32], shape: Vec<usize>, dtype| {
+            Tensor::from_f32(values, shape, dtype).map_err(|e| {
+                Error::format(
+                    source,
+                    format!(
+                        "the fused {tensor_name}: {e}; the dropped neurons folded into the kept \
+                         ones weigh more than the tensor's dtype holds (keep other neurons, or \
+                         store the layer in a wider dtype)"
+                    ),
+                )
+            })
+        };
+        encoded.push((
+            w_name.clone(),
+            encode(&w_name, &fused.weight, vec![n_out, k], w_dtype)?,
+            false,
+        ));
+        let b_name = tensor_name(name, "bias");
+        if read.bias.is_some() || fused.bias.iter().any(|&b| b != 0.0) {
+            let dtype = file.get(&b_name).map_or(w_dtype, |t| t.dtype);
+            let tensor = encode(&b_name, &fused.bias, vec![n_out], dtype)?;
+            encoded.push((b_name, tensor, read.bias.is_none()));
+        }
+    }
+    Ok(encoded)
 }
 
 /// Empties the stored weights of the next layers `names` whose f32 copies are exact (F32,

@@ -15,7 +15,7 @@ use safetensors::tensor::{SafeTensors, View};
 use safetensors::Dtype;
 
 use crate::error::{Error, Result};
-use crate::io::atomic::write_atomic;
+use crate::io::atomic::{stage, PendingFile};
 
 /// One tensor, bytes kept as stored so that untouched tensors are copied bit for bit.
 #[derive(Clone, Debug, PartialEq)]
@@ -38,16 +38,11 @@ impl Tensor {
             .map_err(|e| Error::invalid(format!("tensor {name}: {e}")))?;
         match values.iter().position(|v| !v.is_finite()) {
             None => Ok(values),
-            Some(i) => {
-                let at = match self.shape[..] {
-                    [_, cols] => format!("[{}, {}]", i / cols, i % cols),
-                    _ => format!("[{i}]"),
-                };
-                Err(Error::invalid(format!(
-                    "tensor {name}{at} (element {i}) is {} as f32: weights must be finite",
-                    values[i]
-                )))
-            }
+            Some(i) => Err(Error::invalid(format!(
+                "tensor {name}{} (element {i}) is {} as f32: weights must be finite",
+                entry_at(&self.shape, i),
+                values[i]
+            ))),
         }
     }
 
@@ -81,7 +76,10 @@ impl Tensor {
         Ok(out)
     }
 
-    /// Encodes `values` (len = product of shape) as `dtype` (F32, F16 or BF16, F64).
+    /// Encodes `values` (len = product of shape) as `dtype` (F32, F16 or BF16, F64). A value
+    /// the dtype cannot hold (not finite, or beyond its range: 65504 for F16) is an error
+    /// naming the entry (`[row, column]` of a matrix) and the dtype's largest value, never
+    /// an infinity written into a model; callers add the tensor's name.
     pub fn from_f32(values: &[f32], shape: Vec<usize>, dtype: Dtype) -> Result<Tensor> {
         let count = shape
             .iter()
@@ -91,6 +89,24 @@ impl Tensor {
             return Err(Error::invalid(format!(
                 "shape {shape:?} holds {count} elements, {} given",
                 values.len()
+            )));
+        }
+        let largest = match dtype {
+            Dtype::F16 => f16::MAX.to_f32(),
+            Dtype::BF16 => bf16::MAX.to_f32(),
+            _ => f32::MAX,
+        };
+        // Rounding to F16 / BF16 carries values just past the largest finite one to infinity.
+        let fits = |v: f32| match dtype {
+            Dtype::F16 => f16::from_f32(v).is_finite(),
+            Dtype::BF16 => bf16::from_f32(v).is_finite(),
+            _ => v.is_finite(),
+        };
+        if let Some(i) = values.iter().position(|&v| !fits(v)) {
+            return Err(Error::invalid(format!(
+                "{} at {} (element {i}) does not fit {dtype:?} (largest {largest:e})",
+                values[i],
+                entry_at(&shape, i),
             )));
         }
         let bytes: Vec<u8> = match dtype {
@@ -252,11 +268,26 @@ pub fn safetensors_bytes(file: &TensorFile) -> Result<Vec<u8>> {
 
 /// Writes `file` to `path` atomically.
 pub fn write_safetensors(path: &Path, file: &TensorFile) -> Result<()> {
+    stage_safetensors(path, file)?.commit()
+}
+
+/// Writes `file` to the temporary file of `path`, to be put in place by
+/// [`PendingFile::commit`] (with other outputs, say).
+pub fn stage_safetensors(path: &Path, file: &TensorFile) -> Result<PendingFile> {
     let bytes = safetensors_bytes(file).map_err(|e| match e {
         Error::InvalidInput(m) => Error::format(path, m),
         e => e,
     })?;
-    write_atomic(path, |w| {
+    stage(path, |w| {
         w.write_all(&bytes).map_err(|e| Error::io(path, e))
     })
+}
+
+/// Where element `i` of a tensor of `shape` sits, for messages: `[row, column]` of a
+/// matrix, `[i]` otherwise.
+fn entry_at(shape: &[usize], i: usize) -> String {
+    match shape[..] {
+        [_, cols] if cols > 0 => format!("[{}, {}]", i / cols, i % cols),
+        _ => format!("[{i}]"),
+    }
 }

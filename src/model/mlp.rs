@@ -355,12 +355,16 @@ impl Mlp {
                     })
                     .unwrap_or(Dtype::F32)
             };
+            let encode = |name: &str, values: &[f32], shape: Vec<usize>| {
+                Tensor::from_f32(values, shape, dtype_of(name))
+                    .map_err(|e| Error::invalid(format!("tensor {name}: {e}")))
+            };
             let wname = tensor_name(&l.name, "weight");
-            let w = Tensor::from_f32(&l.weight, vec![l.out_dim, l.in_dim], dtype_of(&wname))?;
+            let w = encode(&wname, &l.weight, vec![l.out_dim, l.in_dim])?;
             out.insert(wname, w);
             let bname = tensor_name(&l.name, "bias");
             if template.get(&bname).is_some() || l.stores_bias() {
-                let b = Tensor::from_f32(&l.bias, vec![l.out_dim], dtype_of(&bname))?;
+                let b = encode(&bname, &l.bias, vec![l.out_dim])?;
                 out.insert(bname, b);
             }
         }

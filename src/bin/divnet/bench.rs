@@ -13,7 +13,7 @@ use divnet::io::npy::{read_matrix, NpyData};
 use divnet::kernel::ActivationRows;
 use divnet::GpuContext;
 
-use crate::common::{parse_list, write_json, BarProgress};
+use crate::common::{check_outputs, parse_list, write_json, BarProgress};
 
 /// Arguments.
 #[derive(clap::Args)]
@@ -58,6 +58,7 @@ pub struct Args {
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let operations = parse_list("--ops", &args.ops, |s| s.parse::<Operation>().ok())?;
+    check_outputs(&[("--json", args.json.as_deref())])?;
     let gpu = if args.no_gpu {
         None
     } else {

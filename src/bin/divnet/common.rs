@@ -1,5 +1,6 @@
 //! What every subcommand shares: backend selection with a report, progress bars, timing.
 
+use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
 
@@ -228,11 +229,53 @@ pub fn parse_list<T>(
         .collect()
 }
 
+/// Checks a command's output files (`(option, path)`, absent options skipped) before any
+/// work, so that a long run does not end on an unwritable path: each folder must exist and
+/// take a new file, no output may be a folder, and no two options may name the same file
+/// (the second write would replace the first).
+pub fn check_outputs(outputs: &[(&str, Option<&Path>)]) -> anyhow::Result<()> {
+    let mut seen: Vec<(&str, std::path::PathBuf)> = Vec::new();
+    for &(option, path) in outputs {
+        let Some(path) = path else { continue };
+        divnet::io::atomic::check_writable(path)
+            .map_err(|e| anyhow::anyhow!("{option} {}", one_line(&e.into())))?;
+        // The folder exists now, so it canonicalises; the file need not exist.
+        let folder = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        let resolved = folder
+            .canonicalize()
+            .map(|f| f.join(path.file_name().unwrap_or_default()))
+            .unwrap_or_else(|_| path.to_path_buf());
+        if let Some((first, _)) = seen.iter().find(|(_, p)| *p == resolved) {
+            anyhow::bail!(
+                "{first} and {option} name the same file {}: one would replace the other",
+                path.display()
+            );
+        }
+        seen.push((option, resolved));
+    }
+    Ok(())
+}
+
 /// Writes `value` as pretty JSON to `path`, atomically.
 pub fn write_json<T: serde::Serialize>(path: &std::path::Path, value: &T) -> anyhow::Result<()> {
-    let text = serde_json::to_string_pretty(value)?;
-    divnet::io::atomic::write_bytes_atomic(path, text.as_bytes())?;
+    stage_json(path, value)?.commit()?;
     Ok(())
+}
+
+/// Writes `value` as pretty JSON to the temporary file of `path`, to be put in place with
+/// the command's other outputs ([`divnet::io::atomic::PendingFile::commit`]).
+pub fn stage_json<T: serde::Serialize>(
+    path: &std::path::Path,
+    value: &T,
+) -> anyhow::Result<divnet::io::atomic::PendingFile> {
+    let text = serde_json::to_string_pretty(value)?;
+    Ok(divnet::io::atomic::stage(path, |w| {
+        w.write_all(text.as_bytes())
+            .map_err(|e| divnet::Error::io(path, e))
+    })?)
 }
 
 /// `--select`'s parser: the names of `SelectionMethod::ALL`, so that `--help` lists them and

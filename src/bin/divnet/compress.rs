@@ -3,17 +3,16 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use divnet::compress::{compress_mlp, CompressOptions, KeepSpec, DEFAULT_CHUNK_ROWS, DEFAULT_EPS};
 use divnet::fusion::{FusionMode, FusionOptions};
-use divnet::io::safetensors::{read_safetensors, write_safetensors};
+use divnet::io::safetensors::{read_safetensors, stage_safetensors};
 use divnet::kernel::Beta;
 use divnet::model::{Activation, Mlp};
 use divnet::select::SelectionMethod;
 
 use crate::common::{
-    parse_list, select_backend, selection_method_parser, with_cpu_fallback, write_json, BackendArg,
-    BarProgress,
+    check_outputs, parse_list, select_backend, selection_method_parser, stage_json,
+    with_cpu_fallback, BackendArg, BarProgress,
 };
 
 /// Compress every hidden layer of an MLP read from safetensors (PyTorch state dict).
@@ -85,6 +84,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let beta: Beta = args.beta.parse()?;
     let mut method = args.select;
     let keep = keep_specs(&args, &mut method)?;
+    check_outputs(&[
+        ("--out", Some(&args.out)),
+        ("--report", args.report.as_deref()),
+    ])?;
     let file = read_safetensors(&args.model)?;
     // The same errors as Mlp::load: a missing tensor or a broken chain names the model file.
     let mlp =
@@ -140,10 +143,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             l.relative_error
         );
     }
-    let out = compressed.to_tensors(&file)?;
-    write_safetensors(&args.out, &out)?;
-    if let Some(path) = &args.report {
-        write_json(path, &report).with_context(|| format!("writing {}", path.display()))?;
+    let out = compressed
+        .to_tensors(&file)
+        .map_err(|e| divnet::Error::format(&args.model, format!("the compressed model: {e}")))?;
+    // The model and its report appear together or not at all.
+    let model = stage_safetensors(&args.out, &out)?;
+    let json = match &args.report {
+        Some(path) => Some(stage_json(path, &report)?),
+        None => None,
+    };
+    model.commit()?;
+    if let Some(json) = json {
+        json.commit()?;
     }
     println!(
         "parameters {} -> {} ({:.1}%), {:.2} s; wrote {}",

@@ -11,14 +11,14 @@ use divnet::compress::{
 };
 use divnet::fusion::{FusionMode, FusionOptions};
 use divnet::io::keep::read_keep_list;
-use divnet::io::safetensors::{read_safetensors, write_safetensors};
+use divnet::io::safetensors::{read_safetensors, stage_safetensors};
 use divnet::kernel::{Beta, RowSource};
 use divnet::memory::gb;
 use divnet::select::SelectionMethod;
 
 use crate::common::{
-    open_activations, select_backend, selection_method_parser, write_json, BackendArg, BarProgress,
-    StageTimer,
+    check_outputs, open_activations, select_backend, selection_method_parser, stage_json,
+    BackendArg, BarProgress, StageTimer,
 };
 
 /// Compress one hidden layer of a network stored as safetensors.
@@ -137,6 +137,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         FusionMode::Fuse
     };
     let mut timer = StageTimer::default();
+    if !args.dry_run {
+        check_outputs(&[
+            ("--out", args.out.as_deref()),
+            ("--report", args.report.as_deref()),
+        ])?;
+    }
 
     let mut reader = open_activations(&args.activations, &mut timer)?;
     let n = reader.width();
@@ -227,7 +233,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     for note in &report.notes {
         eprintln!("{note}");
     }
-    timer.try_stage("write", || write_safetensors(out, &file))?;
+    // The model is written to its temporary file now (timed as "write"), and put in place
+    // with the report: the two appear together or not at all.
+    let model = timer.try_stage("write", || stage_safetensors(out, &file))?;
 
     let k = outcome.kept.len();
     eprintln!(
@@ -237,19 +245,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         report.ridge,
         report.relative_error
     );
-    if let Some(path) = &args.report {
-        let mut seconds = timer.stages().to_vec();
-        seconds.splice(1..1, report.seconds.drain(..));
-        report.seconds = seconds;
-        write_json(
-            path,
-            &Report {
-                backend: backend.name(),
-                layer: &report,
-                plan: &outcome.plan,
-            },
-        )
-        .map_err(|e| e.context(format!("writing {}", path.display())))?;
+    let json = match &args.report {
+        Some(path) => {
+            let mut seconds = timer.stages().to_vec();
+            seconds.splice(1..1, report.seconds.drain(..));
+            report.seconds = seconds;
+            Some(stage_json(
+                path,
+                &Report {
+                    backend: backend.name(),
+                    layer: &report,
+                    plan: &outcome.plan,
+                },
+            )?)
+        }
+        None => None,
+    };
+    model.commit()?;
+    if let Some(json) = json {
+        json.commit()?;
     }
     println!(
         "{} -> {} neurons, next-layer error {:.4}; wrote {}",

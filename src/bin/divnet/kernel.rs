@@ -7,8 +7,8 @@ use divnet::io::npy::write_npy_matrix;
 use divnet::kernel::{Beta, RowSource, StatsKind};
 
 use crate::common::{
-    activation_kernel, activation_statistics, naming_file, open_activations, select_backend,
-    BackendArg, StageTimer,
+    activation_kernel, activation_statistics, check_outputs, naming_file, open_activations,
+    select_backend, BackendArg, StageTimer,
 };
 
 /// Which n x n matrix to write.
@@ -50,6 +50,7 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    check_outputs(&[("--out", Some(&args.out))])?;
     let mut timer = StageTimer::default();
     let mut reader = open_activations(&args.activations, &mut timer)?;
     let n = reader.width();

@@ -83,6 +83,7 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    common::check_outputs(&[("--out", args.out.as_deref())])?;
     if (args.greedy.is_some() || args.fusion_greedy.is_some()) && args.samples != 1 {
         bail!("--samples does not apply to --greedy or --fusion-greedy, which are deterministic");
     }

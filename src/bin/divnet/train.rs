@@ -7,7 +7,7 @@ use divnet::io::data::{read_inputs, read_labels};
 use divnet::io::safetensors::{read_safetensors, write_safetensors, TensorFile};
 use divnet::model::{train, Activation, Mlp, Optimizer, TrainConfig};
 
-use crate::common::progress_bar;
+use crate::common::{check_outputs, progress_bar};
 use crate::evaluate::check_sizes;
 
 /// The update rule, as clap sees it.
@@ -71,6 +71,7 @@ pub struct Args {
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let activation: Activation = args.activation.parse().context("--activation")?;
+    check_outputs(&[("--out", Some(&args.out))])?;
     let inputs = read_inputs(&args.data)?;
     let labels = read_labels(&args.labels)?;
     let (mut mlp, template) = match &args.init {
