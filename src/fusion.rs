@@ -66,6 +66,20 @@ pub struct FusionOptions {
     pub ridge_factor: f64,
 }
 
+impl FusionOptions {
+    /// Checks the options: the ridge factor must be finite and >= 0. The pipelines check them
+    /// before any work, not at the fusion, after the statistics and the selection.
+    pub fn check(&self) -> Result<()> {
+        if !(self.ridge_factor.is_finite() && self.ridge_factor >= 0.0) {
+            return Err(Error::invalid(format!(
+                "fusion: ridge factor {} must be finite and >= 0",
+                self.ridge_factor
+            )));
+        }
+        Ok(())
+    }
+}
+
 impl Default for FusionOptions {
     fn default() -> Self {
         Self {
@@ -164,12 +178,7 @@ fn validate(
     opts: &FusionOptions,
 ) -> Result<Vec<usize>> {
     check_next_layer(next, n, "fusion")?;
-    if !(opts.ridge_factor.is_finite() && opts.ridge_factor >= 0.0) {
-        return Err(Error::invalid(format!(
-            "fusion: ridge factor {} must be finite and >= 0",
-            opts.ridge_factor
-        )));
-    }
+    opts.check()?;
     if keep.is_empty() {
         return Err(Error::invalid("fusion: no neuron kept (keep is empty)"));
     }

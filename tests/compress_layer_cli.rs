@@ -1025,3 +1025,63 @@ fn fused_weights_beyond_the_dtype_are_refused() {
     }
     assert!(!out.exists());
 }
+
+/// `--dry-run` checks what the run checks before its work: a weight that is not finite and a
+/// ridge factor out of range are the same errors there (a dry run printed the plan for
+/// both), and the run refuses the ridge factor before the statistics, not at the fusion.
+#[test]
+fn a_dry_run_refuses_what_the_run_refuses() {
+    let f = Fixture::new(8);
+    let mut model = f.model.clone();
+    let mut w = f.w();
+    w[2 * N + 3] = f32::NAN;
+    // Raw bytes: encoding refuses a NaN.
+    model.insert(
+        "down.weight".into(),
+        Tensor {
+            dtype: Dtype::F32,
+            shape: vec![N_OUT, N],
+            bytes: w.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        },
+    );
+    write_safetensors(&f.path("nan.safetensors"), &model).unwrap();
+    let nan = f.path("nan.safetensors");
+    let out = f.path("never.safetensors");
+    for (weights, extra, needle) in [
+        (nan.as_path(), vec!["--dry-run"], "down.weight[2, 3]"),
+        (
+            f.path("model.safetensors").as_path(),
+            vec!["--dry-run", "--ridge-factor=-1"],
+            "ridge factor -1",
+        ),
+        (
+            f.path("model.safetensors").as_path(),
+            vec!["--ridge-factor=nan", "--out", out.to_str().unwrap()],
+            "ridge factor NaN",
+        ),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_divnet"))
+            .args([
+                "compress-layer",
+                "--next",
+                "down",
+                "-k",
+                "4",
+                "--backend",
+                "cpu",
+            ])
+            .arg("--activations")
+            .arg(f.path("acts.npy"))
+            .arg("--weights")
+            .arg(weights)
+            .args(&extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {err}");
+        let last = err.lines().last().unwrap_or("");
+        assert!(last.contains(needle), "{extra:?}: {last}");
+        assert!(!err.contains("route:"), "{extra:?}: the work ran: {err}");
+    }
+    assert!(!out.exists());
+}

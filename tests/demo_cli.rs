@@ -286,3 +286,55 @@ fn demo_with_a_data_folder_without_the_files_names_the_missing_file() {
     );
     assert!(!out.path().join("demo").exists());
 }
+
+/// A model that does not fit the demo's data, or a `--seeds` of 0, is refused before the
+/// output folder is made, naming the model file and what does not fit.
+#[test]
+fn demo_refuses_a_model_that_does_not_fit_its_data_before_making_the_folder() {
+    use divnet::io::safetensors::write_safetensors;
+    use divnet::model::{Activation, Mlp};
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            vec![20, 8, 10],
+            "the model takes 20 inputs, but the demo's images have 784",
+        ),
+        (
+            vec![784, 8, 5],
+            "the model has 5 outputs, but the demo's labels go up to 9",
+        ),
+        (
+            vec![784, 8, 10],
+            "--sizes: cannot keep 10 neurons: the narrowest hidden layer",
+        ),
+    ];
+    for (i, (dims, needle)) in cases.iter().enumerate() {
+        let model = dir.path().join(format!("m{i}.safetensors"));
+        let mlp = Mlp::init(dims, Activation::Relu, 1);
+        write_safetensors(&model, &mlp.to_tensors(&Default::default()).unwrap()).unwrap();
+        let out = dir.path().join(format!("demo{i}"));
+        let result = Command::new(env!("CARGO_BIN_EXE_divnet"))
+            .args(TINY_DEMO)
+            .arg("--model")
+            .arg(&model)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert_eq!(result.status.code(), Some(2), "{stderr}");
+        let last = stderr.lines().last().unwrap_or("");
+        assert!(last.contains(needle), "{dims:?}: {last}");
+        if i < 2 {
+            assert!(last.contains(&model.display().to_string()), "{last}");
+        }
+        assert!(!out.exists(), "{dims:?}: the output folder was made");
+    }
+    let result = Command::new(env!("CARGO_BIN_EXE_divnet"))
+        .args(["demo", "--seeds", "0", "--out"])
+        .arg(dir.path().join("never"))
+        .output()
+        .unwrap();
+    assert_eq!(result.status.code(), Some(2));
+    assert!(!dir.path().join("never").exists());
+}

@@ -117,6 +117,14 @@ fn bad_input_is_one_line_and_exit_2() {
         &divnet(&["--kernel", missing.to_str().unwrap(), "-k", "1"]),
         "missing.npy",
     );
+
+    // The kernel options build a kernel from activations: given with a kernel, they would
+    // be ignored, so they are refused.
+    for option in [["--beta", "median"], ["--eps", "5"], ["--backend", "gpu"]] {
+        let mut args = vec!["--kernel", k, "-k", "2"];
+        args.extend(option);
+        assert_one_line_error(&divnet(&args), "cannot be used with");
+    }
 }
 
 #[test]

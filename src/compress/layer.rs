@@ -406,7 +406,8 @@ fn restore_next_weights(
 }
 
 /// The plan [`compress_layer_tensors`] would follow on these tensors (see [`plan_layer`]),
-/// after the same checks of the tensors, without reading the activations' data.
+/// after the same checks of the tensors (their values too: a weight that is not finite is
+/// the same error), without reading the activations' data.
 pub fn plan_layer_tensors(
     backend: &Backend,
     activations: &dyn RowSource,
@@ -414,6 +415,13 @@ pub fn plan_layer_tensors(
     opts: &LayerOptions,
 ) -> Result<LayerPlan> {
     let next_rows = check_tensors(activations.width(), tensors)?;
+    read_next_tensors(
+        tensors.file,
+        tensors.next,
+        activations.width(),
+        tensors.source,
+        tensors.activations,
+    )?;
     plan_layer(
         backend,
         activations.width(),

@@ -260,6 +260,7 @@ pub fn compress_mlp(
     progress: &mut dyn Progress,
 ) -> Result<(Mlp, CompressReport)> {
     let start = Instant::now();
+    opts.fusion.check()?;
     let hidden = mlp.layers.len().saturating_sub(1);
     if hidden == 0 {
         return Err(Error::invalid(

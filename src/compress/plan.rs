@@ -117,6 +117,7 @@ pub fn plan_layer(
     next_rows: &[usize],
     opts: &LayerOptions,
 ) -> Result<LayerPlan> {
+    opts.fusion.check()?;
     let selection = SelectionPlan::new(opts, n)?;
     let available = memory::available()?;
     let rss_at_plan = memory::current_rss();

@@ -511,10 +511,13 @@ impl<'a> LayerSelector<'a> {
                 } else {
                     DppSampler::new(self.spectrum_with_progress(progress)?).sample(&mut rng)
                 };
+                // The empty set is a legitimate draw, of probability prod_i 1 / (1 + lambda_i):
+                // one in two for a single neuron of eigenvalue 1. It compresses nothing.
                 if drawn.is_empty() {
-                    return Err(Error::Numerical(
-                        "the DPP drew an empty set (the kernel's eigenvalues are tiny): use kdpp"
-                            .into(),
+                    return Err(Error::invalid(
+                        "the DPP drew the empty set, which it does with probability \
+                         prod 1/(1 + lambda) over the kernel's eigenvalues (likely when they are \
+                         few or small): try another seed, or keep a fixed number with kdpp",
                     ));
                 }
                 drawn

@@ -38,9 +38,14 @@ pub struct Args {
     /// (default: the copy of those files built into the binary).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Model to compress (default: the shipped reference MLP, from --data if given).
+    /// Model to compress (default: the shipped reference MLP, from --data if given): an MLP
+    /// taking the 784 pixels and giving the 10 classes, ReLU between its layers.
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Layer prefixes of --model in order (e.g. fc1,fc2,fc3); inferred from the chain of
+    /// shapes if omitted.
+    #[arg(long, value_delimiter = ',', requires = "model")]
+    layers: Option<Vec<String>>,
     /// Output folder (created if missing).
     #[arg(long, default_value = "divnet-demo")]
     out: PathBuf,
@@ -48,7 +53,7 @@ pub struct Args {
     #[arg(long, default_value = "10,25,50,100,200,400")]
     sizes: String,
     /// Draws per random method (k-DPP, random).
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     seeds: u64,
     /// Use only the first N calibration images (default: all shipped, 5000).
     #[arg(long)]
@@ -79,7 +84,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(path) => (path.clone(), read_safetensors(path)?),
         None => (source.path(&MODEL), source.model(&MODEL)?),
     };
-    let model = Mlp::from_tensors(&file, None, Activation::Relu)?;
+    let model = Mlp::from_tensors(&file, args.layers.as_deref(), Activation::Relu).map_err(
+        |e| match e {
+            divnet::Error::InvalidInput(m) => divnet::Error::format(&model_path, m),
+            e => e,
+        },
+    )?;
     let mut calibration = source.inputs(&CALIBRATION_IMAGES)?;
     let mut calibration_labels = source.labels(&CALIBRATION_LABELS)?;
     if let Some(rows) = args.calibration_rows {
@@ -96,6 +106,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "{}: images and labels disagree in count",
         source.location().display()
     );
+    check_model_fits_data(&model, &model_path, &calibration, &test_labels, &sizes)?;
     let backend = select_backend(args.backend)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
@@ -193,6 +204,40 @@ fn curve_rows(s: &mut String, curves: &[&Curve], cell: impl Fn(&Curve, &Point) -
 
 fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Checks, before the output folder is made and any work starts, that the model can run on
+/// the demo's data: its inputs are the images' features, its outputs cover the labels, and
+/// every size in `--sizes` fits its hidden layers. Errors name the model file.
+fn check_model_fits_data(
+    model: &Mlp,
+    path: &std::path::Path,
+    images: &divnet::io::data::Inputs,
+    labels: &[u32],
+    sizes: &[usize],
+) -> anyhow::Result<()> {
+    let at = path.display();
+    anyhow::ensure!(
+        model.input_dim() == images.cols,
+        "{at}: the model takes {} inputs, but the demo's images have {} features",
+        model.input_dim(),
+        images.cols
+    );
+    let top = labels.iter().copied().max().unwrap_or(0) as usize;
+    anyhow::ensure!(
+        top < model.output_dim(),
+        "{at}: the model has {} outputs, but the demo's labels go up to {top}",
+        model.output_dim()
+    );
+    let hidden = &model.layers[..model.layers.len() - 1];
+    anyhow::ensure!(!hidden.is_empty(), "{at}: the model has no hidden layer");
+    let narrowest = hidden.iter().map(|l| l.out_dim).min().unwrap_or(0);
+    if let Some(k) = sizes.iter().find(|&&k| k > narrowest) {
+        anyhow::bail!(
+            "--sizes: cannot keep {k} neurons: the narrowest hidden layer of {at} has {narrowest}"
+        );
+    }
+    Ok(())
 }
 
 /// The terminal table: one block per scope, one row per variant, one column per size.

@@ -36,14 +36,14 @@ pub struct Args {
     #[arg(long, value_name = "A.npy")]
     activations: Option<PathBuf>,
     /// RBF bandwidth for --activations: paper (10 / m), median, or a positive number.
-    #[arg(long, default_value = "paper", requires = "activations")]
+    #[arg(long, default_value = "paper", conflicts_with = "kernel")]
     beta: Beta,
     /// Added to the kernel's diagonal for --activations, so that it is positive definite
     /// (as `divnet kernel --eps`).
-    #[arg(long, default_value_t = 1e-6, requires = "activations")]
+    #[arg(long, default_value_t = 1e-6, conflicts_with = "kernel")]
     eps: f64,
     /// Where to build the kernel for --activations.
-    #[arg(long, value_enum, default_value_t = BackendArg::Auto, requires = "activations")]
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto, conflicts_with = "kernel")]
     backend: BackendArg,
     /// Draw exactly K items from the k-DPP.
     #[arg(short, long, value_name = "K")]
