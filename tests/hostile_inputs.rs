@@ -449,10 +449,7 @@ fn compress_cases() -> Vec<Case> {
     let mut nan_weight = model_file();
     let mut w = nan_weight.get("fc2.weight").unwrap().to_f32().unwrap();
     w[3] = f32::NAN;
-    nan_weight.insert(
-        "fc2.weight".into(),
-        Tensor::from_f32(&w, vec![5, 6], Dtype::F32).unwrap(),
-    );
+    nan_weight.insert("fc2.weight".into(), raw_f32(&w, vec![5, 6]));
     // fc1 4 -> 6 followed by a layer that takes 7: no chain through all three layers.
     let mut broken_chain = TensorFile::default();
     for (name, tensor) in model_file().tensors {
@@ -993,10 +990,7 @@ fn compress_layer_cases() -> Vec<Case> {
                 {
                     let mut w = vec![0.5f32; 5 * 6];
                     w[8] = f32::NAN;
-                    model_with(
-                        "fc2.weight",
-                        Tensor::from_f32(&w, vec![5, 6], Dtype::F32).unwrap(),
-                    )
+                    model_with("fc2.weight", raw_f32(&w, vec![5, 6]))
                 },
                 None,
                 &["-k", "3", "--select", "fusion-greedy"],
@@ -1463,5 +1457,15 @@ fn absurd_chunk_rows_compress_in_one_chunk() {
         assert!(output.status.success(), "--chunk-rows {rows}: {stderr}");
         let mlp = Mlp::load(&out, None, Activation::Relu).unwrap();
         assert_eq!(mlp.dims(), vec![4, 2, 2, 3]);
+    }
+}
+
+/// An F32 tensor of `values` as raw bytes: [`Tensor::from_f32`] refuses NaN and infinities,
+/// which these tests plant on purpose.
+fn raw_f32(values: &[f32], shape: Vec<usize>) -> Tensor {
+    Tensor {
+        dtype: Dtype::F32,
+        shape,
+        bytes: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
     }
 }

@@ -296,9 +296,14 @@ fn bad_tensors_are_errors_naming_the_tensor() {
     let mut f = base.clone();
     let mut w = vec![0.5f32; 12];
     w[7] = f32::NAN;
+    // Raw bytes: encoding refuses a NaN.
     f.insert(
         "fc1.weight".into(),
-        Tensor::from_f32(&w, vec![3, 4], Dtype::F32).unwrap(),
+        Tensor {
+            dtype: Dtype::F32,
+            shape: vec![3, 4],
+            bytes: w.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        },
     );
     let msg = invalid_message(Mlp::from_tensors(&f, None, Activation::Relu));
     assert!(
@@ -947,4 +952,28 @@ fn train_and_evaluate_commands() {
         before,
         "a failed run left the output untouched"
     );
+}
+
+/// A normalisation between the layers (one value per neuron of a hidden layer, not a
+/// layer's own weight or bias) is refused by name: the MLP's forward pass would skip it.
+/// Other tensors, of other widths, are left alone.
+#[test]
+fn per_neuron_tensors_between_the_layers_are_refused() {
+    let base = state_dict(&["fc1", "fc2"], &[4, 3, 2], Dtype::F32, 1);
+    let mut f = base.clone();
+    f.insert(
+        "bn1.running_var".into(),
+        Tensor::from_f32(&[1.0; 3], vec![3], Dtype::F32).unwrap(),
+    );
+    let msg = invalid_message(Mlp::from_tensors(&f, None, Activation::Relu));
+    assert!(
+        msg.contains("bn1.running_var [3] has one value per neuron of fc1"),
+        "{msg}"
+    );
+    let mut f = base.clone();
+    f.insert(
+        "temperature".into(),
+        Tensor::from_f32(&[1.0; 5], vec![5], Dtype::F32).unwrap(),
+    );
+    Mlp::from_tensors(&f, None, Activation::Relu).unwrap();
 }

@@ -246,6 +246,35 @@ fn list(c: &[&Candidate]) -> String {
         .join(", ")
 }
 
+/// Refuses a file with a 1-D tensor of one value per neuron of a hidden layer that is not a
+/// layer's weight or bias: a normalisation between the layers (BatchNorm, LayerNorm), which
+/// the MLP's forward pass would skip (its statistics, its compression and its accuracy would
+/// be those of another network) and whose width compression would leave behind.
+fn check_no_per_neuron_tensors(file: &TensorFile, layers: &[Linear]) -> Result<()> {
+    let hidden = &layers[..layers.len().saturating_sub(1)];
+    let own: std::collections::HashSet<String> = layers
+        .iter()
+        .flat_map(|l| [tensor_name(&l.name, "weight"), tensor_name(&l.name, "bias")])
+        .collect();
+    for name in file.names() {
+        let Some(t) = file.get(name) else { continue };
+        let [width] = t.shape[..] else { continue };
+        if own.contains(name) {
+            continue;
+        }
+        if let Some(l) = hidden.iter().find(|l| l.out_dim == width) {
+            return Err(Error::invalid(format!(
+                "{name} [{width}] has one value per neuron of {} but is not a layer of the \
+                 MLP (a normalisation between layers?): divnet's MLP is Linear layers with one \
+                 elementwise activation between them; compress other networks layer by layer \
+                 with compress-layer",
+                l.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Finds up to two orderings of all candidates in which each layer's input width is the
 /// previous one's output width. Gives up (None) after a bounded search.
 fn shape_chains(cands: &[Candidate]) -> Option<Vec<Vec<usize>>> {
@@ -326,6 +355,7 @@ impl Mlp {
                 )));
             }
         }
+        check_no_per_neuron_tensors(file, &layers)?;
         Ok(Mlp { layers, activation })
     }
 
