@@ -294,7 +294,7 @@ fn bad_tensors_are_errors_naming_the_tensor() {
             .contains("fc1.bias has shape [4]")
     );
     let mut f = base.clone();
-    let mut w = vec![0.5f32; 12];
+    let mut w = [0.5f32; 12];
     w[7] = f32::NAN;
     // Raw bytes: encoding refuses a NaN.
     f.insert(
