@@ -977,3 +977,30 @@ fn per_neuron_tensors_between_the_layers_are_refused() {
     );
     Mlp::from_tensors(&f, None, Activation::Relu).unwrap();
 }
+
+/// Fine-tuning a bias-free model (`train --init`) trains its weights and keeps it bias-free:
+/// the saved model has the tensors it came with, so it loads into the same module. Layers
+/// with a bias train it.
+#[test]
+fn fine_tuning_keeps_a_bias_free_layer_without_a_bias() {
+    let (x, y) = blobs(120, 8);
+    let mut file = state_dict(&["fc1", "fc2"], &[6, 8, 3], Dtype::F32, 2);
+    file.remove("fc1.bias");
+    let mut mlp = Mlp::from_tensors(&file, None, Activation::Relu).unwrap();
+    let before = mlp.clone();
+    let cfg = TrainConfig {
+        epochs: 2,
+        batch_size: 16,
+        learning_rate: 1e-2,
+        optimizer: Optimizer::Adam,
+        seed: 1,
+    };
+    train(&mut mlp, &x, 120, &y, &cfg, &mut |_, _| {}, &mut |_| {}).unwrap();
+    assert!(mlp.layers[0].bias.iter().all(|&b| b == 0.0));
+    assert_ne!(mlp.layers[0].weight, before.layers[0].weight);
+    assert_ne!(mlp.layers[1].bias, before.layers[1].bias);
+    let out = mlp.to_tensors(&file).unwrap();
+    let mut names: Vec<&str> = out.names().collect();
+    names.sort_unstable();
+    assert_eq!(names, ["fc1.weight", "fc2.bias", "fc2.weight"]);
+}

@@ -255,10 +255,6 @@ pub fn train(
             )));
         }
     }
-    // Every layer now stores a bias (it is trained).
-    for l in &mut mlp.layers {
-        l.has_bias = true;
-    }
     let d = mlp.input_dim();
     let classes = mlp.output_dim();
     let nl = mlp.layers.len();
@@ -358,14 +354,18 @@ pub fn train(
                     &mut s.m_w,
                     &mut s.v_w,
                 );
-                update(
-                    cfg,
-                    step,
-                    &mut layer.bias,
-                    &grad_b[i],
-                    &mut s.m_b,
-                    &mut s.v_b,
-                );
+                // A layer without a bias (a bias-free model given to fine-tune) stays
+                // without one, so that the model keeps its tensors.
+                if layer.stores_bias() {
+                    update(
+                        cfg,
+                        step,
+                        &mut layer.bias,
+                        &grad_b[i],
+                        &mut s.m_b,
+                        &mut s.v_b,
+                    );
+                }
             }
             on_batch(epoch * batches + bi + 1, total);
         }
