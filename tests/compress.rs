@@ -158,6 +158,27 @@ fn bad_keep_requests_are_errors() {
     }
     let opts = CompressOptions::new(vec![KeepSpec::Count(2), KeepSpec::Count(2)]);
     assert!(compress_mlp(&Backend::Cpu, &mlp, &x, 40, &opts, &mut NoProgress).is_err());
+
+    // Every layer's size is checked before any work, and the error names the layer: the
+    // progress sees no stage start.
+    struct Stages(Vec<String>);
+    impl divnet::progress::Progress for Stages {
+        fn start(&mut self, stage: &str, _total: u64) {
+            self.0.push(stage.into());
+        }
+        fn advance(&mut self, _n: u64) {}
+        fn finish(&mut self) {}
+    }
+    let deep = Mlp::init(&[3, 6, 4, 2], Activation::Relu, 7);
+    let opts = CompressOptions::new(vec![KeepSpec::Count(3), KeepSpec::Count(5)]);
+    let mut stages = Stages(Vec::new());
+    let err = compress_mlp(&Backend::Cpu, &deep, &x, 40, &opts, &mut stages).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("fc2: cannot keep 5 of 4 neurons"),
+        "{err}"
+    );
+    assert!(stages.0.is_empty(), "work started: {:?}", stages.0);
 }
 
 #[test]

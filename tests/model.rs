@@ -1004,3 +1004,30 @@ fn fine_tuning_keeps_a_bias_free_layer_without_a_bias() {
     names.sort_unstable();
     assert_eq!(names, ["fc1.weight", "fc2.bias", "fc2.weight"]);
 }
+
+/// A label in the billions is not a class count to build a network for: `train` names the
+/// labels file (it blamed `--hidden` for a network too big to train).
+#[test]
+fn train_names_the_labels_file_for_a_label_far_beyond_a_class_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let (x, _) = blobs(4, 1);
+    let xp = dir.path().join("x.npy");
+    let yp = dir.path().join("huge.npy");
+    divnet::io::npy::write_npy(&xp, &[4, 6], &x).unwrap();
+    divnet::io::npy::write_npy(&yp, &[4], &[0i64, 1, 2, i32::MAX as i64]).unwrap();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_divnet"))
+        .args(["train", "--hidden", "4", "--data"])
+        .arg(&xp)
+        .arg("--labels")
+        .arg(&yp)
+        .arg("--out")
+        .arg(dir.path().join("never.safetensors"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("huge.npy: the largest label is 2147483647"),
+        "{err}"
+    );
+}

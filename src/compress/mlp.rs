@@ -267,90 +267,40 @@ pub fn compress_mlp(
             "the model has a single layer: there is no hidden layer to compress",
         ));
     }
+    // Every layer's size is checked before any work: a bad -k for the last layer is not
+    // found after the first has been compressed.
+    let layer_opts = (0..hidden)
+        .map(|layer| {
+            let spec = opts.keep_for(layer, hidden)?;
+            if *spec == KeepSpec::All {
+                return Ok(None);
+            }
+            let layer_opts = LayerOptions {
+                method: opts.method,
+                keep: spec.clone(),
+                fusion: opts.fusion,
+                beta: opts.beta,
+                eps: opts.eps,
+                seed: opts.seed.wrapping_add(layer as u64),
+                cpu_fallback: false,
+                route: Some(super::Route::OnePass),
+            };
+            SelectionPlan::new(&layer_opts, mlp.layers[layer].out_dim)
+                .map_err(|e| in_layer(&mlp.layers[layer].name, e))?;
+            Ok(Some(layer_opts))
+        })
+        .collect::<Result<Vec<_>>>()?;
     let mut out = mlp.clone();
     let mut reports = Vec::new();
-    for layer in 0..hidden {
-        let spec = opts.keep_for(layer, hidden)?;
-        if *spec == KeepSpec::All {
+    for (layer, layer_opts) in layer_opts.iter().enumerate() {
+        let Some(layer_opts) = layer_opts else {
             continue;
-        }
-        let n = out.layers[layer].out_dim;
-        let layer_opts = LayerOptions {
-            method: opts.method,
-            keep: spec.clone(),
-            fusion: opts.fusion,
-            beta: opts.beta,
-            eps: opts.eps,
-            seed: opts.seed.wrapping_add(layer as u64),
-            cpu_fallback: false,
-            route: Some(super::Route::OnePass),
         };
-        let plan = SelectionPlan::new(&layer_opts, n)?;
-        let mut work = LayerWork::new(backend, false);
-
-        let t = Instant::now();
-        let obs = observe_hidden_layer(
-            backend,
-            &out,
-            x,
-            m,
-            layer,
-            opts.chunk_rows,
-            plan.needs_kernel(&layer_opts),
-            progress,
-        )?;
-        work.stage("observe", t);
-
-        let next = &out.layers[layer + 1];
-        let next = NextLayer {
-            weight: &next.weight,
-            bias: next.has_bias.then_some(next.bias.as_slice()),
-            n_out: next.out_dim,
-            n_in: next.in_dim,
-        };
-        let selected = select_neurons(
-            &mut work,
-            Some(&obs.stats),
-            obs.distances,
-            next,
-            &plan,
-            &layer_opts,
-            layer_opts.seed,
-            progress,
-        )?;
-        let fused = fuse_from_gram(
-            &mut work,
-            &obs.stats,
-            &selected.kept,
-            next,
-            &layer_opts,
-            progress,
-        )?;
-        let (ridge, relative_error) = (fused.ridge, fused.relative_error);
-        replace_layer(&mut out, layer, &selected.kept, fused);
-
-        reports.push(LayerReport {
-            name: out.layers[layer].name.clone(),
-            index: layer,
-            neurons_before: n,
-            samples: m,
-            diversity: selected.diversity,
-            eigen_path: selected.eigen_path,
-            kept: selected.kept,
-            method: if matches!(spec, KeepSpec::Indices(_)) {
-                "given".into()
-            } else {
-                opts.method.name().into()
-            },
-            fusion: fusion_name(opts.fusion.mode).into(),
-            beta: selected.beta,
-            ridge,
-            relative_error,
-            route: super::Route::OnePass.name().into(),
-            memory: work.memory_report(None),
-            seconds: work.seconds,
-            notes: work.notes,
-        });
+        let name = out.layers[layer].name.clone();
+        let report =
+            compress_hidden_layer(backend, &mut out, x, m, layer, layer_opts, opts, progress)
+                .map_err(|e| in_layer(&name, e))?;
+        reports.push(report);
     }
     let report = CompressReport {
         backend: backend.name().into(),
@@ -361,4 +311,95 @@ pub fn compress_mlp(
         seconds: start.elapsed().as_secs_f64(),
     };
     Ok((out, report))
+}
+
+/// Compresses hidden layer `layer` of `out` in place (observed through the layers before it,
+/// as they are now) and returns its report; [`compress_mlp`]'s loop body.
+#[allow(clippy::too_many_arguments)]
+fn compress_hidden_layer(
+    backend: &Backend,
+    out: &mut Mlp,
+    x: &[f32],
+    m: usize,
+    layer: usize,
+    layer_opts: &LayerOptions,
+    opts: &CompressOptions,
+    progress: &mut dyn Progress,
+) -> Result<LayerReport> {
+    let n = out.layers[layer].out_dim;
+    let plan = SelectionPlan::new(layer_opts, n)?;
+    let mut work = LayerWork::new(backend, false);
+
+    let t = Instant::now();
+    let obs = observe_hidden_layer(
+        backend,
+        out,
+        x,
+        m,
+        layer,
+        opts.chunk_rows,
+        plan.needs_kernel(layer_opts),
+        progress,
+    )?;
+    work.stage("observe", t);
+
+    let next = &out.layers[layer + 1];
+    let next = NextLayer {
+        weight: &next.weight,
+        bias: next.has_bias.then_some(next.bias.as_slice()),
+        n_out: next.out_dim,
+        n_in: next.in_dim,
+    };
+    let selected = select_neurons(
+        &mut work,
+        Some(&obs.stats),
+        obs.distances,
+        next,
+        &plan,
+        layer_opts,
+        layer_opts.seed,
+        progress,
+    )?;
+    let fused = fuse_from_gram(
+        &mut work,
+        &obs.stats,
+        &selected.kept,
+        next,
+        layer_opts,
+        progress,
+    )?;
+    let (ridge, relative_error) = (fused.ridge, fused.relative_error);
+    replace_layer(out, layer, &selected.kept, fused);
+
+    Ok(LayerReport {
+        name: out.layers[layer].name.clone(),
+        index: layer,
+        neurons_before: n,
+        samples: m,
+        diversity: selected.diversity,
+        eigen_path: selected.eigen_path,
+        kept: selected.kept,
+        method: if matches!(layer_opts.keep, KeepSpec::Indices(_)) {
+            "given".into()
+        } else {
+            opts.method.name().into()
+        },
+        fusion: fusion_name(opts.fusion.mode).into(),
+        beta: selected.beta,
+        ridge,
+        relative_error,
+        route: super::Route::OnePass.name().into(),
+        memory: work.memory_report(None),
+        seconds: work.seconds,
+        notes: work.notes,
+    })
+}
+
+/// `e` with the name of the hidden layer it concerns in front of its message.
+fn in_layer(name: &str, e: Error) -> Error {
+    match e {
+        Error::InvalidInput(m) => Error::InvalidInput(format!("{name}: {m}")),
+        Error::Numerical(m) => Error::Numerical(format!("{name}: {m}")),
+        e => e,
+    }
 }

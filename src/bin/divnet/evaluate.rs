@@ -62,13 +62,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         None => None,
     };
     // The evaluation, and with a reference, its path and the share of samples that agree.
+    let running = || {
+        format!(
+            "running {} on {}",
+            args.model.display(),
+            args.data.display()
+        )
+    };
     let (ev, agreement) = match &reference {
         Some((path, predictions)) => {
             let (ev, agreement) =
-                evaluate_against(&mlp, &inputs.data, inputs.rows, &labels, predictions)?;
+                evaluate_against(&mlp, &inputs.data, inputs.rows, &labels, predictions)
+                    .with_context(running)?;
             (ev, Some((path, agreement)))
         }
-        None => (evaluate(&mlp, &inputs.data, inputs.rows, &labels)?, None),
+        None => (
+            evaluate(&mlp, &inputs.data, inputs.rows, &labels).with_context(running)?,
+            None,
+        ),
     };
     println!(
         "model {} ({} parameters, widths {:?})",

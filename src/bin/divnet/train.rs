@@ -87,6 +87,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
             let seen = labels.iter().max().map_or(0, |&l| l as usize + 1);
             let classes = match args.classes {
+                // Labels are class indices 0..C-1: a label in the millions is not a class
+                // count a network is made for, and would otherwise surface as a model too big
+                // for --hidden.
+                None if seen > MAX_INFERRED_CLASSES => anyhow::bail!(
+                    "{}: the largest label is {}, so a new model would need {seen} outputs: labels \
+                     must be class indices 0, 1, ... (give --classes to insist)",
+                    args.labels.display(),
+                    seen - 1
+                ),
                 None => seen,
                 Some(0) => anyhow::bail!("--classes: must be at least 1"),
                 Some(c) if c < seen => anyhow::bail!(
@@ -163,6 +172,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// The most classes `train` infers from the labels without `--classes`.
+const MAX_INFERRED_CLASSES: usize = 100_000;
 
 /// A few characters of `--hidden` can ask for more parameters than memory holds; say so
 /// instead of letting the allocator abort the process (training needs about 4 copies:
