@@ -99,7 +99,10 @@ pub struct FusedLayer {
     /// The ridge actually added (0 for Prune).
     pub ridge: f64,
     /// ||Z - Z'||_F / ||Z||_F of the next layer's pre-activation on the calibration set,
-    /// computed from G and s without a second pass over the data.
+    /// computed from G and s without a second pass over the data. It is a difference of
+    /// energies taken from statistics summed in f32, so it resolves errors down to about
+    /// 1e-4 (a review measured 8e-5 and 1.5e-4 reported for fusions whose error on the data
+    /// was 2e-6 and 6e-7); above that, it matches the error on the data to about 1e-6.
     pub relative_error: f64,
 }
 

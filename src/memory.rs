@@ -347,9 +347,12 @@ impl MemoryPlan {
             return Ok(());
         }
         Err(Error::invalid(format!(
-            "{} needs {}; {}",
+            "{} needs {}, {} with a margin of {:.0}% and {} MB for what is not itemised; {}",
             self.subject,
             self.describe_peak(),
+            gb(self.need_with_margin()),
+            MARGIN_FRACTION * 100.0,
+            MARGIN_BYTES >> 20,
             available.describe()
         )))
     }
@@ -551,7 +554,8 @@ mod tests {
             msg,
             "a layer of 32768 neurons needs 10.7 GB at its peak (select: the kernel L \
              (32768 x 32768 f64) 8.6 GB, plus greedy's Cholesky rows (8192 x 32768 f64) \
-             2.1 GB); 6.2 GB is available (test)"
+             2.1 GB), 11.9 GB with a margin of 10% and 100 MB for what is not itemised; 6.2 GB \
+             is available (test)"
         );
     }
 

@@ -1085,3 +1085,62 @@ fn a_dry_run_refuses_what_the_run_refuses() {
     }
     assert!(!out.exists());
 }
+
+/// F64 next layers keep their precision where the compression leaves an entry alone: plain
+/// pruning copies the kept columns and the bias bit for bit, and so does fusion when every
+/// neuron is kept (divnet computes in f32; entries it changes carry the change at that
+/// precision).
+#[test]
+fn f64_next_layers_keep_their_values_where_nothing_changes() {
+    let f = Fixture::new(9);
+    let mut model = f.model.clone();
+    let mut rng = ChaCha8Rng::seed_from_u64(10);
+    let w: Vec<f64> = (0..N_OUT * N)
+        .map(|_| rng.random_range(-1.0..1.0))
+        .collect();
+    let b: Vec<f64> = (0..N_OUT).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let f64_tensor = |v: &[f64], shape: Vec<usize>| Tensor {
+        dtype: Dtype::F64,
+        shape,
+        bytes: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+    };
+    model.insert("down.weight".into(), f64_tensor(&w, vec![N_OUT, N]));
+    model.insert("down.bias".into(), f64_tensor(&b, vec![N_OUT]));
+    write_safetensors(&f.path("model.safetensors"), &model).unwrap();
+    let f64_values = |t: &Tensor| -> Vec<f64> {
+        t.bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let keep = [1usize, 4, 6, 9, 12];
+    std::fs::write(f.path("keep.json"), serde_json::to_string(&keep).unwrap()).unwrap();
+    let all: Vec<usize> = (0..N).collect();
+    std::fs::write(f.path("all.json"), serde_json::to_string(&all).unwrap()).unwrap();
+    for (list, extra, kept) in [
+        ("keep.json", vec!["--no-fusion"], &keep[..]),
+        ("all.json", vec![], &all[..]),
+    ] {
+        let out = f.path("out.safetensors");
+        let (list_path, out_path) = (f.path(list), out.to_str().unwrap().to_string());
+        let mut args = vec![
+            "--next",
+            "down",
+            "--keep",
+            list_path.to_str().unwrap(),
+            "--out",
+            &out_path,
+        ];
+        args.extend(extra);
+        ok(&f.run(&args));
+        let file = read_safetensors(&out).unwrap();
+        let got = f64_values(file.get("down.weight").unwrap());
+        let k = kept.len();
+        for o in 0..N_OUT {
+            for (i, &y) in kept.iter().enumerate() {
+                assert_eq!(got[o * k + i], w[o * N + y], "{list}: [{o}, {i}]");
+            }
+        }
+        assert_eq!(f64_values(file.get("down.bias").unwrap()), b, "{list}");
+    }
+}

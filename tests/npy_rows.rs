@@ -277,3 +277,26 @@ fn the_header_is_checked_as_read_matrix_checks_it() {
         Err(Error::Io { path, .. }) if path == missing
     ));
 }
+
+/// An f64 activation beyond f32's range is named with its own value, in C and Fortran order
+/// and in any chunk (it arrived as an infinity in the rows, and was reported as a NaN or Inf).
+#[test]
+fn an_f64_beyond_f32_is_named_with_its_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let (m, n) = (17, 5);
+    for fortran in [false, true] {
+        let mut values = activations(m, n, 5);
+        values[9 * n + 2] = -1e300;
+        let path = npy_file(dir.path(), "big.npy", &values, (m, n), Dtype::F64, fortran);
+        for chunk_rows in [1, 4, m] {
+            let mut reader = NpyRowReader::open(&path)
+                .unwrap()
+                .with_chunk_rows(chunk_rows);
+            let err = format_message(reader.pass(&mut |_| Ok(())).unwrap_err(), &path);
+            assert!(
+                err.starts_with("value at row 9, column 2 is -1e300: activations must be at most"),
+                "fortran {fortran}, chunks of {chunk_rows}: {err}"
+            );
+        }
+    }
+}

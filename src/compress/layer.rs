@@ -355,19 +355,47 @@ fn encode_fused(
                 )
             })
         };
-        encoded.push((
-            w_name.clone(),
-            encode(&w_name, &fused.weight, vec![n_out, k], w_dtype)?,
-            false,
-        ));
+        let n = read.weight.len() / n_out.max(1);
+        let mut weight = encode(&w_name, &fused.weight, vec![n_out, k], w_dtype)?;
+        keep_f64_precision(&mut weight, file.get(&w_name), &fused.weight, |e| {
+            (e / k) * n + outcome.kept[e % k]
+        });
+        encoded.push((w_name.clone(), weight, false));
         let b_name = tensor_name(name, "bias");
         if read.bias.is_some() || fused.bias.iter().any(|&b| b != 0.0) {
             let dtype = file.get(&b_name).map_or(w_dtype, |t| t.dtype);
-            let tensor = encode(&b_name, &fused.bias, vec![n_out], dtype)?;
-            encoded.push((b_name, tensor, read.bias.is_none()));
+            let mut bias = encode(&b_name, &fused.bias, vec![n_out], dtype)?;
+            keep_f64_precision(&mut bias, file.get(&b_name), &fused.bias, |o| o);
+            encoded.push((b_name, bias, read.bias.is_none()));
         }
     }
     Ok(encoded)
+}
+
+/// For an F64 tensor, the precision the computation in f32 would lose: entry e of `encoded`
+/// (from the f32 values `fused`) that is entry `source(e)` of the `original` F64 tensor
+/// takes the original's f64 value, plus the change fusion made to it (`fused` minus the
+/// original rounded to f32). An entry fusion leaves alone (plain pruning, or a neuron the
+/// fusion does not move) is copied exactly; a changed one carries the change at f32
+/// precision. Other dtypes hold no more than f32: nothing to do.
+fn keep_f64_precision(
+    encoded: &mut Tensor,
+    original: Option<&Tensor>,
+    fused: &[f32],
+    source: impl Fn(usize) -> usize,
+) {
+    let Some(original) = original.filter(|t| t.dtype == Dtype::F64 && encoded.dtype == Dtype::F64)
+    else {
+        return;
+    };
+    let value = |bytes: &[u8], i: usize| {
+        f64::from_le_bytes(bytes[8 * i..8 * i + 8].try_into().expect("8 bytes"))
+    };
+    for (e, &new) in fused.iter().enumerate() {
+        let before = value(&original.bytes, source(e));
+        let after = before + (new as f64 - before as f32 as f64);
+        encoded.bytes[8 * e..8 * e + 8].copy_from_slice(&after.to_le_bytes());
+    }
 }
 
 /// Empties the stored weights of the next layers `names` whose f32 copies are exact (F32,

@@ -241,7 +241,8 @@ fn parse_header(bytes: &[u8]) -> std::result::Result<Header, String> {
     let descr = descr.trim_matches(|c| c == '\'' || c == '"');
     let dtype = NpyDtype::parse(descr).ok_or_else(|| {
         format!(
-            "unsupported dtype {descr:?}: expected <f2, <f4, <f8, |u1, <i4 or <i8 (little-endian)"
+            "unsupported dtype {descr:?}: expected little-endian floats (<f2, <f4, <f8), or for \
+             labels integers (|u1, <i4, <i8)"
         )
     })?;
     let fortran =
@@ -582,12 +583,22 @@ impl RowSource for NpyRowReader {
             values.decode_into(dtype, &raw, count, n, fortran);
             if let Some((k, value)) = values.rows().first_unusable() {
                 let (row, column) = (first + k / n, k % n);
-                return Err(if value.is_finite() {
+                // An f64 beyond f32's range arrives as an infinity: the file's own value
+                // says which it was.
+                let stored = match dtype {
+                    NpyDtype::F64 => {
+                        let (r, c) = (k / n, k % n);
+                        let at = if fortran { c * count + r } else { r * n + c };
+                        f64::from_le_bytes(raw[8 * at..8 * at + 8].try_into().expect("8 bytes"))
+                    }
+                    _ => value as f64,
+                };
+                return Err(if stored.is_finite() {
                     Error::format(
                         &self.path,
                         format!(
                             "value at row {row}, column {column} is {}",
-                            too_large(value)
+                            too_large(stored)
                         ),
                     )
                 } else {

@@ -200,7 +200,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Ok(out)
         });
         bar.finish_and_clear();
-        lines?
+        lines.with_context(|| source.clone())?
     };
 
     write_lines(&args, &lines)
