@@ -99,7 +99,7 @@ pub(crate) fn usable_activation(x: f32) -> bool {
 }
 
 /// What is wrong with a finite activation the statistics do not take, for error messages.
-pub(crate) fn too_large(value: f64) -> String {
+pub(crate) fn too_large(value: impl std::fmt::LowerExp) -> String {
     format!(
         "{value:e}: activations must be at most {MAX_ACTIVATION:e} in size (the statistics' \
          f32 products overflow beyond); scale them down"
@@ -112,7 +112,7 @@ pub(crate) fn unusable_activation(row: usize, neuron: usize, value: f32) -> Erro
     if value.is_finite() {
         Error::invalid(format!(
             "activation at row {row}, neuron {neuron} is {}",
-            too_large(value as f64)
+            too_large(value)
         ))
     } else {
         Error::invalid(format!(

@@ -598,3 +598,19 @@ fn encoding_refuses_values_the_dtype_cannot_hold() {
     let err = Tensor::from_f32(&[3.4e38], vec![1], Dtype::BF16).unwrap_err();
     assert!(err.to_string().contains("does not fit BF16"), "{err}");
 }
+
+/// Inputs are read as f32: an f64 input beyond its range is named with its value (it was an
+/// infinity, reported later as a diverged training or an overflowing loss).
+#[test]
+fn an_f64_input_beyond_f32_is_named_with_its_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut values = vec![0.5f64; 12];
+    values[7] = 4e39;
+    let path = dir.path().join("x.npy");
+    write_npy(&path, &[3, 4], &values).unwrap();
+    let err = read_inputs(&path).unwrap_err().to_string();
+    assert!(
+        err.contains("x.npy: value at row 1, column 3 is 4e39, beyond f32's range"),
+        "{err}"
+    );
+}

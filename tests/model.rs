@@ -976,6 +976,18 @@ fn per_neuron_tensors_between_the_layers_are_refused() {
         Tensor::from_f32(&[1.0; 5], vec![5], Dtype::F32).unwrap(),
     );
     Mlp::from_tensors(&f, None, Activation::Relu).unwrap();
+    // A second head beside the layers --layers picks: its bias is a Linear layer's own.
+    let mut f = base.clone();
+    f.insert(
+        "aux.weight".into(),
+        Tensor::from_f32(&[0.5; 12], vec![3, 4], Dtype::F32).unwrap(),
+    );
+    f.insert(
+        "aux.bias".into(),
+        Tensor::from_f32(&[0.0; 3], vec![3], Dtype::F32).unwrap(),
+    );
+    let order = ["fc1".to_string(), "fc2".to_string()];
+    Mlp::from_tensors(&f, Some(&order), Activation::Relu).unwrap();
 }
 
 /// Fine-tuning a bias-free model (`train --init`) trains its weights and keeps it bias-free:

@@ -34,11 +34,22 @@ pub fn inputs_from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Inputs> {
         drop(bytes);
         check_float_matrix(path, &a)?;
         let (rows, cols) = (a.shape[0], a.shape[1]);
-        Ok(Inputs {
-            data: a.to_f32(),
-            rows,
-            cols,
-        })
+        let data = a.to_f32();
+        // Finite in the file, an infinity in f32: an f64 beyond f32's range.
+        if let (Some(i), NpyData::F64(values)) = (data.iter().position(|v| !v.is_finite()), &a.data)
+        {
+            return Err(Error::format(
+                path,
+                format!(
+                    "value at row {}, column {} is {:e}, beyond f32's range (3.4e38), in which \
+                     inputs are read",
+                    i / cols,
+                    i % cols,
+                    values[i]
+                ),
+            ));
+        }
+        Ok(Inputs { data, rows, cols })
     } else {
         let a = parse_idx(&bytes).map_err(|m| Error::format(path, m))?;
         drop(bytes);

@@ -586,21 +586,23 @@ impl RowSource for NpyRowReader {
                 // An f64 beyond f32's range arrives as an infinity: the file's own value
                 // says which it was.
                 let stored = match dtype {
-                    NpyDtype::F64 => {
+                    NpyDtype::F64 if !value.is_finite() => {
                         let (r, c) = (k / n, k % n);
                         let at = if fortran { c * count + r } else { r * n + c };
                         f64::from_le_bytes(raw[8 * at..8 * at + 8].try_into().expect("8 bytes"))
                     }
                     _ => value as f64,
                 };
-                return Err(if stored.is_finite() {
+                let too_large_as = |shown: String| {
                     Error::format(
                         &self.path,
-                        format!(
-                            "value at row {row}, column {column} is {}",
-                            too_large(stored)
-                        ),
+                        format!("value at row {row}, column {column} is {shown}"),
                     )
+                };
+                return Err(if value.is_finite() {
+                    too_large_as(too_large(value))
+                } else if stored.is_finite() {
+                    too_large_as(too_large(stored))
                 } else {
                     non_finite_value(&self.path, row, column)
                 });

@@ -252,9 +252,15 @@ fn list(c: &[&Candidate]) -> String {
 /// be those of another network) and whose width compression would leave behind.
 fn check_no_per_neuron_tensors(file: &TensorFile, layers: &[Linear]) -> Result<()> {
     let hidden = &layers[..layers.len().saturating_sub(1)];
-    let own: std::collections::HashSet<String> = layers
-        .iter()
-        .flat_map(|l| [tensor_name(&l.name, "weight"), tensor_name(&l.name, "bias")])
+    // The bias of any Linear layer in the file (a 2-D NAME.weight), in the MLP or not (a
+    // second head beside the layers --layers picks), is a layer's own.
+    let own: std::collections::HashSet<String> = weight_prefixes(file)
+        .into_iter()
+        .filter(|p| {
+            file.get(&tensor_name(p, "weight"))
+                .is_some_and(|t| t.shape.len() == 2)
+        })
+        .flat_map(|p| [tensor_name(&p, "weight"), tensor_name(&p, "bias")])
         .collect();
     for name in file.names() {
         let Some(t) = file.get(name) else { continue };

@@ -76,9 +76,12 @@ pub const RESIDUAL_VARIANCE_TOL: f64 = 1e-4;
 
 /// Centred variance, relative to the second moment `G_jj`, at or below which a neuron is a
 /// constant: what is left of a constant's centred variance is rounding of the f64 sums
-/// (measured: 0 with the CPU engine, up to 6e-14 of `G_jj` with the GPU engine), while a
-/// neuron whose spread is 3e-6 of its mean, a few f32 steps, is still above it.
-pub const CONSTANT_VARIANCE_TOL: f64 = 1e-11;
+/// (measured: 0 with the CPU engine, up to 6e-14 of `G_jj` with the GPU engine; the
+/// tolerance sits 16 times above), while a neuron whose spread is 1e-6 of its mean, about 16
+/// f32 steps (mean 1000, spread 0.001), is above it. At 1e-11 a review's neuron of mean 1000
+/// and spread 0.002 (183 distinct values), which the next layer read, was taken for a
+/// constant.
+pub const CONSTANT_VARIANCE_TOL: f64 = 1e-12;
 
 /// The residual variance at or below which neuron j adds nothing: [`RESIDUAL_VARIANCE_TOL`]
 /// of its centred variance `centred`, and at least [`CONSTANT_VARIANCE_TOL`] of its second
