@@ -322,6 +322,16 @@ fn fusion_greedy_through_compress_mlp_predicts_the_next_layers_error() {
 
 /// `divnet compress --select fusion-greedy` as a user runs it: the report names the method
 /// and gives each layer's error, the model shrinks as asked.
+/// `divnet compress --backend cpu` on `model` and `calib`, for the caller's other options.
+fn compress_command(model: &std::path::Path, calib: &std::path::Path) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_divnet"));
+    c.args(["compress", "--backend", "cpu", "--model"])
+        .arg(model)
+        .arg("--calibration")
+        .arg(calib);
+    c
+}
+
 #[test]
 fn compress_cli_runs_fusion_greedy() {
     let dir = tempfile::tempdir().unwrap();
@@ -331,21 +341,8 @@ fn compress_cli_runs_fusion_greedy() {
     let calib = dir.path().join("c.npy");
     divnet::io::npy::write_npy(&calib, &[120, 5], &random_inputs(120, 5, 32)).unwrap();
     let (out, rep) = (dir.path().join("o.safetensors"), dir.path().join("r.json"));
-    let run = std::process::Command::new(env!("CARGO_BIN_EXE_divnet"))
-        .args([
-            "compress",
-            "--select",
-            "fusion-greedy",
-            "-k",
-            "6,4",
-            "--backend",
-            "cpu",
-        ])
-        .arg("--model")
-        .arg(&model)
-        .arg("--calibration")
-        .arg(&calib)
-        .arg("--out")
+    let run = compress_command(&model, &calib)
+        .args(["--select", "fusion-greedy", "-k", "6,4", "--out"])
         .arg(&out)
         .arg("--report")
         .arg(&rep)
@@ -370,13 +367,8 @@ fn compress_cli_runs_fusion_greedy() {
     assert_eq!(dims, vec![6, 4, 3]);
 
     // --dpp is --select dpp: another method beside it is refused, not overridden.
-    let conflict = std::process::Command::new(env!("CARGO_BIN_EXE_divnet"))
-        .args(["compress", "--select", "fusion-greedy", "--dpp"])
-        .arg("--model")
-        .arg(&model)
-        .arg("--calibration")
-        .arg(&calib)
-        .arg("--out")
+    let conflict = compress_command(&model, &calib)
+        .args(["--select", "fusion-greedy", "--dpp", "--out"])
         .arg(dir.path().join("never.safetensors"))
         .output()
         .unwrap();
@@ -902,21 +894,8 @@ fn compress_cli_refuses_fused_weights_the_dtype_cannot_hold() {
     divnet::io::npy::write_npy(&calib, &[200, 6], &random_inputs(200, 6, 4)).unwrap();
     let (out, rep) = (dir.path().join("o.safetensors"), dir.path().join("r.json"));
     let run = |report: &std::path::Path| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_divnet"))
-            .args([
-                "compress",
-                "--select",
-                "fusion-greedy",
-                "-k",
-                "3",
-                "--backend",
-                "cpu",
-            ])
-            .arg("--model")
-            .arg(&model)
-            .arg("--calibration")
-            .arg(&calib)
-            .arg("--out")
+        compress_command(&model, &calib)
+            .args(["--select", "fusion-greedy", "-k", "3", "--out"])
             .arg(&out)
             .arg("--report")
             .arg(report)

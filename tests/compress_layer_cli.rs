@@ -199,6 +199,20 @@ fn ok(out: &Output) -> &Output {
     out
 }
 
+/// Asserts that the command was refused (exit 2) with one last line `divnet: error: ...`
+/// containing every one of `needles` (`what` says which case, for messages); returns the
+/// whole stderr.
+fn refused(out: &Output, needles: &[&str], what: &str) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{what}: {err}");
+    let last = err.lines().last().unwrap_or("");
+    assert!(last.starts_with("divnet: error: "), "{what}: {last:?}");
+    for needle in needles {
+        assert!(last.contains(needle), "{what}: {last:?} lacks {needle:?}");
+    }
+    err
+}
+
 fn report(path: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
 }
@@ -534,14 +548,7 @@ fn bad_inputs_fail_with_one_line_and_no_output() {
     for (args, needle) in cases {
         let mut all = args.clone();
         all.extend(["--out", out]);
-        let o = f.run(&all);
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
-        let last = err.lines().last().unwrap_or("");
-        assert!(
-            last.starts_with("divnet: error: ") && last.contains(needle),
-            "{args:?}: {last:?} lacks {needle:?}"
-        );
+        refused(&f.run(&all), &[needle], &format!("{args:?}"));
         assert!(!out_path.exists(), "{args:?} left an output file");
     }
 }
@@ -959,14 +966,7 @@ fn outputs_are_checked_first_and_written_together() {
     for (args, needle) in cases {
         let mut all = vec!["--next", "down", "-k", "4"];
         all.extend(args.iter().copied());
-        let o = f.run(&all);
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
-        let last = err.lines().last().unwrap_or("");
-        assert!(
-            last.starts_with("divnet: error: ") && last.contains(needle),
-            "{args:?}: {last:?} lacks {needle:?}"
-        );
+        let err = refused(&f.run(&all), &[needle], &format!("{args:?}"));
         // Refused before the work, whose summary starts with the route it took.
         assert!(!err.contains("route:"), "{args:?}: {err}");
         assert_eq!(std::fs::read(&model).unwrap(), b"the previous model");
@@ -1017,12 +1017,11 @@ fn fused_weights_beyond_the_dtype_are_refused() {
         ],
         &[],
     );
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
-    let last = err.lines().last().unwrap_or("");
-    for needle in ["model.safetensors", "down.weight", "does not fit F16"] {
-        assert!(last.contains(needle), "{last:?} lacks {needle:?}");
-    }
+    refused(
+        &o,
+        &["model.safetensors", "down.weight", "does not fit F16"],
+        "fused weight past F16",
+    );
     assert!(!out.exists());
 }
 
@@ -1077,10 +1076,7 @@ fn a_dry_run_refuses_what_the_run_refuses() {
             .args(&extra)
             .output()
             .unwrap();
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(2), "{extra:?}: {err}");
-        let last = err.lines().last().unwrap_or("");
-        assert!(last.contains(needle), "{extra:?}: {last}");
+        let err = refused(&o, &[needle], &format!("{extra:?}"));
         assert!(!err.contains("route:"), "{extra:?}: the work ran: {err}");
     }
     assert!(!out.exists());

@@ -213,14 +213,26 @@ fn sample(
         let l = given_kernel.as_ref().or(built.as_ref().map(|k| &k.matrix));
         let n = l.map_or_else(|| rows.map_or(0, |(_, n)| n), |l| l.nrows());
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        // What `divnet sample` says of the kernel's file in its errors (the eigendecomposition,
+        // the draws, greedy MAP), the argument's name says here.
+        let source = if given_kernel.is_some() {
+            "kernel"
+        } else {
+            "activations"
+        };
+        let named = |e: divnet::Error| match e {
+            divnet::Error::InvalidInput(m) => divnet::Error::InvalidInput(format!("{source}: {m}")),
+            divnet::Error::Numerical(m) => divnet::Error::Numerical(format!("{source}: {m}")),
+            e => e,
+        };
         match (method, size) {
             (SelectionMethod::KDpp, SelectionSize::Exactly(k)) => {
-                let spectrum = Spectrum::new(l.expect("kernel").as_ref())?;
-                let sampler = KDppSampler::new(&spectrum, k)?;
+                let spectrum = Spectrum::new(l.expect("kernel").as_ref()).map_err(named)?;
+                let sampler = KDppSampler::new(&spectrum, k).map_err(named)?;
                 Ok((0..samples).map(|_| sampler.sample(&mut rng)).collect())
             }
             (SelectionMethod::Dpp, _) => {
-                let spectrum = Spectrum::new(l.expect("kernel").as_ref())?;
+                let spectrum = Spectrum::new(l.expect("kernel").as_ref()).map_err(named)?;
                 let sampler = DppSampler::new(&spectrum);
                 Ok((0..samples).map(|_| sampler.sample(&mut rng)).collect())
             }
@@ -246,7 +258,13 @@ fn sample(
                     _ => None,
                 };
                 let selector = LayerSelector::new(n, l, scores.as_deref());
-                Ok(vec![selector.select(method, size, seed)?])
+                let selected = selector.select(method, size, seed);
+                let selected = if method == SelectionMethod::Greedy {
+                    selected.map_err(named)?
+                } else {
+                    selected?
+                };
+                Ok(vec![selected])
             }
         }
     });
