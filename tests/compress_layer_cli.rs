@@ -510,6 +510,10 @@ fn bad_inputs_fail_with_one_line_and_no_output() {
         "mix.weight".into(),
         Tensor::from_f32(&vec![0.5; N * N], vec![N, N], Dtype::F32).unwrap(),
     );
+    f.model.insert(
+        "empty.weight".into(),
+        Tensor::from_f32(&[], vec![0, N], Dtype::F32).unwrap(),
+    );
     write_safetensors(&f.path("model.safetensors"), &f.model).unwrap();
     let out_path = f.path("never.safetensors");
     let out = out_path.to_str().unwrap();
@@ -543,6 +547,10 @@ fn bad_inputs_fail_with_one_line_and_no_output() {
         (
             vec!["--next", "down", "-k", "4", "--select", "recon"],
             "recon",
+        ),
+        (
+            vec!["--next", "empty", "-k", "4"],
+            "model.safetensors: empty.weight has shape [0, 16]: a layer with no outputs",
         ),
     ];
     for (args, needle) in cases {

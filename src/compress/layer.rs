@@ -544,6 +544,12 @@ fn check_next_tensor(
         ));
     }
     let n_out = w.shape[0];
+    if n_out == 0 {
+        return Err(Error::format(
+            source,
+            format!("{w_name} has shape {:?}: a layer with no outputs", w.shape),
+        ));
+    }
     let b_name = tensor_name(name, "bias");
     if file.get(&b_name).is_some() {
         let b = float_tensor(file, &b_name, source)?;
