@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import operator
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any, Callable, Literal, Optional, Union, overload
@@ -44,6 +45,7 @@ from numpy.typing import ArrayLike, NDArray
 from ._errors import (
     DivnetError,
     FileError,
+    ForkedProcessError,
     FormatError,
     GpuError,
     InvalidInputError,
@@ -113,7 +115,20 @@ class _ArrayView(Mapping):
 
 
 def _names(value: Union[str, Sequence[str]]) -> list[str]:
-    return [value] if isinstance(value, str) else list(value)
+    """Tensor prefixes: one name, a comma-separated list (as the command line takes them),
+    or a sequence of names."""
+    if isinstance(value, str):
+        return [name for name in value.split(",") if name]
+    return list(value)
+
+
+def _count(name: str, value: Any) -> int:
+    """A non-negative integer argument (Python or numpy), or the error the command line gives
+    for a negative one, instead of an OverflowError from the extension."""
+    number = operator.index(value)
+    if number < 0:
+        raise InvalidInputError(f"{name} must be at least 0, got {number}")
+    return number
 
 
 def kernel(
@@ -221,9 +236,9 @@ def sample(
         None if kernel is None else _to_numpy(kernel),
         None if activations is None else _to_numpy(activations),
         method,
-        k,
-        1 if samples is None else samples,
-        seed,
+        None if k is None else _count("k", k),
+        1 if samples is None else _count("samples", samples),
+        _count("seed", seed),
         None if next_weight is None else _to_numpy(next_weight),
         beta,
         eps,
@@ -334,7 +349,10 @@ def compress_layer(
         array, passes, width = _to_numpy(activations), None, None
     else:
         array, passes = None, _chunk_passes(activations)
-        weight_name = _tensor_name(next_names[0], "weight") if next_names else ""
+        if not next_names:
+            # The library's words, as for a whole array.
+            raise InvalidInputError("name the layer(s) that read the activations (next)")
+        weight_name = _tensor_name(next_names[0], "weight")
         if weight_name not in weights:
             raise FormatError(f"weights: no tensor {weight_name}")
         width = int(np.shape(_to_numpy(weights[weight_name]))[-1])
@@ -345,20 +363,32 @@ def compress_layer(
         _ArrayView(weights),
         next_names,
         prev_names,
-        k,
+        None if k is None else _count("k", k),
         keep_ratio,
-        None if keep is None else [int(i) for i in keep],
-        _options(method, fusion, ridge_factor, beta, eps, seed, backend),
+        None if keep is None else _keep_list(keep),
+        _options(method, fusion, ridge_factor, beta, eps, _count("seed", seed), backend),
     )
     out = dict(weights)
     out.update(changed)
     return out, json.loads(report)
 
 
+def _keep_list(keep: Any) -> list[int]:
+    """0-based indices of the neurons to keep; a boolean mask is refused (its False entries
+    would read as index 0)."""
+    if np.asarray(keep).dtype == bool:
+        raise InvalidInputError(
+            "keep: give the indices of the neurons to keep, not a boolean mask "
+            "(numpy.flatnonzero(mask) turns one into the other)"
+        )
+    return [_count("keep index", i) for i in keep]
+
+
 def _per_layer(value: Any, convert: Callable[[Any], Any]) -> Optional[list[Any]]:
+    """One value for every layer, or one per layer (a list, tuple or 1-D array)."""
     if value is None:
         return None
-    if isinstance(value, (list, tuple)):
+    if np.ndim(value) == 1:
         return [convert(v) for v in value]
     return [convert(value)]
 
@@ -408,12 +438,12 @@ def compress(
     changed, report = _divnet.compress(
         _ArrayView(state_dict),
         _to_numpy(calibration),
-        None if layers is None else list(layers),
+        None if layers is None else _names(layers),
         activation,
-        _per_layer(k, int),
+        _per_layer(k, lambda v: _count("k", v)),
         _per_layer(keep_ratio, float),
         chunk_rows,
-        _options(method, fusion, ridge_factor, beta, eps, seed, backend),
+        _options(method, fusion, ridge_factor, beta, eps, _count("seed", seed), backend),
     )
     out = dict(state_dict)
     out.update(changed)
@@ -434,6 +464,7 @@ __all__ = [
     "InvalidInputError",
     "FormatError",
     "FileError",
+    "ForkedProcessError",
     "NoAdapterError",
     "GpuError",
     "NumericalError",

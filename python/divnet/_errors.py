@@ -37,6 +37,14 @@ class GpuError(DivnetError, RuntimeError):
     ``backend="auto"`` divnet retries on the CPU instead (with a ``RuntimeWarning``)."""
 
 
+class ForkedProcessError(DivnetError, RuntimeError):
+    """divnet was called in a process forked from one that had already used it (a
+    ``multiprocessing`` worker started with the ``"fork"`` method, a ``DataLoader`` worker):
+    the worker threads it started in the parent do not exist in the child, and the work would
+    wait for them forever. Start such workers with ``"spawn"`` or ``"forkserver"``, or use
+    divnet in the workers only."""
+
+
 class NumericalError(DivnetError, ArithmeticError):
     """A numerical failure that the input checks could not foresee (a DPP that drew nothing
     from a kernel with tiny eigenvalues, ...)."""

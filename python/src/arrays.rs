@@ -39,8 +39,15 @@ fn as_array<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyUntypedArray>
     Ok(array)
 }
 
-/// `numpy.ascontiguousarray(array, dtype=dtype)`. Values that overflow the new dtype become
-/// infinite without numpy's warning: the finiteness check that follows names them.
+/// Whether the array's data is aligned for its dtype: an unaligned one (`numpy.frombuffer`
+/// at an odd offset, say) cannot be read as a Rust slice.
+fn is_aligned(array: &Bound<'_, PyUntypedArray>) -> PyResult<bool> {
+    array.getattr("flags")?.getattr("aligned")?.extract()
+}
+
+/// `numpy.ascontiguousarray(array, dtype=dtype)`, aligned (copied once more when numpy hands
+/// back the same unaligned buffer). Values that overflow the new dtype become infinite
+/// without numpy's warning: the finiteness check that follows names them.
 fn contiguous<'py>(
     array: &Bound<'py, PyUntypedArray>,
     dtype: &str,
@@ -53,7 +60,14 @@ fn contiguous<'py>(
     errstate.call_method0("__enter__")?;
     let converted = np.call_method1("ascontiguousarray", (array, np.getattr(dtype)?));
     errstate.call_method1("__exit__", (py.None(), py.None(), py.None()))?;
-    Ok(converted?.cast_into::<PyUntypedArray>()?)
+    let converted = converted?.cast_into::<PyUntypedArray>()?;
+    if is_aligned(&converted)? {
+        Ok(converted)
+    } else {
+        Ok(converted
+            .call_method0("copy")?
+            .cast_into::<PyUntypedArray>()?)
+    }
 }
 
 /// A `what: message` error of the class the library's format errors map to.
@@ -93,6 +107,9 @@ enum Rows<'py> {
 /// An m x n float matrix (samples x neurons, or samples x features) ready for the library.
 pub struct Matrix<'py> {
     rows: Rows<'py>,
+    /// The array whose buffer `rows` reads: the input itself when borrowed, else the copy
+    /// numpy made. Whoever keeps the values past this matrix keeps this object alive.
+    array: Bound<'py, PyAny>,
     /// m, the number of rows.
     pub m: usize,
     /// n, the number of columns.
@@ -131,12 +148,14 @@ impl<'py> Matrix<'py> {
         };
         let native = array.dtype().is_native_byteorder() != Some(false);
         let target_width = if target == "float16" { 2 } else { 4 };
-        let borrowed = array.is_c_contiguous() && native && width == target_width;
+        let borrowed =
+            array.is_c_contiguous() && native && width == target_width && is_aligned(&array)?;
         let array = if borrowed {
             array
         } else {
             contiguous(&array, target)?
         };
+        let source = array.clone().into_any();
         let rows = if target == "float16" {
             Rows::F16(array.cast_into::<PyArray2<f16>>()?.try_readonly()?)
         } else {
@@ -144,6 +163,7 @@ impl<'py> Matrix<'py> {
         };
         let matrix = Matrix {
             rows,
+            array: source,
             m: shape[0],
             n: shape[1],
             copied: !borrowed,
@@ -160,6 +180,12 @@ impl<'py> Matrix<'py> {
             ));
         }
         Ok(matrix)
+    }
+
+    /// The array object whose buffer [`Matrix::view`] reads (the converted copy, when the
+    /// input was converted): what must be kept alive to read the values without the matrix.
+    pub fn array(&self) -> &Bound<'py, PyAny> {
+        &self.array
     }
 
     /// The m x n values, row-major, as the library takes them.

@@ -1,9 +1,36 @@
 //! Where the work runs: the backend chosen once per choice and process (a GPU context is
 //! costly to create), and the command line's retry on the CPU after a GPU failure.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 
+use pyo3::prelude::*;
+
 use divnet::{Backend, BackendChoice, BackendSelection};
+
+/// The process that first asked divnet for work (0 before): a forked child inherits it.
+static WORKING_PID: AtomicU32 = AtomicU32::new(0);
+
+/// Refuses work in a process forked from one that already used divnet: the worker threads of
+/// its thread pool (and a GPU device's) were started in the parent and do not exist in the
+/// child, where the first parallel step would wait for them forever. A process forked before
+/// any use works normally. Every entry point calls this first.
+pub fn check_process(py: Python<'_>) -> PyResult<()> {
+    let pid = std::process::id();
+    match WORKING_PID.compare_exchange(0, pid, Ordering::SeqCst, Ordering::SeqCst) {
+        Ok(_) => Ok(()),
+        Err(first) if first == pid => Ok(()),
+        Err(first) => Err(crate::errors::forked(
+            py,
+            format!(
+                "this process ({pid}) was forked from one that had already used divnet \
+                 ({first}), whose worker threads do not survive a fork: start worker \
+                 processes with multiprocessing's \"spawn\" or \"forkserver\" method, or use \
+                 divnet in the workers only"
+            ),
+        )),
+    }
+}
 
 /// Backends already selected in this process, by choice.
 static SELECTED: Mutex<Vec<(BackendChoice, BackendSelection)>> = Mutex::new(Vec::new());

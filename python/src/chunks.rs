@@ -81,8 +81,11 @@ impl PyChunks {
                     ActivationRows::F32(v) => RawRows::F32(v.as_ptr(), v.len()),
                     ActivationRows::F16(v) => RawRows::F16(v.as_ptr(), v.len()),
                 };
+                // The array the rows point into, not `item`: numpy.asarray may have made a
+                // new array from it (an object with __array__, as h5py and zarr datasets
+                // have), which nothing else keeps alive.
                 Chunk::Borrowed {
-                    _array: item.unbind(),
+                    _array: matrix.array().clone().unbind(),
                     rows: raw,
                 }
             };

@@ -33,6 +33,14 @@ fn error_class<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyType>>
     Ok(module.bind(py).getattr(name)?.cast_into::<PyType>()?)
 }
 
+/// `ForkedProcessError` with `message`.
+pub fn forked(py: Python<'_>, message: String) -> PyErr {
+    match error_class(py, "ForkedProcessError") {
+        Ok(class) => PyErr::from_type(class, message),
+        Err(_) => PyRuntimeError::new_err(message),
+    }
+}
+
 /// An [`divnet::Error::InvalidInput`] raised as Python's `InvalidInputError`.
 pub fn invalid(py: Python<'_>, message: impl Into<String>) -> PyErr {
     raise(py, divnet::Error::invalid(message))

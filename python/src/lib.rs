@@ -69,6 +69,7 @@ fn kernel<'py>(
     eps: f64,
     backend: &str,
 ) -> PyResult<Bound<'py, numpy::PyArray2<f64>>> {
+    backend::check_process(py)?;
     let choice = options::backend(py, backend)?;
     let beta = options::beta(beta)?;
     let rbf = match kind {
@@ -112,6 +113,7 @@ fn gram<'py>(
     activations: &Bound<'py, PyAny>,
     backend: &str,
 ) -> PyResult<GramArrays<'py>> {
+    backend::check_process(py)?;
     let choice = options::backend(py, backend)?;
     let a = Matrix::from_py("activations", activations, true)?;
     let (rows, n) = (a.view(), a.n);
@@ -144,7 +146,23 @@ fn sample(
     eps: f64,
     backend: &str,
 ) -> PyResult<Vec<Vec<usize>>> {
+    backend::check_process(py)?;
     let method = options::method(py, method)?;
+    if matches!(
+        method,
+        SelectionMethod::FusionGreedy
+            | SelectionMethod::QualityKDpp
+            | SelectionMethod::QualityGreedy
+    ) {
+        return Err(invalid(
+            py,
+            format!(
+                "sample() does not offer {method} yet, which reads the layer that takes the \
+                 activations: compress_layer(method=\"{method}\") selects with it, and so does \
+                 `divnet sample` (--fusion-greedy, --quality)"
+            ),
+        ));
+    }
     let choice = options::backend(py, backend)?;
     let beta = options::beta(beta)?;
     if samples == 0 {
@@ -327,6 +345,7 @@ fn compress_layer<'py>(
     keep: Option<Vec<usize>>,
     options: options::Compression<'py>,
 ) -> PyResult<(Bound<'py, PyDict>, String)> {
+    backend::check_process(py)?;
     let (method, choice) = options.method_and_backend(py)?;
     let opts = options.layer(py, options::layer_keep(py, method, k, keep_ratio, keep)?)?;
     let mut file = layer_tensors(weights, &[next.clone(), prev.clone()].concat())?;
@@ -405,6 +424,7 @@ fn compress<'py>(
     chunk_rows: usize,
     options: options::Compression<'py>,
 ) -> PyResult<(Bound<'py, PyDict>, String)> {
+    backend::check_process(py)?;
     let (method, choice) = options.method_and_backend(py)?;
     let activation: Activation = activation.parse().map_err(|e| raise(py, e))?;
     let opts = options.mlp(
@@ -414,12 +434,19 @@ fn compress<'py>(
     )?;
     let mut file = TensorFile::default();
     for item in state_dict.call_method0("items")?.try_iter()? {
-        let (name, value): (String, Bound<'py, PyAny>) = item?.extract()?;
-        // Integer buffers and the like are not part of the MLP; they stay as they are.
-        if !is_float_array(&value)? {
+        let (key, value): (Bound<'py, PyAny>, Bound<'py, PyAny>) = item?.extract()?;
+        // A key that is not a string names no layer tensor.
+        let Ok(name) = key.extract::<String>() else {
             continue;
+        };
+        if is_float_array(&value)? {
+            file.insert(name.clone(), tensor_from_py(&name, &value)?);
+        } else if let Some(placeholder) = non_float_placeholder(&value)? {
+            // Integer buffers and the like stay as they are, but the MLP sees their dtype
+            // and shape, as it does in a file: an integer NAME.weight is the command's error,
+            // not a layer silently left out of the chain.
+            file.insert(name, placeholder);
         }
-        file.insert(name.clone(), tensor_from_py(&name, &value)?);
     }
     // The command line's errors, with the state dict named as it names the model file.
     let mlp = Mlp::from_tensors(&file, layers.as_deref(), activation).map_err(|e| {
@@ -465,6 +492,43 @@ fn compress<'py>(
         .iter()
         .flat_map(|l| [tensor_name(&l.name, "weight"), tensor_name(&l.name, "bias")]);
     Ok((tensors_to_py(py, &out, names)?, report))
+}
+
+/// A tensor with the dtype and shape of a non-float array and no data, for [`compress`]: the
+/// MLP's checks read dtypes and shapes, and refuse such a tensor where a layer would need its
+/// values. `None` for what has no safetensors dtype (objects, strings), which the MLP never
+/// reads.
+fn non_float_placeholder(
+    value: &Bound<'_, PyAny>,
+) -> PyResult<Option<divnet::io::safetensors::Tensor>> {
+    use safetensors::Dtype;
+    let array = value
+        .py()
+        .import("numpy")?
+        .call_method1("asarray", (value,))?;
+    let dtype = array.getattr("dtype")?;
+    let (kind, size): (String, usize) = (
+        dtype.getattr("kind")?.extract()?,
+        dtype.getattr("itemsize")?.extract()?,
+    );
+    let dtype = match (kind.as_str(), size) {
+        ("b", _) => Dtype::BOOL,
+        ("i", 1) => Dtype::I8,
+        ("i", 2) => Dtype::I16,
+        ("i", 4) => Dtype::I32,
+        ("i", 8) => Dtype::I64,
+        ("u", 1) => Dtype::U8,
+        ("u", 2) => Dtype::U16,
+        ("u", 4) => Dtype::U32,
+        ("u", 8) => Dtype::U64,
+        _ => return Ok(None),
+    };
+    let shape: Vec<usize> = array.getattr("shape")?.extract()?;
+    Ok(Some(divnet::io::safetensors::Tensor {
+        dtype,
+        shape,
+        bytes: Vec::new(),
+    }))
 }
 
 /// What the library would be handed for `activations`: the address of the first value and

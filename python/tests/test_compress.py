@@ -356,3 +356,93 @@ def test_readme_example_is_the_command_lines(cli, tmp_path, capsys):
         small,
         report,
     )
+
+
+class _LazyChunk:
+    """A chunk that builds a new array each time numpy asks (as h5py, zarr and dask datasets
+    do): nothing but the converted array itself keeps the values alive."""
+
+    def __init__(self, values):
+        self.shape = values.shape
+        self._bytes = values.tobytes()
+        self._dtype = values.dtype
+
+    def __array__(self, dtype=None, copy=None):
+        array = np.frombuffer(self._bytes, self._dtype).reshape(self.shape).copy()
+        return array if dtype is None else array.astype(dtype)
+
+
+def test_chunks_that_make_their_arrays_on_demand_stream_like_plain_ones(rng):
+    # The library read freed memory here: different neurons, or a crash.
+    a, weights = ffn(rng, m=2000)
+    plain, plain_report = divnet.compress_layer(
+        [a[i : i + 500] for i in range(0, 2000, 500)], weights, next="down", k=9, seed=3
+    )
+    lazy, lazy_report = divnet.compress_layer(
+        [_LazyChunk(a[i : i + 500]) for i in range(0, 2000, 500)],
+        weights,
+        next="down",
+        k=9,
+        seed=3,
+    )
+    assert lazy_report["kept"] == plain_report["kept"]
+    np.testing.assert_array_equal(lazy["down.weight"], plain["down.weight"])
+
+
+def test_unaligned_arrays_are_copied_not_a_panic(rng):
+    a, weights = ffn(rng)
+
+    def unaligned(values):
+        buffer = bytearray(values.nbytes + 1)
+        out = np.frombuffer(buffer, values.dtype, count=values.size, offset=1)
+        out = out.reshape(values.shape)
+        out[...] = values
+        assert not out.flags.aligned
+        return out
+
+    reference = divnet.kernel(a, backend="cpu")
+    np.testing.assert_array_equal(divnet.kernel(unaligned(a), backend="cpu"), reference)
+    moved = dict(weights, **{"down.weight": unaligned(weights["down.weight"])})
+    got, _ = divnet.compress_layer([unaligned(a)], moved, next="down", k=4, method="greedy")
+    want, _ = divnet.compress_layer(a, weights, next="down", k=4, method="greedy")
+    np.testing.assert_array_equal(got["down.weight"], want["down.weight"])
+    assert divnet.sample(unaligned(reference), k=3) == divnet.sample(reference, k=3)
+
+
+def test_compress_refuses_an_integer_layer_tensor_as_the_command_does(rng):
+    state_dict, x = mlp(rng)
+    # An integer bias was dropped and refitted as if absent; an integer weight took its layer
+    # out of the chain, and the model came back broken.
+    for name, value in [
+        ("fc2.bias", np.full(24, 100, np.int64)),
+        ("fc2.weight", rng.integers(-3, 3, (24, 32)).astype(np.int8)),
+    ]:
+        bad = dict(state_dict, **{name: value})
+        with pytest.raises(divnet.FormatError, match=f"^state_dict: tensor {name}: dtype I"):
+            divnet.compress(bad, x, k=10)
+
+
+def test_compress_takes_numpy_counts_comma_layers_and_skips_non_string_keys(rng):
+    state_dict, x = mlp(rng)
+    small, report = divnet.compress(state_dict, x, k=10, method="greedy")
+    for layers, k in [("fc1,fc2,fc3", np.array([10, 10])), (["fc1", "fc2", "fc3"], np.int64(10))]:
+        extra = {**state_dict, 7: np.zeros(3)}
+        again, again_report = divnet.compress(extra, x, k=k, method="greedy", layers=layers)
+        assert again_report["layers"][1]["kept"] == report["layers"][1]["kept"]
+        np.testing.assert_array_equal(again["fc3.weight"], small["fc3.weight"])
+
+
+def test_negative_counts_and_masks_are_refused_as_divnet_errors(rng):
+    a, weights = ffn(rng)
+    with pytest.raises(divnet.InvalidInputError, match="^k must be at least 0, got -1"):
+        divnet.compress_layer(a, weights, next="down", k=-1)
+    with pytest.raises(divnet.InvalidInputError, match="^seed must be at least 0"):
+        divnet.compress_layer(a, weights, next="down", k=2, seed=-1)
+    with pytest.raises(divnet.InvalidInputError, match="^keep index must be at least 0"):
+        divnet.compress_layer(a, weights, next="down", keep=[-1])
+    with pytest.raises(divnet.InvalidInputError, match="not a boolean mask"):
+        divnet.compress_layer(a, weights, next="down", keep=np.arange(16) < 4)
+    with pytest.raises(divnet.InvalidInputError, match="^samples must be at least 0"):
+        divnet.sample(np.eye(4), k=2, samples=-2)
+    with pytest.raises(divnet.InvalidInputError, match="does not offer fusion-greedy"):
+        divnet.sample(activations=a, method="fusion-greedy", k=2, next_weight=weights["down.weight"])

@@ -271,3 +271,29 @@ def test_gpu_backend_matches_the_cpu(rng):
     np.testing.assert_allclose(
         divnet.kernel(a, backend="gpu"), divnet.kernel(a, backend="cpu"), rtol=0, atol=1e-5
     )
+
+
+def _in_a_forked_child(work):
+    """Runs `work` in a child forked from this process; returns what it returned or the name
+    of the exception it raised."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as pool:
+        return pool.apply_async(work).get(timeout=60)
+
+
+def _gram_in_child():
+    try:
+        divnet.gram(np.ones((8, 3), np.float32), backend="cpu")
+        return "ran"
+    except divnet.DivnetError as e:
+        return type(e).__name__
+
+
+def test_a_child_forked_after_divnet_worked_is_refused_not_hung(rng):
+    # Once the parent has used divnet, its thread pool does not exist in a forked child,
+    # whose first parallel step waited for it forever.
+    divnet.gram(layer(rng), backend="cpu")
+    assert _in_a_forked_child(_gram_in_child) == "ForkedProcessError"
+    assert issubclass(divnet.ForkedProcessError, RuntimeError)

@@ -375,7 +375,7 @@ impl<'a> LayerSelector<'a> {
         }
     }
 
-    fn target(&self, method: SelectionMethod) -> Result<(&'a GramStats, &[NextLayer<'a>])> {
+    fn target(&self, method: impl std::fmt::Display) -> Result<(&'a GramStats, &[NextLayer<'a>])> {
         self.target
             .as_ref()
             .map(|(stats, next)| (*stats, next.as_slice()))
@@ -396,7 +396,7 @@ impl<'a> LayerSelector<'a> {
     }
 
     fn build_quality_kernel(&self) -> Result<Mat<f64>> {
-        let (stats, next) = self.target(SelectionMethod::QualityKDpp)?;
+        let (stats, next) = self.target("quality-kdpp or quality-greedy")?;
         let scores = quality_scores(stats, next, QUALITY)?;
         self.with_kernel(|l| quality_kernel(l, &scores))
     }
