@@ -17,7 +17,7 @@
 //! - [`model`]: MLPs, forward pass, training; [`io`]: npy, safetensors, IDX;
 //! - [`compress`]: the pipelines: one layer of any network, every layer of an MLP;
 //! - [`progress`], [`memory`]: progress reports and host-memory checks for long work;
-//! - [`bench`]: kernel construction timed on each backend (`divnet bench`).
+//! - [`mod@bench`]: kernel construction timed on each backend (`divnet bench`).
 
 #![warn(missing_docs)]
 

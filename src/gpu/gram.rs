@@ -1,7 +1,7 @@
 //! The tiled WGSL Gram and distance kernels (`shaders/gram.wgsl`): their entry points and
 //! bind group layouts, the layouts of activation rows in GPU buffers, and
 //! [`gram_from_buffer`] for activations that already live on the device. The engine that
-//! streams chunks through them is [`crate::gpu::stats`].
+//! streams chunks through them is `crate::gpu::stats`.
 
 use super::accumulator::{Products, ONE_ACCUMULATOR, TWO_ACCUMULATORS};
 use super::context::{Binding, ShaderEntry};

@@ -1,7 +1,7 @@
 //! Greedy MAP on the RBF kernel of a layer too wide to hold it: kernel columns computed
 //! from the activations on demand, so that selection holds O(n k), never n x n.
 //!
-//! Greedy MAP reads L's diagonal and one column per pick ([`KernelColumns`]). Column j of
+//! Greedy MAP reads L's diagonal and one column per pick (`KernelColumns`). Column j of
 //! `L = exp(-beta D) + eps I` needs column j of the centred co-moments
 //! `M = (A - 1 mu^T)^T (A - 1 mu^T)` (the distances follow from it as in
 //! [`crate::cpu::rbf`]): a pass over the activations. One pass computes a batch of columns:
@@ -55,7 +55,7 @@ pub struct ColumnGreedy {
 
 /// Greedy MAP keeping `k` of the source's neurons on their RBF kernel (`beta` as paper or
 /// a value; the median needs every distance), kernel columns computed in batches from
-/// passes over `source` ([`batch_columns`] per pass). Progress: one stage per pass.
+/// passes over `source` (`batch_columns` per pass). Progress: one stage per pass.
 pub fn greedy_from_activations(
     source: &mut dyn RowSource,
     k: usize,

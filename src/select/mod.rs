@@ -362,7 +362,7 @@ impl<'a> LayerSelector<'a> {
     /// Which eigendecomposition kdpp and dpp draw from for this layer, for reports:
     /// `"full eigendecomposition"` (about 9 n^3 flops, then each draw selects columns),
     /// `"partial: 4/3 n^3 + 2 n^2 k"` (the reduction and all eigenvalues, then each draw
-    /// computes its k eigenvectors) or, from [`TWO_STAGE_MIN_N`] neurons,
+    /// computes its k eigenvectors) or, from `TWO_STAGE_MIN_N` neurons,
     /// `"partial, two-stage reduction: 4/3 n^3 + 4 n^2 k"` (the reduction through a band,
     /// whose eigenvectors pay a second back-transformation).
     pub fn eigen_path(&self) -> &'static str {
