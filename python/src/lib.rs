@@ -392,10 +392,14 @@ fn compress_layer<'py>(
         }?;
         let mut report = serde_json::to_value(&outcome.report)
             .map_err(|e| divnet::Error::invalid(format!("report: {e}")))?;
-        report
+        let plan = serde_json::to_value(&outcome.plan)
+            .map_err(|e| divnet::Error::invalid(format!("report: {e}")))?;
+        // The keys `compress-layer --report` writes: the layer's, the backend and the plan.
+        let fields = report
             .as_object_mut()
-            .expect("a struct serializes to an object")
-            .insert("backend".into(), selection.backend.name().into());
+            .expect("a struct serializes to an object");
+        fields.insert("backend".into(), selection.backend.name().into());
+        fields.insert("plan".into(), plan);
         Ok(report.to_string())
     });
     report_backend(py, &log)?;

@@ -223,6 +223,9 @@ def test_compress_layer_is_the_command_lines(rng, cli, tmp_path):
         cli_report = cli.report(tmp_path / "r.json")
         for key in ("kept", "method", "fusion", "beta", "ridge", "relative_error", "samples"):
             assert report[key] == cli_report[key], key
+        # The same keys, the plan included (its memory figures depend on the process).
+        assert set(report) == set(cli_report)
+        assert report["plan"]["route"] == cli_report["plan"]["route"]
     # The same messages for the same mistakes.
     with pytest.raises(divnet.InvalidInputError) as e:
         divnet.compress_layer(a, weights, next="down", k=50)
