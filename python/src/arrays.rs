@@ -226,7 +226,22 @@ pub fn kernel_matrix(what: &str, obj: &Bound<'_, PyAny>) -> PyResult<Mat<f64>> {
     let array = as_array(obj)?;
     let shape = array.shape().to_vec();
     float_width(what, &array)?;
-    if shape.len() != 2 || shape[0] != shape[1] || shape[0] == 0 {
+    // The command's checks, in its order and words: a 2-D array, not empty, square.
+    if shape.len() != 2 {
+        return Err(format_error(
+            py,
+            what,
+            format!("expected a 2-D array (samples x neurons), got shape {shape:?}"),
+        ));
+    }
+    if shape[0] == 0 || shape[1] == 0 {
+        return Err(format_error(
+            py,
+            what,
+            format!("empty array of shape {shape:?}: need at least one row and one column"),
+        ));
+    }
+    if shape[0] != shape[1] {
         return Err(format_error(
             py,
             what,

@@ -12,7 +12,7 @@ use std::path::Path;
 use divnet::compress::{
     compress_layer_tensors, compress_mlp, LayerTensors, NoProgress, DEFAULT_CHUNK_ROWS, DEFAULT_EPS,
 };
-use divnet::dpp::{DppSampler, KDppSampler, Spectrum};
+use divnet::dpp::{greedy_map, DppSampler, GreedyStop, KDppSampler, Spectrum};
 use divnet::fusion::FusionOptions;
 use divnet::io::safetensors::TensorFile;
 use divnet::kernel::{gram_stats, rbf_kernel, SliceRows};
@@ -254,6 +254,13 @@ fn sample(
                 let sampler = DppSampler::new(&spectrum);
                 Ok((0..samples).map(|_| sampler.sample(&mut rng)).collect())
             }
+            // As `divnet sample --greedy`: greedy MAP on the kernel, its checks and words.
+            (SelectionMethod::Greedy, SelectionSize::Exactly(k)) => {
+                let mut y =
+                    greedy_map(l.expect("kernel").as_ref(), GreedyStop::Count(k)).map_err(named)?;
+                y.sort_unstable();
+                Ok(vec![y])
+            }
             (SelectionMethod::Random, SelectionSize::Exactly(k)) => {
                 if k == 0 || k > n {
                     // The library's check, with its message.
@@ -276,13 +283,7 @@ fn sample(
                     _ => None,
                 };
                 let selector = LayerSelector::new(n, l, scores.as_deref());
-                let selected = selector.select(method, size, seed);
-                let selected = if method == SelectionMethod::Greedy {
-                    selected.map_err(named)?
-                } else {
-                    selected?
-                };
-                Ok(vec![selected])
+                Ok(vec![selector.select(method, size, seed)?])
             }
         }
     });

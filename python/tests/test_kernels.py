@@ -144,6 +144,12 @@ def test_errors_are_the_command_lines(rng, cli, tmp_path):
     assert str(e.value) == cli.fail(
         ["sample", "--kernel", "l.npy", "-k", "9"], tmp_path
     ).replace("l.npy", "kernel")
+    for k in (0, 9):
+        with pytest.raises(divnet.InvalidInputError) as e:
+            divnet.sample(square, method="greedy", k=k)
+        assert str(e.value) == cli.fail(
+            ["sample", "--kernel", "l.npy", "--greedy", str(k)], tmp_path
+        ).replace("l.npy", "kernel")
 
 
 def test_kernel_is_the_command_lines(rng, cli, tmp_path):
@@ -199,6 +205,9 @@ def test_sample_argument_errors(rng):
         divnet.sample(l, method="best", k=3)
     with pytest.raises(divnet.FormatError, match=r"^kernel: a kernel must be square"):
         divnet.sample(np.ones((3, 4)), k=2)
+    # An empty kernel: the command's words for an empty array, not "must be square".
+    with pytest.raises(divnet.FormatError, match=r"^kernel: empty array of shape \[0, 0\]"):
+        divnet.sample(np.ones((0, 0)), k=2)
     with pytest.raises(divnet.InvalidInputError, match="importance selection needs"):
         divnet.sample(activations=layer(rng), method="importance", k=3)
 
