@@ -59,6 +59,27 @@ impl Error {
     pub fn invalid(message: impl Into<String>) -> Self {
         Error::InvalidInput(message.into())
     }
+
+    /// This error as one about the file `path` its input came from: an
+    /// [`Error::InvalidInput`] (a check of contents read from it) becomes an
+    /// [`Error::Format`] naming it; the others, which name their file already or concern
+    /// none, are unchanged.
+    pub fn in_file(self, path: impl Into<PathBuf>) -> Self {
+        match self {
+            Error::InvalidInput(m) => Error::format(path, m),
+            e => e,
+        }
+    }
+
+    /// This error with `what` (a layer, an argument) before its message, for the input and
+    /// numerical errors, whose messages do not say where; the others are unchanged.
+    pub fn about(self, what: &str) -> Self {
+        match self {
+            Error::InvalidInput(m) => Error::InvalidInput(format!("{what}: {m}")),
+            Error::Numerical(m) => Error::Numerical(format!("{what}: {m}")),
+            e => e,
+        }
+    }
 }
 
 /// `Result` with divnet's [`Error`].

@@ -179,6 +179,29 @@ fn max_rel_diff(got: &[f32], want: impl Fn(usize) -> f64, len: usize) -> f64 {
         / scale
 }
 
+/// [`fuse_next_layer_from_rows`] on the row-major f32 `rows` of `n` neurons, handed out in
+/// chunks of `chunk` rows.
+fn fuse_streamed(
+    rows: &[f32],
+    n: usize,
+    chunk: usize,
+    keep: &[usize],
+    next: NextLayer<'_>,
+    opts: &FusionOptions,
+) -> divnet::Result<FusedLayer> {
+    let mut source = SliceRows::new(ActivationRows::F32(rows), n)
+        .unwrap()
+        .with_chunk_rows(chunk);
+    fuse_next_layer_from_rows(
+        &Backend::Cpu,
+        &mut source,
+        keep,
+        next,
+        opts,
+        &mut NoProgress,
+    )
+}
+
 fn opts(mode: FusionMode) -> FusionOptions {
     FusionOptions {
         mode,
@@ -689,18 +712,8 @@ fn fusion_from_a_second_pass_equals_fusion_from_the_gram() {
                 max_rel_diff(&f32_fused.bias, |o| from_gram.bias[o] as f64, n_out),
             );
             for chunk in [1, 7, m] {
-                let mut source = SliceRows::new(ActivationRows::F32(&rows), n)
-                    .unwrap()
-                    .with_chunk_rows(chunk);
-                let streamed = fuse_next_layer_from_rows(
-                    &Backend::Cpu,
-                    &mut source,
-                    &keep,
-                    case.next(),
-                    &opts(mode),
-                    &mut NoProgress,
-                )
-                .unwrap();
+                let streamed =
+                    fuse_streamed(&rows, n, chunk, &keep, case.next(), &opts(mode)).unwrap();
                 let what = format!("n = {n}, k = {k}, {mode:?}, chunks of {chunk}");
                 let dw = max_rel_diff(&streamed.weight, |i| from_gram.weight[i] as f64, n_out * k);
                 let db = max_rel_diff(&streamed.bias, |o| from_gram.bias[o] as f64, n_out);
@@ -759,16 +772,13 @@ fn second_pass_keeps_neurons_with_a_large_mean_apart() {
     )
     .unwrap();
     for chunk in [7, m] {
-        let mut source = SliceRows::new(ActivationRows::F32(&rows), n)
-            .unwrap()
-            .with_chunk_rows(chunk);
-        let streamed = fuse_next_layer_from_rows(
-            &Backend::Cpu,
-            &mut source,
+        let streamed = fuse_streamed(
+            &rows,
+            n,
+            chunk,
             &keep,
             case.next(),
             &FusionOptions::default(),
-            &mut NoProgress,
         )
         .unwrap();
         let dw = max_rel_diff(&streamed.weight, |i| exact.weight[i] as f64, 5 * 4);
@@ -796,18 +806,8 @@ fn second_pass_names_a_non_finite_activation() {
     ] {
         let mut rows = clean.clone();
         rows[13 * 6 + 4] = bad;
-        let mut source = SliceRows::new(ActivationRows::F32(&rows), 6)
-            .unwrap()
-            .with_chunk_rows(5);
-        let err = fuse_next_layer_from_rows(
-            &Backend::Cpu,
-            &mut source,
-            &[0, 2],
-            case.next(),
-            &FusionOptions::default(),
-            &mut NoProgress,
-        )
-        .unwrap_err();
+        let err = fuse_streamed(&rows, 6, 5, &[0, 2], case.next(), &FusionOptions::default())
+            .unwrap_err();
         assert!(matches!(err, Error::InvalidInput(_)), "{err}");
         assert!(err.to_string().starts_with(want), "{err}");
         let err = gram_stats(&Backend::Cpu, ActivationRows::F32(&rows), 6).unwrap_err();

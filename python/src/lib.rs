@@ -238,11 +238,7 @@ fn sample(
         } else {
             "activations"
         };
-        let named = |e: divnet::Error| match e {
-            divnet::Error::InvalidInput(m) => divnet::Error::InvalidInput(format!("{source}: {m}")),
-            divnet::Error::Numerical(m) => divnet::Error::Numerical(format!("{source}: {m}")),
-            e => e,
-        };
+        let named = |e: divnet::Error| e.about(source);
         match (method, size) {
             (SelectionMethod::KDpp, SelectionSize::Exactly(k)) => {
                 let spectrum = Spectrum::new(l.expect("kernel").as_ref()).map_err(named)?;
@@ -454,15 +450,8 @@ fn compress<'py>(
         }
     }
     // The command line's errors, with the state dict named as it names the model file.
-    let mlp = Mlp::from_tensors(&file, layers.as_deref(), activation).map_err(|e| {
-        raise(
-            py,
-            match e {
-                divnet::Error::InvalidInput(m) => divnet::Error::format("state_dict", m),
-                e => e,
-            },
-        )
-    })?;
+    let mlp = Mlp::from_tensors(&file, layers.as_deref(), activation)
+        .map_err(|e| raise(py, e.in_file("state_dict")))?;
     let x = Matrix::from_py("calibration", calibration, false)?;
     if x.n != mlp.input_dim() {
         return Err(raise(

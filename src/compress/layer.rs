@@ -297,7 +297,14 @@ pub fn compress_layer_tensors(
             return Err(e);
         }
     };
-    let encoded = match encode_fused(file, tensors.next, &outcome, &next_weights, tensors.source) {
+    let encoded = match encode_fused(
+        file,
+        tensors.next,
+        n,
+        &outcome,
+        &next_weights,
+        tensors.source,
+    ) {
         Ok(encoded) => encoded,
         Err(e) => {
             restore_next_weights(file, tensors.next, &released, &next_weights)?;
@@ -325,14 +332,16 @@ pub fn compress_layer_tensors(
     Ok(outcome)
 }
 
-/// The fused next layers encoded in their tensors' dtypes (a new bias in the weight's), as
-/// `(name, tensor, whether the tensor is new)`, before any is stored: a value the dtype
+/// The fused next layers (which read `n` neurons before the compression) encoded in their
+/// tensors' dtypes (a new bias in the weight's), as `(name, tensor, whether the tensor is
+/// new)`, before any is stored: a value the dtype
 /// cannot hold (a dropped neuron that is a large multiple of a kept one folds its weight
 /// into that neuron's, past F16's 65504, say) is an error naming the file, tensor and entry,
 /// and the tensors stay as they were.
 fn encode_fused(
     file: &TensorFile,
     names: &[String],
+    n: usize,
     outcome: &LayerOutcome,
     read: &[NextTensors],
     source: &Path,
@@ -355,7 +364,6 @@ fn encode_fused(
                 )
             })
         };
-        let n = read.weight.len() / n_out.max(1);
         let mut weight = encode(&w_name, &fused.weight, vec![n_out, k], w_dtype)?;
         keep_f64_precision(&mut weight, file.get(&w_name), &fused.weight, |e| {
             (e / k) * n + outcome.kept[e % k]
@@ -600,10 +608,7 @@ pub fn read_next_tensors(
         .iter()
         .map(|name| {
             let n_out = check_next_tensor(file, name, n, source, activations)?;
-            let in_file = |e: Error| match e {
-                Error::InvalidInput(m) => Error::format(source, m),
-                e => e,
-            };
+            let in_file = |e: Error| e.in_file(source);
             let w_name = tensor_name(name, "weight");
             let weight = file
                 .get(&w_name)

@@ -286,7 +286,7 @@ pub fn compress_mlp(
                 route: Some(super::Route::OnePass),
             };
             SelectionPlan::new(&layer_opts, mlp.layers[layer].out_dim)
-                .map_err(|e| in_layer(&mlp.layers[layer].name, e))?;
+                .map_err(|e| e.about(&mlp.layers[layer].name))?;
             Ok(Some(layer_opts))
         })
         .collect::<Result<Vec<_>>>()?;
@@ -299,7 +299,7 @@ pub fn compress_mlp(
         let name = out.layers[layer].name.clone();
         let report =
             compress_hidden_layer(backend, &mut out, x, m, layer, layer_opts, opts, progress)
-                .map_err(|e| in_layer(&name, e))?;
+                .map_err(|e| e.about(&name))?;
         reports.push(report);
     }
     let report = CompressReport {
@@ -393,13 +393,4 @@ fn compress_hidden_layer(
         seconds: work.seconds,
         notes: work.notes,
     })
-}
-
-/// `e` with the name of the hidden layer it concerns in front of its message.
-fn in_layer(name: &str, e: Error) -> Error {
-    match e {
-        Error::InvalidInput(m) => Error::InvalidInput(format!("{name}: {m}")),
-        Error::Numerical(m) => Error::Numerical(format!("{name}: {m}")),
-        e => e,
-    }
 }

@@ -587,8 +587,8 @@ impl RowSource for NpyRowReader {
                 // says which it was.
                 let stored = match dtype {
                     NpyDtype::F64 if !value.is_finite() => {
-                        let (r, c) = (k / n, k % n);
-                        let at = if fortran { c * count + r } else { r * n + c };
+                        // Raw rows are column-major for a Fortran-order file.
+                        let at = if fortran { column * count + k / n } else { k };
                         f64::from_le_bytes(raw[8 * at..8 * at + 8].try_into().expect("8 bytes"))
                     }
                     _ => value as f64,

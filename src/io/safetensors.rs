@@ -274,10 +274,7 @@ pub fn write_safetensors(path: &Path, file: &TensorFile) -> Result<()> {
 /// Writes `file` to the temporary file of `path`, to be put in place by
 /// [`PendingFile::commit`] (with other outputs, say).
 pub fn stage_safetensors(path: &Path, file: &TensorFile) -> Result<PendingFile> {
-    let bytes = safetensors_bytes(file).map_err(|e| match e {
-        Error::InvalidInput(m) => Error::format(path, m),
-        e => e,
-    })?;
+    let bytes = safetensors_bytes(file).map_err(|e| e.in_file(path))?;
     stage(path, |w| {
         w.write_all(&bytes).map_err(|e| Error::io(path, e))
     })

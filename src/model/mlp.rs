@@ -369,10 +369,7 @@ impl Mlp {
     /// problem is an [`Error::Format`] naming `path`.
     pub fn load(path: &Path, order: Option<&[String]>, activation: Activation) -> Result<Mlp> {
         let file = read_safetensors(path)?;
-        Mlp::from_tensors(&file, order, activation).map_err(|e| match e {
-            Error::InvalidInput(m) => Error::format(path, m),
-            e => e,
-        })
+        Mlp::from_tensors(&file, order, activation).map_err(|e| e.in_file(path))
     }
 
     /// A copy of `template` with every layer's NAME.weight / NAME.bias replaced by this model's

@@ -237,8 +237,7 @@ pub fn check_outputs(outputs: &[(&str, Option<&Path>)]) -> anyhow::Result<()> {
     let mut seen: Vec<(&str, std::path::PathBuf)> = Vec::new();
     for &(option, path) in outputs {
         let Some(path) = path else { continue };
-        divnet::io::atomic::check_writable(path)
-            .map_err(|e| anyhow::anyhow!("{option} {}", one_line(&e.into())))?;
+        divnet::io::atomic::check_writable(path).map_err(|e| anyhow::anyhow!("{option} {e}"))?;
         // The folder exists now, so it canonicalises; the file need not exist.
         let folder = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),

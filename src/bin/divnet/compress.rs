@@ -90,11 +90,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     ])?;
     let file = read_safetensors(&args.model)?;
     // The same errors as Mlp::load: a missing tensor or a broken chain names the model file.
-    let mlp =
-        Mlp::from_tensors(&file, args.layers.as_deref(), activation).map_err(|e| match e {
-            divnet::Error::InvalidInput(m) => divnet::Error::format(&args.model, m),
-            e => e,
-        })?;
+    let mlp = Mlp::from_tensors(&file, args.layers.as_deref(), activation)
+        .map_err(|e| e.in_file(&args.model))?;
     let inputs = divnet::io::data::read_inputs(&args.calibration)?;
     anyhow::ensure!(
         inputs.cols == mlp.input_dim(),

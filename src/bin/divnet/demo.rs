@@ -84,12 +84,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Some(path) => (path.clone(), read_safetensors(path)?),
         None => (source.path(&MODEL), source.model(&MODEL)?),
     };
-    let model = Mlp::from_tensors(&file, args.layers.as_deref(), Activation::Relu).map_err(
-        |e| match e {
-            divnet::Error::InvalidInput(m) => divnet::Error::format(&model_path, m),
-            e => e,
-        },
-    )?;
+    let model = Mlp::from_tensors(&file, args.layers.as_deref(), Activation::Relu)
+        .map_err(|e| e.in_file(&model_path))?;
     let mut calibration = source.inputs(&CALIBRATION_IMAGES)?;
     let mut calibration_labels = source.labels(&CALIBRATION_LABELS)?;
     if let Some(rows) = args.calibration_rows {
