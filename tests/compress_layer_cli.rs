@@ -561,6 +561,33 @@ fn bad_inputs_fail_with_one_line_and_no_output() {
     }
 }
 
+/// k above the rank of the kernel over the neurons is a fact about the activations: the
+/// message names their file, whichever sampler meets it. (The columns route computes its
+/// distances from f32 co-moments against an exact diagonal, so it sees duplicates as
+/// rounding-level apart; with `--eps 0` it keeps them where the whole kernel refuses.)
+#[test]
+fn a_rank_refusal_names_the_activations() {
+    let f = Fixture::new(11);
+    // Neurons 8..16 repeat neurons 0..8: with no diagonal added, the kernel has rank 8.
+    let dup: Vec<f32> = (0..M * N)
+        .map(|k| f.acts[(k / N) * N + (k % N) % 8])
+        .collect();
+    write_npy(&f.path("dup.npy"), &[M, N], &dup).unwrap();
+    let out_path = f.path("never.safetensors");
+    let out = out_path.to_str().unwrap();
+    for method in ["kdpp", "greedy"] {
+        let args = [
+            "--next", "down", "-k", "10", "--eps", "0", "--select", method, "--out", out,
+        ];
+        refused(
+            &f.run_on("dup.npy", &args, &[]),
+            &["dup.npy: k = 10 exceeds the numerical rank"],
+            method,
+        );
+        assert!(!out_path.exists(), "{method} left an output file");
+    }
+}
+
 /// The output loads with Python's safetensors (scripts/check_safetensors.py): skips without
 /// Python + safetensors + numpy unless DIVNET_REQUIRE_PYTHON=1 (as in CI).
 fn python_loads(path: &Path, file: &TensorFile) {

@@ -115,6 +115,20 @@ pub fn compress_layer(
     opts: &LayerOptions,
     progress: &mut dyn Progress,
 ) -> Result<LayerOutcome> {
+    compress_named_layer(backend, activations, None, next, opts, progress)
+}
+
+/// [`compress_layer`], with the selection's input and numerical errors (k above the
+/// kernel's numerical rank, say) prefixed by `source`, where the activations came from:
+/// they are about the data, and the user should know which file.
+fn compress_named_layer(
+    backend: &Backend,
+    activations: &mut dyn RowSource,
+    source: Option<&Path>,
+    next: &[NextLayer<'_>],
+    opts: &LayerOptions,
+    progress: &mut dyn Progress,
+) -> Result<LayerOutcome> {
     let n = activations.width();
     let m = activations.rows();
     let next_rows: Vec<usize> = next.iter().map(|l| l.n_out).collect();
@@ -158,7 +172,7 @@ pub fn compress_layer(
         Route::TwoPass | Route::Columns => (None, None),
     };
     let selected = if layer_plan.route == Route::Columns {
-        select_from_columns(&mut work, activations, &selection, opts, progress)?
+        select_from_columns(&mut work, activations, &selection, opts, progress)
     } else {
         select_neurons(
             &mut work,
@@ -169,7 +183,11 @@ pub fn compress_layer(
             opts,
             opts.seed,
             progress,
-        )?
+        )
+    };
+    let selected = match source {
+        Some(path) => selected.map_err(|e| e.about(&path.display().to_string()))?,
+        None => selected?,
     };
     let fused = match gram {
         Some(kept) => {
@@ -290,7 +308,15 @@ pub fn compress_layer_tensors(
         read_next_tensors(file, tensors.next, n, tensors.source, tensors.activations)?;
     let released = release_next_weights(file, tensors.next);
     let next: Vec<NextLayer> = next_weights.iter().map(|x| x.layer(n)).collect();
-    let mut outcome = match compress_layer(backend, activations, &next, opts, progress) {
+    let compressed = compress_named_layer(
+        backend,
+        activations,
+        Some(tensors.activations),
+        &next,
+        opts,
+        progress,
+    );
+    let mut outcome = match compressed {
         Ok(outcome) => outcome,
         Err(e) => {
             restore_next_weights(file, tensors.next, &released, &next_weights)?;
