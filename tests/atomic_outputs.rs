@@ -184,3 +184,60 @@ fn completed_run_replaces_the_output_and_cleans_up() {
     assert_eq!(k.shape, vec![3, 3]);
     assert_eq!(names(dir), ["a.npy", "k.npy"]);
 }
+
+/// SIGINT (Ctrl-C) or SIGTERM the moment `divnet kernel`'s temporary output appears: unlike
+/// a SIGKILL, these are caught, and the run removes its temporary file before it exits
+/// with 128 + the signal, saying so; the old output survives. As above, only the signals
+/// that land before the rename count, and at least one must.
+#[cfg(unix)]
+#[test]
+fn interrupt_during_the_write_removes_the_temporary_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let acts = wide_activations(dir);
+    let out = dir.join("kernel.npy");
+    let old = b"the previous kernel, which must survive".to_vec();
+    let mut landed = 0;
+    for (attempt, (signal, code)) in [("-INT", 130), ("-TERM", 143)].repeat(3).iter().enumerate() {
+        std::fs::write(&out, &old).unwrap();
+        let mut child = kernel_command(&acts, &out)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let temp = dir.join(format!(".kernel.npy.{pid}.tmp"));
+        let start = Instant::now();
+        while !temp.exists() && child.try_wait().unwrap().is_none() {
+            assert!(start.elapsed() < Duration::from_secs(60), "no write began");
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let sent = Command::new("kill")
+            .arg(signal)
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        if !sent.success() || output.status.success() {
+            continue; // the run finished first
+        }
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(
+            output.status.code(),
+            Some(*code),
+            "attempt {attempt}: {err}"
+        );
+        assert!(err.contains("divnet: interrupted by SIG"), "{err}");
+        assert_eq!(
+            std::fs::read(&out).unwrap(),
+            old,
+            "the previous output changed"
+        );
+        assert_eq!(names(dir), ["acts.npy", "kernel.npy"], "attempt {attempt}");
+        landed += 1;
+    }
+    eprintln!("{landed} of 6 signals landed before the rename");
+    assert!(
+        landed > 0,
+        "no signal landed before the rename in 6 attempts"
+    );
+}

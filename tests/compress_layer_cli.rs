@@ -990,6 +990,25 @@ fn outputs_are_checked_first_and_written_together() {
     let missing = f.path("missing").join("r.json");
     let model_s = model.to_str().unwrap();
     let folder = f.path("folder");
+    let weights = f.path("model.safetensors");
+    let weights_s = weights.to_str().unwrap();
+    let weights_bytes = std::fs::read(&weights).unwrap();
+    let dotted = format!("{}/./model.safetensors", f.dir.path().display());
+    let linked = f.path("linked.safetensors");
+    std::fs::hard_link(&weights, &linked).unwrap();
+    let linked_s = linked.to_str().unwrap();
+    let acts = f.path("acts.npy");
+    let acts_s = acts.to_str().unwrap();
+    let acts_bytes = std::fs::read(&acts).unwrap();
+    let keep = f.path("keep.json");
+    std::fs::write(&keep, "[0, 1, 2, 3]").unwrap();
+    let keep_s = keep.to_str().unwrap();
+    let read_only = f.path("read_only.safetensors");
+    std::fs::write(&read_only, b"kept").unwrap();
+    let mut perms = std::fs::metadata(&read_only).unwrap().permissions();
+    perms.set_readonly(true);
+    std::fs::set_permissions(&read_only, perms).unwrap();
+    let read_only_s = read_only.to_str().unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec!["--out", model_s, "--report", missing.to_str().unwrap()],
@@ -997,15 +1016,35 @@ fn outputs_are_checked_first_and_written_together() {
         ),
         (vec!["--out", folder.to_str().unwrap()], "--out"),
         (vec!["--out", model_s, "--report", model_s], "same file"),
+        // An output that is an input: the activations, the network (also through another
+        // spelling of its path, or a hard link), or the keep list.
+        (vec!["--out", model_s, "--report", acts_s], "--report"),
+        (vec!["--out", weights_s], "is the input --weights"),
+        (vec!["--out", &dotted], "is the input --weights"),
+        (vec!["--out", linked_s], "is the input --weights"),
+        (
+            vec!["--keep", keep_s, "--out", model_s, "--report", keep_s],
+            "is the input --keep",
+        ),
+        (
+            vec!["--out", weights_s, "--dry-run"],
+            "is the input --weights",
+        ),
+        (vec!["--out", read_only_s], "read-only"),
     ];
     for (args, needle) in cases {
-        let mut all = vec!["--next", "down", "-k", "4"];
+        let mut all = vec!["--next", "down"];
+        if !args.contains(&"--keep") {
+            all.extend(["-k", "4"]);
+        }
         all.extend(args.iter().copied());
         let err = refused(&f.run(&all), &[needle], &format!("{args:?}"));
         // Refused before the work, whose summary starts with the route it took.
         assert!(!err.contains("route:"), "{args:?}: {err}");
         assert_eq!(std::fs::read(&model).unwrap(), b"the previous model");
     }
+    assert_eq!(std::fs::read(&weights).unwrap(), weights_bytes);
+    assert_eq!(std::fs::read(f.path("acts.npy")).unwrap(), acts_bytes);
     let names: Vec<String> = std::fs::read_dir(f.dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())

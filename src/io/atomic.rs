@@ -5,8 +5,44 @@
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use crate::error::{Error, Result};
+
+/// The temporary files that exist now (being written, or complete and not yet renamed), so
+/// that a program stopped by a signal can remove them ([`remove_staged_files`]): a drop
+/// never runs then, and an interrupted write of a large model would leave hundreds of MB
+/// in a hidden file.
+static STAGED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+fn staged_list() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    // A panic while the list was held leaves it usable: it only holds paths.
+    STAGED.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn forget_staged(tmp: &Path) {
+    let mut list = staged_list();
+    if let Some(i) = list.iter().position(|p| p == tmp) {
+        list.swap_remove(i);
+    }
+}
+
+/// Removes every temporary file of this process's outputs that exists now, for a program
+/// about to exit on a signal (SIGINT, SIGTERM); the outputs themselves stay as they were.
+/// Not for a signal handler's own context: it takes a lock. Call it from a thread that
+/// waits for the signal.
+pub fn remove_staged_files() {
+    remove_staged_where(|_| true);
+}
+
+fn remove_staged_where(pick: impl Fn(&Path) -> bool) {
+    staged_list().retain(|tmp| {
+        if pick(tmp) {
+            let _ = std::fs::remove_file(tmp);
+        }
+        !pick(tmp)
+    });
+}
 
 /// Writes `path` atomically: `write` fills a buffered temporary file next to `path`, which is
 /// flushed, synced and renamed over `path` only if `write` succeeds. On any error the
@@ -20,13 +56,25 @@ pub fn write_atomic(
 
 /// Checks, before a long computation, that `path` can be written the way [`write_atomic`]
 /// writes it: its folder exists and takes a new file (the temporary one, created and
-/// removed), and `path` is not a folder. An error names `path`.
+/// removed), `path` is not a folder, and not an existing read-only file (which the rename
+/// would replace all the same, where `cp` or a shell's `>` refuses). An error names `path`.
 pub fn check_writable(path: &Path) -> Result<()> {
     if path.is_dir() {
         return Err(Error::io(
             path,
             std::io::Error::new(std::io::ErrorKind::IsADirectory, "is a directory"),
         ));
+    }
+    if let Ok(meta) = std::fs::metadata(path) {
+        if meta.permissions().readonly() {
+            return Err(Error::io(
+                path,
+                std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    "exists and is read-only: make it writable or choose another path",
+                ),
+            ));
+        }
     }
     let tmp = temp_path(path);
     File::create(&tmp).map_err(|e| Error::io(path, e))?;
@@ -54,6 +102,8 @@ pub fn stage(
         path: path.to_path_buf(),
         committed: false,
     };
+    // Listed before it exists: a signal between the two would otherwise miss it.
+    staged_list().push(staged.tmp.clone());
     let file = File::create(&staged.tmp).map_err(|e| Error::io(path, e))?;
     let mut w = BufWriter::new(file);
     write(&mut w)?;
@@ -66,10 +116,16 @@ pub fn stage(
 }
 
 impl PendingFile {
-    /// Renames the temporary file over the destination.
+    /// Renames the temporary file over the destination. A destination that exists keeps its
+    /// permissions (the temporary file was made with the default ones).
     pub fn commit(mut self) -> Result<()> {
+        if let Ok(meta) = std::fs::metadata(&self.path) {
+            std::fs::set_permissions(&self.tmp, meta.permissions())
+                .map_err(|e| Error::io(&self.path, e))?;
+        }
         std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
         self.committed = true;
+        forget_staged(&self.tmp);
         Ok(())
     }
 }
@@ -78,6 +134,7 @@ impl Drop for PendingFile {
     fn drop(&mut self) {
         if !self.committed {
             let _ = std::fs::remove_file(&self.tmp);
+            forget_staged(&self.tmp);
         }
     }
 }
@@ -144,6 +201,45 @@ mod tests {
         drop(model);
         assert_eq!(std::fs::read(&out).unwrap(), b"model");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+
+    #[test]
+    fn staged_files_are_listed_until_committed_or_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |w: &mut BufWriter<File>| w.write_all(b"x").map_err(|e| Error::io("x", e));
+        let listed = |tmp: &Path| staged_list().iter().any(|p| p == tmp);
+        let kept = stage(&dir.path().join("a.bin"), write).unwrap();
+        let removed = stage(&dir.path().join("b.bin"), write).unwrap();
+        let (kept_tmp, removed_tmp) = (kept.tmp.clone(), removed.tmp.clone());
+        assert!(listed(&kept_tmp) && listed(&removed_tmp));
+        kept.commit().unwrap();
+        assert!(!listed(&kept_tmp));
+        // As a signal's waiting thread would (for this test's files only: other tests stage
+        // theirs at the same time): the temporary file goes, the outputs stay.
+        remove_staged_where(|tmp| tmp.starts_with(dir.path()));
+        assert!(!removed_tmp.exists() && !listed(&removed_tmp));
+        assert!(dir.path().join("a.bin").exists());
+        drop(removed);
+        assert!(!dir.path().join("b.bin").exists());
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_replaced_file_keeps_its_permissions_and_a_read_only_one_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.bin");
+        write_bytes_atomic(&path, b"first").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        write_bytes_atomic(&path, b"second").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o444)).unwrap();
+        let err = check_writable(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("out.bin") && err.contains("read-only"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -58,7 +58,10 @@ pub struct Args {
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let operations = parse_list("--ops", &args.ops, |s| s.parse::<Operation>().ok())?;
-    check_outputs(&[("--json", args.json.as_deref())])?;
+    check_outputs(
+        &[("--json", args.json.as_deref())],
+        &[("--activations", args.activations.as_deref())],
+    )?;
     let gpu = if args.no_gpu {
         None
     } else {

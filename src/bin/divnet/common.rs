@@ -231,22 +231,45 @@ pub fn parse_list<T>(
 
 /// Checks a command's output files (`(option, path)`, absent options skipped) before any
 /// work, so that a long run does not end on an unwritable path: each folder must exist and
-/// take a new file, no output may be a folder, and no two options may name the same file
-/// (the second write would replace the first).
-pub fn check_outputs(outputs: &[(&str, Option<&Path>)]) -> anyhow::Result<()> {
+/// take a new file, no output may be a folder or an existing read-only file, no two options
+/// may name the same file (the second write would replace the first), and no output may be
+/// one of the command's `inputs` (which it would replace: activations overwritten by a
+/// report, a model by its compressed copy).
+pub fn check_outputs(
+    outputs: &[(&str, Option<&Path>)],
+    inputs: &[(&str, Option<&Path>)],
+) -> anyhow::Result<()> {
+    let inputs: Vec<(&str, std::path::PathBuf)> = inputs
+        .iter()
+        .filter_map(|&(option, path)| Some((option, path?.canonicalize().ok()?)))
+        .collect();
     let mut seen: Vec<(&str, std::path::PathBuf)> = Vec::new();
     for &(option, path) in outputs {
         let Some(path) = path else { continue };
         divnet::io::atomic::check_writable(path).map_err(|e| anyhow::anyhow!("{option} {e}"))?;
-        // The folder exists now, so it canonicalises; the file need not exist.
+        // The folder exists now, so it canonicalises; the file need not exist (a link that
+        // does canonicalises to its target, which the rename would not replace, but the
+        // user meant that file all the same).
         let folder = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => std::path::PathBuf::from("."),
         };
-        let resolved = folder
-            .canonicalize()
-            .map(|f| f.join(path.file_name().unwrap_or_default()))
-            .unwrap_or_else(|_| path.to_path_buf());
+        let resolved = path.canonicalize().unwrap_or_else(|_| {
+            folder
+                .canonicalize()
+                .map(|f| f.join(path.file_name().unwrap_or_default()))
+                .unwrap_or_else(|_| path.to_path_buf())
+        });
+        if let Some((input, _)) = inputs
+            .iter()
+            .find(|(_, p)| *p == resolved || same_file(p, path))
+        {
+            anyhow::bail!(
+                "{option} {} is the input {input}: writing it would replace what the command \
+                 reads; choose another path",
+                path.display()
+            );
+        }
         if let Some((first, _)) = seen.iter().find(|(_, p)| *p == resolved) {
             anyhow::bail!(
                 "{first} and {option} name the same file {}: one would replace the other",
@@ -256,6 +279,21 @@ pub fn check_outputs(outputs: &[(&str, Option<&Path>)]) -> anyhow::Result<()> {
         seen.push((option, resolved));
     }
     Ok(())
+}
+
+/// Whether `a` and `b` are one file under two names (hard links).
+#[cfg(unix)]
+fn same_file(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn same_file(_: &Path, _: &Path) -> bool {
+    false
 }
 
 /// Writes `value` as pretty JSON to `path`, atomically.

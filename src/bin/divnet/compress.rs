@@ -84,10 +84,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let beta: Beta = args.beta.parse()?;
     let mut method = args.select;
     let keep = keep_specs(&args, &mut method)?;
-    check_outputs(&[
-        ("--out", Some(&args.out)),
-        ("--report", args.report.as_deref()),
-    ])?;
+    check_outputs(
+        &[
+            ("--out", Some(&args.out)),
+            ("--report", args.report.as_deref()),
+        ],
+        &[
+            ("--model", Some(&args.model)),
+            ("--calibration", Some(&args.calibration)),
+        ],
+    )?;
     let file = read_safetensors(&args.model)?;
     // The same errors as Mlp::load: a missing tensor or a broken chain names the model file.
     let mlp = Mlp::from_tensors(&file, args.layers.as_deref(), activation)

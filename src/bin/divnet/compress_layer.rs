@@ -137,12 +137,18 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         FusionMode::Fuse
     };
     let mut timer = StageTimer::default();
-    if !args.dry_run {
-        check_outputs(&[
+    // A dry run checks them too: it should find whatever the run would refuse.
+    check_outputs(
+        &[
             ("--out", args.out.as_deref()),
             ("--report", args.report.as_deref()),
-        ])?;
-    }
+        ],
+        &[
+            ("--activations", Some(&args.activations)),
+            ("--weights", Some(&args.weights)),
+            ("--keep", args.keep.as_deref()),
+        ],
+    )?;
 
     let mut reader = open_activations(&args.activations, &mut timer)?;
     let n = reader.width();

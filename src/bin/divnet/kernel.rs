@@ -50,7 +50,10 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    check_outputs(&[("--out", Some(&args.out))])?;
+    check_outputs(
+        &[("--out", Some(&args.out))],
+        &[("--activations", Some(&args.activations))],
+    )?;
     let mut timer = StageTimer::default();
     let mut reader = open_activations(&args.activations, &mut timer)?;
     let n = reader.width();

@@ -9,6 +9,7 @@ mod compress_layer;
 mod demo;
 mod demo_data;
 mod evaluate;
+mod interrupts;
 mod kernel;
 mod plots;
 mod sample;
@@ -55,6 +56,7 @@ fn main() {
     {
         std::env::set_var("NODEVICE_SELECT", "1");
     }
+    interrupts::remove_outputs_on_signal();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => usage_error(e),

@@ -83,7 +83,14 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    common::check_outputs(&[("--out", args.out.as_deref())])?;
+    common::check_outputs(
+        &[("--out", args.out.as_deref())],
+        &[
+            ("--kernel", args.kernel.as_deref()),
+            ("--activations", args.activations.as_deref()),
+            ("--weights", args.weights.as_deref()),
+        ],
+    )?;
     if (args.greedy.is_some() || args.fusion_greedy.is_some()) && args.samples != 1 {
         bail!("--samples does not apply to --greedy or --fusion-greedy, which are deterministic");
     }

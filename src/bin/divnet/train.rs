@@ -71,7 +71,14 @@ pub struct Args {
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let activation: Activation = args.activation.parse().context("--activation")?;
-    check_outputs(&[("--out", Some(&args.out))])?;
+    check_outputs(
+        &[("--out", Some(&args.out))],
+        &[
+            ("--data", Some(&args.data)),
+            ("--labels", Some(&args.labels)),
+            ("--init", args.init.as_deref()),
+        ],
+    )?;
     let inputs = read_inputs(&args.data)?;
     let labels = read_labels(&args.labels)?;
     let (mut mlp, template) = match &args.init {
