@@ -2,8 +2,11 @@
 //! quadratic forms of the reconstruction error, as gathered products in WGSL
 //! (`shaders/fusion.wgsl`). CPU twin: [`crate::cpu::fusion::assemble`].
 //!
-//! The host uploads rows of the augmented Gram matrix `G~ = [[G, s], [s^T, m]]` (the rows
-//! it needs, converted to f32 in the same pass) and rows of `W~ = [W, b]`; the shader
+//! The host uploads rows of the augmented Gram matrix of the centred activations,
+//! `[[G_c, 0], [0, m]]` with `G_c = G - s s^T / m` (the rows it needs, centred and converted
+//! to f32 in the same pass), and rows of `W~ = [W, b]`, and adds the means' share of `R` and
+//! of the energies back in f64 (so that the products' rounding is relative to the centred
+//! system the solve uses, not to a mean that may be 10^4 times the spread); the shader
 //! gathers the columns. Each operand is uploaded once per block and serves every column set;
 //! the device buffers are made once and rewritten, and each panel of rows is one submit and
 //! one readback of all its products.
@@ -15,7 +18,8 @@
 //! ~9e-8). The reported error is a small difference of large energies,
 //! `||Z-Z'||^2 = tr(W_P G_PP W_P^T) - <X, R> - ridge ||X||^2`, so it keeps a floor: ~3e-6
 //! relative here (plain f32: ~2e-4, erratic); at 1e-5 it agrees with the CPU to ~1%, at
-//! 1e-4 to 0.05%. The CPU twin (f64) resolves errors down to ~1e-8.
+//! 1e-4 to 0.05%. Both backends are then limited by the statistics themselves (f32
+//! products): see [`crate::fusion::FusedLayer::relative_error`].
 
 use faer::Mat;
 use rayon::prelude::*;
@@ -202,18 +206,25 @@ pub fn assemble(
         let g1 = lead12(v as f32);
         [g1, (v - g1 as f64) as f32]
     };
+    // The products are taken about the means: the device gets the augmented Gram matrix of
+    // the centred activations, [[G_c, 0], [0, m]] with G_c = G - s s^T / m (centred here in
+    // f64), and the host adds the means' share back in f64 below. Uncentred, a neuron whose
+    // mean is 10^4 times its spread has G ~ 10^8 G_c, and the products' ~4e-11 relative
+    // error became ~4e-3 of the centred system the solve works on (a review measured fused
+    // layers 9 times worse than least squares, with a reported error of 0).
+    let m = stats.samples as f64;
+    let s = &stats.col_sums;
+    let centring = |i: usize, j: usize| if m > 0.0 { s[i] * s[j] / m } else { 0.0 };
     let g_row = |r: usize, dst: &mut [[f32; 2]]| {
         if r < n {
             // G is symmetric: row r is column r, contiguous in faer's column-major storage.
-            for (d, &v) in dst.iter_mut().zip(stats.gram.col(r).iter()) {
-                *d = split(v);
+            for (j, (d, &v)) in dst.iter_mut().zip(stats.gram.col(r).iter()).enumerate() {
+                *d = split(v - centring(r, j));
             }
-            dst[n] = split(stats.col_sums[r]);
+            dst[n] = [0.0; 2];
         } else {
-            for (d, &v) in dst.iter_mut().zip(&stats.col_sums) {
-                *d = split(v);
-            }
-            dst[n] = split(stats.samples as f64);
+            dst[..n].fill([0.0; 2]);
+            dst[n] = split(m);
         }
     };
 
@@ -318,6 +329,27 @@ pub fn assemble(
             }
         }
         o0 += ob;
+    }
+
+    // The means' share, in f64, per output o: with r = W_P s_P and u = W_Y s_Y (row o),
+    // R = [G_c,YP; 0] W_P^T + [s_Y; m] r / m, the kept energy gains u^2 / m + 2 b u and the
+    // dropped one r^2 / m.
+    if m > 0.0 {
+        let weighted_sum = |o: usize, cols: &[usize]| -> f64 {
+            let row = &next.weight[o * n..(o + 1) * n];
+            cols.iter().map(|&c| row[c] as f64 * s[c]).sum()
+        };
+        for o in 0..n_out {
+            let r = weighted_sum(o, dropped);
+            for (i, &y) in keep.iter().enumerate() {
+                rhs[(i, o)] += s[y] * r / m;
+            }
+            rhs[(k, o)] = r;
+            dropped_energy += r * r / m;
+            let u = weighted_sum(o, keep);
+            let b = next.bias.map_or(0.0, |b| b[o] as f64);
+            kept_energy += u * u / m + 2.0 * b * u;
+        }
     }
 
     Ok(FusionSystem {
