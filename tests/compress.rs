@@ -923,3 +923,47 @@ fn compress_cli_refuses_fused_weights_the_dtype_cannot_hold() {
         "the work ran first: {err}"
     );
 }
+
+/// A bias-free next layer gets a bias to hold the fused constant: `compress` says so (on
+/// stderr and in the layer's notes), and `--no-bias` keeps the model bias-free.
+#[test]
+fn compress_cli_says_when_it_creates_a_bias() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut mlp = Mlp::init(&[5, 12, 8, 3], Activation::Relu, 33);
+    for l in &mut mlp.layers[1..] {
+        l.has_bias = false;
+        l.bias.fill(0.0);
+    }
+    let model = dir.path().join("m.safetensors");
+    let file = mlp.to_tensors(&Default::default()).unwrap();
+    assert!(file.get(&format!("{}.bias", mlp.layers[1].name)).is_none());
+    write_safetensors(&model, &file).unwrap();
+    let calib = dir.path().join("c.npy");
+    divnet::io::npy::write_npy(&calib, &[200, 5], &random_inputs(200, 5, 34)).unwrap();
+    let (out, rep) = (dir.path().join("o.safetensors"), dir.path().join("r.json"));
+    for no_bias in [false, true] {
+        let mut command = compress_command(&model, &calib);
+        command.args(["--select", "importance", "-k", "6,4", "--out"]);
+        command.arg(&out).arg("--report").arg(&rep);
+        if no_bias {
+            command.arg("--no-bias");
+        }
+        let run = command.output().unwrap();
+        let stderr = String::from_utf8_lossy(&run.stderr);
+        assert!(run.status.success(), "{stderr}");
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&rep).unwrap()).unwrap();
+        let written = divnet::io::safetensors::read_safetensors(&out).unwrap();
+        for (layer, next) in report["layers"].as_array().unwrap().iter().zip(1..) {
+            let name = format!("{}.bias", mlp.layers[next].name);
+            let noted = layer["notes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|n| n.as_str().unwrap().starts_with(&format!("{name}: created")));
+            assert_eq!(noted, !no_bias, "--no-bias {no_bias}: {layer}");
+            assert_eq!(stderr.contains(&format!("{name}: created")), !no_bias);
+            assert_eq!(written.get(&name).is_some(), !no_bias, "{name}");
+        }
+    }
+}

@@ -588,6 +588,50 @@ fn a_rank_refusal_names_the_activations() {
     }
 }
 
+/// Fusion into k kept neurons fits k + 1 unknowns per output: with fewer than 10 calibration
+/// rows per unknown the report says that its error understates the error on new inputs;
+/// plain pruning fits nothing and says nothing.
+#[test]
+fn too_few_calibration_rows_for_the_fusion_are_noted() {
+    let f = Fixture::new(12);
+    let notes = |extra: &[&str]| -> Vec<String> {
+        let (out, rep) = (f.path("o.safetensors"), f.path("r.json"));
+        let mut args = vec![
+            "--next",
+            "down",
+            "--select",
+            "importance",
+            "--out",
+            out.to_str().unwrap(),
+            "--report",
+            rep.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        ok(&f.run(&args));
+        report(&rep)["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .filter(|n| n.contains("calibration rows"))
+            .collect()
+    };
+    // M = 60 rows: enough for 4 kept neurons and the constant (50), not for 8 (90).
+    assert!(notes(&["-k", "4"]).is_empty());
+    let few = notes(&["-k", "8"]);
+    assert_eq!(few.len(), 1, "{few:?}");
+    assert!(
+        few[0].contains("60 calibration rows for 9 unknowns") && few[0].contains("at least 90"),
+        "{few:?}"
+    );
+    assert!(notes(&["-k", "8", "--no-fusion"]).is_empty());
+    let without_constant = notes(&["-k", "8", "--no-bias"]);
+    assert!(
+        without_constant[0].contains("8 unknowns"),
+        "{without_constant:?}"
+    );
+}
+
 /// The output loads with Python's safetensors (scripts/check_safetensors.py): skips without
 /// Python + safetensors + numpy unless DIVNET_REQUIRE_PYTHON=1 (as in CI).
 fn python_loads(path: &Path, file: &TensorFile) {

@@ -369,7 +369,15 @@ fn compress_hidden_layer(
         progress,
     )?;
     let (ridge, relative_error) = (fused.ridge, fused.relative_error);
+    let had_bias = out.layers[layer + 1].has_bias;
     replace_layer(out, layer, &selected.kept, fused);
+    if !had_bias && out.layers[layer + 1].has_bias {
+        work.notes.push(format!(
+            "{}.bias: created to hold the fused constant term (--no-bias fuses without one, \
+             for a model that must keep its layers bias-free)",
+            out.layers[layer + 1].name
+        ));
+    }
 
     Ok(LayerReport {
         name: out.layers[layer].name.clone(),

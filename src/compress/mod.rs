@@ -88,7 +88,8 @@ pub struct LayerReport {
     pub beta: Option<f64>,
     /// The ridge added to the fusion system.
     pub ridge: f64,
-    /// ||Z - Z'||_F / ||Z||_F of the next layer's pre-activation on the calibration set.
+    /// ||Z - Z'||_F / ||Z||_F of the next layer's pre-activation on the calibration set
+    /// (resolved down to a few 1e-4: see [`crate::fusion::FusedLayer::relative_error`]).
     pub relative_error: f64,
     /// Diversity of the kept set under the kernel, when one was built (and not reduced in
     /// place by a wide layer's partial eigendecomposition).

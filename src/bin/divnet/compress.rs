@@ -145,6 +145,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             l.ridge,
             l.relative_error
         );
+        for note in &l.notes {
+            eprintln!("  {note}");
+        }
     }
     let out = compressed
         .to_tensors(&file)
