@@ -967,3 +967,52 @@ fn compress_cli_says_when_it_creates_a_bias() {
         }
     }
 }
+
+/// A second head reading a hidden layer (`aux.weight [2, 8]` on fc2's 8 neurons) is not a
+/// layer of the MLP that `--layers` picks: compressing fc2 would leave it at the old width
+/// and the model would not load. Refused, naming it, with nothing written.
+#[test]
+fn compress_cli_refuses_to_leave_a_second_reader_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mlp = Mlp::init(&[5, 12, 8, 3], Activation::Relu, 35);
+    let mut file = mlp.to_tensors(&Default::default()).unwrap();
+    let aux =
+        divnet::io::safetensors::Tensor::from_f32(&[0.5; 16], vec![2, 8], safetensors::Dtype::F32)
+            .unwrap();
+    file.insert("aux.weight".into(), aux);
+    let model = dir.path().join("m.safetensors");
+    write_safetensors(&model, &file).unwrap();
+    let calib = dir.path().join("c.npy");
+    divnet::io::npy::write_npy(&calib, &[100, 5], &random_inputs(100, 5, 36)).unwrap();
+    let out = dir.path().join("o.safetensors");
+    let run = |keep: &str| {
+        compress_command(&model, &calib)
+            .args([
+                "--layers",
+                "fc1,fc2,fc3",
+                "--select",
+                "importance",
+                "-k",
+                keep,
+            ])
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let refused = run("6,4");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("aux.weight [2, 8] reads the 8 neurons of fc2 (now 4)"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    // fc2 kept whole: aux still fits.
+    let kept = run("6,8");
+    assert!(
+        kept.status.success(),
+        "{}",
+        String::from_utf8_lossy(&kept.stderr)
+    );
+}

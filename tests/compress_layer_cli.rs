@@ -632,6 +632,44 @@ fn too_few_calibration_rows_for_the_fusion_are_noted() {
     );
 }
 
+/// A gated FFN compressed with only one of its two producing projections: the other keeps
+/// its rows and no longer fits, and the report says so, naming it (its shape could match by
+/// chance, so it is a note, not a refusal); with both given, no such note.
+#[test]
+fn a_producing_layer_left_out_is_noted() {
+    let f = Fixture::new(13);
+    let notes = |prev: &str| -> Vec<String> {
+        let (out, rep) = (f.path("o.safetensors"), f.path("r.json"));
+        ok(&f.run(&[
+            "--next",
+            "down",
+            "--prev",
+            prev,
+            "-k",
+            "4",
+            "--out",
+            out.to_str().unwrap(),
+            "--report",
+            rep.to_str().unwrap(),
+        ]));
+        report(&rep)["notes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .filter(|n| n.contains("beside the layers given"))
+            .collect()
+    };
+    let left_out = notes("up");
+    assert_eq!(left_out.len(), 1, "{left_out:?}");
+    assert!(
+        left_out[0].starts_with(&format!("gate.weight [{N}, {D}]"))
+            && left_out[0].contains("producing layers (prev)"),
+        "{left_out:?}"
+    );
+    assert!(notes("gate,up").is_empty());
+}
+
 /// The output loads with Python's safetensors (scripts/check_safetensors.py): skips without
 /// Python + safetensors + numpy unless DIVNET_REQUIRE_PYTHON=1 (as in CI).
 fn python_loads(path: &Path, file: &TensorFile) {

@@ -304,6 +304,7 @@ pub fn compress_layer_tensors(
 ) -> Result<LayerOutcome> {
     let n = activations.width();
     check_tensors(n, &tensors)?;
+    let unlisted = unlisted_neighbours(tensors.file, tensors.next, tensors.prev, n);
     let file = tensors.file;
     let next_weights =
         read_next_tensors(file, tensors.next, n, tensors.source, tensors.activations)?;
@@ -357,7 +358,51 @@ pub fn compress_layer_tensors(
         }
     }
     outcome.report.name = tensors.prev.join(",");
+    outcome.report.notes.extend(unlisted);
     Ok(outcome)
+}
+
+/// Tensors beside the named layers (under the same parent module: `model.layers.3.mlp.` for
+/// `model.layers.3.mlp.down_proj`) that are neither producing nor reading layers but have
+/// the layer's width n in a place that suggests one: a weight with n rows or a vector of n
+/// values (a gate projection left out of `prev`, a per-neuron scale), a weight with n
+/// columns (a second reader left out of `next`). They are copied unchanged and so no
+/// longer fit the compressed layer; a note for each, since a shape can match by chance.
+fn unlisted_neighbours(
+    file: &TensorFile,
+    next: &[String],
+    prev: &[String],
+    n: usize,
+) -> Vec<String> {
+    let parent = |name: &str| name.rsplit_once('.').map_or("", |(p, _)| p).to_string();
+    let given: Vec<&String> = next.iter().chain(prev).collect();
+    let parents: Vec<String> = given.iter().map(|g| parent(g)).collect();
+    let mut notes = Vec::new();
+    for name in file.names() {
+        let layer = parent(name);
+        if given.iter().any(|g| **g == layer) || !parents.contains(&parent(&layer)) {
+            continue;
+        }
+        let Some(shape) = file.get(name).map(|t| t.shape.as_slice()) else {
+            continue;
+        };
+        let role = match shape {
+            [rows, _] if *rows == n => {
+                "one row per neuron: if it produces the activations, \
+                                        it belongs with the producing layers (prev)"
+            }
+            [_, cols] if *cols == n => {
+                "one column per neuron: if it reads the activations, \
+                                        it belongs with the reading layers (next)"
+            }
+            [len] if *len == n => "one value per neuron: it no longer matches the kept neurons",
+            _ => continue,
+        };
+        notes.push(format!(
+            "{name} {shape:?}: beside the layers given, with {role}; it was copied unchanged"
+        ));
+    }
+    notes
 }
 
 /// The fused next layers (which read `n` neurons before the compression) encoded in their

@@ -376,6 +376,7 @@ impl Mlp {
     /// (new shapes; each tensor keeps the dtype it had in `template`, f32 for new ones; a bias
     /// that did not exist is added only if it is non-zero); all other tensors unchanged.
     pub fn to_tensors(&self, template: &TensorFile) -> Result<TensorFile> {
+        self.check_no_stale_readers(template)?;
         let mut out = template.clone();
         for l in &self.layers {
             l.check()?;
@@ -402,6 +403,47 @@ impl Mlp {
             }
         }
         Ok(out)
+    }
+
+    /// Refuses to write the MLP into `template` when a 2-D tensor there that is not one of its
+    /// layers reads a hidden layer whose width changed (`aux.weight [5, 64]` beside a `fc2`
+    /// cut from 64 to 32 neurons: a second head, say): copied unchanged, it would no longer
+    /// fit, and the model would not load. The first layer's input and the last layer's output
+    /// do not change, so only hidden widths are compared.
+    fn check_no_stale_readers(&self, template: &TensorFile) -> Result<()> {
+        let ours: std::collections::HashSet<String> = self
+            .layers
+            .iter()
+            .flat_map(|l| [tensor_name(&l.name, "weight"), tensor_name(&l.name, "bias")])
+            .collect();
+        let hidden = &self.layers[..self.layers.len().saturating_sub(1)];
+        for l in hidden {
+            let Some([old_width, _]) = template
+                .get(&tensor_name(&l.name, "weight"))
+                .map(|t| t.shape.as_slice())
+                .and_then(|s| <[usize; 2]>::try_from(s).ok())
+            else {
+                continue;
+            };
+            if old_width == l.out_dim {
+                continue;
+            }
+            for name in template.names().filter(|n| !ours.contains(*n)) {
+                let shape = &template.get(name).expect("listed").shape;
+                if let [_, cols] = shape[..] {
+                    if cols == old_width {
+                        return Err(Error::invalid(format!(
+                            "{name} {shape:?} reads the {old_width} neurons of {} (now {}) but \
+                             is not a layer of the MLP (a second head?): copied unchanged it \
+                             would no longer fit; compress {} with compress-layer, giving \
+                             every layer that reads it",
+                            l.name, l.out_dim, l.name
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Random init (PyTorch's default uniform(-1/sqrt(in), 1/sqrt(in))), seeded, names fc1, fc2, ...
