@@ -1136,3 +1136,26 @@ fn partial_inclusion_frequencies_match_marginals_with_a_dominant_cluster() {
         "partial DPP, dominant cluster",
     );
 }
+
+/// Greedy MAP reads a negative Schur complement as what it is: the kernel has a negative
+/// direction. [[1, 2], [2, 1]] (eigenvalues 3 and -1) was reported as "k = 2 exceeds the
+/// numerical rank 1"; a 3 x 3 indefinite kernel whose 2 x 2 blocks are all PSD passed k = 3
+/// silently. The rank message stays for a PSD kernel of rank 1.
+#[test]
+fn greedy_map_refuses_an_indefinite_kernel() {
+    let not_psd = |rows: &[&[f64]], k: usize| {
+        let n = rows.len();
+        let l = Mat::from_fn(n, n, |i, j| rows[i][j]);
+        let err = greedy_map(l.as_ref(), GreedyStop::Count(k))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not positive semi-definite"), "{err}");
+    };
+    not_psd(&[&[1.0, 2.0], &[2.0, 1.0]], 2);
+    not_psd(&[&[1.0, 0.9, 0.9], &[0.9, 1.0, -0.9], &[0.9, -0.9, 1.0]], 3);
+    let rank_one = Mat::from_fn(2, 2, |_, _| 1.0);
+    let err = greedy_map(rank_one.as_ref(), GreedyStop::Count(2))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("numerical rank 1"), "{err}");
+}
