@@ -10,6 +10,9 @@ pub trait Progress {
     fn advance(&mut self, n: u64);
     /// The current stage is over.
     fn finish(&mut self);
+    /// Something the user should know now rather than at the end, before a long piece of
+    /// work (the route a layer will take and the memory it plans for). Ignored by default.
+    fn note(&mut self, _text: &str) {}
 }
 
 /// Progress that goes nowhere.

@@ -670,6 +670,27 @@ fn a_producing_layer_left_out_is_noted() {
     assert!(notes("gate,up").is_empty());
 }
 
+/// Off a terminal (here: stderr is a pipe) progress bars draw nothing, so a long stage gets
+/// plain lines; `DIVNET_PROGRESS_SECS=0` makes every stage long. The route and memory plan
+/// are said before the work, not after it.
+#[test]
+fn progress_off_a_terminal_is_plain_lines() {
+    let f = Fixture::new(14);
+    let out = f.path("o.safetensors");
+    let args = ["--next", "down", "-k", "4", "--out", out.to_str().unwrap()];
+    let quiet = f.run_on("acts.npy", &args, &[]);
+    let quiet = String::from_utf8_lossy(&ok(&quiet).stderr);
+    assert!(!quiet.contains("statistics: done"), "{quiet}");
+    let logged = f.run_on("acts.npy", &args, &[("DIVNET_PROGRESS_SECS", "0")]);
+    let logged = String::from_utf8_lossy(&ok(&logged).stderr);
+    let at = |needle: &str| {
+        logged
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} missing: {logged}"))
+    };
+    assert!(at("route: one-pass") < at(&format!("statistics: done, 100% ({M}/{M})")));
+}
+
 /// The output loads with Python's safetensors (scripts/check_safetensors.py): skips without
 /// Python + safetensors + numpy unless DIVNET_REQUIRE_PYTHON=1 (as in CI).
 fn python_loads(path: &Path, file: &TensorFile) {

@@ -136,6 +136,13 @@ fn compress_named_layer(
     let stacked = StackedNext::new(next, n)?;
     let selection = SelectionPlan::new(opts, n)?;
     let layer_plan = plan_layer(backend, n, m, &next_rows, opts)?;
+    progress.note(&format!(
+        "route: {} ({}); planned peak {} above {}",
+        layer_plan.route.name(),
+        layer_plan.reason,
+        crate::memory::gb(layer_plan.memory.peak()),
+        layer_plan.rss_at_plan.map_or("?".into(), crate::memory::gb),
+    ));
     let mut work = LayerWork::new(backend, opts.cpu_fallback);
 
     // The first pass: G beside the distances (one-pass), or the distances alone when the

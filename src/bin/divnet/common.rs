@@ -1,5 +1,6 @@
 //! What every subcommand shares: backend selection with a report, progress bars, timing.
 
+use std::io::IsTerminal;
 use std::io::Write;
 use std::path::Path;
 use std::time::Instant;
@@ -193,24 +194,106 @@ impl StageTimer {
     }
 }
 
-/// The library's [`divnet::compress::Progress`] drawn as one indicatif bar per stage.
-#[derive(Default)]
+/// The library's [`divnet::compress::Progress`] drawn as one indicatif bar per stage on a
+/// terminal. Elsewhere (a log file, nohup, a batch job) a bar draws nothing, so a stage that
+/// runs longer than 5 s gets plain lines instead: when it passes that mark, every 30 s after,
+/// and when it ends. `DIVNET_PROGRESS_SECS=S` moves the first mark to S seconds and the
+/// interval to 6 S.
 pub struct BarProgress {
     bar: Option<ProgressBar>,
+    log: Option<StageLog>,
+    /// When a stage off a terminal gets its first line, and then how often.
+    log_after: std::time::Duration,
+    log_every: std::time::Duration,
+}
+
+impl Default for BarProgress {
+    fn default() -> Self {
+        let after = std::env::var("DIVNET_PROGRESS_SECS")
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .unwrap_or(5.0);
+        Self {
+            bar: None,
+            log: None,
+            log_after: std::time::Duration::from_secs_f64(after),
+            log_every: std::time::Duration::from_secs_f64(6.0 * after),
+        }
+    }
+}
+
+/// A stage followed by lines rather than a bar.
+struct StageLog {
+    stage: String,
+    total: u64,
+    done: u64,
+    start: std::time::Instant,
+    /// When the last line was printed; None before the first.
+    last: Option<std::time::Instant>,
+}
+
+impl StageLog {
+    fn line(&self, what: &str) {
+        let percent = if self.total > 0 {
+            format!(
+                " {:.0}% ({}/{})",
+                100.0 * self.done as f64 / self.total as f64,
+                self.done,
+                self.total
+            )
+        } else {
+            String::new()
+        };
+        eprintln!(
+            "{}: {what}{percent} after {:.1} s",
+            self.stage,
+            self.start.elapsed().as_secs_f64()
+        );
+    }
 }
 
 impl divnet::compress::Progress for BarProgress {
     fn start(&mut self, stage: &str, total: u64) {
-        self.bar = Some(progress_bar(total, stage));
+        if std::io::stderr().is_terminal() {
+            self.bar = Some(progress_bar(total, stage));
+        } else {
+            self.log = Some(StageLog {
+                stage: stage.to_string(),
+                total,
+                done: 0,
+                start: std::time::Instant::now(),
+                last: None,
+            });
+        }
     }
     fn advance(&mut self, n: u64) {
         if let Some(b) = &self.bar {
             b.inc(n);
         }
+        if let Some(log) = &mut self.log {
+            log.done += n;
+            let due = match log.last {
+                None => log.start.elapsed() >= self.log_after,
+                Some(last) => last.elapsed() >= self.log_every,
+            };
+            if due {
+                log.line("running,");
+                log.last = Some(std::time::Instant::now());
+            }
+        }
+    }
+    fn note(&mut self, text: &str) {
+        eprintln!("{text}");
     }
     fn finish(&mut self) {
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
+        }
+        if let Some(log) = self.log.take() {
+            if log.last.is_some() || log.start.elapsed() >= self.log_after {
+                log.line("done,");
+            }
         }
     }
 }

@@ -216,13 +216,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &mut BarProgress::default(),
     )?;
     let mut report = outcome.report;
-    eprintln!(
-        "route: {} ({}); planned peak {} above {}",
-        report.route,
-        outcome.plan.reason,
-        gb(outcome.plan.memory.peak()),
-        outcome.plan.rss_at_plan.map_or("?".into(), gb),
-    );
     let peaks: std::collections::HashMap<&str, Option<u64>> = report
         .memory
         .peak_rss_after
