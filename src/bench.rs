@@ -333,8 +333,8 @@ fn run_width(
                     input,
                     n,
                     reason: format!(
-                        "{gflop:.0} GFLOP on a software adapter (over the limit of {:.0}): \
-                         minutes of a CPU emulating a GPU",
+                        "{gflop:.1} GFLOP on a software adapter, over the limit of {} GFLOP: \
+                         a CPU emulating a GPU takes long and says nothing of GPU speed",
                         opts.software_gflop_limit
                     ),
                 });

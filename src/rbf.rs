@@ -34,6 +34,17 @@ impl std::str::FromStr for Beta {
     }
 }
 
+/// How beta was chosen, as the command line names it: `paper (10 / m)`, `median`, `given`.
+impl std::fmt::Display for Beta {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Beta::Paper => f.write_str("paper: 10 / m"),
+            Beta::Median => f.write_str("median: 1 / median squared distance"),
+            Beta::Value(_) => f.write_str("given"),
+        }
+    }
+}
+
 impl Beta {
     /// The value of beta for these distances: `10 / m` (paper), `1 / median_{i<j} D_ij`
     /// (median; an error when there is no pair or the median is 0), or the given value.

@@ -97,4 +97,31 @@ fn bad_arguments_are_one_error_line() {
         let last = stderr.lines().last().unwrap_or("");
         assert!(last.starts_with("divnet: error:"), "{args:?}: {stderr}");
     }
+    // A wrong operation lists the right ones; --no-cpu --no-gpu says what it left out.
+    let out = bench(&["--ops", "gemm"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("[possible values: gram, rbf, fusion]"),
+        "{stderr}"
+    );
+    let out = bench(&["--no-cpu", "--no-gpu"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--no-cpu and --no-gpu leave out both"),
+        "{stderr}"
+    );
+}
+
+/// The help shows the default widths as the option takes them (commas), and they are the
+/// library's.
+#[test]
+fn help_shows_the_library_default_sizes() {
+    let out = bench(&["--help"]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    let sizes: Vec<String> = divnet::bench::DEFAULT_SIZES
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    let shown = format!("[default: {}]", sizes.join(","));
+    assert!(help.contains(&shown), "{shown} missing: {help}");
 }

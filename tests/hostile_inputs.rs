@@ -180,6 +180,16 @@ fn kernel_cases() -> Vec<Case> {
     f16_nan[data_start + 10..data_start + 12].copy_from_slice(&0x7E00u16.to_le_bytes());
     vec![
         k(
+            "activations are an npz archive",
+            b"PK\x03\x04 a zip archive".to_vec(),
+            &["not an npy file", "npz", "numpy.save"],
+        ),
+        k(
+            "3-D activations (batch x tokens x features)",
+            npy_bytes(&[2, 3, 4], &activations()),
+            &["2-d array", "[2, 3, 4]", "reshape(-1, a.shape[-1])"],
+        ),
+        k(
             "npy truncated data",
             good[..good.len() - 3].to_vec(),
             &["truncated data"],
@@ -621,7 +631,7 @@ fn compress_cases() -> Vec<Case> {
         blame(
             compress("IDX bad magic", good.clone(), ("c.idx", idx_magic)),
             "@c.idx",
-            &["not an idx file", "magic"],
+            &["not an npy or idx file", "magic"],
         ),
         blame(
             compress("IDX float data type", good.clone(), ("c.idx", idx_float)),
@@ -649,7 +659,7 @@ fn compress_cases() -> Vec<Case> {
         blame(
             compress("gzip garbled", good.clone(), ("c.idx.gz", garbled_gz)),
             "@c.idx.gz",
-            &["not an idx file"],
+            &["not an npy or idx file"],
         ),
         blame(
             compress(
@@ -958,6 +968,50 @@ fn compress_layer_cases() -> Vec<Case> {
             &["json array", "an object"],
         ),
         blame(layer("empty keep list", Some(b"[]"), &[]), k, &["empty"]),
+        blame(
+            layer(
+                "keep list is a report",
+                Some(b"{\"kept\": [1], \"method\": \"kdpp\"}"),
+                &[],
+            ),
+            k,
+            &["an object", "under \"kept\""],
+        ),
+        no_file(
+            layer("keep given a count", None, &["--keep", "4"]),
+            &["--keep takes a json file", "-k 4"],
+        ),
+        blame(
+            layer("next layer given with its .weight", None, &["-k", "3"])
+                .with_args(|a| a[6] = "fc2.weight"),
+            m,
+            &[
+                "no tensor fc2.weight.weight",
+                "given by prefix, fc2 for fc2.weight",
+            ],
+        ),
+        blame(
+            layer_with(
+                "weights are a zip (a torch checkpoint)",
+                layer_activations(),
+                b"PK\x03\x04 a zip archive".to_vec(),
+                None,
+                &["-k", "3"],
+            ),
+            m,
+            &["not a valid safetensors", "zip archive", "save_file"],
+        ),
+        blame(
+            layer_with(
+                "weights are a sharded checkpoint's index",
+                layer_activations(),
+                b"{\"metadata\": {}, \"weight_map\": {}}".to_vec(),
+                None,
+                &["-k", "3"],
+            ),
+            m,
+            &["not a valid safetensors", "index", "merge"],
+        ),
         blame(
             layer("keep file missing", None, &["--keep", "@nokeep.json"]),
             "@nokeep.json",

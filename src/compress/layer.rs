@@ -712,9 +712,22 @@ pub fn read_next_tensors(
 
 /// The tensor `name`, which must exist and hold floats.
 fn float_tensor<'a>(file: &'a TensorFile, name: &str, source: &Path) -> Result<&'a Tensor> {
-    let t = file
-        .get(name)
-        .ok_or_else(|| Error::format(source, format!("no tensor {name}")))?;
+    let t = file.get(name).ok_or_else(|| {
+        // Layers are named by prefix: "down" for down.weight and down.bias.
+        let hint = [
+            ".weight.weight",
+            ".bias.weight",
+            ".weight.bias",
+            ".bias.bias",
+        ]
+        .iter()
+        .find_map(|doubled| name.strip_suffix(doubled))
+        .filter(|prefix| file.get(&tensor_name(prefix, "weight")).is_some())
+        .map_or(String::new(), |prefix| {
+            format!(": layers are given by prefix, {prefix} for {prefix}.weight")
+        });
+        Error::format(source, format!("no tensor {name}{hint}"))
+    })?;
     match t.dtype {
         Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64 => Ok(t),
         other => Err(Error::format(

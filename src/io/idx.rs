@@ -111,7 +111,11 @@ fn parse_gz(bytes: &[u8]) -> std::result::Result<IdxArray, String> {
 /// Checks the 4-byte magic; returns the number of dimensions.
 fn check_magic(head: &[u8]) -> std::result::Result<usize, String> {
     if head.len() < 4 || head[0] != 0 || head[1] != 0 {
-        return Err("not an IDX file (magic must start with two zero bytes)".into());
+        return Err(super::sniff::explain(
+            head,
+            "not an npy or IDX file (an IDX magic starts with two zero bytes)".into(),
+            "save the array with numpy.save (.npy)",
+        ));
     }
     let type_name = match head[2] {
         0x08 => None,

@@ -16,8 +16,16 @@ pub fn parse_keep_list(bytes: &[u8], n: usize) -> std::result::Result<Vec<usize>
     let value: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| format!("not valid JSON: {e}"))?;
     let items = value.as_array().ok_or_else(|| {
+        let report = if value.get("kept").is_some_and(|k| k.is_array()) {
+            " (a report: its list is under \"kept\"; write that array to a file of its own)"
+        } else if value.get("layers").is_some() {
+            " (a report of compress: each layer's list is under \"layers\"[i][\"kept\"]; \
+             write one to a file of its own)"
+        } else {
+            ""
+        };
         format!(
-            "expected a JSON array of neuron indices, got {}",
+            "expected a JSON array of neuron indices, got {}{report}",
             json_kind(&value)
         )
     })?;

@@ -6,3 +6,4 @@ pub mod idx;
 pub mod keep;
 pub mod npy;
 pub mod safetensors;
+pub mod sniff;

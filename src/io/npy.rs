@@ -169,7 +169,16 @@ fn check_matrix_header(path: &Path, dtype: NpyDtype, shape: &[usize]) -> Result<
     if shape.len() != 2 {
         return Err(Error::format(
             path,
-            format!("expected a 2-D array (samples x neurons), got shape {shape:?}"),
+            format!(
+                "expected a 2-D array (one row per sample), got shape {shape:?}{}",
+                if shape.len() > 2 {
+                    ": reshape it before saving, a.reshape(-1, a.shape[-1]) for one row per \
+                     token of (batch, tokens, features) activations, a.reshape(len(a), -1) for \
+                     one row per image"
+                } else {
+                    ""
+                }
+            ),
         ));
     }
     if shape[0] == 0 || shape[1] == 0 {
@@ -210,7 +219,11 @@ const PREFIX_BYTES: usize = 12;
 /// of them when the file has that many): `(start, length)`.
 fn header_extent(bytes: &[u8]) -> std::result::Result<(usize, usize), String> {
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
-        return Err("not an npy file (missing the \\x93NUMPY magic)".into());
+        return Err(super::sniff::explain(
+            bytes,
+            "not an npy file (missing the \\x93NUMPY magic)".into(),
+            "save each array on its own with numpy.save (.npy)",
+        ));
     }
     match bytes[6] {
         1 => Ok((u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10)),

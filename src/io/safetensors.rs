@@ -213,7 +213,15 @@ pub fn read_safetensors(path: &Path) -> Result<TensorFile> {
 
 /// Parses the bytes of a safetensors file. Errors are messages, without the file name.
 pub fn parse_safetensors(bytes: &[u8]) -> std::result::Result<TensorFile, String> {
-    let describe = |e: safetensors::SafeTensorError| format!("not a valid safetensors file: {e}");
+    let describe = |e: safetensors::SafeTensorError| {
+        super::sniff::explain(
+            bytes,
+            format!("not a valid safetensors file: {e}"),
+            "save the state dict with safetensors.torch.save_file(model.state_dict(), PATH); \
+             a sharded checkpoint's shards are read one file at a time, so merge the tensors \
+             the command needs into one file first",
+        )
+    };
     // read_metadata checks the header length against the buffer, the offsets against
     // dtype x shape (with overflow checks) and that the data fills the file exactly.
     let (_, meta) = SafeTensors::read_metadata(bytes).map_err(describe)?;

@@ -6,14 +6,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
-use divnet::bench::{
-    Activations, BenchOptions, BenchReport, Operation, Residency, DEFAULT_ROWS, DEFAULT_SIZES,
-};
+use divnet::bench::{Activations, BenchOptions, BenchReport, Operation, Residency, DEFAULT_ROWS};
 use divnet::io::npy::{read_matrix, NpyData};
 use divnet::kernel::ActivationRows;
 use divnet::GpuContext;
 
-use crate::common::{check_outputs, parse_list, write_json, BarProgress};
+use crate::common::{check_outputs, write_json, BarProgress};
 
 /// Arguments.
 #[derive(clap::Args)]
@@ -21,8 +19,14 @@ pub struct Args {
     /// Rows (samples) of the synthetic activations.
     #[arg(long, default_value_t = DEFAULT_ROWS, conflicts_with = "activations")]
     rows: usize,
-    /// Widths (neurons) of the synthetic activations, comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = DEFAULT_SIZES, conflicts_with = "activations")]
+    /// Widths (neurons) of the synthetic activations, comma-separated (the default is the
+    /// library's `bench::DEFAULT_SIZES`).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1024,2048,4096,8192",
+        conflicts_with = "activations"
+    )]
     sizes: Vec<usize>,
     /// Store and upload the synthetic activations as f16 (half the bytes) instead of f32.
     #[arg(long, conflicts_with = "activations")]
@@ -31,9 +35,9 @@ pub struct Args {
     /// instead of synthetic ones.
     #[arg(long, value_name = "A.npy")]
     activations: Option<PathBuf>,
-    /// Operations, comma-separated: gram, rbf, fusion.
-    #[arg(long, default_value = "gram,rbf,fusion")]
-    ops: String,
+    /// Operations, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "gram,rbf,fusion", value_parser = ["gram", "rbf", "fusion"])]
+    ops: Vec<String>,
     /// Runs per case; the fastest is reported.
     #[arg(long, default_value_t = 1)]
     repeat: usize,
@@ -57,7 +61,11 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let operations = parse_list("--ops", &args.ops, |s| s.parse::<Operation>().ok())?;
+    let operations = args
+        .ops
+        .iter()
+        .map(|s| s.parse::<Operation>())
+        .collect::<divnet::Result<Vec<_>>>()?;
     check_outputs(
         &[("--json", args.json.as_deref())],
         &[("--activations", args.activations.as_deref())],
@@ -80,7 +88,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     if args.no_cpu && gpu.is_none() {
-        bail!("nothing to time: --no-cpu and no GPU");
+        if args.no_gpu {
+            bail!("nothing to time: --no-cpu and --no-gpu leave out both");
+        }
+        bail!("nothing to time: --no-cpu, and there is no GPU adapter");
     }
     let opts = BenchOptions {
         operations,
@@ -160,7 +171,9 @@ fn print_report(report: &BenchReport) {
         println!(
             "{} ({}, m = {m}, {}; GPU stages in seconds: upload = host copying rows, submit = \
              host inside the queue's submit, wait = host blocked on the device, gpu = \
-             timestamps, readback = copy + map, assemble = host writing the result)",
+             timestamps, readback = copy + map (part of wait), assemble = host writing the \
+             result; each summed over the threads doing it and overlapping the others, so they \
+             need not add up to the total)",
             op.name(),
             match op {
                 Operation::Fusion => "flops of the three gathered products",

@@ -126,10 +126,7 @@ pub fn activation_kernel(
             rbf_from_distances(d, beta, eps)
         })
         .map_err(|e| naming_file(&path, e))?;
-    eprintln!(
-        "beta = {:e} ({beta:?}), eps = {:e}",
-        kernel.beta, kernel.eps
-    );
+    eprintln!("beta = {:e} ({beta}), eps = {:e}", kernel.beta, kernel.eps);
     Ok(kernel)
 }
 

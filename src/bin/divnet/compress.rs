@@ -191,6 +191,17 @@ fn keep_specs(args: &Args, method: &mut SelectionMethod) -> anyhow::Result<Vec<K
                 .ok()
                 .filter(|&k| k > 0)
                 .map(KeepSpec::Count)
+        })
+        .map_err(|e| {
+            if k.parse::<f64>().is_err() && !k.contains(',') {
+                anyhow::anyhow!(
+                    "-k/--keep: {k:?} is not a number of neurons: compress takes counts (one, or \
+                     one per hidden layer); to keep given neurons of a layer, use \
+                     compress-layer --keep FILE.json"
+                )
+            } else {
+                e
+            }
         });
     }
     if let Some(r) = &args.keep_ratio {

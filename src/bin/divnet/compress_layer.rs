@@ -154,6 +154,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let n = reader.width();
     // Every input file is checked before any work, so that a bad one is the only message.
     let keep = match &args.keep {
+        Some(path)
+            if !path.exists() && path.to_str().is_some_and(|s| s.parse::<usize>().is_ok()) =>
+        {
+            bail!(
+                "--keep takes a JSON file of neuron indices; to keep {} neurons, use -k {0}",
+                path.display()
+            )
+        }
         Some(path) => KeepSpec::Indices(read_keep_list(path, n)?),
         None if method == SelectionMethod::Dpp => {
             ensure!(

@@ -31,14 +31,15 @@ pub struct Args {
     /// The matrix to compute.
     #[arg(long, value_enum, default_value_t = Kind::Rbf)]
     kind: Kind,
-    /// RBF bandwidth: `paper` (10/m), `median` (1 / median squared distance between
-    /// neurons) or a positive number.
-    #[arg(long, default_value = "paper")]
-    beta: Beta,
+    /// RBF bandwidth: `paper` (10/m, the default), `median` (1 / median squared distance
+    /// between neurons) or a positive number. Not for --kind gram.
+    #[arg(long)]
+    beta: Option<Beta>,
     /// Added to the RBF kernel's diagonal so that L is positive definite even when neurons
-    /// coincide. 1e-6 is far below the unit diagonal, so it barely changes the DPP.
-    #[arg(long, default_value_t = 1e-6)]
-    eps: f64,
+    /// coincide; default 1e-6, far below the unit diagonal, so it barely changes the DPP.
+    /// Not for --kind gram.
+    #[arg(long)]
+    eps: Option<f64>,
     /// Where the kernels run.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     backend: BackendArg,
@@ -54,6 +55,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         &[("--out", Some(&args.out))],
         &[("--activations", Some(&args.activations))],
     )?;
+    if matches!(args.kind, Kind::Gram) && (args.beta.is_some() || args.eps.is_some()) {
+        anyhow::bail!("--beta and --eps shape the RBF kernel: --kind gram takes neither");
+    }
     let mut timer = StageTimer::default();
     let mut reader = open_activations(&args.activations, &mut timer)?;
     let n = reader.width();
@@ -74,8 +78,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 &mut reader,
                 args.backend,
                 &backend,
-                args.beta,
-                args.eps,
+                args.beta.unwrap_or(Beta::Paper),
+                args.eps.unwrap_or(divnet::compress::DEFAULT_EPS),
                 &mut timer,
             )?
             .matrix
