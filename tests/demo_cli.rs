@@ -287,8 +287,8 @@ fn demo_with_a_data_folder_without_the_files_names_the_missing_file() {
     assert!(!out.path().join("demo").exists());
 }
 
-/// A model that does not fit the demo's data, or a `--seeds` of 0, is refused before the
-/// output folder is made, naming the model file and what does not fit.
+/// A model that does not fit the demo's data, a `--seeds` of 0 or more calibration rows than
+/// there are is refused before the output folder is made, naming what does not fit.
 #[test]
 fn demo_refuses_a_model_that_does_not_fit_its_data_before_making_the_folder() {
     use divnet::io::safetensors::write_safetensors;
@@ -330,11 +330,23 @@ fn demo_refuses_a_model_that_does_not_fit_its_data_before_making_the_folder() {
         }
         assert!(!out.exists(), "{dims:?}: the output folder was made");
     }
-    let result = Command::new(env!("CARGO_BIN_EXE_divnet"))
-        .args(["demo", "--seeds", "0", "--out"])
-        .arg(dir.path().join("never"))
-        .output()
-        .unwrap();
-    assert_eq!(result.status.code(), Some(2));
-    assert!(!dir.path().join("never").exists());
+    for (args, needle) in [
+        (&["--seeds", "0"][..], "at least one draw is needed"),
+        (
+            &["--calibration-rows", "99999"][..],
+            "--calibration-rows 99999: the calibration set has 5000 images",
+        ),
+    ] {
+        let result = Command::new(env!("CARGO_BIN_EXE_divnet"))
+            .arg("demo")
+            .args(args)
+            .arg("--out")
+            .arg(dir.path().join("never"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert_eq!(result.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(!dir.path().join("never").exists());
+    }
 }

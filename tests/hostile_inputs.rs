@@ -816,7 +816,7 @@ fn train_cases() -> Vec<Case> {
                 &[],
             ),
             "@y.npy",
-            &["label 3", "-1"],
+            &["label at row 3", "-1"],
         ),
         blame(
             t(
@@ -838,7 +838,7 @@ fn train_cases() -> Vec<Case> {
             )
             .with_args(drop_hidden),
             "@y.npy",
-            &["label 4", "3 outputs"],
+            &["label at row 4", "3 outputs"],
         ),
         no_file(
             t(

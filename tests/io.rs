@@ -517,7 +517,7 @@ fn labels_from_npy_and_idx() {
     assert_eq!(read_labels(&p).unwrap(), vec![4, 5, 6]);
 
     let p = write(dir.path(), "neg.npy", &npy_bytes(&[2], &[1i64, -1]));
-    assert_format_err(read_labels(&p), &p, "label 1 is -1");
+    assert_format_err(read_labels(&p), &p, "label at row 1 is -1");
     let p = write(dir.path(), "big.npy", &npy_bytes(&[1], &[1i64 << 31]));
     assert_format_err(read_labels(&p), &p, "2^31");
     let p = write(dir.path(), "float.npy", &npy_bytes(&[2], &[1.0f32, 2.0]));

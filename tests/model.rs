@@ -435,7 +435,7 @@ fn evaluate_matches_a_hand_count() {
     let mut bad = labels.clone();
     bad[17] = 4;
     let e = evaluate(&mlp, &x, m, &bad).unwrap_err().to_string();
-    assert!(e.contains("label 17 is 4"), "{e}");
+    assert!(e.contains("label at row 17 is 4"), "{e}");
     assert!(evaluate(&mlp, &x[1..], m, &labels).is_err());
 }
 
@@ -967,7 +967,7 @@ fn per_neuron_tensors_between_the_layers_are_refused() {
     );
     let msg = invalid_message(Mlp::from_tensors(&f, None, Activation::Relu));
     assert!(
-        msg.contains("bn1.running_var [3] has one value per neuron of fc1"),
+        msg.contains("bn1.running_var [3] has one value per neuron of layer fc1"),
         "{msg}"
     );
     let mut f = base.clone();

@@ -76,6 +76,17 @@ pub fn check_writable(path: &Path) -> Result<()> {
             ));
         }
     }
+    if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        if !folder.is_dir() {
+            return Err(Error::io(
+                path,
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("the folder {} does not exist", folder.display()),
+                ),
+            ));
+        }
+    }
     let tmp = temp_path(path);
     File::create(&tmp).map_err(|e| Error::io(path, e))?;
     std::fs::remove_file(&tmp).map_err(|e| Error::io(path, e))

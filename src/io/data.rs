@@ -115,7 +115,7 @@ pub fn labels_from_bytes(path: &Path, bytes: &[u8]) -> Result<Vec<u32>> {
                 } else {
                     Err(Error::format(
                         path,
-                        format!("label {i} is {v}: expected a class index in 0..2^31"),
+                        format!("the label at row {i} is {v}: expected a class index in 0..2^31"),
                     ))
                 }
             })

@@ -270,7 +270,7 @@ fn check_no_per_neuron_tensors(file: &TensorFile, layers: &[Linear]) -> Result<(
         }
         if let Some(l) = hidden.iter().find(|l| l.out_dim == width) {
             return Err(Error::invalid(format!(
-                "{name} [{width}] has one value per neuron of {} but is not a layer of the \
+                "{name} [{width}] has one value per neuron of layer {} but is not a layer of the \
                  MLP (a normalisation between layers?): divnet's MLP is Linear layers with one \
                  elementwise activation between them; compress other networks layer by layer \
                  with compress-layer",

@@ -51,7 +51,7 @@ fn check_data(mlp: &Mlp, x: &[f32], m: usize, labels: &[u32]) -> Result<()> {
     let classes = mlp.output_dim();
     if let Some(i) = labels.iter().position(|&l| l as usize >= classes) {
         return Err(Error::invalid(format!(
-            "label {i} is {}, but the model has {classes} outputs",
+            "the label at row {i} is {}, but the model has {classes} outputs",
             labels[i]
         )));
     }

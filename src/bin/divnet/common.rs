@@ -76,14 +76,23 @@ pub fn with_cpu_fallback<T>(
     }
 }
 
+/// "1 neuron", "2 neurons": `n` and `noun`, plural unless n is 1.
+pub fn counted(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// Opens the activations in `path` for streaming (stage `open`: the header only; the data
 /// is read by each pass) and says on stderr what they are.
 pub fn open_activations(path: &Path, timer: &mut StageTimer) -> divnet::Result<NpyRowReader> {
     let reader = timer.try_stage("open", || NpyRowReader::open(path))?;
     eprintln!(
-        "activations: {} samples x {} neurons ({:?}{}) from {}",
-        reader.rows(),
-        reader.width(),
+        "activations: {} x {} ({:?}{}) from {}",
+        counted(reader.rows(), "sample"),
+        counted(reader.width(), "neuron"),
         reader.dtype(),
         if reader.is_fortran_order() {
             ", Fortran order"

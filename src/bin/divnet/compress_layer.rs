@@ -17,7 +17,7 @@ use divnet::memory::gb;
 use divnet::select::SelectionMethod;
 
 use crate::common::{
-    check_outputs, open_activations, select_backend, selection_method_parser, stage_json,
+    check_outputs, counted, open_activations, select_backend, selection_method_parser, stage_json,
     BackendArg, BarProgress, StageTimer,
 };
 
@@ -273,9 +273,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         json.commit()?;
     }
     println!(
-        "{} -> {} neurons, next-layer error {:.4}; wrote {}",
+        "{} -> {}, next-layer error {:.4}; wrote {}",
         n,
-        k,
+        counted(k, "neuron"),
         report.relative_error,
         out.display()
     );

@@ -53,7 +53,7 @@ pub struct Args {
     #[arg(long, default_value = "10,25,50,100,200,400")]
     sizes: String,
     /// Draws per random method (k-DPP, random).
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
     seeds: u64,
     /// Use only the first N calibration images (default: all shipped, 5000).
     #[arg(long)]
@@ -70,6 +70,15 @@ pub struct Args {
     /// Where the kernels run.
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     backend: BackendArg,
+}
+
+/// `--seeds`: a count of draws, at least one.
+fn at_least_one(text: &str) -> Result<u64, String> {
+    match text.parse::<u64>() {
+        Ok(0) => Err("at least one draw is needed".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("{e}")),
+    }
 }
 
 /// Runs the command.
@@ -90,7 +99,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mut calibration_labels = source.labels(&CALIBRATION_LABELS)?;
     if let Some(rows) = args.calibration_rows {
         anyhow::ensure!(rows > 0, "--calibration-rows must be positive");
-        let rows = rows.min(calibration.rows);
+        anyhow::ensure!(
+            rows <= calibration.rows,
+            "--calibration-rows {rows}: the calibration set has {} images",
+            calibration.rows
+        );
         calibration.data.truncate(rows * calibration.cols);
         calibration.rows = rows;
         calibration_labels.truncate(rows);
@@ -238,6 +251,15 @@ fn check_model_fits_data(
 
 /// The terminal table: one block per scope, one row per variant, one column per size.
 pub fn format_table(r: &ExperimentReport, seeds: u64) -> String {
+    // What a random method's cell is: one draw, or a mean (and spread) over several.
+    let (spread, mean) = if seeds == 1 {
+        ("one seed".to_string(), "one seed".to_string())
+    } else {
+        (
+            format!("mean ± std over {seeds} seeds"),
+            format!("mean over {seeds} seeds"),
+        )
+    };
     let mut s = String::new();
     let widths: Vec<String> = r.widths.iter().map(|w| w.to_string()).collect();
     let _ = writeln!(
@@ -251,7 +273,12 @@ pub fn format_table(r: &ExperimentReport, seeds: u64) -> String {
     );
     let _ = writeln!(
         s,
-        "\n(a) diversity of kept neurons in the first hidden layer (mean over {seeds} draws)"
+        "\n(a) diversity of kept neurons in the first hidden layer ({})",
+        if seeds == 1 {
+            "one draw".to_string()
+        } else {
+            format!("mean over {seeds} draws")
+        }
     );
     let _ = writeln!(
         s,
@@ -284,10 +311,7 @@ pub fn format_table(r: &ExperimentReport, seeds: u64) -> String {
         } else {
             format!("(c) test accuracy (%), only {scope} compressed")
         };
-        let _ = writeln!(
-            s,
-            "\n{title}; random methods: mean ± std over {seeds} seeds"
-        );
+        let _ = writeln!(s, "\n{title}; random methods: {spread}");
         let curves: Vec<_> = r.curves.iter().filter(|c| c.scope == *scope).collect();
         curve_rows(&mut s, &curves, |c, p| {
             if c.variant.method.is_random() && p.accuracies.len() > 1 {
@@ -306,7 +330,7 @@ pub fn format_table(r: &ExperimentReport, seeds: u64) -> String {
         let _ = writeln!(
             s,
             "\n(e) agreement with the full network (% of test images given the class the full network predicts), \
-             all hidden layers compressed, each + fusion; random methods: mean over {seeds} seeds"
+             all hidden layers compressed, each + fusion; random methods: {mean}"
         );
         curve_rows(&mut s, &fused, |_, p| format!("{:.1}", p.agreement * 100.0));
     }
@@ -315,7 +339,7 @@ pub fn format_table(r: &ExperimentReport, seeds: u64) -> String {
             s,
             "\n(e) selection built for fusion against the paper's rules, {} kept per layer, each + fusion, \
              before and after one epoch of fine-tuning on the calibration images; random methods: \
-             mean ± std over {seeds} seeds",
+             {spread}",
             first.kept
         );
         let _ = writeln!(

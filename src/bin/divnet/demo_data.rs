@@ -34,8 +34,8 @@ pub static CALIBRATION_IMAGES: DemoFile = shipped!("train-images-first5000-idx3-
 /// Their labels.
 pub static CALIBRATION_LABELS: DemoFile = shipped!("train-labels-first5000-idx1-ubyte.gz");
 
-/// What errors about a built-in file name it as: no such folder exists on disk.
-const BUILT_IN: &str = "(built into divnet)/data/fashion-mnist";
+/// What messages call the built-in copy: no such folder exists on disk.
+const BUILT_IN: &str = "data/fashion-mnist (built into divnet)";
 
 /// The demo's data source.
 pub enum DemoData {
@@ -61,7 +61,13 @@ impl DemoData {
 
     /// Where `file` comes from, for messages and errors.
     pub fn path(&self, file: &DemoFile) -> PathBuf {
-        self.location().join(file.name)
+        match self {
+            DemoData::BuiltIn => PathBuf::from(format!(
+                "data/fashion-mnist/{} (built into divnet)",
+                file.name
+            )),
+            DemoData::Folder(dir) => dir.join(file.name),
+        }
     }
 
     /// A safetensors model.

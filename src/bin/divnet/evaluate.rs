@@ -127,7 +127,7 @@ pub fn check_sizes(
     }
     if let Some(i) = labels.iter().position(|&l| l as usize >= mlp.output_dim()) {
         anyhow::bail!(
-            "{}: label {i} is {} but the model has {} outputs",
+            "{}: the label at row {i} is {} but the model has {} outputs",
             labels_path.display(),
             labels[i],
             mlp.output_dim()
