@@ -42,4 +42,7 @@ pub mod types;
 
 pub use backend::{Backend, BackendChoice, BackendSelection};
 pub use error::{Error, Result};
+
+/// This crate's version (Cargo's), as reports record it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub use gpu::GpuContext;

@@ -691,6 +691,33 @@ fn progress_off_a_terminal_is_plain_lines() {
     assert!(at("route: one-pass") < at(&format!("statistics: done, 100% ({M}/{M})")));
 }
 
+/// The report says what reproduces the run: divnet's version, the layers read and fused,
+/// the seed.
+#[test]
+fn the_report_records_version_layers_and_seed() {
+    let f = Fixture::new(15);
+    let (out, rep) = (f.path("o.safetensors"), f.path("r.json"));
+    ok(&f.run(&[
+        "--next",
+        "down",
+        "--prev",
+        "gate,up",
+        "-k",
+        "4",
+        "--seed",
+        "7",
+        "--out",
+        out.to_str().unwrap(),
+        "--report",
+        rep.to_str().unwrap(),
+    ]));
+    let r = report(&rep);
+    assert_eq!(r["version"], env!("CARGO_PKG_VERSION"));
+    assert_eq!(r["name"], "gate,up");
+    assert_eq!(r["next"], serde_json::json!(["down"]));
+    assert_eq!(r["seed"], 7);
+}
+
 /// The output loads with Python's safetensors (scripts/check_safetensors.py): skips without
 /// Python + safetensors + numpy unless DIVNET_REQUIRE_PYTHON=1 (as in CI).
 fn python_loads(path: &Path, file: &TensorFile) {

@@ -219,7 +219,10 @@ fn compress_named_layer(
         )?,
     };
     let report = LayerReport {
+        version: crate::VERSION.into(),
         name: String::new(),
+        next: Vec::new(),
+        seed: opts.seed,
         index: 0,
         neurons_before: n,
         // Read again: a source may learn its row count only in its first pass.
@@ -365,6 +368,7 @@ pub fn compress_layer_tensors(
         }
     }
     outcome.report.name = tensors.prev.join(",");
+    outcome.report.next = tensors.next.to_vec();
     outcome.report.notes.extend(unlisted);
     Ok(outcome)
 }

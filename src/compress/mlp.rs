@@ -380,7 +380,10 @@ fn compress_hidden_layer(
     }
 
     Ok(LayerReport {
+        version: crate::VERSION.into(),
         name: out.layers[layer].name.clone(),
+        next: vec![out.layers[layer + 1].name.clone()],
+        seed: layer_opts.seed,
         index: layer,
         neurons_before: n,
         samples: m,

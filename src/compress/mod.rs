@@ -70,8 +70,15 @@ impl KeepSpec {
 /// What happened to one layer.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct LayerReport {
-    /// The layer's tensor prefix (e.g. `fc1`).
+    /// The divnet version that wrote the report.
+    pub version: String,
+    /// The layer's tensor prefix (e.g. `fc1`; for a single layer, its producing layers).
     pub name: String,
+    /// The layers that read it, whose weights the fusion rewrote.
+    pub next: Vec<String>,
+    /// The seed of the random methods (with the method and the data, what reproduces the
+    /// selection).
+    pub seed: u64,
     /// Its position among the hidden layers (0-based).
     pub index: usize,
     /// Width before.
