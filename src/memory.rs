@@ -238,8 +238,8 @@ fn parse_size(text: &str) -> Option<u64> {
     (value.is_finite() && value >= 0.0).then_some((value * scale as f64) as u64)
 }
 
-/// Bytes in decimal units for messages, rounded up: "8.6 GB", "12 MB" below 0.1 GB, "1.3 MB"
-/// below 10 MB, "64 kB" below 1 MB.
+/// Bytes in decimal units for messages: "8.6 GB" (to the nearest tenth), and rounded up
+/// below that: "12 MB" below 0.1 GB, "1.3 MB" below 10 MB, "64 kB" below 1 MB.
 pub fn gb(bytes: u64) -> String {
     if bytes >= 100_000_000 {
         format!("{:.1} GB", bytes as f64 * 1e-9)

@@ -1007,6 +1007,8 @@ fn compress_cli_refuses_to_leave_a_second_reader_behind() {
         err.contains("aux.weight [2, 8] reads the 8 neurons of fc2 (now 4)"),
         "{err}"
     );
+    // Before the work: no layer was compressed.
+    assert!(!err.contains("next-layer error"), "{err}");
     assert!(!out.exists());
     // fc2 kept whole: aux still fits.
     let kept = run("6,8");
@@ -1014,5 +1016,15 @@ fn compress_cli_refuses_to_leave_a_second_reader_behind() {
         kept.status.success(),
         "{}",
         String::from_utf8_lossy(&kept.stderr)
+    );
+    // A layer of fc2's width in another module (a decoder's own) is no reader of fc2.
+    let aux = file.remove("aux.weight").unwrap();
+    file.insert("decoder.out.weight".into(), aux);
+    write_safetensors(&model, &file).unwrap();
+    let other = run("6,4");
+    assert!(
+        other.status.success(),
+        "{}",
+        String::from_utf8_lossy(&other.stderr)
     );
 }

@@ -625,6 +625,8 @@ fn too_few_calibration_rows_for_the_fusion_are_noted() {
         "{few:?}"
     );
     assert!(notes(&["-k", "8", "--no-fusion"]).is_empty());
+    // Every neuron kept: nothing is fitted, the layer is exact on any input.
+    assert!(notes(&["--keep-ratio", "1"]).is_empty());
     let without_constant = notes(&["-k", "8", "--no-bias"]);
     assert!(
         without_constant[0].contains("8 unknowns"),
@@ -632,26 +634,33 @@ fn too_few_calibration_rows_for_the_fusion_are_noted() {
     );
 }
 
-/// A gated FFN compressed with only one of its two producing projections: the other keeps
-/// its rows and no longer fits, and the report says so, naming it (its shape could match by
-/// chance, so it is a note, not a refusal); with both given, no such note.
+/// A gated FFN (in a module, as transformers name theirs) compressed with only one of its
+/// two producing projections: the other keeps its rows and no longer fits, and the report
+/// says so, naming it (its shape could match by chance, so it is a note, not a refusal);
+/// with both given, no such note. Top-level names (an MLP's fc1, fc2, fc3, whose widths
+/// repeat by design) get no such notes.
 #[test]
 fn a_producing_layer_left_out_is_noted() {
     let f = Fixture::new(13);
-    let notes = |prev: &str| -> Vec<String> {
+    let mut nested = TensorFile::default();
+    for name in f.model.names() {
+        nested.insert(format!("mlp.{name}"), f.model.get(name).unwrap().clone());
+    }
+    write_safetensors(&f.path("nested.safetensors"), &nested).unwrap();
+    let notes = |weights: &str, next: &str, prev: &str| -> Vec<String> {
         let (out, rep) = (f.path("o.safetensors"), f.path("r.json"));
-        ok(&f.run(&[
-            "--next",
-            "down",
-            "--prev",
-            prev,
-            "-k",
-            "4",
-            "--out",
-            out.to_str().unwrap(),
-            "--report",
-            rep.to_str().unwrap(),
-        ]));
+        let run = Command::new(env!("CARGO_BIN_EXE_divnet"))
+            .args(["compress-layer", "--backend", "cpu", "--activations"])
+            .arg(f.path("acts.npy"))
+            .arg("--weights")
+            .arg(f.path(weights))
+            .args(["--next", next, "--prev", prev, "-k", "4", "--out"])
+            .arg(&out)
+            .arg("--report")
+            .arg(&rep)
+            .output()
+            .unwrap();
+        ok(&run);
         report(&rep)["notes"]
             .as_array()
             .unwrap()
@@ -660,35 +669,15 @@ fn a_producing_layer_left_out_is_noted() {
             .filter(|n| n.contains("beside the layers given"))
             .collect()
     };
-    let left_out = notes("up");
+    let left_out = notes("nested.safetensors", "mlp.down", "mlp.up");
     assert_eq!(left_out.len(), 1, "{left_out:?}");
     assert!(
-        left_out[0].starts_with(&format!("gate.weight [{N}, {D}]"))
+        left_out[0].starts_with(&format!("mlp.gate.weight [{N}, {D}]"))
             && left_out[0].contains("producing layers (prev)"),
         "{left_out:?}"
     );
-    assert!(notes("gate,up").is_empty());
-}
-
-/// Off a terminal (here: stderr is a pipe) progress bars draw nothing, so a long stage gets
-/// plain lines; `DIVNET_PROGRESS_SECS=0` makes every stage long. The route and memory plan
-/// are said before the work, not after it.
-#[test]
-fn progress_off_a_terminal_is_plain_lines() {
-    let f = Fixture::new(14);
-    let out = f.path("o.safetensors");
-    let args = ["--next", "down", "-k", "4", "--out", out.to_str().unwrap()];
-    let quiet = f.run_on("acts.npy", &args, &[]);
-    let quiet = String::from_utf8_lossy(&ok(&quiet).stderr);
-    assert!(!quiet.contains("statistics: done"), "{quiet}");
-    let logged = f.run_on("acts.npy", &args, &[("DIVNET_PROGRESS_SECS", "0")]);
-    let logged = String::from_utf8_lossy(&ok(&logged).stderr);
-    let at = |needle: &str| {
-        logged
-            .find(needle)
-            .unwrap_or_else(|| panic!("{needle:?} missing: {logged}"))
-    };
-    assert!(at("route: one-pass") < at(&format!("statistics: done, 100% ({M}/{M})")));
+    assert!(notes("nested.safetensors", "mlp.down", "mlp.gate,mlp.up").is_empty());
+    assert!(notes("model.safetensors", "down", "up").is_empty());
 }
 
 /// The report says what reproduces the run: divnet's version, the layers read and fused,
@@ -1139,6 +1128,13 @@ fn outputs_are_checked_first_and_written_together() {
     perms.set_readonly(true);
     std::fs::set_permissions(&read_only, perms).unwrap();
     let read_only_s = read_only.to_str().unwrap();
+    let fifo = f.path("fifo");
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let fifo_s = fifo.to_str().unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec!["--out", model_s, "--report", missing.to_str().unwrap()],
@@ -1161,6 +1157,11 @@ fn outputs_are_checked_first_and_written_together() {
             "is the input --weights",
         ),
         (vec!["--out", read_only_s], "read-only"),
+        // A pipe (as /dev/null or /dev/stdout would be) is not replaced by a regular file.
+        (
+            vec!["--out", model_s, "--report", fifo_s],
+            "not a regular file",
+        ),
     ];
     for (args, needle) in cases {
         let mut all = vec!["--next", "down"];

@@ -374,7 +374,8 @@ pub fn compress_layer_tensors(
 }
 
 /// Tensors beside the named layers (under the same parent module: `model.layers.3.mlp.` for
-/// `model.layers.3.mlp.down_proj`) that are neither producing nor reading layers but have
+/// `model.layers.3.mlp.down_proj`; none for top-level names) that are neither producing nor
+/// reading layers but have
 /// the layer's width n in a place that suggests one: a weight with n rows or a vector of n
 /// values (a gate projection left out of `prev`, a per-neuron scale), a weight with n
 /// columns (a second reader left out of `next`). They are copied unchanged and so no
@@ -391,7 +392,10 @@ fn unlisted_neighbours(
     let mut notes = Vec::new();
     for name in file.names() {
         let layer = parent(name);
-        if given.iter().any(|g| **g == layer) || !parents.contains(&parent(&layer)) {
+        let module = parent(&layer);
+        // Top-level names (fc1, fc2, fc3; nn.Sequential's 0, 2, 4) are a chain whose widths
+        // repeat by design: there a shape says nothing about a layer's role.
+        if module.is_empty() || given.iter().any(|g| **g == layer) || !parents.contains(&module) {
             continue;
         }
         let Some(shape) = file.get(name).map(|t| t.shape.as_slice()) else {
@@ -1123,7 +1127,7 @@ pub(crate) fn fuse_from_gram(
     opts: &LayerOptions,
     progress: &mut dyn Progress,
 ) -> Result<FusedLayer> {
-    note_few_rows(work, stats.samples, kept.len(), opts);
+    note_few_rows(work, stats.samples, kept.len(), next.n_in, opts);
     let t = Instant::now();
     progress.start("fuse", 1);
     let fused = work.on_backend("fuse", |b| {
@@ -1143,10 +1147,11 @@ pub(crate) fn fuse_from_gram(
 pub const ROWS_PER_FUSION_UNKNOWN: usize = 10;
 
 /// The note of [`ROWS_PER_FUSION_UNKNOWN`], when `rows` calibration rows are too few to fuse
-/// into `k` kept neurons.
-fn note_few_rows(work: &mut LayerWork<'_>, rows: usize, k: usize, opts: &LayerOptions) {
+/// the other neurons of `n` into `k` kept ones (none when all are kept: nothing is fitted).
+fn note_few_rows(work: &mut LayerWork<'_>, rows: usize, k: usize, n: usize, opts: &LayerOptions) {
     let unknowns = k + usize::from(opts.fusion.mode == FusionMode::Fuse);
-    if opts.fusion.mode != FusionMode::Prune && rows < ROWS_PER_FUSION_UNKNOWN * unknowns {
+    let fused = opts.fusion.mode != FusionMode::Prune && k < n;
+    if fused && rows < ROWS_PER_FUSION_UNKNOWN * unknowns {
         work.notes.push(format!(
             "fusion: {rows} calibration rows for {unknowns} unknowns per output: the fused \
              layer fits these rows more closely than it will fit new inputs, and the \
@@ -1175,7 +1180,7 @@ fn fuse_from_rows(
     let t = Instant::now();
     let system = fusion_system_from_rows(activations, kept, next, &opts.fusion, progress)?;
     work.stage("fusion statistics", t);
-    note_few_rows(work, activations.rows(), kept.len(), opts);
+    note_few_rows(work, activations.rows(), kept.len(), next.n_in, opts);
     let t = Instant::now();
     progress.start("fuse", 1);
     let fused = solve_fusion(&system, kept, next, &opts.fusion);

@@ -27,8 +27,39 @@ fn forget_staged(tmp: &Path) {
     }
 }
 
+/// A temporary file that some other writer fills (an image library, say) before the caller
+/// renames it into place: listed with the staged files, so that a signal removes it too
+/// ([`remove_staged_files`]), and removed when dropped before [`TemporaryFile::renamed`].
+pub struct TemporaryFile {
+    path: PathBuf,
+}
+
+impl TemporaryFile {
+    /// Lists `path` (not created here).
+    pub fn track(path: &Path) -> Self {
+        staged_list().push(path.to_path_buf());
+        Self {
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// The file was renamed into place: nothing to remove any more.
+    pub fn renamed(self) {
+        forget_staged(&self.path);
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for TemporaryFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+        forget_staged(&self.path);
+    }
+}
+
 /// Removes every temporary file of this process's outputs that exists now, for a program
-/// about to exit on a signal (SIGINT, SIGTERM); the outputs themselves stay as they were.
+/// about to end on a signal (SIGINT, SIGTERM, SIGHUP); the outputs themselves stay as they
+/// were.
 /// Not for a signal handler's own context: it takes a lock. Call it from a thread that
 /// waits for the signal.
 pub fn remove_staged_files() {
@@ -56,8 +87,9 @@ pub fn write_atomic(
 
 /// Checks, before a long computation, that `path` can be written the way [`write_atomic`]
 /// writes it: its folder exists and takes a new file (the temporary one, created and
-/// removed), `path` is not a folder, and not an existing read-only file (which the rename
-/// would replace all the same, where `cp` or a shell's `>` refuses). An error names `path`.
+/// removed), `path` is not a folder, and if it exists it is a regular file that this user
+/// may write and that is not marked read-only (the rename would replace a device, or a file
+/// the user may not write, all the same). An error names `path`.
 pub fn check_writable(path: &Path) -> Result<()> {
     if path.is_dir() {
         return Err(Error::io(
@@ -66,14 +98,32 @@ pub fn check_writable(path: &Path) -> Result<()> {
         ));
     }
     if let Ok(meta) = std::fs::metadata(path) {
+        let refuse = |kind, why: &str| Err(Error::io(path, std::io::Error::new(kind, why)));
+        if !meta.is_file() {
+            // A device, a FIFO or a socket (/dev/null, /dev/stdout): the rename would put a
+            // regular file in its place.
+            return refuse(
+                std::io::ErrorKind::InvalidInput,
+                "exists and is not a regular file (a device, a pipe or a socket), which the \
+                 output, written to a new file and renamed into place, would replace",
+            );
+        }
+        // Marked read-only (root could write it all the same), or not writable by this user
+        // (opened for writing, not truncated): the rename needs only the folder, and would
+        // replace a file the user may not write.
         if meta.permissions().readonly() {
-            return Err(Error::io(
-                path,
-                std::io::Error::new(
-                    std::io::ErrorKind::PermissionDenied,
-                    "exists and is read-only: make it writable or choose another path",
+            return refuse(
+                std::io::ErrorKind::PermissionDenied,
+                "exists and is read-only: make it writable or choose another path",
+            );
+        }
+        if let Err(e) = std::fs::OpenOptions::new().write(true).open(path) {
+            return refuse(
+                e.kind(),
+                &format!(
+                    "exists and cannot be written ({e}): make it writable or choose another path"
                 ),
-            ));
+            );
         }
     }
     if let Some(folder) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -88,8 +138,19 @@ pub fn check_writable(path: &Path) -> Result<()> {
         }
     }
     let tmp = temp_path(path);
-    File::create(&tmp).map_err(|e| Error::io(path, e))?;
-    std::fs::remove_file(&tmp).map_err(|e| Error::io(path, e))
+    // Listed while it exists, as every temporary file: a signal between its creation and
+    // its removal would otherwise leave it behind.
+    let probe = TemporaryFile::track(&tmp);
+    File::create(&tmp).map_err(|e| {
+        let folder = path.parent().filter(|p| !p.as_os_str().is_empty());
+        let folder = folder.unwrap_or(Path::new(".")).display();
+        Error::io(
+            path,
+            std::io::Error::new(e.kind(), format!("cannot create a file in {folder}: {e}")),
+        )
+    })?;
+    drop(probe);
+    Ok(())
 }
 
 /// A complete temporary file waiting to be renamed over its destination by

@@ -6,6 +6,11 @@
 /// A description of the format `bytes` start with, among those commonly given by mistake;
 /// `None` when unrecognised.
 pub fn foreign_format(bytes: &[u8]) -> Option<&'static str> {
+    // A safetensors header (8 bytes of length, then JSON): a damaged one is not a pickle or
+    // an index whatever its length's first byte happens to be.
+    if bytes.get(8) == Some(&b'{') {
+        return None;
+    }
     let text_start = bytes
         .iter()
         .position(|b| !b.is_ascii_whitespace())
@@ -57,6 +62,12 @@ mod tests {
             .unwrap()
             .contains("npy"));
         assert_eq!(foreign_format(b"\x00\x00\x08\x03"), None);
+        // A (truncated) safetensors whose header length starts with 0x80 0x02 or '{'.
+        assert_eq!(
+            foreign_format(b"\x80\x02\x00\x00\x00\x00\x00\x00{\"a\""),
+            None
+        );
+        assert_eq!(foreign_format(b"{\x7b\x00\x00\x00\x00\x00\x00{\"a\""), None);
         let m = explain(
             b"PK\x03\x04",
             "not an npy file".into(),

@@ -63,11 +63,13 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let operations = args
-        .ops
-        .iter()
-        .map(|s| s.parse::<Operation>())
-        .collect::<divnet::Result<Vec<_>>>()?;
+    let mut operations: Vec<Operation> = Vec::new();
+    for name in &args.ops {
+        let op = name.parse::<Operation>()?;
+        if !operations.contains(&op) {
+            operations.push(op);
+        }
+    }
     check_outputs(
         &[("--json", args.json.as_deref())],
         &[("--activations", args.activations.as_deref())],

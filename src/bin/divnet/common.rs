@@ -135,7 +135,10 @@ pub fn activation_kernel(
             rbf_from_distances(d, beta, eps)
         })
         .map_err(|e| naming_file(&path, e))?;
-    eprintln!("beta = {:e} ({beta}), eps = {:e}", kernel.beta, kernel.eps);
+    eprintln!(
+        "beta = {:.4e} ({beta}), eps = {:e}",
+        kernel.beta, kernel.eps
+    );
     Ok(kernel)
 }
 
@@ -202,9 +205,9 @@ impl StageTimer {
 
 /// The library's [`divnet::compress::Progress`] drawn as one indicatif bar per stage on a
 /// terminal. Elsewhere (a log file, nohup, a batch job) a bar draws nothing, so a stage that
-/// runs longer than 5 s gets plain lines instead: when it passes that mark, every 30 s after,
-/// and when it ends. `DIVNET_PROGRESS_SECS=S` moves the first mark to S seconds and the
-/// interval to 6 S.
+/// runs longer than 5 s gets plain lines instead: at the first progress it makes past that
+/// mark, every 30 s after, and when it ends. `DIVNET_PROGRESS_SECS=S` moves the first mark
+/// to S seconds and the interval to 6 S; `off` (or `inf`) turns the lines off.
 pub struct BarProgress {
     bar: Option<ProgressBar>,
     log: Option<StageLog>,
@@ -215,16 +218,19 @@ pub struct BarProgress {
 
 impl Default for BarProgress {
     fn default() -> Self {
-        let after = std::env::var("DIVNET_PROGRESS_SECS")
-            .ok()
-            .and_then(|v| v.parse::<f64>().ok())
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .unwrap_or(5.0);
+        let after = match std::env::var("DIVNET_PROGRESS_SECS").ok().as_deref() {
+            Some("off") => f64::INFINITY,
+            Some(v) => v.parse::<f64>().ok().filter(|s| *s >= 0.0).unwrap_or(5.0),
+            None => 5.0,
+        };
+        // Past what a Duration holds (infinity included): never.
+        let seconds =
+            |s: f64| std::time::Duration::try_from_secs_f64(s).unwrap_or(std::time::Duration::MAX);
         Self {
             bar: None,
             log: None,
-            log_after: std::time::Duration::from_secs_f64(after),
-            log_every: std::time::Duration::from_secs_f64(6.0 * after),
+            log_after: seconds(after),
+            log_every: seconds(6.0 * after),
         }
     }
 }

@@ -15,7 +15,8 @@ use divnet::model::{Activation, Mlp};
 use divnet::select::SelectionMethod;
 
 use crate::common::{
-    parse_list, select_backend, with_cpu_fallback, write_json, BackendArg, BarProgress,
+    check_outputs, parse_list, select_backend, with_cpu_fallback, write_json, BackendArg,
+    BarProgress,
 };
 use crate::demo_data::{
     DemoData, CALIBRATION_IMAGES, CALIBRATION_LABELS, MODEL, TEST_IMAGES, TEST_LABELS,
@@ -119,6 +120,15 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let backend = select_backend(args.backend)?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
+    // The tables must be writable before minutes of work (the plots are warnings at worst).
+    let (table_path, report_path) = (args.out.join("table.txt"), args.out.join("report.json"));
+    check_outputs(
+        &[
+            ("--out", Some(table_path.as_path())),
+            ("--out", Some(report_path.as_path())),
+        ],
+        &[],
+    )?;
 
     let hundred = sizes
         .iter()
@@ -156,8 +166,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let table = format_table(&report, args.seeds);
     print!("{table}");
     // The tables first: they are the run's result, and a plot that fails must not lose them.
-    divnet::io::atomic::write_bytes_atomic(&args.out.join("table.txt"), table.as_bytes())?;
-    write_json(&args.out.join("report.json"), &report)?;
+    divnet::io::atomic::write_bytes_atomic(&table_path, table.as_bytes())?;
+    write_json(&report_path, &report)?;
     let mut written = vec!["report.json", "table.txt"];
     let plot_path = |name: &str| args.out.join(name);
     let drawn = [

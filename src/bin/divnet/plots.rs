@@ -57,6 +57,8 @@ fn render(
         .and_then(|n| n.to_str())
         .unwrap_or("plot.png");
     let tmp = path.with_file_name(format!(".{name}.{}.tmp.png", std::process::id()));
+    // Removed on an error (dropped) or a signal, as the other outputs' temporary files.
+    let temporary = divnet::io::atomic::TemporaryFile::track(&tmp);
     let result = (|| {
         register_font()?;
         let root = BitMapBackend::new(&tmp, size).into_drawing_area();
@@ -66,8 +68,8 @@ fn render(
         drop(root);
         std::fs::rename(&tmp, path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
     })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    if result.is_ok() {
+        temporary.renamed();
     }
     result
 }
