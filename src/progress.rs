@@ -23,3 +23,36 @@ impl Progress for NoProgress {
     fn advance(&mut self, _n: u64) {}
     fn finish(&mut self) {}
 }
+
+/// Progress of one part of a larger job (a layer of a network): its stages reach `inner` with
+/// `label` before them ("fc2: tridiagonal reduction"), so that a bar says which part it is.
+pub struct Labelled<'a> {
+    inner: &'a mut dyn Progress,
+    label: &'a str,
+}
+
+impl<'a> Labelled<'a> {
+    /// Stages of `inner` labelled with `label`.
+    pub fn new(inner: &'a mut dyn Progress, label: &'a str) -> Self {
+        Self { inner, label }
+    }
+}
+
+impl Progress for Labelled<'_> {
+    fn start(&mut self, stage: &str, total: u64) {
+        if stage.contains(self.label) {
+            self.inner.start(stage, total);
+        } else {
+            self.inner.start(&format!("{}: {stage}", self.label), total);
+        }
+    }
+    fn advance(&mut self, n: u64) {
+        self.inner.advance(n);
+    }
+    fn finish(&mut self) {
+        self.inner.finish();
+    }
+    fn note(&mut self, text: &str) {
+        self.inner.note(&format!("{}: {text}", self.label));
+    }
+}

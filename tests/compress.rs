@@ -1028,3 +1028,29 @@ fn compress_cli_refuses_to_leave_a_second_reader_behind() {
         String::from_utf8_lossy(&other.stderr)
     );
 }
+
+/// Off a terminal, each stage of `compress` says which layer it belongs to (the
+/// eigendecomposition of fc1 and that of fc2 had the same lines).
+#[test]
+fn compress_cli_progress_names_the_layer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mlp = Mlp::init(&[5, 12, 8, 3], Activation::Relu, 37);
+    let model = dir.path().join("m.safetensors");
+    write_safetensors(&model, &mlp.to_tensors(&Default::default()).unwrap()).unwrap();
+    let calib = dir.path().join("c.npy");
+    divnet::io::npy::write_npy(&calib, &[200, 5], &random_inputs(200, 5, 38)).unwrap();
+    let run = compress_command(&model, &calib)
+        .args(["-k", "6,4", "--out"])
+        .arg(dir.path().join("o.safetensors"))
+        .env("DIVNET_PROGRESS_SECS", "0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    for layer in ["fc1", "fc2"] {
+        assert!(
+            stderr.contains(&format!("{layer}: fuse: done, 100%")),
+            "{layer}: {stderr}"
+        );
+    }
+}

@@ -14,7 +14,7 @@ use crate::gpu::gram::RowFormat;
 use crate::gpu::GpuContext;
 use crate::kernel::{ActivationRows, Beta, Distances, GramStats, LayerStats, RowSource, StatsKind};
 use crate::model::Mlp;
-use crate::progress::Progress;
+use crate::progress::{Labelled, Progress};
 use crate::select::SelectionMethod;
 
 /// Everything `compress_mlp` needs besides the model and the data.
@@ -297,9 +297,18 @@ pub fn compress_mlp(
             continue;
         };
         let name = out.layers[layer].name.clone();
-        let report =
-            compress_hidden_layer(backend, &mut out, x, m, layer, layer_opts, opts, progress)
-                .map_err(|e| e.about(&name))?;
+        let mut labelled = Labelled::new(progress, &name);
+        let report = compress_hidden_layer(
+            backend,
+            &mut out,
+            x,
+            m,
+            layer,
+            layer_opts,
+            opts,
+            &mut labelled,
+        )
+        .map_err(|e| e.about(&name))?;
         reports.push(report);
     }
     let report = CompressReport {

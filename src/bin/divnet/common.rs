@@ -302,7 +302,9 @@ impl divnet::compress::Progress for BarProgress {
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
         }
-        if let Some(log) = self.log.take() {
+        if let Some(mut log) = self.log.take() {
+            // A stage that reports no steps (one solve) is whole once it ends.
+            log.done = log.done.max(log.total);
             if log.last.is_some() || log.start.elapsed() >= self.log_after {
                 log.line("done,");
             }
