@@ -1157,6 +1157,7 @@ fn outputs_are_checked_first_and_written_together() {
             "is the input --weights",
         ),
         (vec!["--out", read_only_s], "read-only"),
+        (vec!["--out", "-"], "not standard output"),
         // A pipe (as /dev/null or /dev/stdout would be) is not replaced by a regular file.
         (
             vec!["--out", model_s, "--report", fifo_s],

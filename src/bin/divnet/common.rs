@@ -343,6 +343,12 @@ pub fn check_outputs(
     let mut seen: Vec<(&str, std::path::PathBuf)> = Vec::new();
     for &(option, path) in outputs {
         let Some(path) = path else { continue };
+        if path.as_os_str() == "-" {
+            anyhow::bail!(
+                "{option} -: outputs are files (written whole, then renamed into place), not \
+                 standard output; name a file"
+            );
+        }
         divnet::io::atomic::check_writable(path).map_err(|e| anyhow::anyhow!("{option} {e}"))?;
         // The folder exists now, so it canonicalises; the file need not exist (a link that
         // does canonicalises to its target, which the rename would not replace, but the
