@@ -354,6 +354,9 @@ fn compress_cli_runs_fusion_greedy() {
         String::from_utf8_lossy(&run.stderr)
     );
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&rep).unwrap()).unwrap();
+    assert_eq!(report["activation"], "relu");
+    assert_eq!(report["inputs"]["model"], model.display().to_string());
+    assert_eq!(report["inputs"]["calibration"], calib.display().to_string());
     let layers = report["layers"].as_array().unwrap();
     assert_eq!(layers.len(), 2);
     for (l, k) in layers.iter().zip([6, 4]) {

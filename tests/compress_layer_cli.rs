@@ -680,8 +680,8 @@ fn a_producing_layer_left_out_is_noted() {
     assert!(notes("model.safetensors", "down", "up").is_empty());
 }
 
-/// The report says what reproduces the run: divnet's version, the layers read and fused,
-/// the seed.
+/// The report says what reproduces the run: divnet's version, the files read, the layers
+/// read and fused, the seed.
 #[test]
 fn the_report_records_version_layers_and_seed() {
     let f = Fixture::new(15);
@@ -705,6 +705,16 @@ fn the_report_records_version_layers_and_seed() {
     assert_eq!(r["name"], "gate,up");
     assert_eq!(r["next"], serde_json::json!(["down"]));
     assert_eq!(r["seed"], 7);
+    let input = |key: &str| r["inputs"][key].as_str().unwrap().to_string();
+    assert_eq!(
+        input("activations"),
+        f.path("acts.npy").display().to_string()
+    );
+    assert_eq!(
+        input("weights"),
+        f.path("model.safetensors").display().to_string()
+    );
+    assert!(r["inputs"]["keep"].is_null());
 }
 
 /// The output loads with Python's safetensors (scripts/check_safetensors.py): skips without

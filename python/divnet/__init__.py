@@ -342,7 +342,8 @@ def compress_layer(
         ``(new_weights, report)``: a new dict with every entry of ``weights``, the rewritten
         tensors replaced by numpy arrays of their dtypes and new shapes; and the report
         (kept indices, method, ridge, ``relative_error`` of the next layer's
-        pre-activation, seconds per stage, ...) as ``--report`` writes it.
+        pre-activation, seconds per stage, ...) as ``--report`` writes it; its ``inputs``
+        say what the arrays were (``--report`` names its files there).
     """
     next_names, prev_names = _names(next), _names(prev)
     if _is_array(activations):

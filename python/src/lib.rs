@@ -344,6 +344,7 @@ fn compress_layer<'py>(
 ) -> PyResult<(Bound<'py, PyDict>, String)> {
     backend::check_process(py)?;
     let (method, choice) = options.method_and_backend(py)?;
+    let keep_given = keep.is_some();
     let opts = options.layer(py, options::layer_keep(py, method, k, keep_ratio, keep)?)?;
     let mut file = layer_tensors(weights, &[next.clone(), prev.clone()].concat())?;
     let matrix = activations
@@ -397,6 +398,15 @@ fn compress_layer<'py>(
             .expect("a struct serializes to an object");
         fields.insert("backend".into(), selection.backend.name().into());
         fields.insert("plan".into(), plan);
+        // No files here: what the arrays were, where the command names its files.
+        fields.insert(
+            "inputs".into(),
+            serde_json::json!({
+                "activations": if rows.is_some() { "array" } else { "chunks" },
+                "weights": "dict",
+                "keep": if keep_given { "list".into() } else { serde_json::Value::Null },
+            }),
+        );
         Ok(report.to_string())
     });
     report_backend(py, &log)?;

@@ -313,6 +313,7 @@ pub fn compress_mlp(
     }
     let report = CompressReport {
         backend: backend.name().into(),
+        activation: mlp.activation.to_string(),
         samples: m,
         params_before: mlp.param_count(),
         params_after: out.param_count(),

@@ -141,6 +141,8 @@ pub struct MemoryReport {
 pub struct CompressReport {
     /// "cpu" or "gpu".
     pub backend: String,
+    /// The activation between the layers ("relu", ...), as the network was read.
+    pub activation: String,
     /// Calibration samples.
     pub samples: usize,
     /// Parameters before.

@@ -179,7 +179,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     // The model and its report appear together or not at all.
     let model = stage_safetensors(&args.out, &out)?;
     let json = match &args.report {
-        Some(path) => Some(stage_json(path, &report)?),
+        Some(path) => Some(stage_json(
+            path,
+            &Report {
+                inputs: Inputs {
+                    model: &args.model,
+                    calibration: &args.calibration,
+                },
+                report: &report,
+            },
+        )?),
         None => None,
     };
     model.commit()?;
@@ -195,6 +204,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.out.display()
     );
     Ok(())
+}
+
+/// What `--report` writes: the library's report and the files the run read.
+#[derive(serde::Serialize)]
+struct Report<'a> {
+    inputs: Inputs<'a>,
+    #[serde(flatten)]
+    report: &'a divnet::compress::CompressReport,
+}
+
+/// The input files, as given.
+#[derive(serde::Serialize)]
+struct Inputs<'a> {
+    model: &'a std::path::Path,
+    calibration: &'a std::path::Path,
 }
 
 fn keep_specs(args: &Args, method: &mut SelectionMethod) -> anyhow::Result<Vec<KeepSpec>> {

@@ -125,9 +125,19 @@ enum RouteArg {
 #[derive(serde::Serialize)]
 struct Report<'a> {
     backend: &'a str,
+    /// The files the run read.
+    inputs: Inputs<'a>,
     #[serde(flatten)]
     layer: &'a LayerReport,
     plan: &'a LayerPlan,
+}
+
+/// The input files, as given.
+#[derive(serde::Serialize)]
+struct Inputs<'a> {
+    activations: &'a std::path::Path,
+    weights: &'a std::path::Path,
+    keep: Option<&'a std::path::Path>,
 }
 
 /// Runs the command.
@@ -265,6 +275,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 path,
                 &Report {
                     backend: backend.name(),
+                    inputs: Inputs {
+                        activations: &args.activations,
+                        weights: &args.weights,
+                        keep: args.keep.as_deref(),
+                    },
                     layer: &report,
                     plan: &outcome.plan,
                 },
