@@ -399,7 +399,7 @@ fn run_width(
                         };
                         progress.start(&stage, 1);
                         let mut engine = LayerStats::new(&backend, n, kind)?;
-                        engine.push_buffer(buffer, 0, m, format_of(rows))?;
+                        engine.push_kept_buffer(buffer, 0, m, format_of(rows))?;
                         let result = engine.finish()?;
                         if op == Operation::Rbf {
                             rbf_from_distances(result.into_distances()?, Beta::Paper, 1e-6)?;

@@ -28,10 +28,11 @@ pub enum Error {
     #[error("{0}")]
     InvalidInput(String),
     /// No usable GPU adapter (or none matching `WGPU_ADAPTER_NAME` / `WGPU_BACKEND`).
-    #[error("no GPU adapter: {0}")]
+    #[error("no GPU adapter: {}", one_line(.0))]
     NoAdapter(String),
     /// The GPU reported an error: out of memory, device lost, validation, a limit too small.
-    #[error("GPU: {0}")]
+    /// (wgpu's messages span lines, "Caused by:" and all; `Display` joins them into one.)
+    #[error("GPU: {}", one_line(.0))]
     Gpu(String),
     /// A numerical failure that input validation could not foresee.
     #[error("numerical: {0}")]
@@ -82,5 +83,28 @@ impl Error {
     }
 }
 
+/// `text` on one line: its lines, trimmed, joined by spaces.
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// `Result` with divnet's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_errors_display_on_one_line() {
+        let e = Error::Gpu("Validation Error\n\nCaused by:\n    In Queue::write_buffer\n".into());
+        assert_eq!(
+            e.to_string(),
+            "GPU: Validation Error Caused by: In Queue::write_buffer"
+        );
+    }
+}

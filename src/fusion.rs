@@ -204,6 +204,48 @@ fn validate(
     Ok((0..n).filter(|&i| !seen[i]).collect())
 }
 
+/// The checks of the assembly functions ([`crate::cpu::fusion::assemble`],
+/// [`crate::gpu::fusion::assemble`]), which are public: statistics and next layer as
+/// [`fuse_next_layer`] checks them, and `keep` (not empty) and `dropped` splitting the
+/// layer's neurons between them, each once.
+pub(crate) fn check_assembly(
+    stats: &GramStats,
+    keep: &[usize],
+    dropped: &[usize],
+    next: &NextLayer<'_>,
+) -> Result<()> {
+    let n = check_stats(stats, "fusion assembly")?;
+    check_next_layer(next, n, "fusion assembly")?;
+    if keep.is_empty() {
+        return Err(Error::invalid(
+            "fusion assembly: no neuron kept (keep is empty)",
+        ));
+    }
+    let mut seen = vec![false; n];
+    for (list, i) in keep
+        .iter()
+        .map(|&i| ("keep", i))
+        .chain(dropped.iter().map(|&i| ("dropped", i)))
+    {
+        if i >= n {
+            return Err(Error::invalid(format!(
+                "fusion assembly: {list} holds neuron {i}, out of range (layer has {n} neurons)"
+            )));
+        }
+        if std::mem::replace(&mut seen[i], true) {
+            return Err(Error::invalid(format!(
+                "fusion assembly: neuron {i} is listed twice in keep and dropped"
+            )));
+        }
+    }
+    if let Some(i) = seen.iter().position(|s| !s) {
+        return Err(Error::invalid(format!(
+            "fusion assembly: neuron {i} is in neither keep nor dropped"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks Gram statistics (square, finite, over at least one sample, one column sum per
 /// neuron) and returns n. `what` starts the error messages ("fusion", ...).
 pub(crate) fn check_stats(stats: &GramStats, what: &str) -> Result<usize> {

@@ -68,12 +68,14 @@ enum Engine {
 /// device's memory budget at once ([`GpuContext::memory_budget`]), they are computed in
 /// groups, one pass over the activations per group: [`LayerStats::push_source`] reads its
 /// source once per group, and rows given to [`LayerStats::push`] are kept on the host until
-/// [`LayerStats::finish`] (device buffers given to [`LayerStats::push_buffer`] must then
-/// keep their contents until then).
+/// [`LayerStats::finish`] (device rows then need [`LayerStats::push_kept_buffer`], whose
+/// buffers keep their contents until then).
 pub struct LayerStats {
     n: usize,
     kind: StatsKind,
     engine: Engine,
+    /// Rows came from GPU buffers, whose values were not checked.
+    device_rows: bool,
 }
 
 impl LayerStats {
@@ -106,7 +108,12 @@ impl LayerStats {
                 stats: Box::new(GpuStats::new(ctx, n, kind)?),
             },
         };
-        Ok(Self { n, kind, engine })
+        Ok(Self {
+            n,
+            kind,
+            engine,
+            device_rows: false,
+        })
     }
 
     /// The host memory an engine of `kind` for `n` neurons holds at its peak over a pass of
@@ -179,8 +186,15 @@ impl LayerStats {
 
     /// Adds `rows` rows that already live in `buffer` on this engine's GPU, starting at byte
     /// `offset` (a multiple of 4), laid out as `format` says (usage must include `STORAGE`).
-    /// Nothing is copied to the host; the rows are read where they are. An error on the
-    /// CPU backend.
+    /// Nothing is copied to the host; the rows are read where they are, before this returns
+    /// (on the queue: the application may rewrite the buffer after it). Their values are not
+    /// checked on the way in, as host rows are: a NaN, an infinity or a value beyond about
+    /// 1e15 makes [`LayerStats::finish`] an error.
+    ///
+    /// An error on the CPU backend, and when the statistics are computed in several groups
+    /// ([`LayerStats::source_passes`] > 1: a layer too wide for the device memory budget),
+    /// which read every row once per group at [`LayerStats::finish`]: use
+    /// [`LayerStats::push_kept_buffer`] then.
     pub fn push_buffer(
         &mut self,
         buffer: &wgpu::Buffer,
@@ -188,11 +202,38 @@ impl LayerStats {
         rows: usize,
         format: RowFormat,
     ) -> Result<()> {
+        self.push_device_rows(buffer, offset, rows, format, false)
+    }
+
+    /// [`LayerStats::push_buffer`] for rows that the buffer keeps, unchanged, until
+    /// [`LayerStats::finish`]: in several groups, they are read again then, once per group
+    /// (rewritten, they would give wrong statistics, with no error).
+    pub fn push_kept_buffer(
+        &mut self,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        rows: usize,
+        format: RowFormat,
+    ) -> Result<()> {
+        self.push_device_rows(buffer, offset, rows, format, true)
+    }
+
+    fn push_device_rows(
+        &mut self,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        rows: usize,
+        format: RowFormat,
+        unchanged: bool,
+    ) -> Result<()> {
         match &mut self.engine {
             Engine::Cpu(_) => Err(Error::invalid(
                 "activations in a GPU buffer need the GPU backend",
             )),
-            Engine::Gpu { ctx, stats } => stats.push_buffer(ctx, buffer, offset, rows, format),
+            Engine::Gpu { ctx, stats } => {
+                self.device_rows = true;
+                stats.push_buffer(ctx, buffer, offset, rows, format, unchanged)
+            }
         }
     }
 
@@ -314,6 +355,22 @@ impl LayerStats {
             }
             Engine::Gpu { ctx, stats } => {
                 let (gram, distances, col_sums, samples) = stats.finish(&ctx)?;
+                // Host rows are checked on the way in; rows from GPU buffers only here.
+                let finite = |m: &Option<faer::Mat<f64>>| {
+                    m.as_ref()
+                        .is_none_or(|m| m.col_iter().all(|c| c.iter().all(|v| v.is_finite())))
+                };
+                if self.device_rows
+                    && !(finite(&gram)
+                        && finite(&distances)
+                        && col_sums.iter().all(|v| v.is_finite()))
+                {
+                    return Err(Error::invalid(
+                        "the statistics are not finite: the activations given in GPU buffers \
+                         hold a NaN, an infinity or a value whose square overflows f32 (rows from a \
+                         buffer are not checked on the way in)",
+                    ));
+                }
                 Ok(LayerStatistics {
                     gram: gram.map(|gram| GramStats {
                         gram,

@@ -43,6 +43,11 @@ pub mod types;
 pub use backend::{Backend, BackendChoice, BackendSelection};
 pub use error::{Error, Result};
 
+/// The crates whose types divnet's API takes and returns, at the versions it was built
+/// with: an application names `divnet::wgpu::Buffer`, `divnet::faer::Mat` or
+/// `divnet::half::f16` without pinning the same versions itself.
+pub use {faer, half, wgpu};
+
 /// This crate's version (Cargo's), as reports record it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub use gpu::GpuContext;

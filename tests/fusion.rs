@@ -830,3 +830,47 @@ fn second_pass_names_a_non_finite_activation() {
         assert!(err.to_string().starts_with(want), "{err}");
     }
 }
+
+/// The assembly functions are public: both refuse what fuse_next_layer refuses, and keep /
+/// dropped lists that do not split the neurons (out of range, overlapping, incomplete),
+/// where the GPU one panicked or returned a wrong system.
+#[test]
+fn assembly_refuses_lists_that_do_not_split_the_neurons() {
+    let case = Case::random(30, 8, 3, 21);
+    let stats = case.stats();
+    let ctx = divnet::gpu::test_context();
+    let bad: [(&[usize], &[usize], &str); 5] = [
+        (&[0, 1, 9], &[2, 3, 4, 5, 6, 7], "out of range"),
+        (&[0, 1, 2], &[2, 3, 4, 5, 6, 7], "listed twice"),
+        (&[0, 1], &[2, 3, 4, 5, 6], "neither keep nor dropped"),
+        (&[], &[0, 1, 2, 3, 4, 5, 6, 7], "no neuron kept"),
+        (&[0, 1, 2], &[3, 4, 5, 6, 7, 8], "out of range"),
+    ];
+    for (keep, dropped, needle) in bad {
+        let mut results = vec![divnet::cpu::fusion::assemble(
+            &stats,
+            keep,
+            dropped,
+            case.next(),
+        )];
+        if let Some(ctx) = &ctx {
+            results.push(divnet::gpu::fusion::assemble(
+                ctx,
+                &stats,
+                keep,
+                dropped,
+                case.next(),
+            ));
+        }
+        for r in results {
+            match r {
+                Err(Error::InvalidInput(m)) => assert!(m.contains(needle), "{m} lacks {needle}"),
+                other => panic!("{keep:?} / {dropped:?}: {:?}", other.map(|_| ())),
+            }
+        }
+    }
+    let short = &case.w[..5];
+    let mut next = case.next();
+    next.weight = short;
+    assert!(divnet::cpu::fusion::assemble(&stats, &[0], &[1, 2, 3, 4, 5, 6, 7], next).is_err());
+}

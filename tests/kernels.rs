@@ -387,6 +387,63 @@ fn application_owned_device() {
     assert!(max_abs_diff(&l.matrix, &want) <= 1e-5);
 }
 
+/// divnet's kernels bind up to MIN_STORAGE_BUFFERS_PER_STAGE storage buffers: a device
+/// opened with exactly that many runs every kernel, one opened with fewer (the downlevel
+/// defaults' 4) gets an error naming the limit, not wgpu's validation text.
+#[test]
+fn an_application_device_needs_six_storage_buffers_per_stage() {
+    use divnet::gpu::MIN_STORAGE_BUFFERS_PER_STAGE;
+    if test_context().is_none() {
+        return;
+    }
+    let instance =
+        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+    let adapter =
+        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
+            .unwrap();
+    let (m, n) = (50, 20);
+    let a = random(m, n, 0.1, 1.0, 19);
+    for (buffers, works) in [(MIN_STORAGE_BUFFERS_PER_STAGE, true), (4, false)] {
+        let limits = wgpu::Limits {
+            max_storage_buffers_per_shader_stage: buffers,
+            ..wgpu::Limits::default()
+        };
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            required_limits: limits,
+            ..Default::default()
+        }))
+        .unwrap();
+        let backend = Backend::Gpu(std::sync::Arc::new(GpuContext::from_device(device, queue)));
+        let stats = LayerStats::new(&backend, n, StatsKind::Both).and_then(|mut s| {
+            s.push(ActivationRows::F32(&a))?;
+            s.finish()
+        });
+        match (works, stats) {
+            (true, Ok(s)) => {
+                let g = s.gram.unwrap();
+                let w = vec![0.5f32; 3 * n];
+                let next = divnet::fusion::NextLayer {
+                    weight: &w,
+                    bias: None,
+                    n_out: 3,
+                    n_in: n,
+                };
+                let keep: Vec<usize> = (0..n / 2).collect();
+                divnet::fusion::fuse_next_layer(&backend, &g, &keep, next, &Default::default())
+                    .unwrap();
+            }
+            (false, Err(e)) => {
+                let e = e.to_string();
+                assert!(
+                    e.contains("max_storage_buffers_per_shader_stage") && e.contains("allows 4"),
+                    "{e}"
+                );
+            }
+            (works, other) => panic!("{buffers} buffers (works: {works}): {:?}", other.err()),
+        }
+    }
+}
+
 #[test]
 fn bad_inputs_are_errors() {
     for backend in backends(test_context()) {

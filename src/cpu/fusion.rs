@@ -18,14 +18,16 @@ use crate::types::{
 };
 
 /// Assembles the normal equations of the fusion and the two energies of the reconstruction
-/// error, in f64. `keep` and `dropped` partition the layer's neurons (validated by the
-/// caller, [`crate::fusion::fuse_next_layer`]).
+/// error, in f64. `keep` (not empty) and `dropped` must partition the layer's neurons, and
+/// the statistics and next layer be as [`crate::fusion::fuse_next_layer`] takes them: an
+/// [`Error::InvalidInput`] otherwise.
 pub fn assemble(
     stats: &GramStats,
     keep: &[usize],
     dropped: &[usize],
     next: NextLayer<'_>,
 ) -> Result<FusionSystem> {
+    crate::fusion::check_assembly(stats, keep, dropped, &next)?;
     let k = keep.len();
     let n = stats.gram.nrows();
     let n_out = next.n_out;

@@ -45,6 +45,10 @@ pub struct ShaderEntry {
 /// accumulators, a pass holds two input chunks of at most 64 MiB each on the device.
 pub const DEFAULT_MEMORY_BUDGET: u64 = 4 << 30;
 
+/// Storage buffers per shader stage that divnet's kernels need at most (the statistics'
+/// `both_tiles`); a device opened with fewer gets an error naming the limit.
+pub const MIN_STORAGE_BUFFERS_PER_STAGE: u32 = 6;
+
 /// Owns a wgpu device and queue, reads their limits, and caches compute pipelines.
 ///
 /// Create it from scratch with [`GpuContext::new`] (best adapter, honouring `WGPU_BACKEND`
@@ -155,6 +159,19 @@ impl GpuContext {
 
     /// Wraps a device and queue that another application already owns. divnet allocates
     /// its own buffers on that device and never changes its state otherwise.
+    ///
+    /// What the application should know:
+    /// - Limits: divnet's kernels bind up to 6 storage buffers per shader stage
+    ///   ([`MIN_STORAGE_BUFFERS_PER_STAGE`]; `wgpu::Limits::default()` has 8, the downlevel
+    ///   defaults 4); a device with fewer gets an error naming the limit at the first
+    ///   kernel. Storage bindings and workgroup sizes are read from `device.limits()`.
+    /// - Errors: divnet takes its own validation errors through error scopes, but installs no
+    ///   handler on a device it does not own. A device lost, or a buffer the application
+    ///   destroys while divnet reads it, reaches the application's
+    ///   `on_uncaptured_error` / device-lost callbacks (wgpu's default panics), and divnet's
+    ///   call fails with an [`Error::Gpu`].
+    /// - Pipelines are cached by [`ShaderEntry::key`], in one name space with divnet's own:
+    ///   give an application's shaders keys of their own.
     pub fn from_device(device: wgpu::Device, queue: wgpu::Queue) -> Self {
         let limits = device.limits();
         Self {
@@ -332,6 +349,21 @@ impl GpuContext {
             .get(entry.key)
         {
             return Ok(p.clone());
+        }
+        let storage = entry
+            .groups
+            .iter()
+            .flat_map(|g| g.iter())
+            .filter(|b| matches!(b, Binding::Storage | Binding::StorageMut))
+            .count() as u32;
+        let allowed = self.device.limits().max_storage_buffers_per_shader_stage;
+        if storage > allowed {
+            return Err(Error::Gpu(format!(
+                "{} binds {storage} storage buffers, but the device allows {allowed} per shader \
+                 stage: open it with max_storage_buffers_per_shader_stage of at least \
+                 {MIN_STORAGE_BUFFERS_PER_STAGE} (wgpu::Limits::default() has 8)",
+                entry.key
+            )));
         }
         let layouts: Vec<wgpu::BindGroupLayout> =
             entry.groups.iter().map(|g| self.layout(g)).collect();

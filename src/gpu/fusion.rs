@@ -83,7 +83,7 @@ fn lead12(x: f32) -> f32 {
     f32::from_bits(x.to_bits() & !0xfff)
 }
 
-/// GPU version of [`crate::cpu::fusion::assemble`], same inputs and output. Blocks are
+/// GPU version of [`crate::cpu::fusion::assemble`], same inputs, checks and output. Blocks are
 /// sized to `ctx.max_binding_bytes()`; one row of `G~` (n+1 floats) must fit in a binding.
 ///
 /// Every device buffer is made once and rewritten per block; each panel of rows of `G~`
@@ -95,6 +95,7 @@ pub fn assemble(
     dropped: &[usize],
     next: NextLayer<'_>,
 ) -> Result<FusionSystem> {
+    crate::fusion::check_assembly(stats, keep, dropped, &next)?;
     let n = stats.gram.nrows();
     let k = keep.len();
     let n_out = next.n_out;

@@ -145,7 +145,8 @@ pub fn gram_from_buffer(
     n: usize,
 ) -> Result<GramStats> {
     let mut stats = GpuStats::new(ctx, n, StatsKind::Gram)?;
-    stats.push_buffer(ctx, buffer, 0, m, format)?;
+    // Read before this returns: the buffer cannot change in between.
+    stats.push_buffer(ctx, buffer, 0, m, format, true)?;
     let (gram, _, col_sums, samples) = stats.finish(ctx)?;
     Ok(GramStats {
         gram: gram.expect("kept"),

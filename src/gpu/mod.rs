@@ -26,7 +26,9 @@ mod ring;
 pub(crate) mod stats;
 mod timing;
 
-pub use context::{Binding, GpuContext, ShaderEntry, DEFAULT_MEMORY_BUDGET};
+pub use context::{
+    Binding, GpuContext, ShaderEntry, DEFAULT_MEMORY_BUDGET, MIN_STORAGE_BUFFERS_PER_STAGE,
+};
 pub use counters::GpuCounters;
 
 /// Fails a test run when no adapter is present and `DIVNET_REQUIRE_GPU=1`; otherwise

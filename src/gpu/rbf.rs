@@ -21,7 +21,8 @@ pub fn distances_from_buffer(
     n: usize,
 ) -> Result<Distances> {
     let mut stats = GpuStats::new(ctx, n, StatsKind::Distances)?;
-    stats.push_buffer(ctx, buffer, 0, m, format)?;
+    // Read before this returns: the buffer cannot change in between.
+    stats.push_buffer(ctx, buffer, 0, m, format, true)?;
     let (_, squared, _, samples) = stats.finish(ctx)?;
     Ok(Distances {
         squared: squared.expect("kept"),

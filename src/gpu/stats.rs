@@ -189,7 +189,10 @@ impl GpuStats {
     }
 
     /// Adds `rows` rows already in `buffer` from byte `offset` on (see
-    /// [`crate::kernel::LayerStats::push_buffer`]).
+    /// [`crate::kernel::LayerStats::push_buffer`]). `unchanged`: the caller keeps these rows
+    /// in the buffer until [`GpuStats::finish`], which in several groups reads them once per
+    /// group; without it, several groups are an error rather than statistics of whatever
+    /// the buffer holds by then.
     pub(crate) fn push_buffer(
         &mut self,
         ctx: &GpuContext,
@@ -197,8 +200,19 @@ impl GpuStats {
         offset: u64,
         rows: usize,
         format: RowFormat,
+        unchanged: bool,
     ) -> Result<()> {
         let n = self.n;
+        if self.kept.is_some() && !unchanged {
+            return Err(Error::invalid(format!(
+                "the statistics of these {n} neurons are computed in {} groups (their \
+                 accumulators exceed the device memory budget), each reading every row at \
+                 finish: rows in a GPU buffer the application may rewrite before then would \
+                 give wrong statistics. Use push_kept_buffer if the buffer keeps these rows \
+                 until finish, or raise the budget (GpuContext::with_memory_budget)",
+                self.plan.groups()
+            )));
+        }
         let row_bytes = (format.row_words(n) * 4) as u64;
         let need = offset + rows as u64 * row_bytes;
         if buffer.size() < need {
