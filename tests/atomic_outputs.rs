@@ -68,6 +68,18 @@ fn wide_activations(dir: &Path) -> PathBuf {
     path
 }
 
+/// The activations of [`wide_activations`] in `dir`, the kernel's output path there, and the
+/// bytes of the previous output that an interrupted run must leave.
+fn kernel_run(dir: &Path) -> (PathBuf, PathBuf, Vec<u8>) {
+    let acts = wide_activations(dir);
+    let out = dir.join("kernel.npy");
+    (
+        acts,
+        out,
+        b"the previous kernel, which must survive".to_vec(),
+    )
+}
+
 /// Kills `divnet kernel` the moment its temporary output appears, i.e. during the write
 /// itself: the old output must survive. Repeats a few times because the window is short;
 /// at least one kill must land inside the write for the test to count.
@@ -75,9 +87,7 @@ fn wide_activations(dir: &Path) -> PathBuf {
 fn kill_during_the_write_keeps_the_previous_output() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let acts = wide_activations(dir);
-    let out = dir.join("kernel.npy");
-    let old = b"the previous kernel, which must survive".to_vec();
+    let (acts, out, old) = kernel_run(dir);
     let mut landed = 0;
     for _attempt in 0..6 {
         std::fs::write(&out, &old).unwrap();
@@ -196,9 +206,7 @@ fn interrupt_during_the_write_removes_the_temporary_file() {
     use std::os::unix::process::ExitStatusExt;
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let acts = wide_activations(dir);
-    let out = dir.join("kernel.npy");
-    let old = b"the previous kernel, which must survive".to_vec();
+    let (acts, out, old) = kernel_run(dir);
     let mut landed = 0;
     let signals = [("-INT", 2), ("-TERM", 15), ("-HUP", 1)].repeat(2);
     for (attempt, (name, number)) in signals.iter().enumerate() {

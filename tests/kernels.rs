@@ -357,16 +357,23 @@ fn gpu_resident_buffers() {
     assert!(gram_from_buffer(&ctx, &buf, RowFormat::F32, m + 1, n).is_err());
 }
 
-#[test]
-fn application_owned_device() {
-    if test_context().is_none() {
-        return;
-    }
+/// The adapter an application would open its own device on; `None` (the test skips) where
+/// divnet finds no GPU either.
+fn application_adapter() -> Option<wgpu::Adapter> {
+    test_context()?;
     let instance =
         wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let adapter =
+    Some(
         pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
-            .unwrap();
+            .unwrap(),
+    )
+}
+
+#[test]
+fn application_owned_device() {
+    let Some(adapter) = application_adapter() else {
+        return;
+    };
     // Default (downlevel-safe) limits, not the adapter's: divnet must read what it was given.
     let (device, queue) =
         pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor::default())).unwrap();
@@ -393,14 +400,9 @@ fn application_owned_device() {
 #[test]
 fn an_application_device_needs_six_storage_buffers_per_stage() {
     use divnet::gpu::MIN_STORAGE_BUFFERS_PER_STAGE;
-    if test_context().is_none() {
+    let Some(adapter) = application_adapter() else {
         return;
-    }
-    let instance =
-        wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
-    let adapter =
-        pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions::default()))
-            .unwrap();
+    };
     let (m, n) = (50, 20);
     let a = random(m, n, 0.1, 1.0, 19);
     for (buffers, works) in [(MIN_STORAGE_BUFFERS_PER_STAGE, true), (4, false)] {
