@@ -106,6 +106,9 @@ pub struct FusedLayer {
     /// that the error is that small, not how small; above, it matches the error on the
     /// data to about 1e-6.
     pub relative_error: f64,
+    /// The same error for each group of rows ([`crate::types::FusionSystem::groups`]: each
+    /// next layer of several stacked into one), in order; one entry otherwise.
+    pub group_errors: Vec<f64>,
 }
 
 /// Rewrites the next layer so that it reads only the kept neurons `keep` of the layer whose
@@ -120,11 +123,26 @@ pub fn fuse_next_layer(
     next: NextLayer<'_>,
     opts: &FusionOptions,
 ) -> Result<FusedLayer> {
+    fuse_stacked(backend, stats, keep, next, &[next.n_out], opts)
+}
+
+/// [`fuse_next_layer`] for several next layers stacked in `next`, `rows` rows each: the
+/// same fused rows, and each layer's error in [`FusedLayer::group_errors`].
+pub(crate) fn fuse_stacked(
+    backend: &Backend,
+    stats: &GramStats,
+    keep: &[usize],
+    next: NextLayer<'_>,
+    rows: &[usize],
+    opts: &FusionOptions,
+) -> Result<FusedLayer> {
     let n = check_stats(stats, "fusion")?;
     let dropped = validate(n, keep, &next, opts)?;
     let system = match backend {
-        Backend::Cpu => crate::cpu::fusion::assemble(stats, keep, &dropped, next)?,
-        Backend::Gpu(ctx) => crate::gpu::fusion::assemble(ctx, stats, keep, &dropped, next)?,
+        Backend::Cpu => crate::cpu::fusion::assemble_stacked(stats, keep, &dropped, next, rows)?,
+        Backend::Gpu(ctx) => {
+            crate::gpu::fusion::assemble_stacked(ctx, stats, keep, &dropped, next, rows)?
+        }
     };
     solve_fusion(&system, keep, next, opts)
 }
@@ -147,7 +165,7 @@ pub fn fuse_next_layer_from_rows(
     progress: &mut dyn Progress,
 ) -> Result<FusedLayer> {
     let _ = backend;
-    let system = fusion_system_from_rows(activations, keep, next, opts, progress)?;
+    let system = fusion_system_from_rows(activations, keep, next, &[next.n_out], opts, progress)?;
     solve_fusion(&system, keep, next, opts)
 }
 
@@ -157,12 +175,14 @@ pub(crate) fn fusion_system_from_rows(
     activations: &mut dyn RowSource,
     keep: &[usize],
     next: NextLayer<'_>,
+    rows: &[usize],
     opts: &FusionOptions,
     progress: &mut dyn Progress,
 ) -> Result<FusionSystem> {
     let n = activations.width();
     let dropped = validate(n, keep, &next, opts)?;
-    let mut pass = crate::cpu::fusion::FusionPass::new(keep, &dropped, next);
+    let mut pass =
+        crate::cpu::fusion::FusionPass::new(keep, &dropped, next).with_row_groups(rows)?;
     progress.start("fusion statistics", activations.rows() as u64);
     let read = activations.pass(&mut |rows| {
         pass.push(rows)?;
@@ -346,17 +366,18 @@ pub(crate) fn solve_fusion(
 
     // ||Z||^2 = tr(W~_Y G~ W~_Y^T) + 2 <W~_Y^T, R> + tr(W_P G_PP W_P^T): the cross term
     // between kept and dropped parts is exactly the right-hand side already assembled.
-    let mut cross = 0.0;
-    for o in 0..n_out {
-        let row = &next.weight[o * n_in..(o + 1) * n_in];
-        for (i, &y) in keep.iter().enumerate() {
-            cross += row[y] as f64 * rhs[(i, o)];
-        }
-        if let Some(b) = next.bias {
-            cross += b[o] as f64 * rhs[(k, o)];
-        }
-    }
-    let z_energy = system.kept_energy + 2.0 * cross + system.dropped_energy;
+    // Per output row, so that each group of rows gets its own error.
+    let cross: Vec<f64> = (0..n_out)
+        .map(|o| {
+            let row = &next.weight[o * n_in..(o + 1) * n_in];
+            let kept: f64 = keep
+                .iter()
+                .enumerate()
+                .map(|(i, &y)| row[y] as f64 * rhs[(i, o)])
+                .sum();
+            kept + next.bias.map_or(0.0, |b| b[o] as f64 * rhs[(k, o)])
+        })
+        .collect();
 
     let (x, ridge, damping) = match opts.mode {
         FusionMode::Prune => (Mat::<f64>::zeros(0, n_out), 0.0, Vec::new()),
@@ -379,21 +400,40 @@ pub(crate) fn solve_fusion(
     // Z - Z' = W_P a_P - X^T u, so ||Z - Z'||^2 = tr(W_P G_PP W_P^T) - 2 <X, R> + tr(X^T G~ X),
     // and (G~ + diag(damping)) X = R turns the last term into <X, R> - sum_i damping_i
     // ||X_i||^2 (the constant's row is not damped).
-    let mut xr = 0.0;
-    let mut damped = 0.0;
-    for o in 0..n_out {
-        for i in 0..dim {
-            let v = x[(i, o)];
-            xr += v * rhs[(i, o)];
-            damped += damping[i] * v * v;
+    // Per output row: <X, R> and the damped norm of X.
+    let explained: Vec<f64> = (0..n_out)
+        .map(|o| {
+            (0..dim)
+                .map(|i| {
+                    let v = x[(i, o)];
+                    v * rhs[(i, o)] + damping[i] * v * v
+                })
+                .sum()
+        })
+        .collect();
+    // The error of rows [start, start + rows) with energies (kept, dropped) of those rows.
+    let error_of = |start: usize, rows: usize, kept: f64, dropped: f64| {
+        let cross: f64 = cross[start..start + rows].iter().sum();
+        let explained: f64 = explained[start..start + rows].iter().sum();
+        let z_energy = kept + 2.0 * cross + dropped;
+        let err_energy = (dropped - explained).max(0.0);
+        if z_energy > 0.0 {
+            (err_energy / z_energy).sqrt()
+        } else {
+            0.0
         }
-    }
-    let err_energy = (system.dropped_energy - xr - damped).max(0.0);
-    let relative_error = if z_energy > 0.0 {
-        (err_energy / z_energy).sqrt()
-    } else {
-        0.0
     };
+    let relative_error = error_of(0, n_out, system.kept_energy, system.dropped_energy);
+    let mut start = 0;
+    let group_errors = system
+        .groups
+        .iter()
+        .map(|g| {
+            let e = error_of(start, g.rows, g.kept_energy, g.dropped_energy);
+            start += g.rows;
+            e
+        })
+        .collect();
 
     let mut weight = vec![0f32; n_out * k];
     let mut bias = vec![0f32; n_out];
@@ -413,6 +453,7 @@ pub(crate) fn solve_fusion(
         bias,
         ridge,
         relative_error,
+        group_errors,
     })
 }
 

@@ -339,4 +339,47 @@ pub struct FusionSystem {
     pub kept_energy: f64,
     /// `tr(W_P G_PP W_P^T)`: the energy of the dropped part of Z.
     pub dropped_energy: f64,
+    /// The same two energies for each group of consecutive rows of W (each next layer of
+    /// several stacked into one; a single group otherwise), whose sums they are: each layer
+    /// gets its own error.
+    pub groups: Vec<RowGroup>,
+}
+
+/// The energies of [`FusionSystem`] over one group of rows of the next layer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RowGroup {
+    /// How many rows (outputs) the group has.
+    pub rows: usize,
+    /// Its part of [`FusionSystem::kept_energy`].
+    pub kept_energy: f64,
+    /// Its part of [`FusionSystem::dropped_energy`].
+    pub dropped_energy: f64,
+}
+
+impl RowGroup {
+    /// Groups of `rows` (summing to `n_out`) from energies per output row.
+    pub(crate) fn from_outputs(rows: &[usize], kept: &[f64], dropped: &[f64]) -> Vec<RowGroup> {
+        let mut start = 0;
+        rows.iter()
+            .map(|&r| {
+                let group = RowGroup {
+                    rows: r,
+                    kept_energy: kept[start..start + r].iter().sum(),
+                    dropped_energy: dropped[start..start + r].iter().sum(),
+                };
+                start += r;
+                group
+            })
+            .collect()
+    }
+}
+
+/// Checks that `rows` (row groups of a next layer) are positive and add up to `n_out`.
+pub(crate) fn check_row_groups(rows: &[usize], n_out: usize) -> crate::error::Result<()> {
+    if rows.is_empty() || rows.contains(&0) || rows.iter().sum::<usize>() != n_out {
+        return Err(crate::error::Error::invalid(format!(
+            "fusion: row groups {rows:?} do not split the next layer's {n_out} rows"
+        )));
+    }
+    Ok(())
 }

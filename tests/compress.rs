@@ -444,7 +444,9 @@ fn compress_layer_fuses_several_next_layers_as_one_stack() {
         assert_eq!(joined, one.next[0].weight, "{method}");
         assert_eq!(two.next[0].bias, one.next[0].bias[..4], "{method}");
         assert_eq!(two.next[1].bias, one.next[0].bias[4..], "{method}");
-        assert_eq!(two.report.relative_error, one.report.relative_error);
+        // The same error, up to the order of the sums (two groups' energies, then their sum).
+        let (e2, e1) = (two.report.relative_error, one.report.relative_error);
+        assert!((e2 - e1).abs() <= 1e-12 * e1, "{e2} vs {e1}");
         assert_eq!(two.report.samples, m);
         let stages: Vec<&str> = two.report.seconds.iter().map(|(s, _)| s.as_str()).collect();
         let want: &[&str] = if method.needs_kernel() {

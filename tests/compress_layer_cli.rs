@@ -769,8 +769,8 @@ fn several_next_layers_are_fused_together() {
     write_safetensors(&f.path("model.safetensors"), &model).unwrap();
     std::fs::write(f.path("keep.json"), "[0, 3, 4, 9, 12, 15]").unwrap();
     let keep = f.path("keep.json");
-    let run = |next: &str, out: &str| {
-        let out = f.path(out);
+    let run_on = |next: &str, out: &str, route: &str| {
+        let (out, rep) = (f.path(out), f.path(&format!("{next}-{route}.json")));
         let o = f.run(&[
             "--next",
             next,
@@ -778,15 +778,47 @@ fn several_next_layers_are_fused_together() {
             "gate,up",
             "--keep",
             keep.to_str().unwrap(),
+            "--route",
+            route,
             "--out",
             out.to_str().unwrap(),
+            "--report",
+            rep.to_str().unwrap(),
         ]);
         let err = String::from_utf8_lossy(&o.stderr).to_string();
         assert!(o.status.success(), "{next}: {err}");
-        (read_safetensors(&out).unwrap(), err)
+        (read_safetensors(&out).unwrap(), err, report(&rep))
     };
-    let (both, err) = run("down,skip", "both.safetensors");
-    let (alone, _) = run("down", "alone.safetensors");
+    let run = |next: &str, out: &str| run_on(next, out, "one-pass");
+    let (both, err, _) = run("down,skip", "both.safetensors");
+    let (alone, _, _) = run("down", "alone.safetensors");
+    // Each next layer's own error: what it has fused alone with the same kept neurons (the
+    // fusion is one least-squares problem per output row), on both routes.
+    for route in ["one-pass", "two-pass"] {
+        let (_, err, r) = run_on("down,skip", "both.safetensors", route);
+        let errors: Vec<f64> = serde_json::from_value(r["next_errors"].clone()).unwrap();
+        assert_eq!(errors.len(), 2, "{r}");
+        for (i, name) in ["down", "skip"].iter().enumerate() {
+            let (_, _, single) = run_on(name, "single.safetensors", route);
+            let want = single["relative_error"].as_f64().unwrap();
+            assert!(
+                (errors[i] - want).abs() <= 1e-9 * want,
+                "{route} {name}: {} vs {want}",
+                errors[i]
+            );
+            assert!(
+                err.contains(&format!("  {name}: next-layer error")),
+                "{err}"
+            );
+        }
+        let combined = r["relative_error"].as_f64().unwrap();
+        let lo = errors.iter().copied().fold(f64::INFINITY, f64::min);
+        let hi = errors.iter().copied().fold(0.0, f64::max);
+        assert!(
+            lo <= combined && combined <= hi,
+            "{combined} outside {errors:?}"
+        );
+    }
     assert!(err.contains("skip.bias: created"), "{err}");
     let skip_w = both.get("skip.weight").unwrap();
     assert_eq!(

@@ -641,6 +641,30 @@ fn gpu_assembly_equals_cpu_twin() {
     }
     assert_eq!(cpu.lhs, gpu.lhs);
 
+    // Stacked next layers (rows 50 + 100 of W): each group's energies on both backends, and
+    // the totals their sums.
+    let rows = [50, 100];
+    let cpu =
+        divnet::cpu::fusion::assemble_stacked(&stats, &keep, &dropped, case.next(), &rows).unwrap();
+    let gpu =
+        divnet::gpu::fusion::assemble_stacked(&ctx, &stats, &keep, &dropped, case.next(), &rows)
+            .unwrap();
+    for system in [&cpu, &gpu] {
+        assert_eq!(system.groups.len(), 2);
+        let kept: f64 = system.groups.iter().map(|g| g.kept_energy).sum();
+        let dropped: f64 = system.groups.iter().map(|g| g.dropped_energy).sum();
+        assert!((kept - system.kept_energy).abs() <= 1e-12 * kept.abs());
+        assert!((dropped - system.dropped_energy).abs() <= 1e-12 * dropped.abs());
+    }
+    for (c, g) in cpu.groups.iter().zip(&gpu.groups) {
+        assert_eq!(c.rows, g.rows);
+        assert!((c.kept_energy - g.kept_energy).abs() < 1e-5 * c.kept_energy.abs());
+        assert!((c.dropped_energy - g.dropped_energy).abs() < 1e-5 * c.dropped_energy.abs());
+    }
+    let bad =
+        divnet::cpu::fusion::assemble_stacked(&stats, &keep, &dropped, case.next(), &[50, 99]);
+    assert!(bad.is_err());
+
     // End to end: fused weights from the GPU assembly match the CPU ones.
     let backend = Backend::Gpu(std::sync::Arc::new(ctx));
     let o = FusionOptions::default();

@@ -19,7 +19,7 @@ use super::{check_keep, fusion_name, KeepSpec, LayerReport, MemoryReport, DEFAUL
 use crate::backend::Backend;
 use crate::error::{Error, Result};
 use crate::fusion::{
-    fuse_next_layer, fusion_system_from_rows, solve_fusion, FusedLayer, FusionMode, FusionOptions,
+    fuse_stacked, fusion_system_from_rows, solve_fusion, FusedLayer, FusionMode, FusionOptions,
     NextLayer,
 };
 use crate::io::safetensors::{Tensor, TensorFile};
@@ -204,7 +204,7 @@ fn compress_named_layer(
                 &mut work,
                 &stats,
                 &selected.kept,
-                stacked.view(),
+                (stacked.view(), &stacked.rows),
                 opts,
                 progress,
             )?
@@ -213,7 +213,7 @@ fn compress_named_layer(
             &mut work,
             activations,
             &selected.kept,
-            stacked.view(),
+            (stacked.view(), &stacked.rows),
             opts,
             progress,
         )?,
@@ -233,6 +233,7 @@ fn compress_named_layer(
         beta: selected.beta,
         ridge: fused.ridge,
         relative_error: fused.relative_error,
+        next_errors: fused.group_errors.clone(),
         diversity: selected.diversity,
         eigen_path: selected.eigen_path,
         route: layer_plan.route.name().into(),
@@ -837,12 +838,15 @@ impl<'a> StackedNext<'a> {
         let mut start = 0;
         self.rows
             .iter()
-            .map(|&rows| {
+            .enumerate()
+            .map(|(part_index, &rows)| {
+                let error = fused.group_errors[part_index];
                 let part = FusedLayer {
                     weight: fused.weight[start * k..(start + rows) * k].to_vec(),
                     bias: fused.bias[start..start + rows].to_vec(),
                     ridge: fused.ridge,
-                    relative_error: fused.relative_error,
+                    relative_error: error,
+                    group_errors: vec![error],
                 };
                 start += rows;
                 part
@@ -1118,12 +1122,13 @@ fn select_from_columns(
     })
 }
 
-/// Stage `fuse` from the layer's Gram statistics.
+/// Stage `fuse` from the layer's Gram statistics, into `next` (several next layers stacked,
+/// rows of each as the slice says).
 pub(crate) fn fuse_from_gram(
     work: &mut LayerWork<'_>,
     stats: &GramStats,
     kept: &[usize],
-    next: NextLayer<'_>,
+    (next, rows): (NextLayer<'_>, &[usize]),
     opts: &LayerOptions,
     progress: &mut dyn Progress,
 ) -> Result<FusedLayer> {
@@ -1131,7 +1136,7 @@ pub(crate) fn fuse_from_gram(
     let t = Instant::now();
     progress.start("fuse", 1);
     let fused = work.on_backend("fuse", |b| {
-        fuse_next_layer(b, stats, kept, next, &opts.fusion)
+        fuse_stacked(b, stats, kept, next, rows, &opts.fusion)
     });
     progress.finish();
     work.stage("fuse", t);
@@ -1168,7 +1173,7 @@ fn fuse_from_rows(
     work: &mut LayerWork<'_>,
     activations: &mut dyn RowSource,
     kept: &[usize],
-    next: NextLayer<'_>,
+    (next, rows): (NextLayer<'_>, &[usize]),
     opts: &LayerOptions,
     progress: &mut dyn Progress,
 ) -> Result<FusedLayer> {
@@ -1178,7 +1183,7 @@ fn fuse_from_rows(
         );
     }
     let t = Instant::now();
-    let system = fusion_system_from_rows(activations, kept, next, &opts.fusion, progress)?;
+    let system = fusion_system_from_rows(activations, kept, next, rows, &opts.fusion, progress)?;
     work.stage("fusion statistics", t);
     note_few_rows(work, activations.rows(), kept.len(), next.n_in, opts);
     let t = Instant::now();

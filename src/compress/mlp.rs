@@ -374,7 +374,7 @@ fn compress_hidden_layer(
         &mut work,
         &obs.stats,
         &selected.kept,
-        next,
+        (next, &[next.n_out]),
         layer_opts,
         progress,
     )?;
@@ -409,6 +409,7 @@ fn compress_hidden_layer(
         beta: selected.beta,
         ridge,
         relative_error,
+        next_errors: vec![relative_error],
         route: super::Route::OnePass.name().into(),
         memory: work.memory_report(None),
         seconds: work.seconds,

@@ -98,6 +98,9 @@ pub struct LayerReport {
     /// ||Z - Z'||_F / ||Z||_F of the next layer's pre-activation on the calibration set
     /// (resolved down to a few 1e-4: see [`crate::fusion::FusedLayer::relative_error`]).
     pub relative_error: f64,
+    /// The same error for each layer in `next`, in order (fused together, they share the
+    /// kept set and the solve; the combined error weighs them by their energy).
+    pub next_errors: Vec<f64>,
     /// Diversity of the kept set under the kernel, when one was built (and not reduced in
     /// place by a wide layer's partial eigendecomposition).
     pub diversity: Option<Diversity>,

@@ -15,6 +15,7 @@ use crate::cpu::gram::{centre, column_sums};
 use crate::error::{Error, Result};
 use crate::types::{
     unusable_activation, usable_activation, ActivationRows, FusionSystem, GramStats, NextLayer,
+    RowGroup,
 };
 
 /// Assembles the normal equations of the fusion and the two energies of the reconstruction
@@ -27,7 +28,20 @@ pub fn assemble(
     dropped: &[usize],
     next: NextLayer<'_>,
 ) -> Result<FusionSystem> {
+    assemble_stacked(stats, keep, dropped, next, &[next.n_out])
+}
+
+/// [`assemble`] for several next layers stacked into `next` (`rows` rows each, in order):
+/// the same system, with each layer's energies apart ([`FusionSystem::groups`]).
+pub fn assemble_stacked(
+    stats: &GramStats,
+    keep: &[usize],
+    dropped: &[usize],
+    next: NextLayer<'_>,
+    rows: &[usize],
+) -> Result<FusionSystem> {
     crate::fusion::check_assembly(stats, keep, dropped, &next)?;
+    crate::types::check_row_groups(rows, next.n_out)?;
     let k = keep.len();
     let n = stats.gram.nrows();
     let n_out = next.n_out;
@@ -52,15 +66,34 @@ pub fn assemble(
     drop(g_yp);
 
     let lhs = stats.augmented_block(keep);
-    let kept_energy = kept_energy(&lhs, keep, next, par);
-    let dropped_energy = quadratic_trace(wp_t.as_ref(), |i, j| g[(dropped[i], dropped[j])], par);
+    let kept = kept_energies(&lhs, keep, next, rows, par);
+    // Per group of columns of W_P^T: together the work of one trace over all of them.
+    let mut start = 0;
+    let groups: Vec<RowGroup> = rows
+        .iter()
+        .zip(kept)
+        .map(|(&r, kept_energy)| {
+            let part = wp_t.as_ref().subcols(start, r);
+            start += r;
+            RowGroup {
+                rows: r,
+                kept_energy,
+                dropped_energy: quadratic_trace(part, |i, j| g[(dropped[i], dropped[j])], par),
+            }
+        })
+        .collect();
+    Ok(system_of_groups(lhs, rhs, groups))
+}
 
-    Ok(FusionSystem {
+/// The system with its total energies, the sums of the groups'.
+fn system_of_groups(lhs: Mat<f64>, rhs: Mat<f64>, groups: Vec<RowGroup>) -> FusionSystem {
+    FusionSystem {
         lhs,
         rhs,
-        kept_energy,
-        dropped_energy,
-    })
+        kept_energy: groups.iter().map(|g| g.kept_energy).sum(),
+        dropped_energy: groups.iter().map(|g| g.dropped_energy).sum(),
+        groups,
+    }
 }
 
 /// `W~^T` gathered at the columns `cols` of `W~ = [W, b]` (index `n_in` is the bias), in
@@ -79,12 +112,25 @@ fn augmented_weight_t(next: NextLayer<'_>, cols: &[usize]) -> Mat<f64> {
 }
 
 /// `tr(W~_Y G~_YY W~_Y^T)`, the energy of the kept part of the next layer's input, from the
-/// left-hand side `G~_YY` (rows `keep, const`).
-fn kept_energy(lhs: &Mat<f64>, keep: &[usize], next: NextLayer<'_>, par: Par) -> f64 {
+/// left-hand side `G~_YY` (rows `keep, const`), for each group of `rows` rows of W.
+fn kept_energies(
+    lhs: &Mat<f64>,
+    keep: &[usize],
+    next: NextLayer<'_>,
+    rows: &[usize],
+    par: Par,
+) -> Vec<f64> {
     let mut aug_keep = keep.to_vec();
     aug_keep.push(next.n_in);
     let wy_t = augmented_weight_t(next, &aug_keep);
-    quadratic_trace(wy_t.as_ref(), |i, j| lhs[(i, j)], par)
+    let mut start = 0;
+    rows.iter()
+        .map(|&r| {
+            let part = wy_t.as_ref().subcols(start, r);
+            start += r;
+            quadratic_trace(part, |i, j| lhs[(i, j)], par)
+        })
+        .collect()
 }
 
 /// Rows per product at most in [`FusionPass`]: bounds each f32 partial sum before it is
@@ -121,7 +167,10 @@ pub struct FusionPass<'a> {
     /// The lower triangle of `G~_YY` so far.
     lhs: Mat<f64>,
     rhs: Mat<f64>,
-    dropped_energy: f64,
+    /// `||Z_P||^2` per output row of the next layer.
+    dropped_energy: Vec<f64>,
+    /// Rows of each next layer stacked in `next` (one group unless given).
+    row_groups: Vec<usize>,
     /// Rows multiplied into the sums.
     samples: usize,
     /// Rows per product.
@@ -157,7 +206,8 @@ impl<'a> FusionPass<'a> {
             wp_t,
             lhs: Mat::zeros(k + 1, k + 1),
             rhs: Mat::zeros(k + 1, n_out),
-            dropped_energy: 0.0,
+            dropped_energy: vec![0.0; n_out],
+            row_groups: vec![n_out],
             samples: 0,
             limit: PASS_ROWS.min((PASS_VALUES / (n + n_out)).max(1)),
             staged: 0,
@@ -170,6 +220,15 @@ impl<'a> FusionPass<'a> {
             uu: Mat::zeros(0, 0),
             uz: Mat::zeros(0, 0),
         }
+    }
+
+    /// The pass for several next layers stacked in `next`, `rows` rows each in order: each
+    /// gets its energies apart ([`FusionSystem::groups`]). An error when they do not add up
+    /// to the stacked layer's rows.
+    pub fn with_row_groups(mut self, rows: &[usize]) -> Result<Self> {
+        crate::types::check_row_groups(rows, self.next.n_out)?;
+        self.row_groups = rows.to_vec();
+        Ok(self)
     }
 
     /// Adds a chunk of whole rows of the n neurons (any number, even 0, one or many: rows
@@ -302,9 +361,9 @@ impl<'a> FusionPass<'a> {
             par,
         );
         self.block_rows += rows;
-        for o in 0..n_out {
+        for (o, energy) in self.dropped_energy.iter_mut().enumerate() {
             let col = crate::cpu::contiguous(self.z.col(o));
-            self.dropped_energy += col.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>();
+            *energy += col.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>();
         }
     }
 
@@ -349,18 +408,22 @@ impl<'a> FusionPass<'a> {
             }
         }
         self.take_out_shift();
-        let kept_energy = kept_energy(
+        let kept = kept_energies(
             &self.lhs,
             &self.keep,
             self.next,
+            &self.row_groups,
             faer::get_global_parallelism(),
         );
-        Ok(FusionSystem {
-            lhs: self.lhs,
-            rhs: self.rhs,
-            kept_energy,
-            dropped_energy: self.dropped_energy,
-        })
+        let mut groups = RowGroup::from_outputs(
+            &self.row_groups,
+            &vec![0.0; self.next.n_out],
+            &self.dropped_energy,
+        );
+        for (group, kept) in groups.iter_mut().zip(kept) {
+            group.kept_energy = kept;
+        }
+        Ok(system_of_groups(self.lhs, self.rhs, groups))
     }
 }
 
@@ -396,9 +459,9 @@ impl FusionPass<'_> {
             self.lhs[(k, i)] = s;
         }
         let r_shifted: Vec<f64> = (0..n_out).map(|o| self.rhs[(k, o)]).collect();
-        let zr: f64 = z.iter().zip(&r_shifted).map(|(a, b)| a * b).sum();
-        let zz: f64 = z.iter().map(|a| a * a).sum();
-        self.dropped_energy += 2.0 * zr + m * zz;
+        for (o, energy) in self.dropped_energy.iter_mut().enumerate() {
+            *energy += 2.0 * z[o] * r_shifted[o] + m * z[o] * z[o];
+        }
         for o in 0..n_out {
             let r = r_shifted[o] + m * z[o];
             self.rhs[(k, o)] = r;

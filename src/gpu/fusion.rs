@@ -27,7 +27,7 @@ use rayon::prelude::*;
 use super::context::{Binding, GpuContext, ShaderEntry};
 use super::readback::{Readback, Region};
 use crate::error::{Error, Result};
-use crate::types::{FusionSystem, GramStats, NextLayer};
+use crate::types::{FusionSystem, GramStats, NextLayer, RowGroup};
 
 const PRODUCT: ShaderEntry = ShaderEntry {
     key: "fusion::gathered_product",
@@ -95,7 +95,21 @@ pub fn assemble(
     dropped: &[usize],
     next: NextLayer<'_>,
 ) -> Result<FusionSystem> {
+    assemble_stacked(ctx, stats, keep, dropped, next, &[next.n_out])
+}
+
+/// GPU version of [`crate::cpu::fusion::assemble_stacked`]: several next layers stacked in
+/// `next`, `row_groups` rows each, with each layer's energies apart.
+pub fn assemble_stacked(
+    ctx: &GpuContext,
+    stats: &GramStats,
+    keep: &[usize],
+    dropped: &[usize],
+    next: NextLayer<'_>,
+    row_groups: &[usize],
+) -> Result<FusionSystem> {
     crate::fusion::check_assembly(stats, keep, dropped, &next)?;
+    crate::types::check_row_groups(row_groups, next.n_out)?;
     let n = stats.gram.nrows();
     let k = keep.len();
     let n_out = next.n_out;
@@ -193,8 +207,9 @@ pub fn assemble(
     let readback = Readback::new(ctx, window * JOBS as u64)?;
 
     let mut rhs = Mat::<f64>::zeros(k + 1, n_out);
-    let mut kept_energy = 0.0;
-    let mut dropped_energy = 0.0;
+    // Per output row of W, so that stacked next layers get their energies apart.
+    let mut kept_energy = vec![0.0f64; n_out];
+    let mut dropped_energy = vec![0.0f64; n_out];
     let w_aug = |o: usize, c: usize| -> f32 {
         if c < n {
             next.weight[o * n + c]
@@ -303,25 +318,22 @@ pub fn assemble(
                             }
                         }
                         sink => {
-                            // Per row in parallel, then summed in order: the same total
-                            // whatever the thread count.
-                            let per_row: Vec<f64> = pairs
-                                .par_chunks_exact(ob)
-                                .enumerate()
-                                .map(|(i, row)| {
-                                    let r = rows[first + i];
-                                    row.iter()
-                                        .enumerate()
-                                        .map(|(o, p)| value(p) * w_aug(o0 + o, r) as f64)
-                                        .sum::<f64>()
-                                })
-                                .collect();
-                            let t: f64 = per_row.iter().sum();
-                            if sink == Sink::KeptEnergy {
-                                kept_energy += t;
+                            // Per output, over the rows in order: the same sums whatever
+                            // the thread count.
+                            let energy = if sink == Sink::KeptEnergy {
+                                &mut kept_energy
                             } else {
-                                dropped_energy += t;
-                            }
+                                &mut dropped_energy
+                            };
+                            energy[o0..o0 + ob]
+                                .par_iter_mut()
+                                .enumerate()
+                                .for_each(|(o, e)| {
+                                    for (i, row) in pairs.chunks_exact(ob).enumerate() {
+                                        let r = rows[first + i];
+                                        *e += value(&row[o]) * w_aug(o0 + o, r) as f64;
+                                    }
+                                });
                         }
                     }
                     Ok(())
@@ -346,17 +358,19 @@ pub fn assemble(
                 rhs[(i, o)] += s[y] * r / m;
             }
             rhs[(k, o)] = r;
-            dropped_energy += r * r / m;
+            dropped_energy[o] += r * r / m;
             let u = weighted_sum(o, keep);
             let b = next.bias.map_or(0.0, |b| b[o] as f64);
-            kept_energy += u * u / m + 2.0 * b * u;
+            kept_energy[o] += u * u / m + 2.0 * b * u;
         }
     }
 
+    let groups = RowGroup::from_outputs(row_groups, &kept_energy, &dropped_energy);
     Ok(FusionSystem {
         lhs: stats.augmented_block(keep),
         rhs,
-        kept_energy,
-        dropped_energy,
+        kept_energy: groups.iter().map(|g| g.kept_energy).sum(),
+        dropped_energy: groups.iter().map(|g| g.dropped_energy).sum(),
+        groups,
     })
 }

@@ -266,6 +266,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         report.ridge,
         report.relative_error
     );
+    if args.next.len() > 1 {
+        for (name, error) in args.next.iter().zip(&report.next_errors) {
+            eprintln!("  {name}: next-layer error {error:.4}");
+        }
+    }
     let json = match &args.report {
         Some(path) => {
             let mut seconds = timer.stages().to_vec();
