@@ -158,9 +158,9 @@ pub fn check_writable(path: &Path) -> Result<()> {
 /// together but are not ready at the same time (a model, then the report that times its
 /// writing).
 pub struct PendingFile {
-    tmp: PathBuf,
+    /// Listed for removal on a signal, and removed when dropped uncommitted.
+    tmp: TemporaryFile,
     path: PathBuf,
-    committed: bool,
 }
 
 /// Fills, flushes and syncs the temporary file of `path` (removed again on any error), to be
@@ -169,14 +169,12 @@ pub fn stage(
     path: &Path,
     write: impl FnOnce(&mut BufWriter<File>) -> Result<()>,
 ) -> Result<PendingFile> {
-    let staged = PendingFile {
-        tmp: temp_path(path),
-        path: path.to_path_buf(),
-        committed: false,
-    };
     // Listed before it exists: a signal between the two would otherwise miss it.
-    staged_list().push(staged.tmp.clone());
-    let file = File::create(&staged.tmp).map_err(|e| Error::io(path, e))?;
+    let staged = PendingFile {
+        tmp: TemporaryFile::track(&temp_path(path)),
+        path: path.to_path_buf(),
+    };
+    let file = File::create(&staged.tmp.path).map_err(|e| Error::io(path, e))?;
     let mut w = BufWriter::new(file);
     write(&mut w)?;
     w.flush().map_err(|e| Error::io(path, e))?;
@@ -190,24 +188,14 @@ pub fn stage(
 impl PendingFile {
     /// Renames the temporary file over the destination. A destination that exists keeps its
     /// permissions (the temporary file was made with the default ones).
-    pub fn commit(mut self) -> Result<()> {
+    pub fn commit(self) -> Result<()> {
         if let Ok(meta) = std::fs::metadata(&self.path) {
-            std::fs::set_permissions(&self.tmp, meta.permissions())
+            std::fs::set_permissions(&self.tmp.path, meta.permissions())
                 .map_err(|e| Error::io(&self.path, e))?;
         }
-        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io(&self.path, e))?;
-        self.committed = true;
-        forget_staged(&self.tmp);
+        std::fs::rename(&self.tmp.path, &self.path).map_err(|e| Error::io(&self.path, e))?;
+        self.tmp.renamed();
         Ok(())
-    }
-}
-
-impl Drop for PendingFile {
-    fn drop(&mut self) {
-        if !self.committed {
-            let _ = std::fs::remove_file(&self.tmp);
-            forget_staged(&self.tmp);
-        }
     }
 }
 
@@ -282,7 +270,7 @@ mod tests {
         let listed = |tmp: &Path| staged_list().iter().any(|p| p == tmp);
         let kept = stage(&dir.path().join("a.bin"), write).unwrap();
         let removed = stage(&dir.path().join("b.bin"), write).unwrap();
-        let (kept_tmp, removed_tmp) = (kept.tmp.clone(), removed.tmp.clone());
+        let (kept_tmp, removed_tmp) = (kept.tmp.path.clone(), removed.tmp.path.clone());
         assert!(listed(&kept_tmp) && listed(&removed_tmp));
         kept.commit().unwrap();
         assert!(!listed(&kept_tmp));
