@@ -27,7 +27,7 @@ use crate::kernel::{
     rbf_from_distances, Beta, Distances, GramStats, LayerStats, RbfKernel, RowSource, StatsKind,
 };
 use crate::memory;
-use crate::model::tensor_name;
+use crate::model::{parent_module, tensor_name};
 use crate::progress::Progress;
 use crate::select::{
     columns, diversity, importance_scores, Diversity, LayerSelector, SelectionMethod, SelectionSize,
@@ -376,27 +376,26 @@ pub fn compress_layer_tensors(
 
 /// Tensors beside the named layers (under the same parent module: `model.layers.3.mlp.` for
 /// `model.layers.3.mlp.down_proj`; none for top-level names) that are neither producing nor
-/// reading layers but have
-/// the layer's width n in a place that suggests one: a weight with n rows or a vector of n
-/// values (a gate projection left out of `prev`, a per-neuron scale), a weight with n
-/// columns (a second reader left out of `next`). They are copied unchanged and so no
-/// longer fit the compressed layer; a note for each, since a shape can match by chance.
+/// reading layers but have the layer's width n in a place that suggests one: a weight with
+/// n rows or a vector of n values (a gate projection left out of `prev`, a per-neuron
+/// scale), a weight with n columns (a second reader left out of `next`). They are copied
+/// unchanged and so no longer fit the compressed layer; a note for each, since a shape can
+/// match by chance.
 fn unlisted_neighbours(
     file: &TensorFile,
     next: &[String],
     prev: &[String],
     n: usize,
 ) -> Vec<String> {
-    let parent = |name: &str| name.rsplit_once('.').map_or("", |(p, _)| p).to_string();
     let given: Vec<&String> = next.iter().chain(prev).collect();
-    let parents: Vec<String> = given.iter().map(|g| parent(g)).collect();
+    let parents: Vec<&str> = given.iter().map(|g| parent_module(g)).collect();
     let mut notes = Vec::new();
     for name in file.names() {
-        let layer = parent(name);
-        let module = parent(&layer);
+        let layer = parent_module(name);
+        let module = parent_module(layer);
         // Top-level names (fc1, fc2, fc3; nn.Sequential's 0, 2, 4) are a chain whose widths
         // repeat by design: there a shape says nothing about a layer's role.
-        if module.is_empty() || given.iter().any(|g| **g == layer) || !parents.contains(&module) {
+        if module.is_empty() || given.iter().any(|g| *g == layer) || !parents.contains(&module) {
             continue;
         }
         let Some(shape) = file.get(name).map(|t| t.shape.as_slice()) else {
@@ -404,12 +403,12 @@ fn unlisted_neighbours(
         };
         let role = match shape {
             [rows, _] if *rows == n => {
-                "one row per neuron: if it produces the activations, \
-                                        it belongs with the producing layers (prev)"
+                "one row per neuron: if it produces the activations, it belongs with the \
+                 producing layers (prev)"
             }
             [_, cols] if *cols == n => {
-                "one column per neuron: if it reads the activations, \
-                                        it belongs with the reading layers (next)"
+                "one column per neuron: if it reads the activations, it belongs with the \
+                 reading layers (next)"
             }
             [len] if *len == n => "one value per neuron: it no longer matches the kept neurons",
             _ => continue,

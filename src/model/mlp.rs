@@ -203,6 +203,12 @@ pub fn tensor_name(prefix: &str, kind: &str) -> String {
     }
 }
 
+/// The module a dotted name sits in: `model.layers.3.mlp` for `model.layers.3.mlp.down_proj`
+/// (of a tensor name, its layer: `fc1` for `fc1.weight`); `""` at the top level.
+pub fn parent_module(name: &str) -> &str {
+    name.rsplit_once('.').map_or("", |(parent, _)| parent)
+}
+
 /// A sort key that orders "fc2" before "fc10" and "layers.2" before "layers.10".
 fn natural_key(s: &str) -> Vec<(String, u64)> {
     let mut out = Vec::new();
@@ -293,7 +299,6 @@ pub fn check_second_readers(
     layers: &[String],
     changes: &[(String, usize, Option<usize>)],
 ) -> Result<()> {
-    let parent = |name: &str| name.rsplit_once('.').map_or("", |(p, _)| p).to_string();
     let ours: std::collections::HashSet<String> = layers
         .iter()
         .flat_map(|l| [tensor_name(l, "weight"), tensor_name(l, "bias")])
@@ -302,11 +307,11 @@ pub fn check_second_readers(
         if *new_width == Some(*old_width) {
             continue;
         }
-        let module = parent(layer);
+        let module = parent_module(layer);
         for name in file.names().filter(|n| !ours.contains(*n)) {
             let shape = &file.get(name).expect("listed").shape;
             let [_, cols] = shape[..] else { continue };
-            if cols != *old_width || parent(&parent(name)) != module {
+            if cols != *old_width || parent_module(parent_module(name)) != module {
                 continue;
             }
             let now = new_width.map_or("fewer".to_string(), |w| w.to_string());

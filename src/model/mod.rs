@@ -8,7 +8,7 @@
 pub mod mlp;
 pub mod train;
 
-pub use mlp::{tensor_name, Activation, Linear, Mlp};
+pub use mlp::{parent_module, tensor_name, Activation, Linear, Mlp};
 pub use train::{
     evaluate, evaluate_against, predict, train, EpochReport, Evaluation, Optimizer, TrainConfig,
 };
