@@ -138,10 +138,13 @@ pub(crate) fn fuse_stacked(
 ) -> Result<FusedLayer> {
     let n = check_stats(stats, "fusion")?;
     let dropped = validate(n, keep, &next, opts)?;
+    crate::types::check_row_groups(rows, next.n_out)?;
+    // Checked here: the assemblies' own checks (of the public entry points) would scan G
+    // and W once more.
     let system = match backend {
-        Backend::Cpu => crate::cpu::fusion::assemble_stacked(stats, keep, &dropped, next, rows)?,
+        Backend::Cpu => crate::cpu::fusion::assemble_checked(stats, keep, &dropped, next, rows),
         Backend::Gpu(ctx) => {
-            crate::gpu::fusion::assemble_stacked(ctx, stats, keep, &dropped, next, rows)?
+            crate::gpu::fusion::assemble_checked(ctx, stats, keep, &dropped, next, rows)?
         }
     };
     solve_fusion(&system, keep, next, opts)

@@ -357,20 +357,40 @@ pub struct RowGroup {
 }
 
 impl RowGroup {
-    /// Groups of `rows` (summing to `n_out`) from energies per output row.
-    pub(crate) fn from_outputs(rows: &[usize], kept: &[f64], dropped: &[f64]) -> Vec<RowGroup> {
+    /// The groups of `rows` rows each, with their energies, one per group.
+    pub(crate) fn zip(rows: &[usize], kept: Vec<f64>, dropped: Vec<f64>) -> Vec<RowGroup> {
+        rows.iter()
+            .zip(kept.into_iter().zip(dropped))
+            .map(|(&rows, (kept_energy, dropped_energy))| RowGroup {
+                rows,
+                kept_energy,
+                dropped_energy,
+            })
+            .collect()
+    }
+
+    /// A value per output row summed over each group of `rows` rows.
+    pub(crate) fn sums(rows: &[usize], per_output: &[f64]) -> Vec<f64> {
         let mut start = 0;
         rows.iter()
             .map(|&r| {
-                let group = RowGroup {
-                    rows: r,
-                    kept_energy: kept[start..start + r].iter().sum(),
-                    dropped_energy: dropped[start..start + r].iter().sum(),
-                };
                 start += r;
-                group
+                per_output[start - r..start].iter().sum()
             })
             .collect()
+    }
+}
+
+impl FusionSystem {
+    /// The system with its total energies, the sums of the groups'.
+    pub(crate) fn from_groups(lhs: Mat<f64>, rhs: Mat<f64>, groups: Vec<RowGroup>) -> Self {
+        FusionSystem {
+            lhs,
+            rhs,
+            kept_energy: groups.iter().map(|g| g.kept_energy).sum(),
+            dropped_energy: groups.iter().map(|g| g.dropped_energy).sum(),
+            groups,
+        }
     }
 }
 

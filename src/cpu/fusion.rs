@@ -42,6 +42,18 @@ pub fn assemble_stacked(
 ) -> Result<FusionSystem> {
     crate::fusion::check_assembly(stats, keep, dropped, &next)?;
     crate::types::check_row_groups(rows, next.n_out)?;
+    Ok(assemble_checked(stats, keep, dropped, next, rows))
+}
+
+/// [`assemble_stacked`] on inputs already checked ([`crate::fusion::fuse_next_layer`] checks
+/// them as it derives `dropped`).
+pub(crate) fn assemble_checked(
+    stats: &GramStats,
+    keep: &[usize],
+    dropped: &[usize],
+    next: NextLayer<'_>,
+    rows: &[usize],
+) -> FusionSystem {
     let k = keep.len();
     let n = stats.gram.nrows();
     let n_out = next.n_out;
@@ -67,33 +79,9 @@ pub fn assemble_stacked(
 
     let lhs = stats.augmented_block(keep);
     let kept = kept_energies(&lhs, keep, next, rows, par);
-    // Per group of columns of W_P^T: together the work of one trace over all of them.
-    let mut start = 0;
-    let groups: Vec<RowGroup> = rows
-        .iter()
-        .zip(kept)
-        .map(|(&r, kept_energy)| {
-            let part = wp_t.as_ref().subcols(start, r);
-            start += r;
-            RowGroup {
-                rows: r,
-                kept_energy,
-                dropped_energy: quadratic_trace(part, |i, j| g[(dropped[i], dropped[j])], par),
-            }
-        })
-        .collect();
-    Ok(system_of_groups(lhs, rhs, groups))
-}
-
-/// The system with its total energies, the sums of the groups'.
-fn system_of_groups(lhs: Mat<f64>, rhs: Mat<f64>, groups: Vec<RowGroup>) -> FusionSystem {
-    FusionSystem {
-        lhs,
-        rhs,
-        kept_energy: groups.iter().map(|g| g.kept_energy).sum(),
-        dropped_energy: groups.iter().map(|g| g.dropped_energy).sum(),
-        groups,
-    }
+    let dropped_energies =
+        traces_by_group(wp_t.as_ref(), rows, |i, j| g[(dropped[i], dropped[j])], par);
+    FusionSystem::from_groups(lhs, rhs, RowGroup::zip(rows, kept, dropped_energies))
 }
 
 /// `W~^T` gathered at the columns `cols` of `W~ = [W, b]` (index `n_in` is the bias), in
@@ -123,12 +111,22 @@ fn kept_energies(
     let mut aug_keep = keep.to_vec();
     aug_keep.push(next.n_in);
     let wy_t = augmented_weight_t(next, &aug_keep);
+    traces_by_group(wy_t.as_ref(), rows, |i, j| lhs[(i, j)], par)
+}
+
+/// [`quadratic_trace`] over each group of `rows` columns of `v` (a group of rows of W):
+/// together the work of one trace over all of them.
+fn traces_by_group(
+    v: MatRef<'_, f64>,
+    rows: &[usize],
+    h: impl Fn(usize, usize) -> f64 + Copy,
+    par: Par,
+) -> Vec<f64> {
     let mut start = 0;
     rows.iter()
         .map(|&r| {
-            let part = wy_t.as_ref().subcols(start, r);
             start += r;
-            quadratic_trace(part, |i, j| lhs[(i, j)], par)
+            quadratic_trace(v.subcols(start - r, r), h, par)
         })
         .collect()
 }
@@ -415,15 +413,9 @@ impl<'a> FusionPass<'a> {
             &self.row_groups,
             faer::get_global_parallelism(),
         );
-        let mut groups = RowGroup::from_outputs(
-            &self.row_groups,
-            &vec![0.0; self.next.n_out],
-            &self.dropped_energy,
-        );
-        for (group, kept) in groups.iter_mut().zip(kept) {
-            group.kept_energy = kept;
-        }
-        Ok(system_of_groups(self.lhs, self.rhs, groups))
+        let dropped = RowGroup::sums(&self.row_groups, &self.dropped_energy);
+        let groups = RowGroup::zip(&self.row_groups, kept, dropped);
+        Ok(FusionSystem::from_groups(self.lhs, self.rhs, groups))
     }
 }
 

@@ -110,6 +110,19 @@ pub fn assemble_stacked(
 ) -> Result<FusionSystem> {
     crate::fusion::check_assembly(stats, keep, dropped, &next)?;
     crate::types::check_row_groups(row_groups, next.n_out)?;
+    assemble_checked(ctx, stats, keep, dropped, next, row_groups)
+}
+
+/// [`assemble_stacked`] on inputs already checked ([`crate::fusion::fuse_next_layer`] checks
+/// them as it derives `dropped`).
+pub(crate) fn assemble_checked(
+    ctx: &GpuContext,
+    stats: &GramStats,
+    keep: &[usize],
+    dropped: &[usize],
+    next: NextLayer<'_>,
+    row_groups: &[usize],
+) -> Result<FusionSystem> {
     let n = stats.gram.nrows();
     let k = keep.len();
     let n_out = next.n_out;
@@ -365,12 +378,14 @@ pub fn assemble_stacked(
         }
     }
 
-    let groups = RowGroup::from_outputs(row_groups, &kept_energy, &dropped_energy);
-    Ok(FusionSystem {
-        lhs: stats.augmented_block(keep),
+    let groups = RowGroup::zip(
+        row_groups,
+        RowGroup::sums(row_groups, &kept_energy),
+        RowGroup::sums(row_groups, &dropped_energy),
+    );
+    Ok(FusionSystem::from_groups(
+        stats.augmented_block(keep),
         rhs,
-        kept_energy: groups.iter().map(|g| g.kept_energy).sum(),
-        dropped_energy: groups.iter().map(|g| g.dropped_energy).sum(),
         groups,
-    })
+    ))
 }
