@@ -15,7 +15,7 @@ use crate::gpu::GpuContext;
 use crate::kernel::{ActivationRows, Beta, Distances, GramStats, LayerStats, RowSource, StatsKind};
 use crate::model::Mlp;
 use crate::progress::{Labelled, Progress};
-use crate::select::SelectionMethod;
+use crate::select::{SelectionMethod, SelectionSize};
 
 /// Everything `compress_mlp` needs besides the model and the data.
 #[derive(Clone, Debug)]
@@ -48,6 +48,25 @@ impl CompressOptions {
             seed: 0,
             chunk_rows: DEFAULT_CHUNK_ROWS,
         }
+    }
+
+    /// The hidden layers of `mlp` these options would cut, as
+    /// [`Mlp::check_second_readers`] takes them: name, width, width after (`None`: a DPP
+    /// draw decides). A layer whose keep value is invalid is left to [`compress_mlp`], which
+    /// refuses it.
+    pub fn width_changes(&self, mlp: &Mlp) -> Vec<(String, usize, Option<usize>)> {
+        let hidden = mlp.layers.len().saturating_sub(1);
+        mlp.layers[..hidden]
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| {
+                let width = match self.keep_for(i, hidden).ok()?.size(l.out_dim).ok()? {
+                    SelectionSize::Exactly(k) => Some(k),
+                    SelectionSize::Drawn => None,
+                };
+                (width != Some(l.out_dim)).then(|| (l.name.clone(), l.out_dim, width))
+            })
+            .collect()
     }
 
     fn keep_for(&self, layer: usize, hidden: usize) -> Result<&KeepSpec> {

@@ -287,44 +287,6 @@ fn check_no_per_neuron_tensors(file: &TensorFile, layers: &[Linear]) -> Result<(
     Ok(())
 }
 
-/// Refuses a compression that would leave a second reader of a hidden layer behind: a 2-D
-/// tensor of `file` that is not a layer of the MLP (`layers`, tensor prefixes), sits in the
-/// same parent module as a hidden layer whose width changes (`changes`: name, width before,
-/// width after or `None` when a DPP draw decides it), and has that layer's width as its
-/// column count (`aux.weight [5, 64]` beside an `fc2` cut from 64 neurons: a second head).
-/// Copied unchanged it would no longer fit, and the model would not load. Tensors of
-/// other modules are left alone: a decoder's layer of the encoder's width reads the decoder.
-pub fn check_second_readers(
-    file: &TensorFile,
-    layers: &[String],
-    changes: &[(String, usize, Option<usize>)],
-) -> Result<()> {
-    let ours: std::collections::HashSet<String> = layers
-        .iter()
-        .flat_map(|l| [tensor_name(l, "weight"), tensor_name(l, "bias")])
-        .collect();
-    for (layer, old_width, new_width) in changes {
-        if *new_width == Some(*old_width) {
-            continue;
-        }
-        let module = parent_module(layer);
-        for name in file.names().filter(|n| !ours.contains(*n)) {
-            let shape = &file.get(name).expect("listed").shape;
-            let [_, cols] = shape[..] else { continue };
-            if cols != *old_width || parent_module(parent_module(name)) != module {
-                continue;
-            }
-            let now = new_width.map_or("fewer".to_string(), |w| w.to_string());
-            return Err(Error::invalid(format!(
-                "{name} {shape:?} reads the {old_width} neurons of {layer} (now {now}) but is \
-                 not a layer of the MLP (a second head?): copied unchanged it would no longer \
-                 fit; compress {layer} with compress-layer, giving every layer that reads it"
-            )));
-        }
-    }
-    Ok(())
-}
-
 /// Finds up to two orderings of all candidates in which each layer's input width is the
 /// previous one's output width. Gives up (None) after a bounded search.
 fn shape_chains(cands: &[Candidate]) -> Option<Vec<Vec<usize>>> {
@@ -449,10 +411,49 @@ impl Mlp {
         Ok(out)
     }
 
+    /// Refuses a compression that would leave a second reader of a hidden layer behind: a
+    /// 2-D tensor of `file` that is not one of this MLP's layers, sits in the same parent
+    /// module as a hidden layer whose width changes (`changes`: name, width before, width
+    /// after or `None` when a DPP draw decides it), and has that layer's width as its column
+    /// count (`aux.weight [5, 64]` beside an `fc2` cut from 64 neurons: a second head).
+    /// Copied unchanged it would no longer fit, and the model would not load. Tensors of
+    /// other modules are left alone: a decoder's layer of the encoder's width reads the
+    /// decoder.
+    pub fn check_second_readers(
+        &self,
+        file: &TensorFile,
+        changes: &[(String, usize, Option<usize>)],
+    ) -> Result<()> {
+        let ours: std::collections::HashSet<String> = self
+            .layers
+            .iter()
+            .flat_map(|l| [tensor_name(&l.name, "weight"), tensor_name(&l.name, "bias")])
+            .collect();
+        for (layer, old_width, new_width) in changes {
+            if *new_width == Some(*old_width) {
+                continue;
+            }
+            let module = parent_module(layer);
+            for name in file.names().filter(|n| !ours.contains(*n)) {
+                let shape = &file.get(name).expect("listed").shape;
+                let [_, cols] = shape[..] else { continue };
+                if cols != *old_width || parent_module(parent_module(name)) != module {
+                    continue;
+                }
+                let now = new_width.map_or("fewer".to_string(), |w| w.to_string());
+                return Err(Error::invalid(format!(
+                    "{name} {shape:?} reads the {old_width} neurons of {layer} (now {now}) but is \
+                     not a layer of the MLP (a second head?): copied unchanged it would no longer \
+                     fit; compress {layer} with compress-layer, giving every layer that reads it"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Refuses to write the MLP into `template` when a hidden layer's width changed and a
-    /// second reader of it is left behind ([`check_second_readers`]).
+    /// second reader of it is left behind ([`Mlp::check_second_readers`]).
     fn check_no_stale_readers(&self, template: &TensorFile) -> Result<()> {
-        let names: Vec<String> = self.layers.iter().map(|l| l.name.clone()).collect();
         let hidden = &self.layers[..self.layers.len().saturating_sub(1)];
         let changed: Vec<(String, usize, Option<usize>)> = hidden
             .iter()
@@ -465,7 +466,7 @@ impl Mlp {
                 (old != l.out_dim).then(|| (l.name.clone(), old, Some(l.out_dim)))
             })
             .collect();
-        check_second_readers(template, &names, &changed)
+        self.check_second_readers(template, &changed)
     }
 
     /// Random init (PyTorch's default uniform(-1/sqrt(in), 1/sqrt(in))), seeded, names fc1, fc2, ...

@@ -7,9 +7,8 @@ use divnet::compress::{compress_mlp, CompressOptions, KeepSpec, DEFAULT_CHUNK_RO
 use divnet::fusion::{FusionMode, FusionOptions};
 use divnet::io::safetensors::{read_safetensors, stage_safetensors};
 use divnet::kernel::Beta;
-use divnet::model::mlp::check_second_readers;
 use divnet::model::{Activation, Mlp};
-use divnet::select::{SelectionMethod, SelectionSize};
+use divnet::select::SelectionMethod;
 
 use crate::common::{
     check_outputs, parse_list, select_backend, selection_method_parser, stage_json,
@@ -109,28 +108,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         inputs.cols,
         mlp.input_dim()
     );
-    // A second reader of a hidden layer that will change width is refused before the work
-    // (writing the model would refuse it after).
-    let hidden = &mlp.layers[..mlp.layers.len() - 1];
-    let changes: Vec<(String, usize, Option<usize>)> = hidden
-        .iter()
-        .enumerate()
-        .filter_map(|(i, l)| {
-            let spec = if keep.len() == 1 {
-                &keep[0]
-            } else {
-                keep.get(i)?
-            };
-            let width = match spec.size(l.out_dim).ok()? {
-                SelectionSize::Exactly(k) => Some(k),
-                SelectionSize::Drawn => None,
-            };
-            Some((l.name.clone(), l.out_dim, width))
-        })
-        .collect();
-    let names: Vec<String> = mlp.layers.iter().map(|l| l.name.clone()).collect();
-    check_second_readers(&file, &names, &changes).map_err(|e| e.in_file(&args.model))?;
-    let backend = select_backend(args.backend)?;
     let opts = CompressOptions {
         method,
         keep,
@@ -149,6 +126,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         seed: args.seed,
         chunk_rows: args.chunk_rows,
     };
+    // A second reader of a hidden layer that will change width is refused before the work
+    // (writing the model would refuse it after).
+    mlp.check_second_readers(&file, &opts.width_changes(&mlp))
+        .map_err(|e| e.in_file(&args.model))?;
+    let backend = select_backend(args.backend)?;
     let (compressed, report) = with_cpu_fallback(args.backend, &backend, |b| {
         compress_mlp(
             b,
