@@ -1,5 +1,5 @@
 //! Selection time on one synthetic layer: fusion-greedy (from the Gram statistics and the
-//! next layer) against the paper's k-DPP (eigendecomposition of the RBF kernel, partial from
+//! next layer) and fusion-swap (fusion-greedy, then swaps) against the paper's k-DPP (eigendecomposition of the RBF kernel, partial from
 //! n = 2048 on as in `compress-layer`, + one draw)
 //! and greedy MAP on the same kernel.
 //!
@@ -13,7 +13,8 @@
 //! (`SELECT_BENCH_SIZES=n:k:n_out,...` to change). One selection at the issue's size takes
 //! minutes for the k-DPP, too long for criterion's ten samples: `cargo bench --bench select
 //! -- --once 8192:2048:1024 [rounds]` times each method once per round, in alternation, and
-//! prints the times (`SELECT_BENCH_ONLY=fusion-greedy` skips the k-DPP, for profiling).
+//! prints the times (`SELECT_BENCH_ONLY=fusion-greedy` or `fusion-swap` times only that rule,
+//! for profiling).
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -22,7 +23,9 @@ use criterion::{criterion_group, BenchmarkId, Criterion};
 use divnet::dpp::{greedy_map, GreedyStop};
 use divnet::fusion::NextLayer;
 use divnet::kernel::GramStats;
-use divnet::select::{fusion_greedy, LayerSelector, SelectionMethod, SelectionSize};
+use divnet::select::{
+    fusion_greedy, fusion_swap, FusionSwap, LayerSelector, SelectionMethod, SelectionSize,
+};
 use faer::Mat;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -80,6 +83,10 @@ impl Layer {
         fusion_greedy(&self.stats, &[self.next()], k).unwrap().order
     }
 
+    fn fusion_swap(&self, k: usize) -> FusionSwap {
+        fusion_swap(&self.stats, &[self.next()], k).unwrap()
+    }
+
     /// One k-DPP draw as `compress-layer` makes it: the selector takes a copy of the kernel
     /// (the pipeline hands over its own) and picks the full or partial eigendecomposition by
     /// size.
@@ -120,6 +127,9 @@ fn bench(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("fusion-greedy", &id), &k, |b, &k| {
             b.iter(|| black_box(layer.fusion_greedy(k)))
         });
+        g.bench_with_input(BenchmarkId::new("fusion-swap", &id), &k, |b, &k| {
+            b.iter(|| black_box(layer.fusion_swap(k)))
+        });
         g.bench_with_input(BenchmarkId::new("kdpp-with-eigen", &id), &k, |b, &k| {
             b.iter(|| black_box(layer.k_dpp(k, 0)))
         });
@@ -139,24 +149,38 @@ fn once(spec: &str, rounds: usize) {
             "n = {n}, k = {k}, n_out = {n_out}: synthetic layer built in {:.1} s",
             start.elapsed().as_secs_f64()
         );
+        let only = std::env::var("SELECT_BENCH_ONLY").ok();
+        let runs = |rule: &str| only.as_deref().is_none_or(|o| o == rule);
         for round in 0..rounds {
-            let t = Instant::now();
-            let keep = layer.fusion_greedy(k);
-            let fg = t.elapsed().as_secs_f64();
-            assert_eq!(keep.len(), k);
-            if std::env::var("SELECT_BENCH_ONLY").as_deref() == Ok("fusion-greedy") {
-                println!("round {round}: fusion-greedy {fg:.2} s");
-                continue;
+            let mut line = format!("round {round}:");
+            if runs("fusion-greedy") {
+                let t = Instant::now();
+                let keep = layer.fusion_greedy(k);
+                assert_eq!(keep.len(), k);
+                line += &format!(" fusion-greedy {:.2} s", t.elapsed().as_secs_f64());
             }
-            let t = Instant::now();
-            let keep = layer.k_dpp(k, round as u64);
-            let kdpp = t.elapsed().as_secs_f64();
-            assert_eq!(keep.len(), k);
-            println!(
-                "round {round}: fusion-greedy {fg:.2} s, k-DPP (eigendecomposition + draw) \
-                 {kdpp:.2} s, ratio {:.2}",
-                kdpp / fg
-            );
+            if runs("fusion-swap") {
+                let t = Instant::now();
+                let swapped = layer.fusion_swap(k);
+                assert_eq!(swapped.kept.len(), k);
+                line += &format!(
+                    ", fusion-swap {:.2} s ({} swaps, predicted error {:.4} -> {:.4})",
+                    t.elapsed().as_secs_f64(),
+                    swapped.swaps,
+                    swapped.start_relative_error(),
+                    swapped.relative_error()
+                );
+            }
+            if only.is_none() {
+                let t = Instant::now();
+                let keep = layer.k_dpp(k, round as u64);
+                assert_eq!(keep.len(), k);
+                line += &format!(
+                    ", k-DPP (eigendecomposition + draw) {:.2} s",
+                    t.elapsed().as_secs_f64()
+                );
+            }
+            println!("{line}");
         }
     }
 }

@@ -1,12 +1,14 @@
-//! Fusion-greedy selection against independent references: the best subset by brute force
-//! (least squares by QR of the activations themselves), fusion's own reported error, the
-//! error of the fused layer recomputed from the data, and layers built to be degenerate.
+//! Fusion-greedy selection, and its improvement by swaps (fusion-swap), against independent
+//! references: the best subset by brute force (least squares by QR of the activations
+//! themselves), fusion's own reported error, the error of the fused layer recomputed from the
+//! data, and layers built to be degenerate.
 
 use divnet::fusion::{fuse_next_layer, FusionOptions, NextLayer};
 use divnet::kernel::{gram_stats, ActivationRows, GramStats};
 use divnet::select::quality::{quality_kernel, quality_scores, QualityScore, QUALITY_DIAGONAL};
 use divnet::select::{
-    fusion_greedy, single_neuron_gains, LayerSelector, SelectionMethod, SelectionSize,
+    fusion_greedy, fusion_swap, improve_by_swaps, max_swaps, single_neuron_gains, LayerSelector,
+    SelectionMethod, SelectionSize,
 };
 use divnet::Backend;
 use faer::linalg::solvers::SolveLstsq;
@@ -491,18 +493,21 @@ fn zero_gain_neurons_follow_their_residual_variance() {
     }
 }
 
+/// `f` on a pool of `threads` threads.
+fn on_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
+}
+
 #[test]
 fn selection_is_deterministic_across_thread_counts_and_prefix_consistent() {
     let layer = Layer::random(150, 60, &[20, 9], 31);
     let stats = layer.pipeline_stats();
     let next = layer.next();
-    let run = |threads: usize| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap()
-            .install(|| fusion_greedy(&stats, &next, 40).unwrap())
-    };
+    let run = |threads| on_threads(threads, || fusion_greedy(&stats, &next, 40).unwrap());
     let one = run(1);
     let three = run(3);
     assert_eq!(one.order, three.order);
@@ -847,4 +852,254 @@ fn neurons_far_from_zero_are_resolved_as_well_as_those_near_it() {
     }
     assert!(picks.windows(2).all(|w| w[0] == w[1]), "{picks:?}");
     assert!(picks[0].contains(&0), "{picks:?}");
+}
+
+/// Explained energy of every neuron set that one swap reaches from `kept`, by bit mask.
+fn one_swap_neighbours(kept: &[usize], n: usize) -> Vec<usize> {
+    let mask = kept.iter().fold(0usize, |m, &i| m | 1 << i);
+    let mut out = Vec::new();
+    for &i in kept {
+        for j in (0..n).filter(|j| mask >> j & 1 == 0) {
+            out.push(mask & !(1 << i) | 1 << j);
+        }
+    }
+    out
+}
+
+#[test]
+fn swaps_end_at_a_local_optimum_no_worse_than_greedy_and_know_their_error() {
+    let (mut cases, mut greedy_best, mut swap_best) = (0, 0, 0);
+    for seed in 0..6 {
+        let n = 8 + (seed as usize % 3);
+        let layer = Layer::random(40, n, &[5, 3], 100 + seed);
+        let stats = layer.exact_stats();
+        let next = layer.next();
+        let f = explained_by_subset(&layer);
+        let empty =
+            f[(1 << n) - 1] + layer.residual_energy(&layer.z(), &(0..n).collect::<Vec<_>>());
+        let greedy = fusion_greedy(&stats, &next, n).unwrap();
+        for k in 1..n {
+            let swapped = fusion_swap(&stats, &next, k).unwrap();
+            assert_eq!(swapped.kept.len(), k);
+            let mask = swapped.kept.iter().fold(0usize, |m, &i| m | 1 << i);
+            let greedy_mask = greedy.order[..k].iter().fold(0usize, |m, &i| m | 1 << i);
+            // Its predicted errors are those of its sets, by QR on the data.
+            for (predicted, set) in [
+                (swapped.residual_energy, mask),
+                (swapped.start_residual_energy, greedy_mask),
+            ] {
+                assert!(
+                    (predicted - (empty - f[set])).abs() <= 1e-9 * empty,
+                    "seed {seed}, k {k}: predicted {predicted} vs {}",
+                    empty - f[set]
+                );
+            }
+            assert!(f[mask] >= f[greedy_mask] - 1e-12 * empty);
+            assert_eq!(
+                swapped.swaps == 0,
+                mask == greedy_mask,
+                "seed {seed}, k {k}"
+            );
+            // No single swap explains more (beyond the search's tolerance).
+            for other in one_swap_neighbours(&swapped.kept, n) {
+                assert!(
+                    f[other] <= f[mask] + 1e-9 * empty,
+                    "seed {seed}, k {k}: {:?} explains {} but a swap reaches {}",
+                    swapped.kept,
+                    f[mask],
+                    f[other]
+                );
+            }
+            let best = (0..1usize << n)
+                .filter(|s| s.count_ones() as usize == k)
+                .map(|s| f[s])
+                .fold(f64::NEG_INFINITY, f64::max);
+            cases += 1;
+            greedy_best += usize::from(f[greedy_mask] >= best - 1e-9 * empty);
+            swap_best += usize::from(f[mask] >= best - 1e-9 * empty);
+        }
+    }
+    eprintln!("best subset reached: greedy {greedy_best}, with swaps {swap_best} of {cases}");
+    assert!(
+        swap_best > greedy_best,
+        "greedy {greedy_best}, swaps {swap_best} of {cases}"
+    );
+}
+
+/// Greedy's classic trap: a neuron close to the sum of two others is picked first, and
+/// with two kept the pair it spoils explains the next layer exactly. One swap finds it.
+#[test]
+fn a_swap_repairs_greedys_first_pick() {
+    let m = 200;
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let cols: Vec<Vec<f64>> = (0..3)
+        .map(|_| (0..m).map(|_| rng.random_range(-1.0..1.0)).collect())
+        .collect();
+    // Neurons: x0, x1, 0.9 (x0 + x1) + 0.5 x2; the next layer reads x0 + x1 only.
+    let a = Mat::from_fn(m, 3, |t, j| match j {
+        0 | 1 => cols[j][t],
+        _ => 0.9 * (cols[0][t] + cols[1][t]) + 0.5 * cols[2][t],
+    });
+    let w = vec![1.0f32, 1.0, 0.0];
+    let b = vec![0.0f32];
+    let layer = Layer {
+        a,
+        next: vec![(w, b, 1)],
+    };
+    let stats = layer.exact_stats();
+    let next = layer.next();
+    let greedy = fusion_greedy(&stats, &next, 2).unwrap();
+    assert_eq!(greedy.order[0], 2, "greedy starts from the mixture");
+    assert!(greedy.relative_error(2) > 1e-3);
+    let swapped = fusion_swap(&stats, &next, 2).unwrap();
+    assert_eq!(swapped.kept, vec![0, 1]);
+    assert_eq!(swapped.swaps, 1);
+    assert!(
+        swapped.relative_error() < 1e-9,
+        "{}",
+        swapped.relative_error()
+    );
+    let fused = fuse_next_layer(
+        &Backend::Cpu,
+        &stats,
+        &swapped.kept,
+        next[0],
+        &FusionOptions::default(),
+    )
+    .unwrap();
+    assert!(fused.relative_error < 1e-5, "{}", fused.relative_error);
+}
+
+/// Many swaps from a poor start (the rebuilds of the state are checked by the module's own
+/// tests): the result is a local optimum of the objective recomputed from scratch, and
+/// fusion's error is the predicted one.
+#[test]
+fn swaps_from_a_poor_start_rebuild_their_state_and_predict_fusions_error() {
+    let layer = Layer::random(500, 260, &[12, 6], 51);
+    let stats = layer.pipeline_stats();
+    let next = layer.next();
+    let gains = single_neuron_gains(&stats, &next).unwrap();
+    // The 130 neurons that explain least on their own.
+    let mut order: Vec<usize> = (0..layer.n()).collect();
+    order.sort_by(|&a, &b| gains[a].total_cmp(&gains[b]));
+    let start = &order[..130];
+    let swapped = improve_by_swaps(&stats, &next, start).unwrap();
+    assert!(
+        swapped.swaps > 64 && swapped.swaps < max_swaps(130),
+        "{} swaps",
+        swapped.swaps
+    );
+    assert!(swapped.residual_energy < swapped.start_residual_energy);
+    let stacked_w: Vec<f32> = layer.next.iter().flat_map(|(w, _, _)| w.clone()).collect();
+    let stacked_b: Vec<f32> = layer.next.iter().flat_map(|(_, b, _)| b.clone()).collect();
+    let stacked = NextLayer {
+        weight: &stacked_w,
+        bias: Some(&stacked_b),
+        n_out: 18,
+        n_in: layer.n(),
+    };
+    let fused = fuse_next_layer(
+        &Backend::Cpu,
+        &stats,
+        &swapped.kept,
+        stacked,
+        &FusionOptions::default(),
+    )
+    .unwrap();
+    assert!(
+        (swapped.relative_error() - fused.relative_error).abs() < 1e-6,
+        "predicted {} vs fusion's {}",
+        swapped.relative_error(),
+        fused.relative_error
+    );
+    // Local optimum: no swap gains, each scored from scratch by the residual of the data's
+    // least squares (a sample of the pairs: every 4th kept neuron against every 10th
+    // dropped one).
+    let z = layer.z();
+    let here = layer.residual_energy(&z, &swapped.kept);
+    let dropped: Vec<usize> = (0..layer.n())
+        .filter(|j| !swapped.kept.contains(j))
+        .collect();
+    for i in (0..swapped.kept.len()).step_by(4) {
+        for &j in dropped.iter().step_by(10) {
+            let mut other = swapped.kept.clone();
+            other[i] = j;
+            let there = layer.residual_energy(&z, &other);
+            assert!(
+                there >= here * (1.0 - 1e-6),
+                "swapping {} for {j}: {there} < {here}",
+                swapped.kept[i]
+            );
+        }
+    }
+    // Improving its own result finds nothing more.
+    let again = improve_by_swaps(&stats, &next, &swapped.kept).unwrap();
+    assert_eq!(again.swaps, 0);
+    assert_eq!(again.kept, swapped.kept);
+}
+
+#[test]
+fn swaps_never_bring_in_dead_constant_or_duplicate_neurons_while_others_add() {
+    let (layer, rank) = degenerate_layer(3000);
+    let n = layer.n();
+    let next = layer.next();
+    for stats in [layer.exact_stats(), layer.pipeline_stats()] {
+        let greedy = fusion_greedy(&stats, &next, n).unwrap();
+        for k in 1..=n {
+            let swapped = fusion_swap(&stats, &next, k).unwrap();
+            assert_eq!(swapped.kept.len(), k);
+            assert!(swapped.kept.windows(2).all(|w| w[0] < w[1]));
+            assert!(swapped.residual_energy.is_finite());
+            assert!(
+                swapped.residual_energy <= greedy.residual_energy[k - 1] * (1.0 + 1e-9) + 1e-12,
+                "k {k}: {} vs greedy {}",
+                swapped.residual_energy,
+                greedy.residual_energy[k - 1]
+            );
+            if k <= rank {
+                for &j in &swapped.kept {
+                    assert!(![6, 7, 10, 12].contains(&j), "k {k}: kept {j}");
+                }
+                for (x, y) in [(2, 8), (4, 9)] {
+                    let both = swapped.kept.contains(&x) && swapped.kept.contains(&y);
+                    assert!(!both, "k {k}: {:?}", swapped.kept);
+                }
+            }
+        }
+    }
+    // A start made of nothing but degenerate neurons: each slot is empty for the search,
+    // and useful neurons take them.
+    let stats = layer.exact_stats();
+    let swapped = improve_by_swaps(&stats, &next, &[6, 7, 10, 12]).unwrap();
+    assert_eq!(swapped.swaps, 4);
+    assert!(
+        swapped.kept.iter().all(|j| ![6, 7, 10, 12].contains(j)),
+        "{:?}",
+        swapped.kept
+    );
+    let all_dead = Mat::from_fn(50, 5, |_, j| if j % 2 == 0 { 0.0 } else { 1.5 });
+    let dead = Layer::with_activations(all_dead, &[3], 1);
+    let swapped = fusion_swap(&dead.exact_stats(), &dead.next(), 3).unwrap();
+    assert_eq!((swapped.kept, swapped.swaps), (vec![0, 1, 2], 0));
+}
+
+#[test]
+fn swaps_are_deterministic_across_thread_counts_and_refuse_bad_starts() {
+    let layer = Layer::random(150, 60, &[20, 9], 32);
+    let stats = layer.pipeline_stats();
+    let next = layer.next();
+    let run = |threads| on_threads(threads, || fusion_swap(&stats, &next, 25).unwrap());
+    let (one, three) = (run(1), run(3));
+    assert_eq!(one.kept, three.kept);
+    assert_eq!(one.swaps, three.swaps);
+    assert_eq!(
+        one.residual_energy.to_bits(),
+        three.residual_energy.to_bits()
+    );
+    let msg = |r: divnet::Result<divnet::select::FusionSwap>| r.unwrap_err().to_string();
+    assert!(msg(improve_by_swaps(&stats, &next, &[])).contains("empty"));
+    assert!(msg(improve_by_swaps(&stats, &next, &[3, 60])).contains("60 (out of range)"));
+    assert!(msg(improve_by_swaps(&stats, &next, &[3, 5, 3])).contains("3 twice"));
+    assert!(msg(fusion_swap(&stats, &next, 61)).contains("between 1 and 60"));
+    assert!(msg(fusion_swap(&stats, &[], 3)).contains("next layer"));
 }

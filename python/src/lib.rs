@@ -151,6 +151,7 @@ fn sample(
     if matches!(
         method,
         SelectionMethod::FusionGreedy
+            | SelectionMethod::FusionSwap
             | SelectionMethod::QualityKDpp
             | SelectionMethod::QualityGreedy
     ) {
@@ -159,7 +160,7 @@ fn sample(
             format!(
                 "sample() does not offer {method} yet, which reads the layer that takes the \
                  activations: compress_layer(method=\"{method}\") selects with it, and so does \
-                 `divnet sample` (--fusion-greedy, --quality)"
+                 `divnet sample` (--fusion-greedy, --fusion-swap, --quality)"
             ),
         ));
     }

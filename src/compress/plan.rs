@@ -414,6 +414,15 @@ impl Shape {
                 Allocation::matrix("fusion-greedy's Cholesky rows", k, n, 8),
                 Allocation::matrix("the unexplained part of G W^T", n, self.n_out, 8),
             ],
+            // The greedy pass (its Cholesky rows, k x n, gone before the swaps start) and the
+            // swap search beside G W^T, which it keeps.
+            Some(SelectionMethod::FusionSwap) => vec![
+                Allocation::matrix("G W^T, kept for the swaps", n, self.n_out, 8),
+                Allocation::matrix("the unexplained part of G W^T", n, self.n_out, 8),
+                Allocation::matrix("the swaps' coefficients on the kept set", n, k, 8),
+                Allocation::matrix("the swaps' products with the kept set", n, k, 8),
+                Allocation::matrix("G on the kept columns (while rebuilding)", n, k, 8),
+            ],
             Some(SelectionMethod::Importance | SelectionMethod::Random) | None => Vec::new(),
         }
     }

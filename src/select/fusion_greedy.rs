@@ -128,12 +128,28 @@ impl FusionGreedy {
             0 => self.centred_energy,
             k => self.residual_energy[k - 1],
         };
-        if self.z_energy > 0.0 {
-            (residual / self.z_energy).sqrt()
-        } else {
-            0.0
-        }
+        relative_error(residual, self.z_energy)
     }
+}
+
+/// `sqrt(residual / ||Z||^2)`, 0 when `Z` is zero: the relative error fusion reports.
+pub(super) fn relative_error(residual: f64, z_energy: f64) -> f64 {
+    if z_energy > 0.0 {
+        (residual / z_energy).sqrt()
+    } else {
+        0.0
+    }
+}
+
+/// Checks the statistics and that `k` is in 1..=n for `rule`; returns n.
+pub(super) fn check_size(stats: &GramStats, k: usize, rule: &str) -> Result<usize> {
+    let n = check_stats(stats, rule)?;
+    if k == 0 || k > n {
+        return Err(Error::invalid(format!(
+            "{rule}: cannot keep {k} of {n} neurons: k must be between 1 and {n}"
+        )));
+    }
+    Ok(n)
 }
 
 /// Keeps `k` of the layer's neurons by greedy forward selection for the fusion into `next`
@@ -153,13 +169,19 @@ pub fn fusion_greedy_with_progress(
     k: usize,
     progress: &mut dyn Progress,
 ) -> Result<FusionGreedy> {
-    let n = check_stats(stats, "fusion-greedy")?;
-    if k == 0 || k > n {
-        return Err(Error::invalid(format!(
-            "fusion-greedy: cannot keep {k} of {n} neurons: k must be between 1 and {n}"
-        )));
-    }
+    check_size(stats, k, "fusion-greedy")?;
     let target = Target::new(stats, next)?;
+    greedy_on(stats, target, k, progress)
+}
+
+/// [`fusion_greedy_with_progress`] on the prepared `target` (statistics and `k` checked).
+pub(super) fn greedy_on(
+    stats: &GramStats,
+    target: Target,
+    k: usize,
+    progress: &mut dyn Progress,
+) -> Result<FusionGreedy> {
+    let n = stats.col_sums.len();
     let n_out = target.n_out;
     let mut chol = allocate(n, k, "the Cholesky rows")?;
     let m = stats.samples as f64;
@@ -423,19 +445,20 @@ fn next_pick(
 
 /// The next layers as the selection sees them: `H = G_c W^T` with the rows of every next
 /// layer's W stacked, and the energies of `Z`.
-struct Target {
+#[derive(Clone)]
+pub(super) struct Target {
     /// Stacked output width.
-    n_out: usize,
+    pub(super) n_out: usize,
     /// `H`, n x n_out, row-major (row j is neuron j's cross-covariance with `Z`).
-    h: Vec<f64>,
+    pub(super) h: Vec<f64>,
     /// `||Z_c||_F^2 = <W, H^T>`.
-    centred_energy: f64,
+    pub(super) centred_energy: f64,
     /// `||Z||_F^2 = ||Z_c||_F^2 + m ||W mu + b||^2`.
-    z_energy: f64,
+    pub(super) z_energy: f64,
 }
 
 impl Target {
-    fn new(stats: &GramStats, next: &[NextLayer<'_>]) -> Result<Self> {
+    pub(super) fn new(stats: &GramStats, next: &[NextLayer<'_>]) -> Result<Self> {
         let n = stats.col_sums.len();
         if next.is_empty() {
             return Err(Error::invalid(
@@ -504,7 +527,7 @@ impl Target {
 
 /// A zeroed buffer of `n * width` f64, or an error naming what it is for when this machine
 /// cannot allocate it (rather than an abort).
-fn allocate(n: usize, width: usize, what: &str) -> Result<Vec<f64>> {
+pub(super) fn allocate(n: usize, width: usize, what: &str) -> Result<Vec<f64>> {
     let len = n.checked_mul(width);
     let mut buf = Vec::new();
     if len.is_none_or(|len| buf.try_reserve_exact(len).is_err()) {

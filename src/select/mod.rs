@@ -7,11 +7,16 @@
 
 pub mod columns;
 mod fusion_greedy;
+mod fusion_swap;
 pub mod quality;
 
 pub use fusion_greedy::{
     fusion_greedy, fusion_greedy_with_progress, residual_floor, single_neuron_gains, FusionGreedy,
     CONSTANT_VARIANCE_TOL, RESIDUAL_VARIANCE_TOL, ZERO_GAIN_TOL,
+};
+pub use fusion_swap::{
+    fusion_swap, fusion_swap_with_progress, improve_by_swaps, improve_by_swaps_with_progress,
+    max_swaps, FusionSwap, REFRESH_SWAPS,
 };
 
 use crate::linalg::eigh::TWO_STAGE_MIN_N;
@@ -46,6 +51,9 @@ pub enum SelectionMethod {
     /// Greedy forward selection of the neurons that best explain the next layer's
     /// pre-activation after fusion ([`fusion_greedy()`]; deterministic).
     FusionGreedy,
+    /// Fusion-greedy's selection, then swaps of one kept for one dropped neuron while one
+    /// lowers the fused error ([`fusion_swap()`]; deterministic).
+    FusionSwap,
     /// A k-DPP on the quality-diversity kernel `diag(q) L diag(q)`, `q_i` each neuron's
     /// [`QUALITY`] score ([`quality`]).
     QualityKDpp,
@@ -59,19 +67,20 @@ pub const QUALITY: QualityScore = QualityScore::NextLayerEnergy;
 
 impl SelectionMethod {
     /// All methods, in the order the CLI lists them.
-    pub const ALL: [SelectionMethod; 8] = [
+    pub const ALL: [SelectionMethod; 9] = [
         SelectionMethod::KDpp,
         SelectionMethod::Dpp,
         SelectionMethod::Greedy,
         SelectionMethod::Random,
         SelectionMethod::Importance,
         SelectionMethod::FusionGreedy,
+        SelectionMethod::FusionSwap,
         SelectionMethod::QualityKDpp,
         SelectionMethod::QualityGreedy,
     ];
 
     /// The names of [`SelectionMethod::ALL`], in order: what the command line accepts.
-    pub fn names() -> [&'static str; 8] {
+    pub fn names() -> [&'static str; 9] {
         Self::ALL.map(Self::name)
     }
 
@@ -84,6 +93,7 @@ impl SelectionMethod {
             SelectionMethod::Random => "random",
             SelectionMethod::Importance => "importance",
             SelectionMethod::FusionGreedy => "fusion-greedy",
+            SelectionMethod::FusionSwap => "fusion-swap",
             SelectionMethod::QualityKDpp => "quality-kdpp",
             SelectionMethod::QualityGreedy => "quality-greedy",
         }
@@ -108,6 +118,7 @@ impl SelectionMethod {
             self,
             SelectionMethod::Importance
                 | SelectionMethod::FusionGreedy
+                | SelectionMethod::FusionSwap
                 | SelectionMethod::QualityKDpp
                 | SelectionMethod::QualityGreedy
         )
@@ -446,6 +457,32 @@ impl<'a> LayerSelector<'a> {
         Ok(selection)
     }
 
+    /// The fusion-swap selection of `k` neurons ([`fusion_swap()`]), starting from the
+    /// fusion-greedy selection made before when there is one.
+    pub fn fusion_swap(&self, k: usize) -> Result<FusionSwap> {
+        self.fusion_swap_with_progress(k, &mut NoProgress)
+    }
+
+    fn fusion_swap_with_progress(
+        &self,
+        k: usize,
+        progress: &mut dyn Progress,
+    ) -> Result<FusionSwap> {
+        let (stats, next) = self.target(SelectionMethod::FusionSwap)?;
+        let start = self
+            .fusion_order
+            .borrow()
+            .as_ref()
+            .filter(|done| done.order.len() >= k)
+            .map(|done| done.order[..k].to_vec());
+        if let Some(start) = start {
+            return improve_by_swaps_with_progress(stats, next, &start, progress);
+        }
+        let (greedy, swapped) = fusion_swap::greedy_then_swaps(stats, next, k, progress)?;
+        *self.fusion_order.borrow_mut() = Some(greedy);
+        Ok(swapped)
+    }
+
     /// Sorted, distinct indices of the neurons to keep. `seed` drives the random methods.
     pub fn select(
         &self,
@@ -534,6 +571,7 @@ impl<'a> LayerSelector<'a> {
                 order
             }
             SelectionMethod::FusionGreedy => self.fusion_greedy_with_progress(k, progress)?.order,
+            SelectionMethod::FusionSwap => self.fusion_swap_with_progress(k, progress)?.kept,
             SelectionMethod::QualityKDpp if partial && self.quality_spectrum.get().is_none() => {
                 let spectrum = self.quality_partial(progress)?;
                 KDppSampler::new(spectrum, k)?.try_sample_with_progress(&mut rng, progress)?
