@@ -12,10 +12,10 @@ agreement with the full network (the image gets the class the full network predi
 wrong) compares how faithfully each rule's network reproduces the original.
 
     cargo build --release
-    python3 scripts/paired_accuracy.py                       # k = 400: fusion-greedy against greedy, importance
+    python3 scripts/paired_accuracy.py                       # k = 400: fusion-swap against greedy, importance, fusion-greedy
     python3 scripts/paired_accuracy.py -k 100 --select fusion-greedy,greedy
 
-The rules must be deterministic (fusion-greedy, greedy, importance, quality-greedy) or take
+The rules must be deterministic (fusion-swap, fusion-greedy, greedy, importance, quality-greedy) or take
 `--seed`. Needs numpy and safetensors (`pip install numpy safetensors`).
 """
 
@@ -63,7 +63,7 @@ def mcnemar(a, b):
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-k", "--keep", type=int, default=400, help="neurons kept per hidden layer")
-    p.add_argument("--select", default="fusion-greedy,greedy,importance",
+    p.add_argument("--select", default="fusion-swap,greedy,importance,fusion-greedy",
                    help="rules, comma-separated; the first is compared with each other one")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--divnet", default=str(ROOT / "target" / "release" / "divnet"))

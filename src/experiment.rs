@@ -3,8 +3,8 @@
 //! layer for k-DPP, random, importance and greedy MAP selection, each with and without fusion,
 //! with all hidden layers compressed or one at a time (and how often each compressed network
 //! predicts what the full one does); and the selection built for the fusion
-//! (fusion-greedy, and the k-DPP and greedy MAP on the quality-diversity kernel) against them,
-//! before and after a one-epoch fine-tune.
+//! (fusion-greedy, fusion-swap, and the k-DPP and greedy MAP on the quality-diversity kernel)
+//! against them, before and after a one-epoch fine-tune.
 //!
 //! Observations of the original network's layers, and their selectors (so the kernels'
 //! eigendecompositions), are computed once and shared by every size, seed and configuration
@@ -188,7 +188,7 @@ pub struct ExperimentReport {
 }
 
 /// The variants of findings (b) and (d), greedy MAP, and the selections built for fusion.
-pub const VARIANTS: [Variant; 14] = [
+pub const VARIANTS: [Variant; 16] = [
     Variant {
         method: SelectionMethod::KDpp,
         fused: true,
@@ -227,6 +227,14 @@ pub const VARIANTS: [Variant; 14] = [
     },
     Variant {
         method: SelectionMethod::FusionGreedy,
+        fused: false,
+    },
+    Variant {
+        method: SelectionMethod::FusionSwap,
+        fused: true,
+    },
+    Variant {
+        method: SelectionMethod::FusionSwap,
         fused: false,
     },
     Variant {
@@ -249,7 +257,7 @@ pub const VARIANTS: [Variant; 14] = [
 
 /// Finding (e): the selection built for fusion against the paper's rules and importance,
 /// each followed by fusion, fine-tuned alike.
-pub const FINETUNE_VARIANTS: [Variant; 6] = [
+pub const FINETUNE_VARIANTS: [Variant; 7] = [
     Variant {
         method: SelectionMethod::KDpp,
         fused: true,
@@ -264,6 +272,10 @@ pub const FINETUNE_VARIANTS: [Variant; 6] = [
     },
     Variant {
         method: SelectionMethod::FusionGreedy,
+        fused: true,
+    },
+    Variant {
+        method: SelectionMethod::FusionSwap,
         fused: true,
     },
     Variant {

@@ -257,24 +257,32 @@ fn experiment_runs_on_a_reduced_grid() {
     }
 }
 
-/// Fusion-greedy through the pipeline on a tiny MLP: the first layer's selection and error
-/// are what the library's selection predicts from the first layer's statistics, and the
-/// error is that of the compressed network's next pre-activation on the calibration inputs.
+/// Fusion-greedy and fusion-swap through the pipeline on a tiny MLP: the first layer's
+/// selection and error are what the library's selection predicts from the first layer's
+/// statistics, and the error is that of the compressed network's next pre-activation on the
+/// calibration inputs; the swaps' error is at most greedy's.
 #[test]
-fn fusion_greedy_through_compress_mlp_predicts_the_next_layers_error() {
+fn fusion_greedy_and_swap_through_compress_mlp_predict_the_next_layers_error() {
+    let greedy = rule_through_compress_mlp(SelectionMethod::FusionGreedy);
+    let swapped = rule_through_compress_mlp(SelectionMethod::FusionSwap);
+    assert!(swapped <= greedy * (1.0 + 1e-9), "{swapped} vs {greedy}");
+}
+
+/// The first layer's reported error after compressing it by `method` (checks in the caller).
+fn rule_through_compress_mlp(method: SelectionMethod) -> f64 {
     use divnet::compress::observe_hidden_layer;
     use divnet::fusion::NextLayer;
-    use divnet::select::fusion_greedy;
+    use divnet::select::{fusion_greedy, fusion_swap};
 
     let mlp = Mlp::init(&[6, 14, 9, 3], Activation::Relu, 21);
     let (m, d) = (300, 6);
     let x = random_inputs(m, d, 22);
     let mut opts = CompressOptions::new(vec![KeepSpec::Count(5), KeepSpec::All]);
-    opts.method = SelectionMethod::FusionGreedy;
+    opts.method = method;
     let (out, report) = compress_mlp(&Backend::Cpu, &mlp, &x, m, &opts, &mut NoProgress).unwrap();
     assert_eq!(report.layers.len(), 1);
     let layer = &report.layers[0];
-    assert_eq!(layer.method, "fusion-greedy");
+    assert_eq!(layer.method, method.name());
 
     let obs =
         observe_hidden_layer(&Backend::Cpu, &mlp, &x, m, 0, 64, false, &mut NoProgress).unwrap();
@@ -285,11 +293,16 @@ fn fusion_greedy_through_compress_mlp_predicts_the_next_layers_error() {
         n_out: fc2.out_dim,
         n_in: fc2.in_dim,
     };
-    let selection = fusion_greedy(&obs.stats, &[next], 5).unwrap();
-    let mut want = selection.order.clone();
-    want.sort_unstable();
+    let (want, predicted) = if method == SelectionMethod::FusionSwap {
+        let selection = fusion_swap(&obs.stats, &[next], 5).unwrap();
+        (selection.kept.clone(), selection.relative_error())
+    } else {
+        let selection = fusion_greedy(&obs.stats, &[next], 5).unwrap();
+        let mut order = selection.order.clone();
+        order.sort_unstable();
+        (order, selection.relative_error(5))
+    };
     assert_eq!(layer.kept, want);
-    let predicted = selection.relative_error(5);
     assert!(
         (layer.relative_error - predicted).abs() < 1e-5 * predicted.max(1e-3),
         "reported {} vs predicted {predicted}",
@@ -318,10 +331,9 @@ fn fusion_greedy_through_compress_mlp_predicts_the_next_layers_error() {
         (direct - predicted).abs() < 1e-3 * predicted,
         "on the data {direct} vs predicted {predicted}"
     );
+    layer.relative_error
 }
 
-/// `divnet compress --select fusion-greedy` as a user runs it: the report names the method
-/// and gives each layer's error, the model shrinks as asked.
 /// `divnet compress --backend cpu` on `model` and `calib`, for the caller's other options.
 fn compress_command(model: &std::path::Path, calib: &std::path::Path) -> std::process::Command {
     let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_divnet"));
@@ -332,6 +344,8 @@ fn compress_command(model: &std::path::Path, calib: &std::path::Path) -> std::pr
     c
 }
 
+/// `divnet compress --select fusion-greedy` (and fusion-swap) as a user runs it: the report
+/// names the method and gives each layer's error, the model shrinks as asked.
 #[test]
 fn compress_cli_runs_fusion_greedy() {
     let dir = tempfile::tempdir().unwrap();
@@ -341,33 +355,36 @@ fn compress_cli_runs_fusion_greedy() {
     let calib = dir.path().join("c.npy");
     divnet::io::npy::write_npy(&calib, &[120, 5], &random_inputs(120, 5, 32)).unwrap();
     let (out, rep) = (dir.path().join("o.safetensors"), dir.path().join("r.json"));
-    let run = compress_command(&model, &calib)
-        .args(["--select", "fusion-greedy", "-k", "6,4", "--out"])
-        .arg(&out)
-        .arg("--report")
-        .arg(&rep)
-        .output()
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(&rep).unwrap()).unwrap();
-    assert_eq!(report["activation"], "relu");
-    assert_eq!(report["inputs"]["model"], model.display().to_string());
-    assert_eq!(report["inputs"]["calibration"], calib.display().to_string());
-    let layers = report["layers"].as_array().unwrap();
-    assert_eq!(layers.len(), 2);
-    for (l, k) in layers.iter().zip([6, 4]) {
-        assert_eq!(l["method"], "fusion-greedy");
-        assert_eq!(l["kept"].as_array().unwrap().len(), k);
-        let e = l["relative_error"].as_f64().unwrap();
-        assert!(e.is_finite() && (0.0..1.0).contains(&e), "{l}");
+    for rule in ["fusion-greedy", "fusion-swap"] {
+        let run = compress_command(&model, &calib)
+            .args(["--select", rule, "-k", "6,4", "--out"])
+            .arg(&out)
+            .arg("--report")
+            .arg(&rep)
+            .output()
+            .unwrap();
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let report: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&rep).unwrap()).unwrap();
+        assert_eq!(report["activation"], "relu");
+        assert_eq!(report["inputs"]["model"], model.display().to_string());
+        assert_eq!(report["inputs"]["calibration"], calib.display().to_string());
+        let layers = report["layers"].as_array().unwrap();
+        assert_eq!(layers.len(), 2);
+        for (l, k) in layers.iter().zip([6, 4]) {
+            assert_eq!(l["method"], rule);
+            assert_eq!(l["kept"].as_array().unwrap().len(), k);
+            let e = l["relative_error"].as_f64().unwrap();
+            assert!(e.is_finite() && (0.0..1.0).contains(&e), "{l}");
+        }
+        let small = Mlp::load(&out, None, Activation::Relu).unwrap();
+        let dims: Vec<usize> = small.layers.iter().map(|l| l.out_dim).collect();
+        assert_eq!(dims, vec![6, 4, 3]);
     }
-    let small = Mlp::load(&out, None, Activation::Relu).unwrap();
-    let dims: Vec<usize> = small.layers.iter().map(|l| l.out_dim).collect();
-    assert_eq!(dims, vec![6, 4, 3]);
 
     // --dpp is --select dpp: another method beside it is refused, not overridden.
     let conflict = compress_command(&model, &calib)

@@ -56,7 +56,7 @@ fn demo_runs_on_a_reduced_grid_and_writes_its_outputs() {
     assert_eq!(report["calibration_rows"].as_u64(), Some(500));
     assert_eq!(report["test_rows"].as_u64(), Some(10000));
     let curves = report["curves"].as_array().unwrap();
-    assert_eq!(curves.len(), 14, "one scope, fourteen variants");
+    assert_eq!(curves.len(), 16, "one scope, sixteen variants");
     for c in curves {
         for p in c["points"].as_array().unwrap() {
             let acc = p["mean"].as_f64().unwrap();
@@ -92,6 +92,7 @@ fn demo_runs_on_a_reduced_grid_and_writes_its_outputs() {
     };
     assert!(agreement("kdpp + fusion") > agreement("kdpp"));
     assert!((0.0..=1.0).contains(&agreement("fusion-greedy + fusion")));
+    assert!((0.0..=1.0).contains(&agreement("fusion-swap + fusion")));
     assert!(
         stdout.contains("(e) agreement with the full network"),
         "{stdout}"
@@ -109,6 +110,7 @@ fn demo_runs_on_a_reduced_grid_and_writes_its_outputs() {
             "greedy + fusion",
             "importance + fusion",
             "fusion-greedy + fusion",
+            "fusion-swap + fusion",
             "quality-kdpp + fusion",
             "quality-greedy + fusion"
         ]
@@ -120,6 +122,12 @@ fn demo_runs_on_a_reduced_grid_and_writes_its_outputs() {
         stdout.contains("(e) selection built for fusion"),
         "{stdout}"
     );
+    for rule in ["fusion-greedy", "fusion-swap"] {
+        assert!(
+            stdout.contains(&format!("\n{rule} + fusion, all hidden layers (target")),
+            "{stdout}"
+        );
+    }
 }
 
 /// The smallest demo that still draws every figure: one size, one seed, 200 images.

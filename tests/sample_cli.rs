@@ -207,12 +207,12 @@ fn write_layer(dir: &Path, m: usize, n: usize, n_out: usize) -> (Vec<f32>, Vec<f
 }
 
 #[test]
-fn fusion_greedy_and_the_quality_kernel_from_activations_and_the_next_layer() {
+fn fusion_greedy_fusion_swap_and_the_quality_kernel_from_activations_and_the_next_layer() {
     use divnet::dpp::{greedy_map, GreedyStop};
     use divnet::fusion::NextLayer;
     use divnet::kernel::{gram_stats, rbf_kernel, ActivationRows, Beta};
     use divnet::select::quality::{quality_kernel, quality_scores};
-    use divnet::select::{fusion_greedy, QUALITY};
+    use divnet::select::{fusion_greedy, fusion_swap, QUALITY};
     use divnet::Backend;
 
     let dir = tempfile::tempdir().unwrap();
@@ -252,6 +252,27 @@ fn fusion_greedy_and_the_quality_kernel_from_activations_and_the_next_layer() {
     assert_eq!(lines(&out), vec![want]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("predicted next-layer error"));
 
+    let swapped = fusion_swap(&stats, &next, 5).unwrap();
+    let out = run(&["--fusion-swap", "5"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(lines(&out), vec![swapped.kept.clone()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{} swaps after fusion-greedy", swapped.swaps)),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "predicted next-layer error after fusion {:.4}",
+            swapped.relative_error()
+        )),
+        "{stderr}"
+    );
+
     let l = rbf_kernel(&Backend::Cpu, rows, n, Beta::Paper, 1e-6).unwrap();
     let scores = quality_scores(&stats, &next, QUALITY).unwrap();
     let lq = quality_kernel(l.matrix.as_ref(), &scores).unwrap();
@@ -287,13 +308,22 @@ fn fusion_greedy_and_the_quality_kernel_from_activations_and_the_next_layer() {
     );
     assert_one_line_error(
         &run(&["-k", "3"]),
-        "only used by --fusion-greedy and --quality",
+        "only used by --fusion-greedy, --fusion-swap and --quality",
     );
     assert_one_line_error(
         &run(&["--fusion-greedy", "3", "--samples", "2"]),
         "deterministic",
     );
     assert_one_line_error(&run(&["--fusion-greedy", "15"]), "between 1 and 14");
+    assert_one_line_error(&run(&["--fusion-swap", "15"]), "between 1 and 14");
+    assert_one_line_error(
+        &run(&["--fusion-swap", "3", "--samples", "2"]),
+        "deterministic",
+    );
+    assert_one_line_error(
+        &divnet(&["--kernel", k, "--fusion-swap", "3"]),
+        "--fusion-swap needs the layer's activations",
+    );
     assert_one_line_error(
         &run(&["--fusion-greedy", "3", "--quality"]),
         "'--fusion-greedy <K>' cannot be used with '--quality'",

@@ -329,7 +329,11 @@ def compress_layer(
         k, keep_ratio, keep: how many neurons to keep (a count, a fraction of n) or which
             (0-based indices, skipping selection); exactly one, or none with
             ``method="dpp"``.
-        method: ``"kdpp"``, ``"dpp"``, ``"greedy"``, ``"random"`` or ``"importance"``.
+        method: one of :data:`SELECTION_METHODS`: ``"kdpp"`` (the default), ``"dpp"``,
+            ``"greedy"``, ``"random"``, ``"importance"``, the rules built for fusion
+            ``"fusion-greedy"`` and ``"fusion-swap"`` (deterministic; fusion-swap is the most
+            accurate with fusion in the README's measurements), ``"quality-kdpp"`` or
+            ``"quality-greedy"``.
         fusion: ``"fuse"`` (least squares on the kept neurons and a constant),
             ``"fuse-no-bias"`` (the paper's objective, biases untouched) or ``"prune"``.
         ridge_factor: the fusion system's ridge, as a fraction of the mean eigenvalue of the
@@ -422,7 +426,11 @@ def compress(
         calibration: m x d inputs (one sample per row).
         k, keep_ratio: neurons to keep per hidden layer (a count or a fraction): one value
             for all layers or one per hidden layer; neither with ``method="dpp"``.
-        method: ``"kdpp"``, ``"dpp"``, ``"greedy"``, ``"random"`` or ``"importance"``.
+        method: one of :data:`SELECTION_METHODS`: ``"kdpp"`` (the default), ``"dpp"``,
+            ``"greedy"``, ``"random"``, ``"importance"``, the rules built for fusion
+            ``"fusion-greedy"`` and ``"fusion-swap"`` (deterministic; fusion-swap is the most
+            accurate with fusion in the README's measurements), ``"quality-kdpp"`` or
+            ``"quality-greedy"``.
         layers: the layer prefixes in order (``["fc1", "fc2", "fc3"]``); inferred from the
             chain of shapes when omitted.
         activation: the function between layers.

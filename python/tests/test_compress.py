@@ -213,6 +213,7 @@ def test_compress_layer_is_the_command_lines(rng, cli, tmp_path):
             ["-k", "5", "--select", "importance", "--no-fusion"],
             dict(k=5, method="importance", fusion="prune"),
         ),
+        (["-k", "6", "--select", "fusion-swap"], dict(k=6, method="fusion-swap")),
     ]:
         cli.run(common + args, tmp_path)
         out, report = divnet.compress_layer(a, weights, next="down", prev="up", **kwargs)

@@ -44,10 +44,11 @@ pub struct Args {
     #[arg(long, group = "size", conflicts_with = "select")]
     dpp: bool,
     /// Selection method: the paper's kdpp (the default; or dpp, greedy MAP), random,
-    /// importance, or fusion-greedy (the neurons that best explain the next layer's
-    /// pre-activation: the most accurate with fusion in the README's measurements, and
-    /// deterministic), or the k-DPP and greedy MAP on the kernel weighed by the energy each
-    /// neuron sends into the next layer (quality-kdpp, quality-greedy).
+    /// importance, fusion-greedy (the neurons that best explain the next layer's
+    /// pre-activation, deterministic) or fusion-swap (fusion-greedy's neurons improved by
+    /// swaps: the most accurate with fusion in the README's measurements, deterministic), or
+    /// the k-DPP and greedy MAP on the kernel weighed by the energy each neuron sends into
+    /// the next layer (quality-kdpp, quality-greedy).
     #[arg(long = "select", default_value = "kdpp", value_parser = selection_method_parser())]
     select: SelectionMethod,
     /// Plain pruning: drop the unselected neurons without fusing them into the next layer.

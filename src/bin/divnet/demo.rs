@@ -29,9 +29,9 @@ use crate::plots;
 /// neurons kept per hidden layer for k-DPP and random selection, with and without fusion;
 /// (c) the same with one hidden layer compressed at a time; (d) importance selection (and
 /// greedy MAP) with and without fusion; (e) selection built for the fusion (fusion-greedy,
-/// and the k-DPP and greedy MAP on the quality-diversity kernel) against them, before and
-/// after a one-epoch fine-tune, and each fused network's agreement with the full one (the
-/// share of test images given the class the full network predicts). Writes report.json,
+/// fusion-swap, and the k-DPP and greedy MAP on the quality-diversity kernel) against them,
+/// before and after a one-epoch fine-tune, and each fused network's agreement with the full
+/// one (the share of test images given the class the full network predicts). Writes report.json,
 /// table.txt and PNG plots to the output folder and prints the table.
 #[derive(clap::Args)]
 pub struct Args {
@@ -416,30 +416,34 @@ pub fn format_table(r: &ExperimentReport, seeds: u64) -> String {
         .first()
         .map(|c| c.points.iter().map(|p| p.kept).collect())
         .unwrap_or_default();
-    // Per size: fusion-greedy's accuracy and agreement, each minus greedy's and importance's.
-    let margins: Vec<(usize, [f64; 4])> = sizes
-        .iter()
-        .filter_map(|&k| {
-            let fg = point(SelectionMethod::FusionGreedy, true, k)?;
-            let g = point(SelectionMethod::Greedy, true, k)?;
-            let im = point(SelectionMethod::Importance, true, k)?;
-            let pct = |a: f64, b: f64| (a - b) * 100.0;
-            Some((
-                k,
-                [
-                    pct(fg.mean, g.mean),
-                    pct(fg.mean, im.mean),
-                    pct(fg.agreement, g.agreement),
-                    pct(fg.agreement, im.agreement),
-                ],
-            ))
-        })
-        .collect();
-    if !margins.is_empty() {
+    // Per rule built for fusion and size: its accuracy and agreement, each minus greedy's and
+    // importance's (two decimals: at 400 kept the rules are a few test images apart).
+    for rule in [SelectionMethod::FusionGreedy, SelectionMethod::FusionSwap] {
+        let margins: Vec<(usize, [f64; 4])> = sizes
+            .iter()
+            .filter_map(|&k| {
+                let fg = point(rule, true, k)?;
+                let g = point(SelectionMethod::Greedy, true, k)?;
+                let im = point(SelectionMethod::Importance, true, k)?;
+                let pct = |a: f64, b: f64| (a - b) * 100.0;
+                Some((
+                    k,
+                    [
+                        pct(fg.mean, g.mean),
+                        pct(fg.mean, im.mean),
+                        pct(fg.agreement, g.agreement),
+                        pct(fg.agreement, im.agreement),
+                    ],
+                ))
+            })
+            .collect();
+        if margins.is_empty() {
+            continue;
+        }
         let full = r.full_accuracy * 100.0;
         let _ = writeln!(
             s,
-            "\nfusion-greedy + fusion, all hidden layers (target: at or above greedy + fusion and importance + fusion at every size):"
+            "\n{rule} + fusion, all hidden layers (target: at or above greedy + fusion and importance + fusion at every size):"
         );
         let _ = write!(s, "  {:<24}", "neurons kept");
         for (k, _) in &margins {
@@ -456,18 +460,18 @@ pub fn format_table(r: &ExperimentReport, seeds: u64) -> String {
         {
             let _ = write!(s, "\n  {name:<24}");
             for (_, m) in &margins {
-                let _ = write!(s, "{:>+8.1}", m[row]);
+                let _ = write!(s, "{:>+8.2}", m[row]);
             }
         }
         let _ = writeln!(s);
-        if let Some(at100) = find(SelectionMethod::FusionGreedy, true, ten_percent) {
+        if let Some(at100) = find(rule, true, ten_percent) {
             let _ = writeln!(
                 s,
                 "  at {ten_percent} kept: {at100:.1}%, {:.1} points below the full network (target: within 2)",
                 full - at100
             );
         }
-        if let Some(at25) = find(SelectionMethod::FusionGreedy, true, r.widths[1] / 40) {
+        if let Some(at25) = find(rule, true, r.widths[1] / 40) {
             let _ = writeln!(
                 s,
                 "  at {} kept: {at25:.1}% (target: at least 78)",

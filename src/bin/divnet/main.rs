@@ -31,7 +31,7 @@ struct Cli {
 enum Command {
     /// Build the RBF kernel (or the Gram matrix) over a layer's neurons from activations.
     Kernel(kernel::Args),
-    /// Draw neuron subsets from a k-DPP or DPP, or pick them by greedy MAP or fusion-greedy.
+    /// Draw neuron subsets from a k-DPP or DPP, or pick them by greedy MAP or the rules built for fusion.
     Sample(sample::Args),
     /// Compress one layer: select neurons, fuse the dropped ones into the next layer.
     CompressLayer(compress_layer::Args),

@@ -12,8 +12,9 @@ use divnet::experiment::{Curve, ExperimentReport, Heatmap};
 use plotters::prelude::*;
 
 /// One colour per selection method, in the order of `divnet::experiment::VARIANTS` (each
-/// method with and without fusion).
-const COLORS: [RGBColor; 14] = [
+/// method with and without fusion): its length follows the variants, so a new one needs its
+/// colour.
+const COLORS: [RGBColor; divnet::experiment::VARIANTS.len()] = [
     RGBColor(31, 119, 180),
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
@@ -24,6 +25,8 @@ const COLORS: [RGBColor; 14] = [
     RGBColor(148, 103, 189),
     RGBColor(255, 127, 14),
     RGBColor(255, 127, 14),
+    RGBColor(23, 190, 207),
+    RGBColor(23, 190, 207),
     RGBColor(140, 86, 75),
     RGBColor(140, 86, 75),
     RGBColor(227, 119, 194),

@@ -1,5 +1,6 @@
 //! `divnet sample`: draw subsets from a k-DPP or DPP over a kernel, or pick one by greedy
-//! MAP or (from activations and the layers that read them) by fusion-greedy, and print each
+//! MAP or (from activations and the layers that read them) by fusion-greedy or fusion-swap,
+//! and print each
 //! as a JSON array of sorted 0-based indices, one per line.
 
 use std::io::Write;
@@ -13,7 +14,7 @@ use divnet::io::npy::{read_matrix, NpyRowReader};
 use divnet::io::safetensors::read_safetensors;
 use divnet::kernel::{rbf_from_distances, Beta, GramStats, RowSource, StatsKind};
 use divnet::select::quality::{quality_kernel, quality_scores};
-use divnet::select::{fusion_greedy_with_progress, QUALITY};
+use divnet::select::{fusion_greedy_with_progress, fusion_swap_with_progress, QUALITY};
 use divnet::{Backend, Error};
 use faer::Mat;
 use rand::SeedableRng;
@@ -27,7 +28,7 @@ use crate::common::{
 /// Arguments.
 #[derive(clap::Args)]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["kernel", "activations"])))]
-#[command(group(clap::ArgGroup::new("mode").required(true).args(["k", "dpp", "greedy", "fusion_greedy"])))]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["k", "dpp", "greedy", "fusion_greedy", "fusion_swap"])))]
 pub struct Args {
     /// The n x n kernel L (npy, float16/32/64, symmetric positive semi-definite).
     #[arg(long, value_name = "L.npy")]
@@ -59,10 +60,15 @@ pub struct Args {
     /// --next: a kernel alone does not say what the next layer reads.
     #[arg(long, value_name = "K")]
     fusion_greedy: Option<usize>,
+    /// Pick K neurons by fusion-swap: fusion-greedy's neurons, then swaps of one kept for
+    /// one dropped neuron while one lowers the fused error (deterministic: one line). Needs
+    /// --activations, --weights and --next.
+    #[arg(long, value_name = "K")]
+    fusion_swap: Option<usize>,
     /// Weigh the kernel by the energy each neuron sends into the next layers (the
     /// quality-diversity kernel diag(q) L diag(q)) before drawing or greedy MAP. Needs
     /// --activations, --weights and --next.
-    #[arg(long, conflicts_with = "fusion_greedy")]
+    #[arg(long, conflicts_with_all = ["fusion_greedy", "fusion_swap"])]
     quality: bool,
     /// Safetensors holding the layer(s) that read the activations (with --next).
     #[arg(long, value_name = "M.safetensors")]
@@ -70,7 +76,7 @@ pub struct Args {
     /// Tensor prefix(es) of the layer(s) reading the activations: NAME.weight [n_out, n].
     #[arg(long, value_delimiter = ',', value_name = "NAME")]
     next: Vec<String>,
-    /// Number of draws (one line each); not with --greedy or --fusion-greedy.
+    /// Number of draws (one line each); not with --greedy, --fusion-greedy or --fusion-swap.
     #[arg(long, default_value_t = 1, value_name = "N")]
     samples: usize,
     /// Seed of the random generator: the same seed gives the same lines.
@@ -91,28 +97,32 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             ("--weights", args.weights.as_deref()),
         ],
     )?;
-    if (args.greedy.is_some() || args.fusion_greedy.is_some()) && args.samples != 1 {
-        bail!("--samples does not apply to --greedy or --fusion-greedy, which are deterministic");
+    let fusion_mode = match (args.fusion_greedy, args.fusion_swap) {
+        (Some(k), _) => Some(("--fusion-greedy", k)),
+        (None, Some(k)) => Some(("--fusion-swap", k)),
+        (None, None) => None,
+    };
+    if (args.greedy.is_some() || fusion_mode.is_some()) && args.samples != 1 {
+        bail!(
+            "--samples does not apply to --greedy, --fusion-greedy or --fusion-swap, which are \
+             deterministic"
+        );
     }
     if args.samples == 0 {
         bail!("--samples must be at least 1");
     }
-    let wants_next = args.fusion_greedy.is_some() || args.quality;
+    let wants_next = fusion_mode.is_some() || args.quality;
     if wants_next && (args.activations.is_none() || args.weights.is_none() || args.next.is_empty())
     {
         bail!(
             "{} needs the layer's activations and the layers that read them \
              (--activations A.npy --weights M.safetensors --next NAME): a kernel alone does not \
              say what the next layer reads",
-            if args.fusion_greedy.is_some() {
-                "--fusion-greedy"
-            } else {
-                "--quality"
-            }
+            fusion_mode.map_or("--quality", |(flag, _)| flag)
         );
     }
     if !wants_next && (args.weights.is_some() || !args.next.is_empty()) {
-        bail!("--weights and --next are only used by --fusion-greedy and --quality");
+        bail!("--weights and --next are only used by --fusion-greedy, --fusion-swap and --quality");
     }
     let mut timer = StageTimer::default();
     let mut activations = match &args.activations {
@@ -122,22 +132,38 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         )),
         None => None,
     };
-    if let Some(k) = args.fusion_greedy {
+    if let Some((flag, k)) = fusion_mode {
         let (reader, backend) = activations.as_mut().expect("checked above");
         let path = reader.path().to_path_buf();
         let (stats, _, nexts) = layer_and_readers(reader, backend, &args, &mut timer, false)?;
         let n = stats.col_sums.len();
         let layers: Vec<_> = nexts.iter().map(|x| x.layer(n)).collect();
-        let selection = timer
-            .try_stage("fusion-greedy", || {
-                fusion_greedy_with_progress(&stats, &layers, k, &mut BarProgress::default())
-            })
-            .map_err(|e| naming_file(&path, e))?;
+        let mut progress = BarProgress::default();
+        let (mut y, error) = if flag == "--fusion-swap" {
+            let selection = timer
+                .try_stage("fusion-swap", || {
+                    fusion_swap_with_progress(&stats, &layers, k, &mut progress)
+                })
+                .map_err(|e| naming_file(&path, e))?;
+            eprintln!(
+                "{} swaps after fusion-greedy (predicted error {:.4} before them)",
+                selection.swaps,
+                selection.start_relative_error()
+            );
+            let error = selection.relative_error();
+            (selection.kept, error)
+        } else {
+            let selection = timer
+                .try_stage("fusion-greedy", || {
+                    fusion_greedy_with_progress(&stats, &layers, k, &mut progress)
+                })
+                .map_err(|e| naming_file(&path, e))?;
+            let error = selection.relative_error(k);
+            (selection.order, error)
+        };
         eprintln!(
-            "predicted next-layer error after fusion {:.4} (||Z - Z'|| / ||Z|| on these samples)",
-            selection.relative_error(k)
+            "predicted next-layer error after fusion {error:.4} (||Z - Z'|| / ||Z|| on these samples)"
         );
-        let mut y = selection.order;
         y.sort_unstable();
         return write_lines(&args, &[y]);
     }
