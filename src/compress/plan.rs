@@ -422,6 +422,7 @@ impl Shape {
                 Allocation::matrix("the swaps' coefficients on the kept set", n, k, 8),
                 Allocation::matrix("the swaps' products with the kept set", n, k, 8),
                 Allocation::matrix("G on the kept columns (while rebuilding)", n, k, 8),
+                Allocation::matrix("G_c[Y, Y]^-1 and its factors", 3 * k, k, 8),
             ],
             Some(SelectionMethod::Importance | SelectionMethod::Random) | None => Vec::new(),
         }
