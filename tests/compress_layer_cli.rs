@@ -237,6 +237,19 @@ fn given_keep_list_fuses_down_and_slices_gate_and_up() {
     ]));
     let out = read_safetensors(&out_path).unwrap();
     let k = keep.len();
+    // A keep list skips selection: a --select beside it is refused, not ignored.
+    let both = f.run(&[
+        "--next",
+        "down",
+        "--keep",
+        f.path("keep.json").to_str().unwrap(),
+        "--select",
+        "fusion-swap",
+        "--out",
+        f.path("never.safetensors").to_str().unwrap(),
+    ]);
+    assert_eq!(both.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&both.stderr).contains("cannot be used with"));
 
     // Same names, same dtypes; untouched tensors bit for bit.
     let mut names_in: Vec<&str> = f.model.names().collect();

@@ -267,7 +267,7 @@ fn fusion_greedy_fusion_swap_and_the_quality_kernel_from_activations_and_the_nex
     );
     assert!(
         stderr.contains(&format!(
-            "predicted next-layer error after fusion {:.4}",
+            "predicted next-layer error after fusion {:.6}",
             swapped.relative_error()
         )),
         "{stderr}"
@@ -316,6 +316,14 @@ fn fusion_greedy_fusion_swap_and_the_quality_kernel_from_activations_and_the_nex
     );
     assert_one_line_error(&run(&["--fusion-greedy", "15"]), "between 1 and 14");
     assert_one_line_error(&run(&["--fusion-swap", "15"]), "between 1 and 14");
+    assert_one_line_error(
+        &divnet(&[&layer[..4], &["--next", "down,down", "--fusion-swap", "3"]].concat()),
+        "next layer down is given twice",
+    );
+    assert_one_line_error(
+        &divnet(&[&layer[..4], &["--next", "down,", "--fusion-swap", "3"]].concat()),
+        "a next layer's name is empty",
+    );
     assert_one_line_error(
         &run(&["--fusion-swap", "3", "--samples", "2"]),
         "deterministic",

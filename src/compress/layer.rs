@@ -692,6 +692,17 @@ pub fn read_next_tensors(
     source: &Path,
     activations: &Path,
 ) -> Result<Vec<NextTensors>> {
+    for (i, name) in names.iter().enumerate() {
+        if name.is_empty() {
+            return Err(Error::invalid(
+                "a next layer's name is empty (a stray comma in the list of names?)",
+            ));
+        }
+        // Read twice, a layer would count twice in what the selection explains.
+        if names[..i].contains(name) {
+            return Err(Error::invalid(format!("next layer {name} is given twice")));
+        }
+    }
     names
         .iter()
         .map(|name| {

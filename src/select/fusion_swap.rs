@@ -29,7 +29,12 @@
 //!
 //! Degenerate neurons follow fusion-greedy's rules ([`residual_floor`]): a dropped neuron
 //! comes in only if its residual variance on the kept set without the slot it takes is above
-//! its floor, so the kept set stays resolvable. A kept neuron that adds nothing (a constant,
+//! its floor, and the best pair is made only if every other kept neuron's residual on the new
+//! set stays above its own floor (checked in O(k), `SwapState::admissible`; a refused pair is
+//! set aside and the next best taken, up to [`MAX_REFUSED`] in a row), so the kept set stays
+//! resolvable: the statistics come from f32 products, and on a set that spans the layer
+//! their rounding would otherwise pass for gains. Should the rebuilt state still find the
+//! end worse than the start, the start is returned. A kept neuron that adds nothing (a constant,
 //! a duplicate, or any neuron when fusion-greedy ran out of neurons that add something)
 //! holds an empty slot: removing it costs nothing, and any neuron that adds something takes
 //! its place.
@@ -58,6 +63,11 @@ use crate::progress::{NoProgress, Progress};
 /// swap with never), and the search always confirms on a rebuilt state before it stops.
 pub const REFRESH_SWAPS: usize = 1024;
 
+/// Pairs in a row found best but refused because they would leave a kept neuron at or below
+/// its floor (see the module docs), after which the search stops: the state is then close
+/// to degenerate, and the next pairs are as likely to be refused.
+pub const MAX_REFUSED: usize = 16;
+
 /// The most swaps made for `k` kept neurons: `2 k`. Every swap strictly lowers the error, so
 /// the search ends by itself; the bound only caps its time. Measured on the demo's layers:
 /// at most 0.5 k swaps (k = 10), 0.2 k at k = 400.
@@ -72,6 +82,9 @@ pub struct FusionSwap {
     pub kept: Vec<usize>,
     /// Swaps made.
     pub swaps: usize,
+    /// Whether the search stopped at [`max_swaps`] with a swap still to make (else it ended
+    /// at a set no single swap improves).
+    pub capped: bool,
     /// `||Z - Z'||_F^2` over the calibration set with the starting set kept (for
     /// [`fusion_swap`], fusion-greedy's), the others fused.
     pub start_residual_energy: f64,
@@ -193,25 +206,42 @@ fn search(
     let cap = max_swaps(k);
     let mut swaps = 0;
     let mut since_rebuild = 0;
+    // Pairs found best but refused (see `SwapState::admissible`) since the last swap.
+    let mut refused: Vec<(usize, usize)> = Vec::new();
     progress.start("fusion-swap", cap as u64);
-    let mut next_swap = state.best_swap(gain_floor);
-    while swaps < cap {
+    let mut next_swap = state.best_swap(gain_floor, &refused);
+    let mut capped = false;
+    loop {
         match next_swap {
+            Some(_) if swaps == cap => {
+                capped = true;
+                break;
+            }
+            Some((slot, incoming)) if !state.admissible(slot, incoming) => {
+                refused.push((incoming, slot));
+                next_swap = if refused.len() < MAX_REFUSED {
+                    state.best_swap(gain_floor, &refused)
+                } else {
+                    None
+                };
+            }
             Some((slot, incoming)) => {
                 next_swap = state.swap(slot, incoming, gain_floor);
+                refused.clear();
                 swaps += 1;
                 since_rebuild += 1;
                 progress.advance(1);
                 if since_rebuild == refresh {
                     state.rebuild()?;
-                    next_swap = state.best_swap(gain_floor);
+                    next_swap = state.best_swap(gain_floor, &refused);
                     since_rebuild = 0;
                 }
             }
             // The updated state found nothing: confirm on a fresh one.
             None if since_rebuild > 0 => {
                 state.rebuild()?;
-                next_swap = state.best_swap(gain_floor);
+                refused.clear();
+                next_swap = state.best_swap(gain_floor, &refused);
                 since_rebuild = 0;
             }
             None => break,
@@ -221,13 +251,30 @@ fn search(
         state.rebuild()?;
     }
     progress.finish();
+    // Every swap lowered the error by its exact score; should the rebuilt state say
+    // otherwise, the start is kept.
+    let residual_energy = state.residual_energy();
+    if residual_energy > start_residual_energy {
+        let mut kept = start.to_vec();
+        kept.sort_unstable();
+        return Ok(FusionSwap {
+            kept,
+            swaps: 0,
+            capped: false,
+            start_residual_energy,
+            residual_energy: start_residual_energy,
+            centred_energy: target.centred_energy,
+            z_energy: target.z_energy,
+        });
+    }
     let mut kept = state.kept();
     kept.sort_unstable();
     Ok(FusionSwap {
         kept,
         swaps,
+        capped,
         start_residual_energy,
-        residual_energy: state.residual_energy(),
+        residual_energy,
         centred_energy: target.centred_energy,
         z_energy: target.z_energy,
     })
@@ -306,17 +353,13 @@ impl<'s> SwapState<'s> {
         self.stats.gram[(i, j)] - s[i] * s[j] / self.stats.samples as f64
     }
 
-    /// Builds the state from the statistics for the current slots, deciding which are active:
-    /// in slot order, a neuron whose residual variance on the active ones before it is at
-    /// most its floor is left out of the algebra.
-    fn rebuild(&mut self) -> Result<()> {
-        let (n, k, n_out) = (self.n, self.k, self.n_out);
-        // Cholesky of G_c on the active slots, a row per slot in slot order: its pivot is
-        // that neuron's residual variance on the active slots before it, and a slot at or
-        // below its floor is left out.
+    /// The slots whose pivots, in slot order over the slots not `excluded`, are above their
+    /// floors, and `G_c` on them inverted (in their order).
+    fn inverse_on_active(&self, excluded: &[bool]) -> (Vec<usize>, Mat<f64>) {
+        let k = self.k;
         let mut active: Vec<usize> = Vec::with_capacity(k);
         let mut rows: Vec<Vec<f64>> = Vec::with_capacity(k);
-        for slot in 0..k {
+        for slot in (0..k).filter(|&slot| !excluded[slot]) {
             let y = self.slots[slot];
             let mut row = Vec::with_capacity(active.len() + 1);
             for (b, &other) in active.iter().enumerate() {
@@ -331,19 +374,9 @@ impl<'s> SwapState<'s> {
                 active.push(slot);
             }
         }
-        let l = Mat::from_fn(active.len(), active.len(), |a, b| {
-            if b <= a {
-                rows[a][b]
-            } else {
-                0.0
-            }
-        });
         let ka = active.len();
-        self.active = vec![false; k];
-        for &slot in &active {
-            self.active[slot] = true;
-        }
-        // S on the active slots: L^-T L^-1.
+        let l = Mat::from_fn(ka, ka, |a, b| if b <= a { rows[a][b] } else { 0.0 });
+        // S = L^-T L^-1.
         let mut l_inv = Mat::<f64>::zeros(ka, ka);
         invert_lower_triangular(l_inv.as_mut(), l.as_ref(), faer::get_global_parallelism());
         for a in 0..ka {
@@ -360,6 +393,42 @@ impl<'s> SwapState<'s> {
             1.0,
             faer::get_global_parallelism(),
         );
+        (active, s_active)
+    }
+
+    /// Builds the state from the statistics for the current slots, deciding which are active:
+    /// a kept neuron whose residual variance on the other active ones is at or below its
+    /// floor is left out of the algebra.
+    fn rebuild(&mut self) -> Result<()> {
+        let (n, k, n_out) = (self.n, self.k, self.n_out);
+        // The active slots: each kept neuron whose residual variance on the other active ones
+        // is above its floor. A Cholesky factor in slot order, skipping a slot whose pivot (its
+        // residual on the slots before it) is at or below the floor, then S = G_c[Y, Y]^-1,
+        // whose diagonal gives each neuron's residual on all the others (1 / S_ii): the
+        // neuron furthest below its floor there is left out too, and S recomputed.
+        let mut excluded = vec![false; k];
+        let (active, s_active) = loop {
+            let (active, s_active) = self.inverse_on_active(&excluded);
+            let worst = active
+                .iter()
+                .enumerate()
+                .map(|(a, &slot)| {
+                    (
+                        slot,
+                        1.0 / (s_active[(a, a)] * self.floor[self.slots[slot]]),
+                    )
+                })
+                .filter(|&(_, ratio)| ratio.is_nan() || ratio <= 1.0)
+                .min_by(|x, y| x.1.total_cmp(&y.1));
+            match worst {
+                Some((slot, _)) => excluded[slot] = true,
+                None => break (active, s_active),
+            }
+        };
+        self.active = vec![false; k];
+        for &slot in &active {
+            self.active[slot] = true;
+        }
         self.s = Mat::zeros(k, k);
         for (a, &sa) in active.iter().enumerate() {
             for (b, &sb) in active.iter().enumerate() {
@@ -473,6 +542,35 @@ impl<'s> SwapState<'s> {
         self.slots.clone()
     }
 
+    /// Whether swapping `incoming` into `slot` leaves every kept neuron's residual variance on
+    /// the others above its floor. The incoming one's is checked by the scoring; another
+    /// kept neuron l's is `1 / S'_ll`, with `S'_ll = S_ll - S_li^2 / S_ii + u_l^2 / delta`
+    /// (`u` and `delta` the incoming neuron's coefficients and residual variance on the kept
+    /// set without the slot): O(k). Without it, statistics whose rounding leaves `G_c` a
+    /// little indefinite let the search chase gains in directions that are rounding (a
+    /// review's layers with fewer samples than neurons, or neurons that are combinations of
+    /// a few, at k equal to the rank: the swaps raised the real error from 0 to 0.07).
+    fn admissible(&self, slot: usize, incoming: usize) -> bool {
+        let k = self.k;
+        let w_t = &self.w[incoming * k..(incoming + 1) * k];
+        let (g, w_ti) = if self.active[slot] {
+            (self.s[(slot, slot)], w_t[slot])
+        } else {
+            (1.0, 0.0)
+        };
+        let delta = self.d[incoming] + w_ti * w_ti / g;
+        (0..k).filter(|&l| l != slot && self.active[l]).all(|l| {
+            let s_li = if self.active[slot] {
+                self.s[(l, slot)]
+            } else {
+                0.0
+            };
+            let u_l = w_t[l] - w_ti * s_li / g;
+            let s_new = self.s[(l, l)] - s_li * s_li / g + u_l * u_l / delta;
+            1.0 / s_new > self.floor[self.slots[l]]
+        })
+    }
+
     /// Per slot, what scoring a swap needs: `1 / S_ii`, `||B_i||^2` and the energy lost by
     /// emptying the slot (zeros for an empty slot).
     fn slot_scores(&self) -> SlotScores {
@@ -493,7 +591,7 @@ impl<'s> SwapState<'s> {
 
     /// The swap that lowers the error most, if one lowers it by more than `gain_floor`:
     /// (slot, incoming neuron).
-    fn best_swap(&self, gain_floor: f64) -> Option<(usize, usize)> {
+    fn best_swap(&self, gain_floor: f64, refused: &[(usize, usize)]) -> Option<(usize, usize)> {
         let (k, n_out) = (self.k, self.n_out);
         let slots = self.slot_scores();
         self.w
@@ -507,7 +605,8 @@ impl<'s> SwapState<'s> {
                 || vec![0.0; k],
                 |gains, (j, ((w, mb), _))| {
                     let row = (self.d[j], self.h_norm2[j], self.floor[j]);
-                    best_in_row(w, mb, row, &slots, gain_floor, gains)
+                    let refused = refused.iter().filter(|&&(rj, _)| rj == j).map(|&(_, s)| s);
+                    best_in_row(w, mb, row, &slots, gain_floor, refused, gains)
                         .map(|(delta, slot)| (delta, j, slot))
                 },
             )
@@ -636,7 +735,8 @@ impl<'s> SwapState<'s> {
                     *d = (*d - c * c * delta).max(0.0);
                     sub_scaled(h_res, c, h_t);
                     *h_norm2 = (*h_norm2 - 2.0 * c * q + c * c * hn_t).max(0.0);
-                    best_in_row(w, mb, (*d, *h_norm2, floor[j]), &slots, gain_floor, gains)
+                    let row = (*d, *h_norm2, floor[j]);
+                    best_in_row(w, mb, row, &slots, gain_floor, std::iter::empty(), gains)
                         .map(|(gain, slot)| (gain, j, slot))
                 },
             )
@@ -713,14 +813,15 @@ impl Removal {
 }
 
 /// The best swap bringing in the row's neuron: (gain, slot), if one gains more than
-/// `gain_floor`; ties to the lowest slot. `row` is (d_j, ||h_j||^2, floor_j); `gains` (k
-/// values) is scratch.
+/// `gain_floor`, but for the `refused` slots; ties to the lowest slot. `row` is (d_j,
+/// ||h_j||^2, floor_j); `gains` (k values) is scratch.
 fn best_in_row(
     w: &[f64],
     mb: &[f64],
     (d, h_norm2, floor): (f64, f64, f64),
     slots: &SlotScores,
     gain_floor: f64,
+    refused: impl Iterator<Item = usize>,
     gains: &mut [f64],
 ) -> Option<(f64, usize)> {
     // Every slot's gain without a branch (so that the loop vectorises), then the largest.
@@ -737,6 +838,9 @@ fn best_in_row(
         } else {
             f64::NEG_INFINITY
         };
+    }
+    for slot in refused {
+        gains[slot] = f64::NEG_INFINITY;
     }
     let mut best = None;
     let mut bar = gain_floor;

@@ -51,8 +51,9 @@ pub struct Args {
     /// Fraction of neurons to keep, in (0, 1].
     #[arg(long, group = "size")]
     keep_ratio: Option<f64>,
-    /// The neurons to keep: a JSON array of 0-based indices (skips selection).
-    #[arg(long, group = "size")]
+    /// The neurons to keep: a JSON file holding an array of 0-based indices, as `divnet
+    /// sample` writes them (skips selection, so not with --select).
+    #[arg(long, group = "size", value_name = "FILE", conflicts_with = "select")]
     keep: Option<PathBuf>,
     /// Selection method (dpp chooses the number of neurons itself; fusion-greedy keeps the
     /// neurons that best explain the next layers' pre-activation, and fusion-swap improves

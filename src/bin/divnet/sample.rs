@@ -14,7 +14,7 @@ use divnet::io::npy::{read_matrix, NpyRowReader};
 use divnet::io::safetensors::read_safetensors;
 use divnet::kernel::{rbf_from_distances, Beta, GramStats, RowSource, StatsKind};
 use divnet::select::quality::{quality_kernel, quality_scores};
-use divnet::select::{fusion_greedy_with_progress, fusion_swap_with_progress, QUALITY};
+use divnet::select::{fusion_greedy_with_progress, fusion_swap_with_progress, max_swaps, QUALITY};
 use divnet::{Backend, Error};
 use faer::Mat;
 use rand::SeedableRng;
@@ -146,9 +146,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 })
                 .map_err(|e| naming_file(&path, e))?;
             eprintln!(
-                "{} swaps after fusion-greedy (predicted error {:.4} before them)",
+                "{} swaps after fusion-greedy (predicted error {:.6} before them){}",
                 selection.swaps,
-                selection.start_relative_error()
+                selection.start_relative_error(),
+                if selection.capped {
+                    format!(
+                        "; stopped at the cap of {} swaps, with swaps still lowering the error",
+                        max_swaps(k)
+                    )
+                } else {
+                    String::new()
+                }
             );
             let error = selection.relative_error();
             (selection.kept, error)
@@ -162,7 +170,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             (selection.order, error)
         };
         eprintln!(
-            "predicted next-layer error after fusion {error:.4} (||Z - Z'|| / ||Z|| on these samples)"
+            "predicted next-layer error after fusion {error:.6} (||Z - Z'|| / ||Z|| on these samples)"
         );
         y.sort_unstable();
         return write_lines(&args, &[y]);
