@@ -1112,9 +1112,9 @@ fn normal(rng: &mut ChaCha8Rng) -> f64 {
 
 /// Layers whose neurons are combinations of a few (fewer samples than neurons, or neurons
 /// built from 5 others, exactly or up to 0.1% of noise), around k equal to the rank: from
-/// exact statistics, the swaps' set is never worse than greedy's on the data, and the search
-/// ends by itself. (From the pipeline's f32 statistics these layers are beyond what the
-/// statistics resolve: see the next test and the README.)
+/// exact statistics, the swaps' set is never worse than greedy's on the data; from the
+/// pipeline's f32 statistics, worse by no more than a few 1e-3 (what those resolve on such
+/// ill-conditioned sets); and the search ends by itself.
 #[test]
 fn swaps_on_layers_that_combinations_span_are_no_worse_than_greedy_on_the_data() {
     let mut cases = Vec::new();
@@ -1169,25 +1169,27 @@ fn swaps_on_layers_that_combinations_span_are_no_worse_than_greedy_on_the_data()
         }
     }
     for (case, (layer, rank)) in cases.iter().enumerate() {
-        let stats = layer.exact_stats();
         let next = layer.next();
         let z = layer.z();
         let z_energy: f64 = z.col_iter().flat_map(|c| c.iter().map(|v| v * v)).sum();
-        // (Least squares on the data needs no more columns than samples.)
-        for k in [rank - 1, *rank, rank + 1]
-            .into_iter()
-            .filter(|&k| k < layer.a.nrows())
-        {
-            let greedy = fusion_greedy(&stats, &next, k).unwrap();
-            let swapped = fusion_swap(&stats, &next, k).unwrap();
-            let on_data = |set: &[usize]| (layer.residual_energy(&z, set) / z_energy).sqrt();
-            let (g, s) = (on_data(&greedy.order), on_data(&swapped.kept));
-            assert!(!swapped.capped, "case {case}, k {k}");
-            assert!(
-                s <= g * (1.0 + 1e-6) + 1e-12,
-                "case {case}, k {k}: {} swaps, error on the data {s:e} against greedy's {g:e}",
-                swapped.swaps
-            );
+        let on_data = |set: &[usize]| (layer.residual_energy(&z, set) / z_energy).sqrt();
+        // From exact statistics the swaps never lose. From the pipeline's f32 statistics a
+        // swap onto a neuron that combines others up to 0.1% of noise can lose a few 1e-3 of
+        // relative error (3.1e-3 in one case here; without RESOLVED_ERROR, 1e-2).
+        for (stats, slack) in [(layer.exact_stats(), 1e-12), (layer.pipeline_stats(), 5e-3)] {
+            // (Least squares on the data needs no more columns than samples.)
+            let sizes = [rank - 1, *rank, rank + 1];
+            for k in sizes.into_iter().filter(|&k| k < layer.a.nrows()) {
+                let greedy = fusion_greedy(&stats, &next, k).unwrap();
+                let swapped = fusion_swap(&stats, &next, k).unwrap();
+                assert!(!swapped.capped, "case {case}, k {k}");
+                let (g, s) = (on_data(&greedy.order), on_data(&swapped.kept));
+                assert!(
+                    s <= g * (1.0 + 1e-6) + slack,
+                    "case {case}, k {k}: {} swaps, error on the data {s:e} against greedy's {g:e}",
+                    swapped.swaps
+                );
+            }
         }
     }
 }
