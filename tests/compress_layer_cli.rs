@@ -250,6 +250,21 @@ fn given_keep_list_fuses_down_and_slices_gate_and_up() {
     ]);
     assert_eq!(both.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&both.stderr).contains("cannot be used with"));
+    // A stray comma in a list of names is named as such.
+    let stray = f.run(&[
+        "--next",
+        "down,",
+        "-k",
+        "4",
+        "--out",
+        f.path("never.safetensors").to_str().unwrap(),
+    ]);
+    assert_ne!(stray.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&stray.stderr).contains("a layer's name is empty"),
+        "{}",
+        String::from_utf8_lossy(&stray.stderr)
+    );
 
     // Same names, same dtypes; untouched tensors bit for bit.
     let mut names_in: Vec<&str> = f.model.names().collect();

@@ -568,6 +568,16 @@ fn check_tensors(n: usize, tensors: &LayerTensors<'_>) -> Result<Vec<usize>> {
             "name the layer(s) that read the activations (next)",
         ));
     }
+    if tensors
+        .next
+        .iter()
+        .chain(tensors.prev)
+        .any(|name| name.is_empty())
+    {
+        return Err(Error::invalid(
+            "a layer's name is empty (a stray comma in the list of names?)",
+        ));
+    }
     let next_rows = tensors
         .next
         .iter()
