@@ -228,10 +228,6 @@ fn search(
             next_swap = None;
         }
         match next_swap {
-            Some(_) if swaps == cap => {
-                capped = true;
-                break;
-            }
             Some((slot, incoming)) if !state.admissible(slot, incoming) => {
                 refused.push((incoming, slot));
                 next_swap = if refused.len() < MAX_REFUSED {
@@ -239,6 +235,11 @@ fn search(
                 } else {
                     None
                 };
+            }
+            // A swap that would be made is left: the cap stopped the search.
+            Some(_) if swaps == cap => {
+                capped = true;
+                break;
             }
             Some((slot, incoming)) => {
                 next_swap = state.swap(slot, incoming, gain_floor);
