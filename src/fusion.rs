@@ -207,24 +207,33 @@ fn validate(
 ) -> Result<Vec<usize>> {
     check_next_layer(next, n, "fusion")?;
     opts.check()?;
+    let kept = kept_mask(keep, n, "fusion")?;
+    Ok((0..n).filter(|&i| !kept[i]).collect())
+}
+
+/// Checks that `keep` holds at least one neuron, each below `n` and once, in errors that
+/// name `rule`; returns which of the n neurons are kept.
+pub(crate) fn kept_mask(keep: &[usize], n: usize, rule: &str) -> Result<Vec<bool>> {
     if keep.is_empty() {
-        return Err(Error::invalid("fusion: no neuron kept (keep is empty)"));
+        return Err(Error::invalid(format!(
+            "{rule}: no neuron kept (keep is empty)"
+        )));
     }
     let mut seen = vec![false; n];
     for &i in keep {
         if i >= n {
             return Err(Error::invalid(format!(
-                "fusion: kept neuron {i} out of range (layer has {n} neurons)"
+                "{rule}: kept neuron {i} out of range (layer has {n} neurons)"
             )));
         }
         if seen[i] {
             return Err(Error::invalid(format!(
-                "fusion: kept neuron {i} listed twice"
+                "{rule}: kept neuron {i} listed twice"
             )));
         }
         seen[i] = true;
     }
-    Ok((0..n).filter(|&i| !seen[i]).collect())
+    Ok(seen)
 }
 
 /// The checks of the assembly functions ([`crate::cpu::fusion::assemble`],

@@ -1098,8 +1098,8 @@ fn swaps_are_deterministic_across_thread_counts_and_refuse_bad_starts() {
     );
     let msg = |r: divnet::Result<divnet::select::FusionSwap>| r.unwrap_err().to_string();
     assert!(msg(improve_by_swaps(&stats, &next, &[])).contains("empty"));
-    assert!(msg(improve_by_swaps(&stats, &next, &[3, 60])).contains("60 (out of range)"));
-    assert!(msg(improve_by_swaps(&stats, &next, &[3, 5, 3])).contains("3 twice"));
+    assert!(msg(improve_by_swaps(&stats, &next, &[3, 60])).contains("neuron 60 out of range"));
+    assert!(msg(improve_by_swaps(&stats, &next, &[3, 5, 3])).contains("neuron 3 listed twice"));
     assert!(msg(fusion_swap(&stats, &next, 61)).contains("between 1 and 60"));
     assert!(msg(fusion_swap(&stats, &[], 3)).contains("next layer"));
 }

@@ -141,6 +141,21 @@ pub(super) fn relative_error(residual: f64, z_energy: f64) -> f64 {
     }
 }
 
+/// Each neuron's centred variance (times m), `G_jj - s_j^2 / m`, at least 0.
+pub(super) fn centred_variances(stats: &GramStats) -> Vec<f64> {
+    let (g, s, m) = (&stats.gram, &stats.col_sums, stats.samples as f64);
+    (0..s.len())
+        .map(|j| (g[(j, j)] - s[j] * s[j] / m).max(0.0))
+        .collect()
+}
+
+/// Each neuron's [`residual_floor`], from its `centred` variance.
+pub(super) fn residual_floors(stats: &GramStats, centred: &[f64]) -> Vec<f64> {
+    (0..centred.len())
+        .map(|j| residual_floor(stats.gram[(j, j)], centred[j]))
+        .collect()
+}
+
 /// Checks the statistics and that `k` is in 1..=n for `rule`; returns n.
 pub(super) fn check_size(stats: &GramStats, k: usize, rule: &str) -> Result<usize> {
     let n = check_stats(stats, rule)?;
@@ -191,11 +206,9 @@ pub(super) fn greedy_on(
     // H_res as of the start of the current panel; the panel's own steps are applied lazily.
     let mut h_start = target.h;
     let mut panel = Panel::new(n_out);
-    let mut d2: Vec<f64> = (0..n)
-        .map(|j| (g[(j, j)] - s[j] * s[j] / m).max(0.0))
-        .collect();
+    let mut d2 = centred_variances(stats);
     let centred = d2.clone();
-    let floor: Vec<f64> = (0..n).map(|j| residual_floor(g[(j, j)], d2[j])).collect();
+    let floor = residual_floors(stats, &centred);
     let mut norm2: Vec<f64> = h_start.chunks_exact(n_out).map(|h| dot(h, h)).collect();
     let gain_floor = ZERO_GAIN_TOL * target.centred_energy;
     let mut taken = vec![false; n];

@@ -27,9 +27,9 @@
 //! the result: the search ends when the rebuilt state finds no swap that gains more than
 //! [`ZERO_GAIN_TOL`] of `||Z_c||^2`, or after [`max_swaps`] swaps.
 //!
-//! Degenerate neurons follow fusion-greedy's rules ([`residual_floor`]): a dropped neuron
-//! comes in only if its residual variance on the kept set without the slot it takes is above
-//! its floor, and the best pair is made only if every other kept neuron's residual on the new
+//! Degenerate neurons follow fusion-greedy's rules ([`super::residual_floor`]): a dropped
+//! neuron comes in only if its residual variance on the kept set without the slot it takes is
+//! above its floor, and the best pair is made only if every other kept neuron's residual on the new
 //! set stays above its own floor (checked in O(k), `SwapState::admissible`; a refused pair is
 //! set aside and the next best taken, up to [`MAX_REFUSED`] in a row), so the kept set stays
 //! resolvable: the statistics come from f32 products, and on a set that spans the layer
@@ -48,11 +48,14 @@ use faer::linalg::triangular_inverse::invert_lower_triangular;
 use faer::{Accum, Mat, MatMut, MatRef};
 use rayon::prelude::*;
 
-use super::fusion_greedy::{allocate, check_size, greedy_on, relative_error, FusionGreedy, Target};
-use super::{residual_floor, ZERO_GAIN_TOL};
+use super::fusion_greedy::{
+    allocate, centred_variances, check_size, greedy_on, relative_error, residual_floors,
+    FusionGreedy, Target,
+};
+use super::ZERO_GAIN_TOL;
 use crate::cpu::{contiguous, contiguous_mut};
-use crate::error::{Error, Result};
-use crate::fusion::{check_stats, NextLayer};
+use crate::error::Result;
+use crate::fusion::{check_stats, kept_mask, NextLayer};
 use crate::kernel::GramStats;
 use crate::linalg::simd::{dot, sub_scaled};
 use crate::progress::{NoProgress, Progress};
@@ -173,21 +176,7 @@ pub fn improve_by_swaps_with_progress(
     progress: &mut dyn Progress,
 ) -> Result<FusionSwap> {
     let n = check_stats(stats, "fusion-swap")?;
-    let k = start.len();
-    if k == 0 {
-        return Err(Error::invalid(format!(
-            "fusion-swap: the starting set is empty; it needs between 1 and {n} neurons"
-        )));
-    }
-    let mut seen = vec![false; n];
-    for &j in start {
-        if j >= n || std::mem::replace(&mut seen[j], true) {
-            return Err(Error::invalid(format!(
-                "fusion-swap: the starting set must hold distinct neurons below {n}; it has {j} {}",
-                if j >= n { "(out of range)" } else { "twice" }
-            )));
-        }
-    }
+    kept_mask(start, n, "fusion-swap")?;
     let target = Target::new(stats, next)?;
     swap_on(stats, &target, start, progress)
 }
@@ -269,21 +258,11 @@ fn search(
     progress.finish();
     // Every swap lowered the error by its exact score; should the rebuilt state say
     // otherwise, the start is kept.
-    let residual_energy = state.residual_energy();
+    let mut residual_energy = state.residual_energy();
+    let mut kept = state.slots;
     if residual_energy > start_residual_energy {
-        let mut kept = start.to_vec();
-        kept.sort_unstable();
-        return Ok(FusionSwap {
-            kept,
-            swaps: 0,
-            capped: false,
-            start_residual_energy,
-            residual_energy: start_residual_energy,
-            centred_energy: target.centred_energy,
-            z_energy: target.z_energy,
-        });
+        (kept, swaps, capped, residual_energy) = (start.to_vec(), 0, false, start_residual_energy);
     }
-    let mut kept = state.kept();
     kept.sort_unstable();
     Ok(FusionSwap {
         kept,
@@ -329,13 +308,7 @@ impl<'s> SwapState<'s> {
     fn new(stats: &'s GramStats, target: &'s Target, start: &[usize]) -> Result<Self> {
         let n = stats.col_sums.len();
         let (k, n_out) = (start.len(), target.n_out);
-        let m = stats.samples as f64;
-        let floor = (0..n)
-            .map(|j| {
-                let g = stats.gram[(j, j)];
-                residual_floor(g, g - stats.col_sums[j].powi(2) / m)
-            })
-            .collect();
+        let floor = residual_floors(stats, &centred_variances(stats));
         let mut taken = vec![false; n];
         for &j in start {
             taken[j] = true;
@@ -554,10 +527,6 @@ impl<'s> SwapState<'s> {
         (self.centred_energy - explained).max(0.0)
     }
 
-    fn kept(&self) -> Vec<usize> {
-        self.slots.clone()
-    }
-
     /// Whether swapping `incoming` into `slot` leaves every kept neuron's residual variance on
     /// the others above its floor. The incoming one's is checked by the scoring; another
     /// kept neuron l's is `1 / S'_ll`, with `S'_ll = S_ll - S_li^2 / S_ii + u_l^2 / delta`
@@ -608,18 +577,17 @@ impl<'s> SwapState<'s> {
     /// The swap that lowers the error most, if one lowers it by more than `gain_floor`:
     /// (slot, incoming neuron).
     fn best_swap(&self, gain_floor: f64, refused: &[(usize, usize)]) -> Option<(usize, usize)> {
-        let (k, n_out) = (self.k, self.n_out);
+        let k = self.k;
         let slots = self.slot_scores();
         self.w
             .par_chunks(k)
             .zip(self.mb.par_chunks(k))
-            .zip(self.h_res.par_chunks(n_out))
             .enumerate()
             .with_min_len(ROWS_PER_TASK)
             .filter(|(j, _)| !self.taken[*j])
             .map_init(
                 || vec![0.0; k],
-                |gains, (j, ((w, mb), _))| {
+                |gains, (j, (w, mb))| {
                     let row = (self.d[j], self.h_norm2[j], self.floor[j]);
                     let refused = refused.iter().filter(|&&(rj, _)| rj == j).map(|&(_, s)| s);
                     best_in_row(w, mb, row, &slots, gain_floor, refused, gains)
@@ -657,11 +625,7 @@ impl<'s> SwapState<'s> {
             // The outgoing row, exact (w = e_slot, residuals zero), becomes a candidate's.
             self.set_kept_row(slot);
             rank_one_update(&mut self.s, -r.g, &r.s_col);
-            for (l, &f) in r.s_col.iter().enumerate() {
-                if f != 0.0 {
-                    sub_scaled(&mut self.b[l * n_out..(l + 1) * n_out], f, &r.b_i);
-                }
-            }
+            add_outer(&mut self.b, n_out, -1.0, &r.s_col, &r.b_i);
             for l in 0..k {
                 self.s[(l, slot)] = 0.0;
                 self.s[(slot, l)] = 0.0;
@@ -710,15 +674,7 @@ impl<'s> SwapState<'s> {
         let inv = 1.0 / delta;
         // S += v v^T / delta, B += v h_t^T / delta.
         rank_one_update(&mut self.s, inv, &v);
-        for (l, &vl) in v.iter().enumerate() {
-            if vl != 0.0 {
-                sub_scaled(
-                    &mut self.b[l * n_out..(l + 1) * n_out],
-                    -vl * inv,
-                    &row_t.h_res,
-                );
-            }
-        }
+        add_outer(&mut self.b, n_out, inv, &v, &row_t.h_res);
         self.slots[slot] = t;
         self.taken[t] = true;
         self.active[slot] = true;
@@ -768,6 +724,15 @@ fn rank_one_update(s: &mut Mat<f64>, alpha: f64, x: &[f64]) {
     for (c, &xc) in x.iter().enumerate() {
         if xc != 0.0 {
             sub_scaled(contiguous_mut(s.col_mut(c)), -alpha * xc, x);
+        }
+    }
+}
+
+/// `b += alpha x y^T` for b row-major with rows of `width` (one row per entry of x).
+fn add_outer(b: &mut [f64], width: usize, alpha: f64, x: &[f64], y: &[f64]) {
+    for (row, &xl) in b.chunks_exact_mut(width).zip(x) {
+        if xl != 0.0 {
+            sub_scaled(row, -alpha * xl, y);
         }
     }
 }
