@@ -164,9 +164,10 @@ fn once(spec: &str, rounds: usize) {
                 let swapped = layer.fusion_swap(k);
                 assert_eq!(swapped.kept.len(), k);
                 line += &format!(
-                    ", fusion-swap {:.2} s ({} swaps, predicted error {:.4} -> {:.4})",
+                    ", fusion-swap {:.2} s ({} swaps in {} passes, predicted error {:.4} -> {:.4})",
                     t.elapsed().as_secs_f64(),
                     swapped.swaps,
+                    swapped.passes,
                     swapped.start_relative_error(),
                     swapped.relative_error()
                 );

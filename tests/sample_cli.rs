@@ -262,7 +262,10 @@ fn fusion_greedy_fusion_swap_and_the_quality_kernel_from_activations_and_the_nex
     assert_eq!(lines(&out), vec![swapped.kept.clone()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains(&format!("{} swaps after fusion-greedy", swapped.swaps)),
+        stderr.contains(&format!(
+            "{} swaps in {} passes over the rows after fusion-greedy",
+            swapped.swaps, swapped.passes
+        )),
         "{stderr}"
     );
     assert!(

@@ -40,7 +40,7 @@ fn dot_portable(x: &[f64], y: &[f64]) -> f64 {
 }
 
 #[inline(always)]
-fn sub_scaled_portable(y: &mut [f64], a: f64, x: &[f64]) {
+pub(crate) fn sub_scaled_portable(y: &mut [f64], a: f64, x: &[f64]) {
     for (yi, xi) in y.iter_mut().zip(x) {
         *yi -= a * xi;
     }

@@ -16,7 +16,7 @@ pub use fusion_greedy::{
 };
 pub use fusion_swap::{
     fusion_swap, fusion_swap_with_progress, improve_by_swaps, improve_by_swaps_with_progress,
-    max_swaps, FusionSwap, MAX_REFUSED, REFRESH_SWAPS, RESOLVED_ERROR,
+    max_swaps, FusionSwap, MAX_BATCH, MAX_REFUSED, REFRESH_SWAPS, RESOLVED_ERROR,
 };
 
 use crate::linalg::eigh::TWO_STAGE_MIN_N;

@@ -146,8 +146,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 })
                 .map_err(|e| naming_file(&path, e))?;
             eprintln!(
-                "{} swaps after fusion-greedy (predicted error {:.6} before them){}",
+                "{} swaps in {} passes over the rows after fusion-greedy (predicted error {:.6} \
+                 before them){}",
                 selection.swaps,
+                selection.passes,
                 selection.start_relative_error(),
                 if selection.capped {
                     format!(
