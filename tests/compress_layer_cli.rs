@@ -265,6 +265,23 @@ fn given_keep_list_fuses_down_and_slices_gate_and_up() {
         "{}",
         String::from_utf8_lossy(&stray.stderr)
     );
+    // So are spaces after a comma, which no tensor name has.
+    let spaced = f.run(&[
+        "--next",
+        "down",
+        "--prev",
+        "gate, up",
+        "-k",
+        "4",
+        "--out",
+        f.path("never.safetensors").to_str().unwrap(),
+    ]);
+    assert_ne!(spaced.status.code(), Some(0));
+    assert!(
+        String::from_utf8_lossy(&spaced.stderr).contains("layer name \" up\" has spaces around it"),
+        "{}",
+        String::from_utf8_lossy(&spaced.stderr)
+    );
 
     // Same names, same dtypes; untouched tensors bit for bit.
     let mut names_in: Vec<&str> = f.model.names().collect();

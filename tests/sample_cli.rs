@@ -325,7 +325,11 @@ fn fusion_greedy_fusion_swap_and_the_quality_kernel_from_activations_and_the_nex
     );
     assert_one_line_error(
         &divnet(&[&layer[..4], &["--next", "down,", "--fusion-swap", "3"]].concat()),
-        "a next layer's name is empty",
+        "a layer's name is empty",
+    );
+    assert_one_line_error(
+        &divnet(&[&layer[..4], &["--next", " down", "--fusion-swap", "3"]].concat()),
+        "layer name \" down\" has spaces around it",
     );
     assert_one_line_error(
         &run(&["--fusion-swap", "3", "--samples", "2"]),

@@ -568,15 +568,8 @@ fn check_tensors(n: usize, tensors: &LayerTensors<'_>) -> Result<Vec<usize>> {
             "name the layer(s) that read the activations (next)",
         ));
     }
-    if tensors
-        .next
-        .iter()
-        .chain(tensors.prev)
-        .any(|name| name.is_empty())
-    {
-        return Err(Error::invalid(
-            "a layer's name is empty (a stray comma in the list of names?)",
-        ));
+    for name in tensors.next.iter().chain(tensors.prev) {
+        check_layer_name(name)?;
     }
     let next_rows = tensors
         .next
@@ -692,6 +685,23 @@ impl NextTensors {
     }
 }
 
+/// A layer's name as a list of names gives it: not empty (a stray comma) and without spaces
+/// around it (`--next "a, b"`), which a tensor name never has.
+fn check_layer_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        Err(Error::invalid(
+            "a layer's name is empty (a stray comma in the list of names?)",
+        ))
+    } else if name.trim() != name {
+        Err(Error::invalid(format!(
+            "layer name {name:?} has spaces around it (separate the names by commas alone: \
+             a,b)"
+        )))
+    } else {
+        Ok(())
+    }
+}
+
 /// Reads the layers `names` that read the `n` neurons of `activations` from `file` (read
 /// from `source`): `NAME.weight` `[n_out, n]` and the optional `NAME.bias` `[n_out]`, any
 /// float dtype, as f32. Errors name the file and the tensor whose shape or dtype is wrong.
@@ -703,11 +713,7 @@ pub fn read_next_tensors(
     activations: &Path,
 ) -> Result<Vec<NextTensors>> {
     for (i, name) in names.iter().enumerate() {
-        if name.is_empty() {
-            return Err(Error::invalid(
-                "a next layer's name is empty (a stray comma in the list of names?)",
-            ));
-        }
+        check_layer_name(name)?;
         // Read twice, a layer would count twice in what the selection explains.
         if names[..i].contains(name) {
             return Err(Error::invalid(format!("next layer {name} is given twice")));
