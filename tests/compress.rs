@@ -295,8 +295,11 @@ fn rule_through_compress_mlp(method: SelectionMethod) -> f64 {
     };
     let (want, predicted) = if method == SelectionMethod::FusionSwap {
         let selection = fusion_swap(&obs.stats, &[next], 5).unwrap();
+        // The report says how the search went.
+        assert_eq!(layer.swap_search, Some(selection.search()));
         (selection.kept.clone(), selection.relative_error())
     } else {
+        assert_eq!(layer.swap_search, None);
         let selection = fusion_greedy(&obs.stats, &[next], 5).unwrap();
         let mut order = selection.order.clone();
         order.sort_unstable();

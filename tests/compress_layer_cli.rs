@@ -10,7 +10,7 @@ use divnet::fusion::NextLayer;
 use divnet::io::npy::write_npy;
 use divnet::io::safetensors::{read_safetensors, write_safetensors, Tensor, TensorFile};
 use divnet::kernel::{gram_stats, ActivationRows};
-use divnet::select::fusion_greedy;
+use divnet::select::{fusion_greedy, fusion_swap};
 use divnet::Backend;
 use faer::linalg::solvers::SolveLstsq;
 use faer::Mat;
@@ -490,6 +490,42 @@ fn fusion_greedy_selects_for_every_next_layer_and_fuses_each() {
     let mut want = selection.order.clone();
     want.sort_unstable();
     assert_eq!(kept, want);
+    assert!(r["swap_search"].is_null());
+
+    // Fusion-swap from there: the report and the summary say how its search went.
+    let swap_rep = f.path("swap.json");
+    let swap_run = f.run(&[
+        "--next",
+        "down,skip",
+        "--prev",
+        "gate,up",
+        "-k",
+        "6",
+        "--select",
+        "fusion-swap",
+        "--out",
+        f.path("swap.safetensors").to_str().unwrap(),
+        "--report",
+        swap_rep.to_str().unwrap(),
+    ]);
+    ok(&swap_run);
+    let swapped = fusion_swap(&stats, &layers, 6).unwrap();
+    let r = report(&swap_rep);
+    assert_eq!(
+        serde_json::from_value::<Vec<usize>>(r["kept"].clone()).unwrap(),
+        swapped.kept
+    );
+    assert_eq!(r["swap_search"]["swaps"], swapped.swaps);
+    assert_eq!(r["swap_search"]["passes"], swapped.passes);
+    assert_eq!(r["swap_search"]["capped"], swapped.capped);
+    let stderr = String::from_utf8_lossy(&swap_run.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "fusion-swap: {} swaps in {} passes over the rows",
+            swapped.swaps, swapped.passes
+        )),
+        "{stderr}"
+    );
 
     // Both layers fused, each one's error and the combined one as the activations give them.
     let out = read_safetensors(&out_path).unwrap();

@@ -30,7 +30,8 @@ use crate::memory;
 use crate::model::{parent_module, tensor_name};
 use crate::progress::Progress;
 use crate::select::{
-    columns, diversity, importance_scores, Diversity, LayerSelector, SelectionMethod, SelectionSize,
+    columns, diversity, importance_scores, Diversity, LayerSelector, SelectionMethod,
+    SelectionSize, SwapSearch,
 };
 use crate::types::GramStatsF32;
 
@@ -236,6 +237,7 @@ fn compress_named_layer(
         next_errors: fused.group_errors.clone(),
         diversity: selected.diversity,
         eigen_path: selected.eigen_path,
+        swap_search: selected.swap_search,
         route: layer_plan.route.name().into(),
         memory: work.memory_report(Some(&layer_plan)),
         seconds: work.seconds,
@@ -1034,6 +1036,8 @@ pub(crate) struct Selected {
     pub(crate) diversity: Option<Diversity>,
     /// Which eigendecomposition a DPP draw came from ([`LayerSelector::eigen_path`]).
     pub(crate) eigen_path: Option<String>,
+    /// How fusion-swap's search went ([`LayerSelector::last_swap_search`]).
+    pub(crate) swap_search: Option<SwapSearch>,
 }
 
 /// What every pipeline does once a layer's statistics are in: the kernel (when the method
@@ -1064,8 +1068,8 @@ pub(crate) fn select_neurons(
 
     let t = Instant::now();
     let beta = kernel.as_ref().map(|k| k.beta);
-    let (kept, diversity, eigen_path) = match &plan.given {
-        Some(given) => (given.clone(), None, None),
+    let (kept, diversity, eigen_path, swap_search) = match &plan.given {
+        Some(given) => (given.clone(), None, None, None),
         None => {
             let scores = if opts.method == SelectionMethod::Importance {
                 let stats = stats.ok_or_else(|| {
@@ -1093,7 +1097,7 @@ pub(crate) fn select_neurons(
             let kept = selector.select_with_progress(opts.method, plan.size, seed, progress)?;
             // Not when the partial eigendecomposition has reduced the kernel in place.
             let diversity = selector.with_kernel(|l| Ok(diversity(l, &kept))).ok();
-            (kept, diversity, eigen_path)
+            (kept, diversity, eigen_path, selector.last_swap_search())
         }
     };
     work.stage("select", t);
@@ -1101,6 +1105,7 @@ pub(crate) fn select_neurons(
         beta,
         diversity,
         eigen_path,
+        swap_search,
         kept,
     })
 }
@@ -1145,6 +1150,7 @@ fn select_from_columns(
         beta: Some(found.beta),
         diversity: Some(found.diversity),
         eigen_path: None,
+        swap_search: None,
     })
 }
 

@@ -418,6 +418,7 @@ fn compress_hidden_layer(
         samples: m,
         diversity: selected.diversity,
         eigen_path: selected.eigen_path,
+        swap_search: selected.swap_search,
         kept: selected.kept,
         method: if matches!(layer_opts.keep, KeepSpec::Indices(_)) {
             "given".into()

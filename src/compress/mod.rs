@@ -109,6 +109,9 @@ pub struct LayerReport {
     /// (chosen by the layer's width, see [`crate::select::LayerSelector::eigen_path`]);
     /// none for the other methods.
     pub eigen_path: Option<String>,
+    /// For fusion-swap, how its search went: swaps made, passes over the rows, and whether
+    /// the cap ([`crate::select::max_swaps`]) stopped it; none for the other methods.
+    pub swap_search: Option<crate::select::SwapSearch>,
     /// How the fusion got its statistics: "one-pass" (G collected with the kernel's
     /// distances) or "two-pass" (a second pass over the activations after selection); see
     /// [`Route`].

@@ -130,7 +130,27 @@ pub struct FusionSwap {
     pub z_energy: f64,
 }
 
+/// How a fusion-swap search went: what a report says of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct SwapSearch {
+    /// Swaps made.
+    pub swaps: usize,
+    /// Passes over the rows of the state.
+    pub passes: usize,
+    /// Whether the search stopped at [`max_swaps`] with a swap still to make.
+    pub capped: bool,
+}
+
 impl FusionSwap {
+    /// The search's counts.
+    pub fn search(&self) -> SwapSearch {
+        SwapSearch {
+            swaps: self.swaps,
+            passes: self.passes,
+            capped: self.capped,
+        }
+    }
+
     /// The relative error `||Z - Z'||_F / ||Z||_F` predicted for the kept set, as
     /// [`crate::fusion::FusedLayer::relative_error`] reports it.
     pub fn relative_error(&self) -> f64 {

@@ -16,11 +16,11 @@ pub use fusion_greedy::{
 };
 pub use fusion_swap::{
     fusion_swap, fusion_swap_with_progress, improve_by_swaps, improve_by_swaps_with_progress,
-    max_swaps, FusionSwap, MAX_BATCH, MAX_REFUSED, REFRESH_SWAPS, RESOLVED_ERROR,
+    max_swaps, FusionSwap, SwapSearch, MAX_BATCH, MAX_REFUSED, REFRESH_SWAPS, RESOLVED_ERROR,
 };
 
 use crate::linalg::eigh::TWO_STAGE_MIN_N;
-use std::cell::{OnceCell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 
 use faer::{Mat, MatRef};
 use rand::SeedableRng;
@@ -235,6 +235,8 @@ pub struct LayerSelector<'a> {
     quality_partial: OnceCell<PartialSpectrum>,
     /// The longest fusion-greedy selection made so far: any shorter one is a prefix of it.
     fusion_order: RefCell<Option<FusionGreedy>>,
+    /// See [`LayerSelector::last_swap_search`].
+    last_swaps: Cell<Option<SwapSearch>>,
     /// See [`LayerSelector::single_draw`].
     single_draw: bool,
 }
@@ -270,6 +272,7 @@ impl<'a> LayerSelector<'a> {
             quality_spectrum: OnceCell::new(),
             quality_partial: OnceCell::new(),
             fusion_order: RefCell::new(None),
+            last_swaps: Cell::new(None),
             single_draw: false,
         }
     }
@@ -386,6 +389,12 @@ impl<'a> LayerSelector<'a> {
         }
     }
 
+    /// How the last fusion-swap selection's search went (swaps, passes, whether the cap
+    /// stopped it); `None` before one.
+    pub fn last_swap_search(&self) -> Option<SwapSearch> {
+        self.last_swaps.get()
+    }
+
     fn target(&self, method: impl std::fmt::Display) -> Result<(&'a GramStats, &[NextLayer<'a>])> {
         self.target
             .as_ref()
@@ -475,11 +484,15 @@ impl<'a> LayerSelector<'a> {
             .as_ref()
             .filter(|done| done.order.len() >= k)
             .map(|done| done.order[..k].to_vec());
-        if let Some(start) = start {
-            return improve_by_swaps_with_progress(stats, next, &start, progress);
-        }
-        let (greedy, swapped) = fusion_swap::greedy_then_swaps(stats, next, k, progress)?;
-        *self.fusion_order.borrow_mut() = Some(greedy);
+        let swapped = match start {
+            Some(start) => improve_by_swaps_with_progress(stats, next, &start, progress)?,
+            None => {
+                let (greedy, swapped) = fusion_swap::greedy_then_swaps(stats, next, k, progress)?;
+                *self.fusion_order.borrow_mut() = Some(greedy);
+                swapped
+            }
+        };
+        self.last_swaps.set(Some(swapped.search()));
         Ok(swapped)
     }
 

@@ -9,6 +9,7 @@ use divnet::io::npy::NpyRowReader;
 use divnet::kernel::{
     layer_statistics, rbf_from_distances, Beta, LayerStatistics, RbfKernel, RowSource, StatsKind,
 };
+use divnet::select::{max_swaps, SwapSearch};
 use divnet::{Backend, BackendChoice};
 use indicatif::{ProgressBar, ProgressStyle};
 
@@ -309,6 +310,27 @@ impl divnet::compress::Progress for BarProgress {
                 log.line("done,");
             }
         }
+    }
+}
+
+/// "N swaps in P passes over the rows" of a fusion-swap search.
+pub fn swap_counts(search: &SwapSearch) -> String {
+    format!(
+        "{} swaps in {} passes over the rows",
+        search.swaps, search.passes
+    )
+}
+
+/// What to add when the cap stopped a fusion-swap search that kept `k` neurons (else
+/// nothing).
+pub fn swap_cap_note(search: &SwapSearch, k: usize) -> String {
+    if search.capped {
+        format!(
+            "; stopped at the cap of {} swaps, with swaps still lowering the error",
+            max_swaps(k)
+        )
+    } else {
+        String::new()
     }
 }
 

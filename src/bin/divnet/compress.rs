@@ -11,8 +11,8 @@ use divnet::model::{Activation, Mlp};
 use divnet::select::SelectionMethod;
 
 use crate::common::{
-    check_outputs, parse_list, select_backend, selection_method_parser, stage_json,
-    with_cpu_fallback, BackendArg, BarProgress,
+    check_outputs, parse_list, select_backend, selection_method_parser, stage_json, swap_cap_note,
+    swap_counts, with_cpu_fallback, BackendArg, BarProgress,
 };
 
 /// Compress every hidden layer of an MLP read from safetensors (PyTorch state dict).
@@ -152,6 +152,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             l.ridge,
             l.relative_error
         );
+        if let Some(search) = &l.swap_search {
+            eprintln!(
+                "  fusion-swap: {}{}",
+                swap_counts(search),
+                swap_cap_note(search, l.kept.len())
+            );
+        }
         for note in &l.notes {
             eprintln!("  {note}");
         }

@@ -18,7 +18,7 @@ use divnet::select::SelectionMethod;
 
 use crate::common::{
     check_outputs, counted, open_activations, select_backend, selection_method_parser, stage_json,
-    BackendArg, BarProgress, StageTimer,
+    swap_cap_note, swap_counts, BackendArg, BarProgress, StageTimer,
 };
 
 /// Compress one hidden layer of a network stored as safetensors.
@@ -267,6 +267,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         report.ridge,
         report.relative_error
     );
+    if let Some(search) = &report.swap_search {
+        eprintln!(
+            "  fusion-swap: {}{}",
+            swap_counts(search),
+            swap_cap_note(search, k)
+        );
+    }
     if args.next.len() > 1 {
         for (name, error) in args.next.iter().zip(&report.next_errors) {
             eprintln!("  {name}: next-layer error {error:.4}");

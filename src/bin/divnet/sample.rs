@@ -14,7 +14,7 @@ use divnet::io::npy::{read_matrix, NpyRowReader};
 use divnet::io::safetensors::read_safetensors;
 use divnet::kernel::{rbf_from_distances, Beta, GramStats, RowSource, StatsKind};
 use divnet::select::quality::{quality_kernel, quality_scores};
-use divnet::select::{fusion_greedy_with_progress, fusion_swap_with_progress, max_swaps, QUALITY};
+use divnet::select::{fusion_greedy_with_progress, fusion_swap_with_progress, QUALITY};
 use divnet::{Backend, Error};
 use faer::Mat;
 use rand::SeedableRng;
@@ -22,7 +22,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::common::{
     self, activation_statistics, naming_file, open_activations, progress_bar, select_backend,
-    BackendArg, BarProgress, StageTimer,
+    swap_cap_note, swap_counts, BackendArg, BarProgress, StageTimer,
 };
 
 /// Arguments.
@@ -146,19 +146,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 })
                 .map_err(|e| naming_file(&path, e))?;
             eprintln!(
-                "{} swaps in {} passes over the rows after fusion-greedy (predicted error {:.6} \
-                 before them){}",
-                selection.swaps,
-                selection.passes,
+                "{} after fusion-greedy (predicted error {:.6} before them){}",
+                swap_counts(&selection.search()),
                 selection.start_relative_error(),
-                if selection.capped {
-                    format!(
-                        "; stopped at the cap of {} swaps, with swaps still lowering the error",
-                        max_swaps(k)
-                    )
-                } else {
-                    String::new()
-                }
+                swap_cap_note(&selection.search(), k)
             );
             let error = selection.relative_error();
             (selection.kept, error)
