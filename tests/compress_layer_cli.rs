@@ -250,38 +250,25 @@ fn given_keep_list_fuses_down_and_slices_gate_and_up() {
     ]);
     assert_eq!(both.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&both.stderr).contains("cannot be used with"));
-    // A stray comma in a list of names is named as such.
-    let stray = f.run(&[
-        "--next",
-        "down,",
-        "-k",
-        "4",
-        "--out",
-        f.path("never.safetensors").to_str().unwrap(),
-    ]);
-    assert_ne!(stray.status.code(), Some(0));
-    assert!(
-        String::from_utf8_lossy(&stray.stderr).contains("a layer's name is empty"),
-        "{}",
-        String::from_utf8_lossy(&stray.stderr)
-    );
-    // So are spaces after a comma, which no tensor name has.
-    let spaced = f.run(&[
-        "--next",
-        "down",
-        "--prev",
-        "gate, up",
-        "-k",
-        "4",
-        "--out",
-        f.path("never.safetensors").to_str().unwrap(),
-    ]);
-    assert_ne!(spaced.status.code(), Some(0));
-    assert!(
-        String::from_utf8_lossy(&spaced.stderr).contains("layer name \" up\" has spaces around it"),
-        "{}",
-        String::from_utf8_lossy(&spaced.stderr)
-    );
+    // A stray comma in a list of names is named as such, and so are spaces after a comma,
+    // which no tensor name has.
+    for (names, message) in [
+        (["--next", "down,"].as_slice(), "a layer's name is empty"),
+        (
+            ["--next", "down", "--prev", "gate, up"].as_slice(),
+            "layer name \" up\" has spaces around it",
+        ),
+    ] {
+        let never = f.path("never.safetensors");
+        let args = [names, &["-k", "4", "--out", never.to_str().unwrap()]].concat();
+        let refused = f.run(&args);
+        assert_ne!(refused.status.code(), Some(0), "{names:?}");
+        assert!(
+            String::from_utf8_lossy(&refused.stderr).contains(message),
+            "{}",
+            String::from_utf8_lossy(&refused.stderr)
+        );
+    }
 
     // Same names, same dtypes; untouched tensors bit for bit.
     let mut names_in: Vec<&str> = f.model.names().collect();
@@ -444,21 +431,25 @@ fn fusion_greedy_selects_for_every_next_layer_and_fuses_each() {
         Tensor::from_f32(&skip_b, vec![3], Dtype::F16).unwrap(),
     );
     write_safetensors(&f.path("model.safetensors"), &f.model).unwrap();
+    // Six neurons for both layers by `rule`, with its model and report.
+    let run_rule = |rule: &str, out: &Path, rep: &Path| {
+        f.run(&[
+            "--next",
+            "down,skip",
+            "--prev",
+            "gate,up",
+            "-k",
+            "6",
+            "--select",
+            rule,
+            "--out",
+            out.to_str().unwrap(),
+            "--report",
+            rep.to_str().unwrap(),
+        ])
+    };
     let (out_path, rep_path) = (f.path("out.safetensors"), f.path("r.json"));
-    ok(&f.run(&[
-        "--next",
-        "down,skip",
-        "--prev",
-        "gate,up",
-        "-k",
-        "6",
-        "--select",
-        "fusion-greedy",
-        "--out",
-        out_path.to_str().unwrap(),
-        "--report",
-        rep_path.to_str().unwrap(),
-    ]));
+    ok(&run_rule("fusion-greedy", &out_path, &rep_path));
     let r = report(&rep_path);
     assert_eq!(r["method"], "fusion-greedy");
     let kept: Vec<usize> = serde_json::from_value(r["kept"].clone()).unwrap();
@@ -494,20 +485,7 @@ fn fusion_greedy_selects_for_every_next_layer_and_fuses_each() {
 
     // Fusion-swap from there: the report and the summary say how its search went.
     let swap_rep = f.path("swap.json");
-    let swap_run = f.run(&[
-        "--next",
-        "down,skip",
-        "--prev",
-        "gate,up",
-        "-k",
-        "6",
-        "--select",
-        "fusion-swap",
-        "--out",
-        f.path("swap.safetensors").to_str().unwrap(),
-        "--report",
-        swap_rep.to_str().unwrap(),
-    ]);
+    let swap_run = run_rule("fusion-swap", &f.path("swap.safetensors"), &swap_rep);
     ok(&swap_run);
     let swapped = fusion_swap(&stats, &layers, 6).unwrap();
     let r = report(&swap_rep);

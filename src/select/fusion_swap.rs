@@ -34,16 +34,16 @@
 //!
 //! Degenerate neurons follow fusion-greedy's rules ([`super::residual_floor`]): a dropped
 //! neuron comes in only if its residual variance on the kept set without the slot it takes is
-//! above its floor, and the best pair is made only if every other kept neuron's residual on the new
-//! set stays above its own floor (checked in O(k), `SwapState::admissible`; a refused pair is
-//! set aside and the next best taken, up to [`MAX_REFUSED`] in a row), so the kept set stays
-//! resolvable: the statistics come from f32 products, and on a set that spans the layer
-//! their rounding would otherwise pass for gains. For the same reason no swap is made once
-//! the predicted error is at or below [`RESOLVED_ERROR`], what the statistics resolve.
-//! Should the rebuilt state still find the end worse than the start, the start is returned. A kept neuron that adds nothing (a constant,
-//! a duplicate, or any neuron when fusion-greedy ran out of neurons that add something)
-//! holds an empty slot: removing it costs nothing, and any neuron that adds something takes
-//! its place.
+//! above its floor, and the best pair is made only if every other kept neuron's residual on
+//! the new set stays above its own floor (checked in O(k), `SwapState::admissible`; a refused
+//! pair is set aside and the next best taken, up to [`MAX_REFUSED`] in a row), so the kept
+//! set stays resolvable: the statistics come from f32 products, and on a set that spans the
+//! layer their rounding would otherwise pass for gains. For the same reason no swap is made
+//! once the predicted error is at or below [`RESOLVED_ERROR`], what the statistics resolve.
+//! Should the rebuilt state still find the end worse than the start, the start is returned.
+//! A kept neuron that adds nothing (a constant, a duplicate, or any neuron when
+//! fusion-greedy ran out of neurons that add something) holds an empty slot: removing it
+//! costs nothing, and any neuron that adds something takes its place.
 //!
 //! Every step is deterministic: candidates are scored row by row and ranked with ties to the
 //! lowest neuron, then the lowest slot, whatever the number of threads.
@@ -251,7 +251,8 @@ fn search(
     let mut candidates = state.pass(&[], gain_floor, &refused);
     let mut capped = false;
     loop {
-        if state.residual_energy() <= resolved {
+        let residual = state.residual_energy();
+        if residual <= resolved {
             candidates.clear();
         }
         match candidates.first() {
@@ -270,7 +271,7 @@ fn search(
                 break;
             }
             Some(_) => {
-                let updates = state.batch(&candidates, gain_floor, cap - swaps, resolved);
+                let updates = state.batch(&candidates, residual, gain_floor, cap - swaps, resolved);
                 candidates = state.pass(&updates, gain_floor, &[]);
                 refused.clear();
                 passes += 1;
@@ -706,17 +707,18 @@ impl<'s> SwapState<'s> {
     /// next one, every swap made lowers the error by its exact gain, and the search ends only
     /// where a full pass finds no swap. A batch swaps each slot at most once, never brings
     /// back a neuron it took out, and stops at [`MAX_BATCH`] swaps, at `room`, or once the
-    /// error is `resolved`.
+    /// error, `residual` before the batch, is `resolved`.
     fn batch(
         &mut self,
         candidates: &[Candidate],
+        residual: f64,
         gain_floor: f64,
         room: usize,
         resolved: f64,
     ) -> Vec<Update> {
         let first = candidates[0];
         // The error as the swaps' scores predict it (the search checks it on the state).
-        let mut residual = self.residual_energy() - first.gain;
+        let mut residual = residual - first.gain;
         let mut updates = vec![self.begin_swap(first.slot, first.neuron, self.row(first.neuron))];
         let mut gains = vec![0.0; self.k];
         for (c, candidate) in candidates.iter().enumerate().skip(1) {
