@@ -18,8 +18,10 @@
 /// Partial sums per dot product: one AVX2 register pair, or four SSE2 registers.
 const LANES: usize = 8;
 
+/// `dot` as it is built for the caller's target features, for kernels that have their own
+/// dispatch (same operations in the same order in every build).
 #[inline(always)]
-fn dot_portable(x: &[f64], y: &[f64]) -> f64 {
+pub(crate) fn dot_portable(x: &[f64], y: &[f64]) -> f64 {
     let n = x.len().min(y.len());
     let (x, y) = (&x[..n], &y[..n]);
     let mut acc = [0.0f64; LANES];
@@ -30,6 +32,9 @@ fn dot_portable(x: &[f64], y: &[f64]) -> f64 {
             acc[l] += a[l] * b[l];
         }
     }
+    // Opaque to the optimiser, so that it keeps the loop's lanes in order in the vectors
+    // instead of shuffling them for the pairwise sum below (same operations either way).
+    let acc = std::hint::black_box(acc);
     let tail: f64 = cx
         .remainder()
         .iter()
@@ -40,9 +45,52 @@ fn dot_portable(x: &[f64], y: &[f64]) -> f64 {
 }
 
 #[inline(always)]
-pub(crate) fn sub_scaled_portable(y: &mut [f64], a: f64, x: &[f64]) {
+fn sub_scaled_portable(y: &mut [f64], a: f64, x: &[f64]) {
     for (yi, xi) in y.iter_mut().zip(x) {
         *yi -= a * xi;
+    }
+}
+
+/// `y_r,i -= a_t,r x_t,i` for each term `(a_t, x_t)` in order, for each of the rows `ys`,
+/// each as one fused multiply-add (one rounding, `f64::mul_add`, so that every build, with
+/// or without FMA instructions, gives the same bits), in one sweep that reads each term's
+/// vector once for all the rows (the vectors at least as long as the rows, the rows of one
+/// length). Without FMA instructions (x86-64 before AVX2) `mul_add` is a library call: the
+/// result is the same, much slower.
+#[inline(always)]
+pub(crate) fn sub_scaled_terms_rows<const R: usize>(
+    mut ys: [&mut [f64]; R],
+    terms: &[([f64; R], &[f64])],
+) {
+    let n = ys.first().map_or(0, |y| y.len());
+    assert!(ys.iter().all(|y| y.len() == n));
+    assert!(terms.iter().all(|(_, x)| x.len() >= n));
+    let body = n - n % LANES;
+    let mut start = 0;
+    while start < body {
+        let mut acc = [[0.0f64; LANES]; R];
+        for (acc, y) in acc.iter_mut().zip(&ys) {
+            acc.copy_from_slice(&y[start..start + LANES]);
+        }
+        for &(a, x) in terms {
+            let x: &[f64; LANES] = x[start..start + LANES].try_into().unwrap();
+            for (acc, &a) in acc.iter_mut().zip(&a) {
+                for l in 0..LANES {
+                    acc[l] = (-a).mul_add(x[l], acc[l]);
+                }
+            }
+        }
+        for (acc, y) in acc.iter().zip(ys.iter_mut()) {
+            y[start..start + LANES].copy_from_slice(acc);
+        }
+        start += LANES;
+    }
+    for (r, y) in ys.into_iter().enumerate() {
+        for (i, yi) in y.iter_mut().enumerate().skip(body) {
+            for (a, x) in terms {
+                *yi = (-a[r]).mul_add(x[i], *yi);
+            }
+        }
     }
 }
 

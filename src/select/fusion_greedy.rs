@@ -48,7 +48,7 @@
 //! whatever the thread count (on one machine: faer's kernels follow the CPU's SIMD level).
 
 use faer::linalg::matmul::matmul;
-use faer::{Accum, Mat, MatMut, MatRef, Par};
+use faer::{Accum, MatMut, MatRef};
 use rayon::prelude::*;
 
 use crate::cpu::contiguous;
@@ -234,63 +234,32 @@ pub(super) fn greedy_on(
             }
             b.iter_mut().for_each(|v| *v /= dt);
             let b_norm2 = dot(&b, &b);
-            // The two products every candidate needs, over the Cholesky rows so far: column 0
-            // is c_t (for <c_t, c_j>), column 1 holds <B_q, B> at the panel's earlier steps
-            // (for H_res[j] . B = H_start[j] . B - sum_q c_j[q] <B_q, B>).
+            // <B_q, B> at the panel's earlier steps, for H_res[j] . B = H_start[j] . B -
+            // sum_q c_j[first + q] <B_q, B>.
             let first = panel.first_step;
-            let mut coeffs = Mat::<f64>::zeros(step, 2);
-            for (i, &c) in ct.iter().enumerate() {
-                coeffs[(i, 0)] = c;
-            }
-            for q in 0..panel.len() {
-                coeffs[(first + q, 1)] = dot(panel.row(q), &b);
-            }
+            let panel_b: Vec<f64> = (0..panel.len()).map(|q| dot(panel.row(q), &b)).collect();
             // G_c[t, j] = G[j, t] - s_t s_j / m, column t of G read once.
             let g_t = contiguous(g.col(t));
             let st = s[t] / m;
             let (taken, floor) = (&taken, &floor);
-            chol.par_chunks_mut(ROWS_PER_TASK * k)
-                .zip(h_start.par_chunks(ROWS_PER_TASK * n_out))
-                .zip(d2.par_chunks_mut(ROWS_PER_TASK))
-                .zip(norm2.par_chunks_mut(ROWS_PER_TASK))
+            // Each candidate's row read once, by the thread that owns its block: the same bits
+            // whatever the number of threads.
+            chol.par_chunks_mut(k)
+                .zip(h_start.par_chunks(n_out))
+                .zip(d2.par_iter_mut())
+                .zip(norm2.par_iter_mut())
                 .enumerate()
-                .for_each(|(task, (((c, h), d2), norm2))| {
-                    let rows = d2.len();
-                    // Products of a fixed block on one thread: the same bits whatever the
-                    // number of threads.
-                    let mut dots = Mat::<f64>::zeros(rows, 3);
-                    if step > 0 {
-                        matmul(
-                            dots.as_mut().subcols_mut(0, 2),
-                            Accum::Replace,
-                            MatRef::from_column_major_slice(c, k, rows)
-                                .subrows(0, step)
-                                .transpose(),
-                            coeffs.as_ref(),
-                            1.0,
-                            Par::Seq,
-                        );
+                .with_min_len(ROWS_PER_TASK)
+                .for_each(|(j, (((c, h), d2), norm2))| {
+                    if taken[j] || *d2 <= floor[j] {
+                        return;
                     }
-                    matmul(
-                        dots.as_mut().subcols_mut(2, 1),
-                        Accum::Replace,
-                        MatRef::from_column_major_slice(h, n_out, rows).transpose(),
-                        MatRef::from_column_major_slice(&b, n_out, 1),
-                        1.0,
-                        Par::Seq,
-                    );
-                    for r in 0..rows {
-                        let j = task * ROWS_PER_TASK + r;
-                        if taken[j] || d2[r] <= floor[j] {
-                            continue;
-                        }
-                        let e = (g_t[j] - st * s[j] - dots[(r, 0)]) / dt;
-                        let y = dots[(r, 2)] - dots[(r, 1)];
-                        c[r * k + step] = e;
-                        d2[r] -= e * e;
-                        // ||H_res[j] - e B||^2; exact again at the panel's end.
-                        norm2[r] = (norm2[r] - 2.0 * e * y + e * e * b_norm2).max(0.0);
-                    }
+                    let e = (g_t[j] - st * s[j] - dot(&c[..step], &ct)) / dt;
+                    let y = dot(h, &b) - dot(&c[first..step], &panel_b);
+                    c[step] = e;
+                    *d2 -= e * e;
+                    // ||H_res[j] - e B||^2; exact again at the panel's end.
+                    *norm2 = (*norm2 - 2.0 * e * y + e * e * b_norm2).max(0.0);
                 });
             panel.push(&b);
         } else {

@@ -22,7 +22,10 @@
 //! rank-one change of all of it: O(k^2 + k n_out) on `S` and `B`, and O(k + n_out) on each
 //! row. Reading and writing every row costs more than a swap's arithmetic on a row in cache,
 //! so the swaps come in batches, one pass over the rows per batch: the pass brings each row
-//! through the batch's swaps, then scores its pairs for the next batch. A batch starts with
+//! through the batch's swaps, then scores its pairs for the next batch. A row goes through a
+//! whole batch in one sweep: its products with the batch's vectors at the start give every
+//! swap's coefficients (see `bring_through`), and rows are moved four at a time, so that each
+//! of the batch's vectors is read once for four rows. A batch starts with
 //! the best pair and goes on down the pass's ranking of rows while the next row's best pair,
 //! rescored exactly after the swaps made so far, still beats the ranking's next score (see
 //! `SwapState::batch`): up to [`MAX_BATCH`] swaps, usually the ones a swap-by-swap search
@@ -63,12 +66,12 @@ use crate::error::Result;
 use crate::fusion::{check_stats, kept_mask, NextLayer};
 use crate::kernel::GramStats;
 use crate::linalg::cholesky_lower_in_place;
-use crate::linalg::simd::{dot, sub_scaled, sub_scaled_portable};
+use crate::linalg::simd::{dot, dot_portable, sub_scaled, sub_scaled_terms_rows};
 use crate::progress::{NoProgress, Progress};
 
 /// Swaps between two rebuilds of the state from the statistics. A rebuild costs
-/// O(n k (k + n_out)) in matrix products (about 2.5 s at n = 8192, k = 2048, as much as 150
-/// swaps there); in f64 the rank-one updates' rounding stays
+/// O(n k (k + n_out)) in matrix products (about 2.5 s at n = 8192, k = 2048, as much as 120
+/// to 150 swaps there); in f64 the rank-one updates' rounding stays
 /// near machine precision over a thousand swaps (the tests compare rebuilding after every
 /// swap with never), and the search always confirms on a rebuilt state before it stops.
 pub const REFRESH_SWAPS: usize = 1024;
@@ -89,9 +92,10 @@ pub const RESOLVED_ERROR: f64 = 1e-3;
 pub const MAX_REFUSED: usize = 16;
 
 /// Swaps made in one pass over the rows at most (see `SwapState::batch`). A pass reads and
-/// writes the whole state, O(n (k + n_out)) values: at n = 8192, k = 2048 about 30 ms for
-/// one swap, and 10 to 15 ms for each further swap of the batch (2 cores). Measured there:
-/// 2.6 swaps per pass on average, 10 at most.
+/// writes the whole state, O(n (k + n_out)) values: at n = 8192, k = 2048, n_out = 1024
+/// (2 cores) about 15 to 20 ms per pass, and 7.5 to 9 ms more for each swap of the batch
+/// (against 17 and 14 to 16 ms when a row went through the swaps one at a time). Measured
+/// there: 2.6 swaps per pass on average, 10 at most.
 pub const MAX_BATCH: usize = 16;
 
 /// Rows a pass returns, best first, for `SwapState::batch` to choose from: a batch stops
@@ -719,7 +723,8 @@ impl<'s> SwapState<'s> {
         let first = candidates[0];
         // The error as the swaps' scores predict it (the search checks it on the state).
         let mut residual = residual - first.gain;
-        let mut updates = vec![self.begin_swap(first.slot, first.neuron, self.row(first.neuron))];
+        let mut updates =
+            vec![self.begin_swap(first.slot, first.neuron, self.row(first.neuron), &[])];
         let mut gains = vec![0.0; self.k];
         for (c, candidate) in candidates.iter().enumerate().skip(1) {
             if updates.len() == MAX_BATCH.min(room) || residual <= resolved {
@@ -736,10 +741,18 @@ impl<'s> SwapState<'s> {
                 gain_floor: bar.max(gain_floor),
                 refused: &used,
             };
-            let best = update_and_score(&updates, j, &mut row.view(), &scoring, &mut gains);
-            match best {
+            let mut best = [None];
+            let tile = Tile {
+                js: [j],
+                firsts: [0],
+                rows: &mut [row.view()],
+                best: &mut best,
+            };
+            tile.score(&Terms::new(&updates, None), &scoring, &mut gains);
+            match best[0] {
                 Some((gain, slot)) if self.admissible(slot, &row) => {
-                    updates.push(self.begin_swap(slot, j, row));
+                    let update = self.begin_swap(slot, j, row, &updates);
+                    updates.push(update);
                     residual -= gain;
                 }
                 _ => break,
@@ -751,7 +764,13 @@ impl<'s> SwapState<'s> {
     /// Replaces the neuron in `slot` by `incoming`, whose current row is `row_t`, in `S`, `B`
     /// and the slots, and returns the swap as the rows apply it (module docs): a removal and
     /// an addition, each a rank-one change.
-    fn begin_swap(&mut self, slot: usize, incoming: usize, mut row_t: RowMut) -> Update {
+    fn begin_swap(
+        &mut self,
+        slot: usize,
+        incoming: usize,
+        mut row_t: RowMut,
+        earlier: &[Update],
+    ) -> Update {
         let (k, n_out, t) = (self.k, self.n_out, incoming);
         let outgoing = self.slots[slot];
         // The removal: `g = S_ii`, `s_col = S[:, i] / g`, `B_i`, `||B_i||^2`, `B B_i`.
@@ -778,9 +797,8 @@ impl<'s> SwapState<'s> {
         }
         self.taken[outgoing] = false;
         // The incoming row on the kept set without the slot.
-        if let Some(r) = &removal {
-            r.apply(&mut row_t.view());
-        }
+        let then = Terms::new(&[], removal.as_ref());
+        bring_through(&then, [t], [0], &mut [row_t.view()]);
         let delta = row_t.d;
         let inv = 1.0 / delta;
         let mut v: Vec<f64> = row_t.w.iter().map(|x| -x).collect();
@@ -849,20 +867,24 @@ impl<'s> SwapState<'s> {
         self.active[slot] = true;
         // S's diagonal changed everywhere, B's rows' norms came with its pass.
         self.scores = self.slot_scores_with(b_norm2);
+        let mut addition = Addition {
+            delta,
+            inv,
+            v,
+            g_y,
+            g_col,
+            h_t: row_t.h_res,
+            m_t: row_t.mb,
+            hn_t: row_t.h_norm2,
+            g_dots: Vec::new(),
+            h_dots: Vec::new(),
+        };
+        addition.cross(earlier, removal.as_ref());
         Update {
             slot,
             outgoing,
             removal,
-            addition: Addition {
-                delta,
-                inv,
-                v,
-                g_y,
-                g_col,
-                h_t: row_t.h_res,
-                m_t: row_t.mb,
-                hn_t: row_t.h_norm2,
-            },
+            addition,
         }
     }
 
@@ -885,37 +907,63 @@ impl<'s> SwapState<'s> {
             refused,
         };
         let taken = &self.taken;
+        let terms = Terms::new(updates, None);
+        let first = |j: usize| updates.iter().position(|u| u.outgoing == j).unwrap_or(0);
         let mut found: Vec<Candidate> = self
             .w
-            .par_chunks_mut(k)
-            .zip(self.d.par_iter_mut())
-            .zip(self.h_res.par_chunks_mut(n_out))
-            .zip(self.h_norm2.par_iter_mut())
-            .zip(self.mb.par_chunks_mut(k))
+            .par_chunks_mut(ROWS_PER_TASK * k)
+            .zip(self.d.par_chunks_mut(ROWS_PER_TASK))
+            .zip(self.h_res.par_chunks_mut(ROWS_PER_TASK * n_out))
+            .zip(self.h_norm2.par_chunks_mut(ROWS_PER_TASK))
+            .zip(self.mb.par_chunks_mut(ROWS_PER_TASK * k))
             .enumerate()
-            .with_min_len(ROWS_PER_TASK)
-            .filter(|(j, _)| !taken[*j])
-            .map_init(
-                || vec![0.0; k],
-                |gains, (j, ((((w, d), h_res), h_norm2), mb))| {
-                    let first = updates.iter().position(|u| u.outgoing == j).unwrap_or(0);
-                    let mut row = RowView {
-                        w,
-                        d,
-                        h_res,
-                        h_norm2,
-                        mb,
-                    };
-                    update_and_score(&updates[first..], j, &mut row, &scoring, gains).map(
-                        |(gain, slot)| Candidate {
-                            gain,
-                            neuron: j,
-                            slot,
-                        },
-                    )
-                },
-            )
-            .flatten()
+            .flat_map_iter(|(task, ((((w, d), h_res), h_norm2), mb))| {
+                // The task's candidates, by tiles of TILE rows, then one by one.
+                let (js, mut rows): (Vec<usize>, Vec<RowView>) = w
+                    .chunks_exact_mut(k)
+                    .zip(d)
+                    .zip(h_res.chunks_exact_mut(n_out))
+                    .zip(h_norm2)
+                    .zip(mb.chunks_exact_mut(k))
+                    .enumerate()
+                    .map(|(r, ((((w, d), h_res), h_norm2), mb))| {
+                        let row = RowView {
+                            w,
+                            d,
+                            h_res,
+                            h_norm2,
+                            mb,
+                        };
+                        (task * ROWS_PER_TASK + r, row)
+                    })
+                    .filter(|(j, _)| !taken[*j])
+                    .unzip();
+                let mut gains = vec![0.0; k];
+                let mut best = vec![None; js.len()];
+                let mut done = 0;
+                for size in tile_sizes(js.len()) {
+                    let tile = done..done + size;
+                    let firsts: Vec<usize> = js[tile.clone()].iter().map(|&j| first(j)).collect();
+                    let (js, rows) = (&js[tile.clone()], &mut rows[tile.clone()]);
+                    let best = &mut best[tile];
+                    let (terms, scoring, gains) = (&terms, &scoring, &mut gains);
+                    match size {
+                        TILE => {
+                            Tile::<TILE>::new(js, &firsts, rows, best).score(terms, scoring, gains)
+                        }
+                        3 => Tile::<3>::new(js, &firsts, rows, best).score(terms, scoring, gains),
+                        2 => Tile::<2>::new(js, &firsts, rows, best).score(terms, scoring, gains),
+                        _ => Tile::<1>::new(js, &firsts, rows, best).score(terms, scoring, gains),
+                    }
+                    done += size;
+                }
+                js.into_iter()
+                    .zip(best)
+                    .filter_map(|(neuron, best)| {
+                        best.map(|(gain, slot)| Candidate { gain, neuron, slot })
+                    })
+                    .collect::<Vec<_>>()
+            })
             .collect();
         for update in updates {
             self.set_kept_row(update.slot);
@@ -950,6 +998,7 @@ struct Candidate {
 }
 
 /// A row of the state, copied.
+#[derive(Clone, Debug, PartialEq)]
 struct RowMut {
     w: Vec<f64>,
     d: f64,
@@ -989,7 +1038,10 @@ struct Update {
     addition: Addition,
 }
 
-/// The removal of an active slot, as each row applies it.
+/// The removal of an active slot, as each row applies it: a row regressed on the kept set
+/// without the slot has `w -= w_i S[:, i] / g`, `d += w_i^2 / g`, `h += (w_i / g) B_i`, and
+/// `M = B h` of the new B and h is `M += wi B B_i - (M_i + wi ||B_i||^2) S[:, i] / g`
+/// (`wi = w_i / g`); `w_i` and `M_i` are then zero.
 struct Removal {
     slot: usize,
     g: f64,
@@ -999,34 +1051,10 @@ struct Removal {
     bb: Vec<f64>,
 }
 
-impl Removal {
-    /// A row regressed on the kept set without the slot: `w -= w_i S[:, i] / g`,
-    /// `d += w_i^2 / g`, `h += (w_i / g) B_i`, and `M = B h` of the new B and h:
-    /// `M += wi B B_i - (M_i + wi ||B_i||^2) S[:, i] / g`, in the same sweep as w.
-    #[inline(always)]
-    fn apply(&self, row: &mut RowView<'_>) {
-        let w_slot = row.w[self.slot];
-        if w_slot == 0.0 {
-            return;
-        }
-        let wi = w_slot / self.g;
-        let m_i = row.mb[self.slot];
-        let coef = m_i + wi * self.bn;
-        let shared = self.s_col.iter().zip(&self.bb);
-        for ((w, mb), (&s, &bb)) in row.w.iter_mut().zip(row.mb.iter_mut()).zip(shared) {
-            *w -= w_slot * s;
-            *mb -= -wi * bb;
-            *mb -= coef * s;
-        }
-        *row.d += w_slot * wi;
-        sub_scaled_portable(row.h_res, -wi, &self.b_i);
-        *row.h_norm2 += 2.0 * wi * m_i + wi * wi * self.bn;
-        row.w[self.slot] = 0.0;
-        row.mb[self.slot] = 0.0;
-    }
-}
-
-/// The addition of neuron t to a slot emptied by the removal, as each row applies it.
+/// The addition of neuron t to a slot emptied by the removal, as each row applies it: with
+/// `c = (G_c[j, t] - <w_j, G_c[Y, t]>) / delta`, row j's coefficient on t's residual, and
+/// `q = <h_j, h_t>`, every part of the row moves by c times t's: `w += c v`,
+/// `d -= c^2 delta`, `h -= c h_t`, `M += (v / delta) (q - c ||h_t||^2) - c M_t`.
 struct Addition {
     /// t's residual variance on the kept set without the slot, and its inverse.
     delta: f64,
@@ -1040,32 +1068,41 @@ struct Addition {
     h_t: Vec<f64>,
     m_t: Vec<f64>,
     hn_t: f64,
+    /// `<s_col_r, g_y>, <v_r, g_y>` for each earlier update r of the batch (index 2r and
+    /// 2r + 1; 0 for an absent removal), then `<s_col, g_y>` of this update's own removal:
+    /// a row's `<w, g_y>` follows from its product at the batch's start (see
+    /// [`bring_through`]).
+    g_dots: Vec<f64>,
+    /// The same for `h_t` with the vectors a row's h moves along: `b_i` and `h_t` of each
+    /// earlier update, then `b_i` of this update's removal.
+    h_dots: Vec<f64>,
 }
 
 impl Addition {
-    /// Row j regressed on the kept set with t: `c = (G_c[j, t] - <w_j, G_c[Y, t]>) / delta`
-    /// is its coefficient on t's residual, and every part of the row moves by c times t's:
-    /// `M += (v / delta) (q - c ||h_t||^2) - c M_t` with `q = <h_j, h_t>`, in the same sweep
-    /// as w.
-    #[inline(always)]
-    fn apply(&self, j: usize, row: &mut RowView<'_>) {
-        let c = (self.g_col[j] - dot(row.w, &self.g_y)) * self.inv;
-        let q = dot(row.h_res, &self.h_t);
-        let a = -(self.inv * (q - c * self.hn_t));
-        let shared = self.v.iter().zip(&self.m_t);
-        for ((mb, w), (&v, &m_t)) in row.mb.iter_mut().zip(row.w.iter_mut()).zip(shared) {
-            *mb -= a * v;
-            *mb -= c * m_t;
-            *w -= -c * v;
+    /// Fills [`Addition::g_dots`] and [`Addition::h_dots`] for an addition that follows the
+    /// `earlier` updates of its batch and its own `removal`.
+    fn cross(&mut self, earlier: &[Update], removal: Option<&Removal>) {
+        let mut g_dots = Vec::with_capacity(2 * earlier.len() + 1);
+        let mut h_dots = Vec::with_capacity(2 * earlier.len() + 1);
+        let removal_dots = |r: Option<&Removal>, g: &mut Vec<f64>, h: &mut Vec<f64>| {
+            let (dg, dh) = r.map_or((0.0, 0.0), |r| {
+                (dot(&r.s_col, &self.g_y), dot(&r.b_i, &self.h_t))
+            });
+            g.push(dg);
+            h.push(dh);
+        };
+        for u in earlier {
+            removal_dots(u.removal.as_ref(), &mut g_dots, &mut h_dots);
+            g_dots.push(dot(&u.addition.v, &self.g_y));
+            h_dots.push(dot(&u.addition.h_t, &self.h_t));
         }
-        *row.d = (*row.d - c * c * self.delta).max(0.0);
-        sub_scaled_portable(row.h_res, c, &self.h_t);
-        *row.h_norm2 = (*row.h_norm2 - 2.0 * c * q + c * c * self.hn_t).max(0.0);
+        removal_dots(removal, &mut g_dots, &mut h_dots);
+        self.g_dots = g_dots;
+        self.h_dots = h_dots;
     }
 }
 
-/// How a row's swaps are scored: the slots' parts, every neuron's floor, the gain a swap
-/// must beat, and the (neuron, slot) pairs left out.
+/// How scoring a row's swaps needs to see the slots and the floors (see [`best_in_row`]).
 struct Scoring<'a> {
     slots: &'a SlotScores,
     floor: &'a [f64],
@@ -1073,52 +1110,350 @@ struct Scoring<'a> {
     refused: &'a [(usize, usize)],
 }
 
-/// Brings neuron j's row (a candidate before and after every update) through `updates`,
-/// then returns its best swap as [`best_in_row`]. The whole row's work is one function, so
-/// that on x86-64 a copy compiled for AVX2 is chosen once per row (same operations in the
-/// same order as the portable one, see `linalg::simd`); `gains` (k values) is scratch.
-fn update_and_score(
-    updates: &[Update],
-    j: usize,
-    row: &mut RowView<'_>,
-    scoring: &Scoring<'_>,
-    gains: &mut [f64],
-) -> Option<(f64, usize)> {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: the CPU supports AVX2, the only requirement of `update_and_score_avx2`.
-        return unsafe { update_and_score_avx2(updates, j, row, scoring, gains) };
-    }
-    update_and_score_portable(updates, j, row, scoring, gains)
+/// Rows moved together: each vector of a batch is read once for all of them.
+const TILE: usize = 4;
+
+/// Tiles of `rows` rows: of [`TILE`] rows, then of 3 or 2 (a tile of one row, slower per row
+/// since its multiply-adds are one dependent chain, only for one row in all).
+fn tile_sizes(rows: usize) -> impl Iterator<Item = usize> {
+    let (full, tail) = (rows / TILE, rows % TILE);
+    let (full, tail): (usize, &[usize]) = match (full, tail) {
+        (_, 0) => (full, &[]),
+        (0, 1) => (0, &[1]),
+        (_, 1) => (full - 1, &[3, 2]),
+        (_, 2) => (full, &[2]),
+        _ => (full, &[3]),
+    };
+    std::iter::repeat_n(TILE, full).chain(tail.iter().copied())
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn update_and_score_avx2(
-    updates: &[Update],
-    j: usize,
-    row: &mut RowView<'_>,
-    scoring: &Scoring<'_>,
-    gains: &mut [f64],
-) -> Option<(f64, usize)> {
-    update_and_score_portable(updates, j, row, scoring, gains)
+/// A row's coefficients along the w and h vectors of a batch: two per update (its removal's,
+/// its addition's) and one for a last removal.
+const WH_TERMS: usize = 2 * MAX_BATCH + 1;
+
+/// The same along the M vectors: four per update, two for a last removal.
+const M_TERMS: usize = 4 * MAX_BATCH + 2;
+
+/// The vectors that `updates` (and a last removal `then`) move a row's parts along, in the
+/// order they move it, each with its place among a row's coefficients: for update r, w moves
+/// along `s_col` (2r) and `v` (2r + 1), M along `bb`, `s_col` (4r, 4r + 1), `v` and `M_t`
+/// (4r + 2, 4r + 3), h along `b_i` (2r) and `h_t` (2r + 1); a last removal comes after them.
+struct Terms<'u> {
+    updates: &'u [Update],
+    then: Option<&'u Removal>,
+    w: Vec<(usize, &'u [f64])>,
+    m: Vec<(usize, &'u [f64])>,
+    h: Vec<(usize, &'u [f64])>,
+    /// For update r with a removal (and r = the number of updates for `then`): the w and M
+    /// terms' vectors at the removed slot, in the terms' order, so that a row's entry there
+    /// is followed through the moves without reading the vectors (see [`RowMoves::entry`]).
+    at_slot: Vec<(Vec<f64>, Vec<f64>)>,
 }
 
-#[inline(always)]
-fn update_and_score_portable(
-    updates: &[Update],
-    j: usize,
-    row: &mut RowView<'_>,
-    scoring: &Scoring<'_>,
-    gains: &mut [f64],
-) -> Option<(f64, usize)> {
-    for update in updates {
-        if let Some(r) = &update.removal {
-            r.apply(row);
+impl<'u> Terms<'u> {
+    fn new(updates: &'u [Update], then: Option<&'u Removal>) -> Self {
+        let mut terms = Terms {
+            updates,
+            then,
+            w: Vec::with_capacity(WH_TERMS),
+            m: Vec::with_capacity(M_TERMS),
+            h: Vec::with_capacity(WH_TERMS),
+            at_slot: Vec::new(),
+        };
+        let removal = |terms: &mut Terms<'u>, r: usize, removal: &'u Removal| {
+            terms.w.push((2 * r, &removal.s_col));
+            terms.m.push((4 * r, &removal.bb));
+            terms.m.push((4 * r + 1, &removal.s_col));
+            terms.h.push((2 * r, &removal.b_i));
+        };
+        for (r, update) in updates.iter().enumerate() {
+            if let Some(r_move) = &update.removal {
+                removal(&mut terms, r, r_move);
+            }
+            let add = &update.addition;
+            terms.w.push((2 * r + 1, &add.v));
+            terms.m.push((4 * r + 2, &add.v));
+            terms.m.push((4 * r + 3, &add.m_t));
+            terms.h.push((2 * r + 1, &add.h_t));
         }
-        update.addition.apply(j, row);
+        if let Some(last) = then {
+            removal(&mut terms, updates.len(), last);
+        }
+        let slots = updates
+            .iter()
+            .map(|u| u.removal.as_ref())
+            .chain(then.map(Some));
+        terms.at_slot = slots
+            .map(|removal| {
+                let at =
+                    |part: &[(usize, &[f64])], slot| part.iter().map(|(_, u)| u[slot]).collect();
+                removal.map_or((Vec::new(), Vec::new()), |r| {
+                    (at(&terms.w, r.slot), at(&terms.m, r.slot))
+                })
+            })
+            .collect();
+        terms
     }
-    best_in_row(j, row, scoring, gains)
+}
+
+/// How one row moves through a batch: `x -= a_i u_i` over the [`Terms`] of each part in
+/// order, with the row's coefficients `a_i` (zero where it does not move), and the removed
+/// slots set to zero after their removal's terms, as applying the moves one by one would.
+struct RowMoves {
+    w_coef: [f64; WH_TERMS],
+    m_coef: [f64; M_TERMS],
+    h_coef: [f64; WH_TERMS],
+    /// (update, slot) of each removal the row made.
+    removed: [(usize, usize); MAX_BATCH + 1],
+    removals: usize,
+    d: f64,
+    hn: f64,
+}
+
+impl RowMoves {
+    /// The moves of neuron j's row, whose parts at the start are `w`, `mb`, `d` and `hn`,
+    /// through the terms' `updates[first..]` and then their `then`; `products[r]` is `(<w, g_y>, <h, h_t>)` of
+    /// update r's addition with the row at the start. An update's removal needs the row's
+    /// entries at its slot, followed through the moves before it; its addition needs
+    /// `<w, g_y>` and `<h, h_t>` on the row as moved so far, the products at the start less
+    /// the moves' coefficients times the addition's `g_dots` and `h_dots`.
+    #[inline(always)]
+    fn plan(
+        terms: &Terms<'_>,
+        first: usize,
+        j: usize,
+        (w, mb, d, hn): (&[f64], &[f64], f64, f64),
+        products: &[(f64, f64)],
+    ) -> Self {
+        let mut moves = RowMoves {
+            w_coef: [0.0; WH_TERMS],
+            m_coef: [0.0; M_TERMS],
+            h_coef: [0.0; WH_TERMS],
+            removed: [(0, 0); MAX_BATCH + 1],
+            removals: 0,
+            d,
+            hn,
+        };
+        for (r, update) in terms.updates.iter().enumerate().skip(first) {
+            if let Some(removal) = &update.removal {
+                moves.remove(terms, r, removal, w, mb);
+            }
+            let add = &update.addition;
+            let moved = |coef: &[f64], dots: &[f64]| -> f64 {
+                coef[2 * first..=2 * r]
+                    .iter()
+                    .zip(&dots[2 * first..])
+                    .map(|(c, x)| c * x)
+                    .sum()
+            };
+            let (wg0, q0) = products[r];
+            let wg = wg0 - moved(&moves.w_coef, &add.g_dots);
+            let q = q0 - moved(&moves.h_coef, &add.h_dots);
+            let c = (add.g_col[j] - wg) * add.inv;
+            let a = -(add.inv * (q - c * add.hn_t));
+            moves.w_coef[2 * r + 1] = -c;
+            moves.m_coef[4 * r + 2] = a;
+            moves.m_coef[4 * r + 3] = c;
+            moves.h_coef[2 * r + 1] = c;
+            moves.d = (moves.d - c * c * add.delta).max(0.0);
+            moves.hn = (moves.hn - 2.0 * c * q + c * c * add.hn_t).max(0.0);
+        }
+        if let Some(removal) = terms.then {
+            moves.remove(terms, terms.updates.len(), removal, w, mb);
+        }
+        moves
+    }
+
+    /// The removal of update r (see [`Removal`]), unless the row's coefficient on the slot
+    /// is zero.
+    #[inline(always)]
+    fn remove(&mut self, terms: &Terms<'_>, r: usize, removal: &Removal, w: &[f64], mb: &[f64]) {
+        let slot = removal.slot;
+        let (w_at, m_at) = &terms.at_slot[r];
+        let w_slot = self.entry((&terms.w, w_at), &self.w_coef, 2, slot, w[slot]);
+        if w_slot == 0.0 {
+            return;
+        }
+        let wi = w_slot / removal.g;
+        let m_i = self.entry((&terms.m, m_at), &self.m_coef, 4, slot, mb[slot]);
+        let coef = m_i + wi * removal.bn;
+        self.w_coef[2 * r] = w_slot;
+        self.m_coef[4 * r] = -wi;
+        self.m_coef[4 * r + 1] = coef;
+        self.h_coef[2 * r] = -wi;
+        self.removed[self.removals] = (r, slot);
+        self.removals += 1;
+        self.d += w_slot * wi;
+        self.hn += 2.0 * wi * m_i + wi * wi * removal.bn;
+    }
+
+    /// The entry of a part (w with `per_update` 2, M with 4) at `slot`, `x` at the start,
+    /// after the moves planned so far: the operations the whole part gets, in the same order,
+    /// on the terms' vectors `at` the slot.
+    #[inline(always)]
+    fn entry(
+        &self,
+        (terms, at): (&[(usize, &[f64])], &[f64]),
+        coef: &[f64],
+        per_update: usize,
+        slot: usize,
+        mut x: f64,
+    ) -> f64 {
+        // A removal's terms are the first half of its update's; the slot is zeroed after them.
+        let mut zeros = self.removed[..self.removals]
+            .iter()
+            .map(|&(r, removed)| (per_update * r + per_update / 2 - 1, removed))
+            .peekable();
+        for (&(p, _), &u) in terms.iter().zip(at) {
+            x = (-coef[p]).mul_add(u, x);
+            while let Some(&(last, removed)) = zeros.peek() {
+                if last > p {
+                    break;
+                }
+                if last == p && removed == slot {
+                    x = 0.0;
+                }
+                zeros.next();
+            }
+        }
+        x
+    }
+}
+
+/// Moves a tile of rows through a batch, each as its `plans` say: every part read and
+/// written once, each of the batch's vectors read once for the tile.
+#[inline(always)]
+fn move_rows<'t, const R: usize>(
+    terms: &Terms<'t>,
+    plans: &[RowMoves; R],
+    rows: &mut [RowView<'_>; R],
+) {
+    // The removed slots' entries, followed one move at a time (they are zeroed in passing).
+    let mut fixed = [[(0usize, 0.0f64, 0.0f64); MAX_BATCH + 1]; R];
+    for ((plan, row), fixed) in plans.iter().zip(rows.iter()).zip(&mut fixed) {
+        for (z, &(r, slot)) in plan.removed[..plan.removals].iter().enumerate() {
+            let (w_at, m_at) = &terms.at_slot[r];
+            fixed[z] = (
+                slot,
+                plan.entry((&terms.w, w_at), &plan.w_coef, 2, slot, row.w[slot]),
+                plan.entry((&terms.m, m_at), &plan.m_coef, 4, slot, row.mb[slot]),
+            );
+        }
+    }
+    let coefs = |terms: &[(usize, &'t [f64])], coef: fn(&RowMoves) -> &[f64]| {
+        terms
+            .iter()
+            .map(|&(p, u)| (plans.each_ref().map(|plan| coef(plan)[p]), u))
+            .collect::<Vec<_>>()
+    };
+    let w_terms = coefs(&terms.w, |plan| &plan.w_coef);
+    sub_scaled_terms_rows(rows.each_mut().map(|row| &mut *row.w), &w_terms);
+    let m_terms = coefs(&terms.m, |plan| &plan.m_coef);
+    sub_scaled_terms_rows(rows.each_mut().map(|row| &mut *row.mb), &m_terms);
+    let h_terms = coefs(&terms.h, |plan| &plan.h_coef);
+    sub_scaled_terms_rows(rows.each_mut().map(|row| &mut *row.h_res), &h_terms);
+    for ((plan, row), fixed) in plans.iter().zip(rows.iter_mut()).zip(&fixed) {
+        for &(slot, w, mb) in &fixed[..plan.removals] {
+            row.w[slot] = w;
+            row.mb[slot] = mb;
+        }
+        *row.d = plan.d;
+        *row.h_norm2 = plan.hn;
+    }
+}
+
+/// Brings the `rows` (neurons `js`) through the terms' updates, each from its update in
+/// `firsts` on, then through their `then` (a removal alone): their products with the
+/// additions' vectors, each row's moves ([`RowMoves::plan`]), then [`move_rows`].
+#[inline(always)]
+fn bring_through<const R: usize>(
+    terms: &Terms<'_>,
+    js: [usize; R],
+    firsts: [usize; R],
+    rows: &mut [RowView<'_>; R],
+) {
+    let mut products = [[(0.0, 0.0); MAX_BATCH]; R];
+    for (r, update) in terms.updates.iter().enumerate() {
+        let add = &update.addition;
+        for (products, row) in products.iter_mut().zip(rows.iter()) {
+            products[r] = (
+                dot_portable(row.w, &add.g_y),
+                dot_portable(row.h_res, &add.h_t),
+            );
+        }
+    }
+    let plans: [RowMoves; R] = std::array::from_fn(|t| {
+        let row = &rows[t];
+        let start = (&*row.w, &*row.mb, *row.d, *row.h_norm2);
+        RowMoves::plan(terms, firsts[t], js[t], start, &products[t])
+    });
+    move_rows(terms, &plans, rows);
+}
+
+/// Rows a pass moves and scores together: neurons `js`, each a candidate before and after
+/// every update from its `firsts` on, their `rows`, and where their best swaps go.
+struct Tile<'a, 'r, const R: usize> {
+    js: [usize; R],
+    firsts: [usize; R],
+    rows: &'a mut [RowView<'r>; R],
+    best: &'a mut [Option<(f64, usize)>; R],
+}
+
+impl<'a, 'r, const R: usize> Tile<'a, 'r, R> {
+    /// The tile of the `R` rows given as slices.
+    fn new(
+        js: &[usize],
+        firsts: &[usize],
+        rows: &'a mut [RowView<'r>],
+        best: &'a mut [Option<(f64, usize)>],
+    ) -> Self {
+        Tile {
+            js: js.try_into().expect("R neurons"),
+            firsts: firsts.try_into().expect("R first updates"),
+            rows: rows.try_into().expect("R rows"),
+            best: best.try_into().expect("R results"),
+        }
+    }
+
+    /// Brings the rows through the `terms`' updates ([`bring_through`]), then scores each as
+    /// [`best_in_row`]. A tile's work is one function, so that on x86-64 a copy compiled for
+    /// AVX-512 or AVX2 with FMA is chosen once per tile (the same operations in the same order
+    /// as the portable one: every build gives the same bits); `gains` (k values) is scratch.
+    fn score(self, terms: &Terms<'_>, scoring: &Scoring<'_>, gains: &mut [f64]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx512f") {
+                // SAFETY: the CPU supports AVX-512F, the only requirement of the build.
+                return unsafe { self.score_avx512(terms, scoring, gains) };
+            }
+            if has!("avx2") && has!("fma") {
+                // SAFETY: the CPU supports AVX2 and FMA, the only requirements of the build.
+                return unsafe { self.score_avx2(terms, scoring, gains) };
+            }
+        }
+        self.score_portable(terms, scoring, gains)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn score_avx512(self, terms: &Terms<'_>, scoring: &Scoring<'_>, gains: &mut [f64]) {
+        self.score_portable(terms, scoring, gains)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn score_avx2(self, terms: &Terms<'_>, scoring: &Scoring<'_>, gains: &mut [f64]) {
+        self.score_portable(terms, scoring, gains)
+    }
+
+    #[inline(always)]
+    fn score_portable(self, terms: &Terms<'_>, scoring: &Scoring<'_>, gains: &mut [f64]) {
+        bring_through(terms, self.js, self.firsts, self.rows);
+        for (t, best) in self.best.iter_mut().enumerate() {
+            *best = best_in_row(self.js[t], &self.rows[t], scoring, gains);
+        }
+    }
 }
 
 /// The best swap bringing in neuron j: (gain, slot), if one gains more than the scoring's
@@ -1132,6 +1467,24 @@ fn best_in_row(
 ) -> Option<(f64, usize)> {
     let (d, h_norm2, floor) = (*row.d, *row.h_norm2, scoring.floor[j]);
     let slots = scoring.slots;
+    // First a bound without a division per slot: `d_after >= d`, so no slot gains more than
+    // `h_after / d` (with a margin over the roundings of both); most rows gain nothing by any
+    // swap, and stop here with the answer the exact scores would give.
+    if d > 0.0 {
+        let inv_d = (1.0 + 1e-12) / d;
+        let mut over = 0u64;
+        let per_slot = slots.inv.iter().zip(&slots.b_norm2).zip(&slots.loss);
+        for ((&w, &mb), ((&inv, &b_norm2), &loss)) in row.w.iter().zip(row.mb.iter()).zip(per_slot)
+        {
+            let wi = w * inv;
+            let d_after = d + w * wi;
+            let h_after = (h_norm2 + wi * (2.0 * mb + wi * b_norm2)).max(0.0);
+            over += (h_after * inv_d - loss > scoring.gain_floor && d_after > floor) as u64;
+        }
+        if over == 0 {
+            return None;
+        }
+    }
     // Every slot's gain without a branch (so that the loop vectorises), then the largest.
     let per_slot = slots.inv.iter().zip(&slots.b_norm2).zip(&slots.loss);
     for ((gain, (&w, &mb)), ((&inv, &b_norm2), &loss)) in gains
@@ -1170,12 +1523,10 @@ mod tests {
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
-    /// The rank-one updates against the rebuilt state: rebuilding after every swap, every 7
-    /// swaps or never (but before stopping) makes the same swaps to the same end.
-    #[test]
-    fn rebuilding_the_state_does_not_change_the_search() {
+    /// A layer of n = 60 rectified mixtures and a next layer of 7 outputs.
+    fn layer(seed: u64) -> (GramStats, Vec<f32>, usize) {
         let (m, n, n_out) = (300, 60, 7);
-        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mix = Mat::from_fn(n, n, |_, _| rng.random_range(-1.0..1.0));
         let raw = Mat::from_fn(m, n, |_, _| rng.random_range(-1.0..1.0));
         let a = Mat::from_fn(m, n, |t, j| {
@@ -1190,6 +1541,15 @@ mod tests {
         let weight: Vec<f32> = (0..n_out * n)
             .map(|_| rng.random_range(-1.0..1.0))
             .collect();
+        (stats, weight, n_out)
+    }
+
+    /// The rank-one updates against the rebuilt state: rebuilding after every swap, every 7
+    /// swaps or never (but before stopping) makes the same swaps to the same end.
+    #[test]
+    fn rebuilding_the_state_does_not_change_the_search() {
+        let (stats, weight, n_out) = layer(9);
+        let n = stats.col_sums.len();
         let next = [NextLayer {
             weight: &weight,
             bias: None,
@@ -1214,6 +1574,164 @@ mod tests {
                     <= 1e-12 * target.centred_energy,
                 "refresh {refresh}"
             );
+        }
+    }
+
+    /// Row j moved through `updates` one at a time, as the module docs define a removal and
+    /// an addition: the reference for the one-sweep [`bring_through`].
+    fn one_by_one(updates: &[Update], j: usize, row: &mut RowMut) {
+        let sub =
+            |x: &mut [f64], a: f64, u: &[f64]| x.iter_mut().zip(u).for_each(|(x, u)| *x -= a * u);
+        let dot = |x: &[f64], y: &[f64]| x.iter().zip(y).map(|(x, y)| x * y).sum::<f64>();
+        for update in updates {
+            if let Some(r) = &update.removal {
+                let w_slot = row.w[r.slot];
+                if w_slot != 0.0 {
+                    let wi = w_slot / r.g;
+                    let m_i = row.mb[r.slot];
+                    sub(&mut row.w, w_slot, &r.s_col);
+                    sub(&mut row.mb, -wi, &r.bb);
+                    sub(&mut row.mb, m_i + wi * r.bn, &r.s_col);
+                    sub(&mut row.h_res, -wi, &r.b_i);
+                    row.d += w_slot * wi;
+                    row.h_norm2 += 2.0 * wi * m_i + wi * wi * r.bn;
+                    row.w[r.slot] = 0.0;
+                    row.mb[r.slot] = 0.0;
+                }
+            }
+            let add = &update.addition;
+            let c = (add.g_col[j] - dot(&row.w, &add.g_y)) * add.inv;
+            let q = dot(&row.h_res, &add.h_t);
+            let a = -(add.inv * (q - c * add.hn_t));
+            sub(&mut row.mb, a, &add.v);
+            sub(&mut row.mb, c, &add.m_t);
+            sub(&mut row.w, -c, &add.v);
+            sub(&mut row.h_res, c, &add.h_t);
+            row.d = (row.d - c * c * add.delta).max(0.0);
+            row.h_norm2 = (row.h_norm2 - 2.0 * c * q + c * c * add.hn_t).max(0.0);
+        }
+    }
+
+    /// A batch of swaps moves every candidate's row, in one sweep and by tiles of rows, as
+    /// the swaps made one at a time would (to rounding); every build the CPU can run
+    /// (portable, AVX2, AVX-512) gives the same bits for a row alone or in a tile.
+    #[test]
+    fn a_batch_moves_each_row_as_its_swaps_one_by_one() {
+        let (stats, weight, n_out) = layer(7);
+        let n = stats.col_sums.len();
+        let next = [NextLayer {
+            weight: &weight,
+            bias: None,
+            n_out,
+            n_in: n,
+        }];
+        let target = Target::new(&stats, &next).unwrap();
+        let start: Vec<usize> = (n - 25..n).collect();
+        let mut state = SwapState::new(&stats, &target, &start).unwrap();
+        // Five swaps as a batch makes them (any swaps: the algebra holds for all).
+        let mut updates: Vec<Update> = Vec::new();
+        let incoming: Vec<usize> = (0..n).filter(|&j| !state.taken[j]).take(5).collect();
+        for (i, &j) in incoming.iter().enumerate() {
+            let mut row = state.row(j);
+            bring_through(&Terms::new(&updates, None), [j], [0], &mut [row.view()]);
+            let update = state.begin_swap(3 * i, j, row, &updates);
+            updates.push(update);
+        }
+        let gain_floor = ZERO_GAIN_TOL * target.centred_energy;
+        let terms = Terms::new(&updates, None);
+        let scoring = Scoring {
+            slots: &state.scores,
+            floor: &state.floor,
+            gain_floor,
+            refused: &[],
+        };
+        type Build = fn(Tile<'_, '_, 1>, &Terms<'_>, &Scoring<'_>, &mut [f64]);
+        let mut builds: Vec<(&str, Build)> =
+            vec![("portable", |tile, t, s, g| tile.score_portable(t, s, g))];
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            if has!("avx2") && has!("fma") {
+                // SAFETY: the CPU supports AVX2 and FMA.
+                builds.push(("avx2", |tile, t, s, g| unsafe { tile.score_avx2(t, s, g) }));
+            }
+            if has!("avx512f") {
+                // SAFETY: the CPU supports AVX-512F.
+                builds.push(("avx512", |tile, t, s, g| unsafe {
+                    tile.score_avx512(t, s, g)
+                }));
+            }
+        }
+        let candidates: Vec<usize> = (0..n).filter(|&j| !state.taken[j]).collect();
+        let first = |j: usize| updates.iter().position(|u| u.outgoing == j).unwrap_or(0);
+        assert!(candidates.iter().any(|&j| first(j) > 0));
+        let mut moved = Vec::new();
+        for &j in &candidates {
+            let mut reference = state.row(j);
+            one_by_one(&updates[first(j)..], j, &mut reference);
+            let mut results = Vec::new();
+            for (name, build) in &builds {
+                let mut row = state.row(j);
+                let mut best = [None];
+                let mut gains = vec![0.0; state.k];
+                let tile = Tile {
+                    js: [j],
+                    firsts: [first(j)],
+                    rows: &mut [row.view()],
+                    best: &mut best,
+                };
+                build(tile, &terms, &scoring, &mut gains);
+                results.push((name, row, best[0]));
+            }
+            let (_, row, best) = &results[0];
+            for (name, other, other_best) in &results[1..] {
+                assert_eq!(other, row, "row {j}: {name} against portable");
+                assert_eq!(
+                    other_best.map(|b| b.1),
+                    best.map(|b| b.1),
+                    "row {j}: {name}"
+                );
+                assert_eq!(
+                    other_best.map(|b| b.0.to_bits()),
+                    best.map(|b| b.0.to_bits())
+                );
+            }
+            let close = |x: &[f64], y: &[f64]| {
+                let scale = y.iter().map(|v| v * v).sum::<f64>().sqrt().max(1.0);
+                x.iter().zip(y).all(|(a, b)| (a - b).abs() <= 1e-9 * scale)
+            };
+            assert!(close(&row.w, &reference.w), "row {j}: w");
+            assert!(close(&row.mb, &reference.mb), "row {j}: M");
+            assert!(close(&row.h_res, &reference.h_res), "row {j}: h");
+            assert!(
+                close(&[row.d, row.h_norm2], &[reference.d, reference.h_norm2]),
+                "row {j}"
+            );
+            moved.push((row.clone(), *best));
+        }
+        // The same rows by tiles of four.
+        let mut tiles = candidates.chunks_exact(TILE);
+        for (t, js) in (&mut tiles).enumerate() {
+            let js: [usize; TILE] = js.try_into().unwrap();
+            let mut rows = js.map(|j| state.row(j));
+            let mut best = [None; TILE];
+            let mut gains = vec![0.0; state.k];
+            let mut views = rows.each_mut().map(|row| row.view());
+            let tile = Tile {
+                js,
+                firsts: js.map(first),
+                rows: &mut views,
+                best: &mut best,
+            };
+            tile.score(&terms, &scoring, &mut gains);
+            for (i, row) in rows.iter().enumerate() {
+                let (alone, best_alone) = &moved[t * TILE + i];
+                assert_eq!(row, alone, "row {} in a tile", js[i]);
+                assert_eq!(
+                    best[i].map(|b| (b.0.to_bits(), b.1)),
+                    best_alone.map(|b| (b.0.to_bits(), b.1))
+                );
+            }
         }
     }
 }
