@@ -260,7 +260,7 @@ fn search(
             candidates.clear();
         }
         match candidates.first() {
-            Some(&best) if !state.admissible(best.slot, &state.row(best.neuron)) => {
+            Some(&best) if !state.admissible(best.slot, &state.row(best.neuron), &[]) => {
                 refused.push((best.neuron, best.slot));
                 candidates = if refused.len() < MAX_REFUSED {
                     passes += 1;
@@ -340,7 +340,10 @@ struct SwapState<'s> {
     /// Kept (in a slot, active or not): never a candidate.
     taken: Vec<bool>,
     floor: Vec<f64>,
+    /// S as of the last batch (a batch's own swaps are applied to it once, at its end).
     s: Mat<f64>,
+    /// S's diagonal, kept up to date through a batch.
+    s_diag: Vec<f64>,
     /// B = S H_Y, k x n_out row-major.
     b: Vec<f64>,
     /// What scoring needs of S and B, kept with them.
@@ -376,6 +379,7 @@ impl<'s> SwapState<'s> {
             taken,
             floor,
             s: Mat::zeros(k, k),
+            s_diag: vec![0.0; k],
             b: vec![0.0; k * n_out],
             scores: SlotScores {
                 inv: Vec::new(),
@@ -526,6 +530,7 @@ impl<'s> SwapState<'s> {
                 self.s[(sa, sb)] = s_active[(a, b)];
             }
         }
+        self.s_diag = (0..k).map(|slot| self.s[(slot, slot)]).collect();
         // G_c[:, Y] and H_Y, with zero columns and rows for empty slots.
         for (slot, active) in self.active.iter().enumerate() {
             if !active {
@@ -631,7 +636,17 @@ impl<'s> SwapState<'s> {
         (self.centred_energy - per_slot.iter().sum::<f64>()).max(0.0)
     }
 
-    /// Whether swapping the neuron whose current `row` is given into `slot` leaves every kept
+    /// Column i of S after the `earlier` swaps of the batch.
+    fn s_column(&self, i: usize, earlier: &[Update]) -> Vec<f64> {
+        let mut col = contiguous(self.s.col(i)).to_vec();
+        for update in earlier {
+            update.move_s_column(i, &mut col);
+        }
+        col
+    }
+
+    /// Whether swapping the neuron whose current `row` is given into `slot` (after the
+    /// `earlier` swaps of the batch) leaves every kept
     /// neuron's residual variance on the others above its floor. The incoming one's is
     /// checked by the scoring; another kept neuron l's is `1 / S'_ll`, with
     /// `S'_ll = S_ll - S_li^2 / S_ii + u_l^2 / delta` (`u` and `delta` the incoming neuron's
@@ -640,24 +655,21 @@ impl<'s> SwapState<'s> {
     /// gains in directions that are rounding (a review's layers with fewer samples than
     /// neurons, or neurons that are combinations of a few, at k equal to the rank: the swaps
     /// raised the real error from 0 to 0.07).
-    fn admissible(&self, slot: usize, row: &RowMut) -> bool {
+    fn admissible(&self, slot: usize, row: &RowMut, earlier: &[Update]) -> bool {
         let w_t = &row.w;
         let (g, w_ti) = if self.active[slot] {
-            (self.s[(slot, slot)], w_t[slot])
+            (self.s_diag[slot], w_t[slot])
         } else {
             (1.0, 0.0)
         };
+        let s_col = self.active[slot].then(|| self.s_column(slot, earlier));
         let delta = row.d + w_ti * w_ti / g;
         (0..self.k)
             .filter(|&l| l != slot && self.active[l])
             .all(|l| {
-                let s_li = if self.active[slot] {
-                    self.s[(l, slot)]
-                } else {
-                    0.0
-                };
+                let s_li = s_col.as_ref().map_or(0.0, |col| col[l]);
                 let u_l = w_t[l] - w_ti * s_li / g;
-                let s_new = self.s[(l, l)] - s_li * s_li / g + u_l * u_l / delta;
+                let s_new = self.s_diag[l] - s_li * s_li / g + u_l * u_l / delta;
                 1.0 / s_new > self.floor[self.slots[l]]
             })
     }
@@ -679,7 +691,7 @@ impl<'s> SwapState<'s> {
         let inv: Vec<f64> = (0..self.k)
             .map(|slot| {
                 if self.active[slot] {
-                    1.0 / self.s[(slot, slot)]
+                    1.0 / self.s_diag[slot]
                 } else {
                     0.0
                 }
@@ -750,7 +762,7 @@ impl<'s> SwapState<'s> {
             };
             tile.score(&Terms::new(&updates, None), &scoring, &mut gains);
             match best[0] {
-                Some((gain, slot)) if self.admissible(slot, &row) => {
+                Some((gain, slot)) if self.admissible(slot, &row, &updates) => {
                     let update = self.begin_swap(slot, j, row, &updates);
                     updates.push(update);
                     residual -= gain;
@@ -758,6 +770,13 @@ impl<'s> SwapState<'s> {
                 _ => break,
             }
         }
+        // S through the batch's swaps, one pass for all of them.
+        self.s.par_col_iter_mut().enumerate().for_each(|(c, col)| {
+            let col = contiguous_mut(col);
+            for update in &updates {
+                update.move_s_column(c, col);
+            }
+        });
         updates
     }
 
@@ -775,8 +794,8 @@ impl<'s> SwapState<'s> {
         let outgoing = self.slots[slot];
         // The removal: `g = S_ii`, `s_col = S[:, i] / g`, `B_i`, `||B_i||^2`, `B B_i`.
         let removal = self.active[slot].then(|| {
-            let g = self.s[(slot, slot)];
-            let s_col: Vec<f64> = (0..k).map(|l| self.s[(l, slot)] / g).collect();
+            let g = self.s_diag[slot];
+            let s_col: Vec<f64> = self.s_column(slot, earlier).iter().map(|s| s / g).collect();
             let b_i = self.b_row(slot).to_vec();
             let bn = dot(&b_i, &b_i);
             let bb: Vec<f64> = self.b.par_chunks(n_out).map(|b| dot(b, &b_i)).collect();
@@ -804,23 +823,22 @@ impl<'s> SwapState<'s> {
         let mut v: Vec<f64> = row_t.w.iter().map(|x| -x).collect();
         v[slot] = 1.0;
         // S -= g s s^T and B -= s B_i^T (the removal; the slot's row and column then zero),
-        // then S += v v^T / delta and B += v h_t^T / delta: one pass over each.
+        // then S += v v^T / delta and B += v h_t^T / delta: B in one pass, S's diagonal now
+        // and the rest at the batch's end (`Update::move_s_column`, the same operations).
         let h_t = &row_t.h_res;
-        self.s.par_col_iter_mut().enumerate().for_each(|(c, col)| {
-            let col = contiguous_mut(col);
+        for (l, diag) in self.s_diag.iter_mut().enumerate() {
             if let Some(r) = &removal {
-                if r.s_col[c] != 0.0 {
-                    sub_scaled(col, r.g * r.s_col[c], &r.s_col);
+                if r.s_col[l] != 0.0 {
+                    *diag -= (r.g * r.s_col[l]) * r.s_col[l];
                 }
-                col[slot] = 0.0;
-                if c == slot {
-                    col.fill(0.0);
+                if l == slot {
+                    *diag = 0.0;
                 }
             }
-            if v[c] != 0.0 {
-                sub_scaled(col, -inv * v[c], &v);
+            if v[l] != 0.0 {
+                *diag -= (-inv * v[l]) * v[l];
             }
-        });
+        }
         let active = &self.active;
         let b_norm2: Vec<f64> = self
             .b
@@ -1036,6 +1054,26 @@ struct Update {
     /// `None` for an empty slot.
     removal: Option<Removal>,
     addition: Addition,
+}
+
+impl Update {
+    /// Moves column c of S through this swap: `S -= g s s^T`, the slot's row and column
+    /// then zero (the removal), `S += v v^T / delta` (the addition).
+    fn move_s_column(&self, c: usize, col: &mut [f64]) {
+        if let Some(r) = &self.removal {
+            if r.s_col[c] != 0.0 {
+                sub_scaled(col, r.g * r.s_col[c], &r.s_col);
+            }
+            col[self.slot] = 0.0;
+            if c == self.slot {
+                col.fill(0.0);
+            }
+        }
+        let add = &self.addition;
+        if add.v[c] != 0.0 {
+            sub_scaled(col, -add.inv * add.v[c], &add.v);
+        }
+    }
 }
 
 /// The removal of an active slot, as each row applies it: a row regressed on the kept set
@@ -1523,8 +1561,8 @@ mod tests {
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
-    /// A layer of n = 60 rectified mixtures and a next layer of 7 outputs.
-    fn layer(seed: u64) -> (GramStats, Vec<f32>, usize) {
+    /// A layer of n = 60 rectified mixtures and the target of a next layer of 7 outputs.
+    fn layer(seed: u64) -> (GramStats, Target) {
         let (m, n, n_out) = (300, 60, 7);
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mix = Mat::from_fn(n, n, |_, _| rng.random_range(-1.0..1.0));
@@ -1541,15 +1579,6 @@ mod tests {
         let weight: Vec<f32> = (0..n_out * n)
             .map(|_| rng.random_range(-1.0..1.0))
             .collect();
-        (stats, weight, n_out)
-    }
-
-    /// The rank-one updates against the rebuilt state: rebuilding after every swap, every 7
-    /// swaps or never (but before stopping) makes the same swaps to the same end.
-    #[test]
-    fn rebuilding_the_state_does_not_change_the_search() {
-        let (stats, weight, n_out) = layer(9);
-        let n = stats.col_sums.len();
         let next = [NextLayer {
             weight: &weight,
             bias: None,
@@ -1557,6 +1586,15 @@ mod tests {
             n_in: n,
         }];
         let target = Target::new(&stats, &next).unwrap();
+        (stats, target)
+    }
+
+    /// The rank-one updates against the rebuilt state: rebuilding after every swap, every 7
+    /// swaps or never (but before stopping) makes the same swaps to the same end.
+    #[test]
+    fn rebuilding_the_state_does_not_change_the_search() {
+        let (stats, target) = layer(9);
+        let n = stats.col_sums.len();
         // A poor start: the last 25 neurons.
         let start: Vec<usize> = (n - 25..n).collect();
         let run = |refresh| search(&stats, &target, &start, refresh, &mut NoProgress).unwrap();
@@ -1617,15 +1655,8 @@ mod tests {
     /// (portable, AVX2, AVX-512) gives the same bits for a row alone or in a tile.
     #[test]
     fn a_batch_moves_each_row_as_its_swaps_one_by_one() {
-        let (stats, weight, n_out) = layer(7);
+        let (stats, target) = layer(7);
         let n = stats.col_sums.len();
-        let next = [NextLayer {
-            weight: &weight,
-            bias: None,
-            n_out,
-            n_in: n,
-        }];
-        let target = Target::new(&stats, &next).unwrap();
         let start: Vec<usize> = (n - 25..n).collect();
         let mut state = SwapState::new(&stats, &target, &start).unwrap();
         // Five swaps as a batch makes them (any swaps: the algebra holds for all).
