@@ -101,7 +101,7 @@ pub fn residual_floor(second_moment: f64, centred: f64) -> f64 {
 /// f32 weights would keep.
 pub const ZERO_GAIN_TOL: f64 = 1e-9;
 
-/// Candidates updated together by one thread (their products are one matrix product).
+/// Candidates a thread updates together in a greedy step (each reads its own rows).
 const ROWS_PER_TASK: usize = 128;
 
 /// What [`fusion_greedy`] selected and the error of the fused next layer it predicts.

@@ -823,22 +823,9 @@ impl<'s> SwapState<'s> {
         let mut v: Vec<f64> = row_t.w.iter().map(|x| -x).collect();
         v[slot] = 1.0;
         // S -= g s s^T and B -= s B_i^T (the removal; the slot's row and column then zero),
-        // then S += v v^T / delta and B += v h_t^T / delta: B in one pass, S's diagonal now
-        // and the rest at the batch's end (`Update::move_s_column`, the same operations).
+        // then S += v v^T / delta and B += v h_t^T / delta: B in one pass, S's diagonal below
+        // and the rest at the batch's end (`Update::move_s_column`).
         let h_t = &row_t.h_res;
-        for (l, diag) in self.s_diag.iter_mut().enumerate() {
-            if let Some(r) = &removal {
-                if r.s_col[l] != 0.0 {
-                    *diag -= (r.g * r.s_col[l]) * r.s_col[l];
-                }
-                if l == slot {
-                    *diag = 0.0;
-                }
-            }
-            if v[l] != 0.0 {
-                *diag -= (-inv * v[l]) * v[l];
-            }
-        }
         let active = &self.active;
         let b_norm2: Vec<f64> = self
             .b
@@ -883,27 +870,29 @@ impl<'s> SwapState<'s> {
         self.slots[slot] = t;
         self.taken[t] = true;
         self.active[slot] = true;
-        // S's diagonal changed everywhere, B's rows' norms came with its pass.
-        self.scores = self.slot_scores_with(b_norm2);
-        let mut addition = Addition {
-            delta,
-            inv,
-            v,
-            g_y,
-            g_col,
-            h_t: row_t.h_res,
-            m_t: row_t.mb,
-            hn_t: row_t.h_norm2,
-            g_dots: Vec::new(),
-            h_dots: Vec::new(),
-        };
-        addition.cross(earlier, removal.as_ref());
-        Update {
+        let (g_dots, h_dots) =
+            Addition::products_with(earlier, removal.as_ref(), &g_y, &row_t.h_res);
+        let update = Update {
             slot,
             outgoing,
             removal,
-            addition,
-        }
+            addition: Addition {
+                delta,
+                inv,
+                v,
+                g_y,
+                g_col,
+                h_t: row_t.h_res,
+                m_t: row_t.mb,
+                hn_t: row_t.h_norm2,
+                g_dots,
+                h_dots,
+            },
+        };
+        // S's diagonal changed everywhere, B's rows' norms came with its pass.
+        update.move_s_diagonal(&mut self.s_diag);
+        self.scores = self.slot_scores_with(b_norm2);
+        update
     }
 
     /// One pass over the rows: applies `updates` (made by [`SwapState::batch`]) to every row
@@ -1057,6 +1046,25 @@ struct Update {
 }
 
 impl Update {
+    /// Moves S's diagonal through this swap, entry by entry as [`Update::move_s_column`]
+    /// moves it (the same operations), in O(k).
+    fn move_s_diagonal(&self, diag: &mut [f64]) {
+        let add = &self.addition;
+        for (l, diag) in diag.iter_mut().enumerate() {
+            if let Some(r) = &self.removal {
+                if r.s_col[l] != 0.0 {
+                    *diag -= (r.g * r.s_col[l]) * r.s_col[l];
+                }
+                if l == self.slot {
+                    *diag = 0.0;
+                }
+            }
+            if add.v[l] != 0.0 {
+                *diag -= (-add.inv * add.v[l]) * add.v[l];
+            }
+        }
+    }
+
     /// Moves column c of S through this swap: `S -= g s s^T`, the slot's row and column
     /// then zero (the removal), `S += v v^T / delta` (the addition).
     fn move_s_column(&self, c: usize, col: &mut [f64]) {
@@ -1117,26 +1125,28 @@ struct Addition {
 }
 
 impl Addition {
-    /// Fills [`Addition::g_dots`] and [`Addition::h_dots`] for an addition that follows the
-    /// `earlier` updates of its batch and its own `removal`.
-    fn cross(&mut self, earlier: &[Update], removal: Option<&Removal>) {
+    /// [`Addition::g_dots`] and [`Addition::h_dots`] of an addition whose vectors are `g_y`
+    /// and `h_t`, after the `earlier` updates of its batch and its own `removal`.
+    fn products_with(
+        earlier: &[Update],
+        removal: Option<&Removal>,
+        g_y: &[f64],
+        h_t: &[f64],
+    ) -> (Vec<f64>, Vec<f64>) {
         let mut g_dots = Vec::with_capacity(2 * earlier.len() + 1);
         let mut h_dots = Vec::with_capacity(2 * earlier.len() + 1);
         let removal_dots = |r: Option<&Removal>, g: &mut Vec<f64>, h: &mut Vec<f64>| {
-            let (dg, dh) = r.map_or((0.0, 0.0), |r| {
-                (dot(&r.s_col, &self.g_y), dot(&r.b_i, &self.h_t))
-            });
+            let (dg, dh) = r.map_or((0.0, 0.0), |r| (dot(&r.s_col, g_y), dot(&r.b_i, h_t)));
             g.push(dg);
             h.push(dh);
         };
         for u in earlier {
             removal_dots(u.removal.as_ref(), &mut g_dots, &mut h_dots);
-            g_dots.push(dot(&u.addition.v, &self.g_y));
-            h_dots.push(dot(&u.addition.h_t, &self.h_t));
+            g_dots.push(dot(&u.addition.v, g_y));
+            h_dots.push(dot(&u.addition.h_t, h_t));
         }
         removal_dots(removal, &mut g_dots, &mut h_dots);
-        self.g_dots = g_dots;
-        self.h_dots = h_dots;
+        (g_dots, h_dots)
     }
 }
 
