@@ -1566,44 +1566,14 @@ fn best_in_row(
 
 #[cfg(test)]
 mod tests {
+    use super::super::fusion_greedy::test_layer;
     use super::*;
-    use faer::Mat;
-    use rand::{Rng, SeedableRng};
-    use rand_chacha::ChaCha8Rng;
-
-    /// A layer of n = 60 rectified mixtures and the target of a next layer of 7 outputs.
-    fn layer(seed: u64) -> (GramStats, Target) {
-        let (m, n, n_out) = (300, 60, 7);
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mix = Mat::from_fn(n, n, |_, _| rng.random_range(-1.0..1.0));
-        let raw = Mat::from_fn(m, n, |_, _| rng.random_range(-1.0..1.0));
-        let a = Mat::from_fn(m, n, |t, j| {
-            let v: f64 = (0..n).map(|i| raw[(t, i)] * mix[(i, j)]).sum();
-            (v + 0.2).max(0.0)
-        });
-        let stats = GramStats {
-            gram: a.transpose() * &a,
-            col_sums: (0..n).map(|j| (0..m).map(|t| a[(t, j)]).sum()).collect(),
-            samples: m,
-        };
-        let weight: Vec<f32> = (0..n_out * n)
-            .map(|_| rng.random_range(-1.0..1.0))
-            .collect();
-        let next = [NextLayer {
-            weight: &weight,
-            bias: None,
-            n_out,
-            n_in: n,
-        }];
-        let target = Target::new(&stats, &next).unwrap();
-        (stats, target)
-    }
 
     /// The rank-one updates against the rebuilt state: rebuilding after every swap, every 7
     /// swaps or never (but before stopping) makes the same swaps to the same end.
     #[test]
     fn rebuilding_the_state_does_not_change_the_search() {
-        let (stats, target) = layer(9);
+        let (stats, target) = test_layer(9, 60, 7);
         let n = stats.col_sums.len();
         // A poor start: the last 25 neurons.
         let start: Vec<usize> = (n - 25..n).collect();
@@ -1665,7 +1635,7 @@ mod tests {
     /// (portable, AVX2, AVX-512) gives the same bits for a row alone or in a tile.
     #[test]
     fn a_batch_moves_each_row_as_its_swaps_one_by_one() {
-        let (stats, target) = layer(7);
+        let (stats, target) = test_layer(7, 60, 7);
         let n = stats.col_sums.len();
         let start: Vec<usize> = (n - 25..n).collect();
         let mut state = SwapState::new(&stats, &target, &start).unwrap();
