@@ -801,6 +801,17 @@ mod tests {
                 assert!((a - b).abs() <= 1e-10 * target.centred_energy, "{a} vs {b}");
             }
         }
+        // A shorter selection is a prefix of a longer one, to the bit (the Cholesky rows
+        // are k wide, and the products read them).
+        let (short, _) =
+            greedy_steps(&stats, target.clone(), 70, LOOKAHEAD, &mut NoProgress).unwrap();
+        let (long, _) = run(LOOKAHEAD);
+        assert_eq!(short.order, long.order[..70]);
+        let bits = |e: &[f64]| e.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(
+            bits(&short.residual_energy),
+            bits(&long.residual_energy[..70])
+        );
         for kept in [1, 31, 32, 33, 64, 100, k] {
             let direct = residual_of(&stats, &target, &rows_only.order[..kept]);
             let predicted = rows_only.residual_energy[kept - 1];
