@@ -13,8 +13,8 @@
 //! (`SELECT_BENCH_SIZES=n:k:n_out,...` to change). One selection at the size takes
 //! minutes for the k-DPP, too long for criterion's ten samples: `cargo bench --bench select
 //! -- --once 8192:2048:1024 [rounds]` times each method once per round, in alternation, and
-//! prints the times (`SELECT_BENCH_ONLY=fusion-greedy` or `fusion-swap` times only that rule,
-//! for profiling).
+//! prints the times (`SELECT_BENCH_ONLY=fusion-greedy`, `fusion-swap` or `k-dpp` times only
+//! that rule, for profiling).
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -152,36 +152,36 @@ fn once(spec: &str, rounds: usize) {
         let only = std::env::var("SELECT_BENCH_ONLY").ok();
         let runs = |rule: &str| only.as_deref().is_none_or(|o| o == rule);
         for round in 0..rounds {
-            let mut line = format!("round {round}:");
+            let mut times = Vec::new();
             if runs("fusion-greedy") {
                 let t = Instant::now();
                 let keep = layer.fusion_greedy(k);
                 assert_eq!(keep.len(), k);
-                line += &format!(" fusion-greedy {:.2} s", t.elapsed().as_secs_f64());
+                times.push(format!("fusion-greedy {:.2} s", t.elapsed().as_secs_f64()));
             }
             if runs("fusion-swap") {
                 let t = Instant::now();
                 let swapped = layer.fusion_swap(k);
                 assert_eq!(swapped.kept.len(), k);
-                line += &format!(
-                    ", fusion-swap {:.2} s ({} swaps in {} passes, predicted error {:.4} -> {:.4})",
+                times.push(format!(
+                    "fusion-swap {:.2} s ({} swaps in {} passes, predicted error {:.4} -> {:.4})",
                     t.elapsed().as_secs_f64(),
                     swapped.swaps,
                     swapped.passes,
                     swapped.start_relative_error(),
                     swapped.relative_error()
-                );
+                ));
             }
-            if only.is_none() {
+            if runs("k-dpp") {
                 let t = Instant::now();
                 let keep = layer.k_dpp(k, round as u64);
                 assert_eq!(keep.len(), k);
-                line += &format!(
-                    ", k-DPP (eigendecomposition + draw) {:.2} s",
+                times.push(format!(
+                    "k-DPP (eigendecomposition + draw) {:.2} s",
                     t.elapsed().as_secs_f64()
-                );
+                ));
             }
-            println!("{line}");
+            println!("round {round}: {}", times.join(", "));
         }
     }
 }
