@@ -107,8 +107,8 @@ pub fn residual_floor(second_moment: f64, centred: f64) -> f64 {
 /// f32 weights would keep.
 pub const ZERO_GAIN_TOL: f64 = 1e-9;
 
-/// Candidates a thread updates together in a greedy step (each reads its own rows), and the
-/// blocks of rows of the lookahead's products.
+/// Candidates a thread updates together in a greedy step (each reads its own rows or its
+/// panel coefficients), and the blocks of rows of the lookahead's products.
 const ROWS_PER_TASK: usize = 128;
 
 /// What [`fusion_greedy`] selected and the error of the fused next layer it predicts.
@@ -179,7 +179,7 @@ pub(super) fn check_size(stats: &GramStats, k: usize, rule: &str) -> Result<usiz
 ///
 /// Errors (Error::InvalidInput): statistics not square or not finite or over no sample, no
 /// next layer, a next layer of the wrong shape or with non-finite values, `k` not in 1..=n,
-/// or buffers (`n (k + n_out)` values) this machine cannot allocate.
+/// or buffers (`n (k + n_out + 192)` values) this machine cannot allocate.
 pub fn fusion_greedy(stats: &GramStats, next: &[NextLayer<'_>], k: usize) -> Result<FusionGreedy> {
     fusion_greedy_with_progress(stats, next, k, &mut NoProgress)
 }
@@ -206,7 +206,8 @@ pub(super) fn greedy_on(
     greedy_steps(stats, target, k, LOOKAHEAD, progress).map(|(selection, _)| selection)
 }
 
-/// [`greedy_on`] with `lookahead` columns per panel; also returns how many picks had one.
+/// [`greedy_on`] with `lookahead_columns` columns per panel; also returns how many picks had
+/// one.
 fn greedy_steps(
     stats: &GramStats,
     target: Target,
@@ -223,8 +224,8 @@ fn greedy_steps(
 
     // H_res as of the start of the current panel; the panel's own steps are applied lazily.
     let mut h_start = target.h;
-    let mut panel = Panel::new(n, n_out);
-    let mut lookahead = Lookahead::default();
+    let mut panel = Panel::new(n, n_out)?;
+    let mut lookahead = Lookahead::new(n, lookahead_columns)?;
     let mut d2 = centred_variances(stats);
     let centred = d2.clone();
     let floor = residual_floors(stats, &centred);
@@ -271,7 +272,7 @@ fn greedy_steps(
             b.iter_mut().for_each(|v| *v /= dt);
             let b_norm2 = dot(&b, &b);
             // <B_q, B> at the panel's earlier steps, for H_res[j] . B = H_start[j] . B -
-            // sum_q c_j[first + q] <B_q, B>.
+            // sum_q coef[j, q] <B_q, B>.
             let panel_b: Vec<f64> = (0..q).map(|q| dot(panel.row(q), &b)).collect();
             let column = lookahead.column(t);
             looked_ahead += usize::from(column.is_some());
@@ -365,7 +366,10 @@ const PANEL_STEPS: usize = 32;
 /// n = 8192, k = 2048, n_out = 1024: 90% of a panel's picks were among the 64 leading
 /// candidates at its start (67% among 32, 94% among 128); 78% to 91% of all picks with 16
 /// or 256 outputs, or 4096 neurons. A pick outside costs one pass over all the candidates'
-/// rows, as every step did before, and the products cost `2 n (t + n_out)` per column.
+/// rows, as every step did before, and the products cost `2 n (step + n_out)` per column.
+/// The last panel of a selection computes all 64 too: fewer, by the steps left, would make a
+/// pick's arithmetic depend on k, and a shorter selection would no longer be a bit-exact
+/// prefix of a longer one.
 const LOOKAHEAD: usize = 2 * PANEL_STEPS;
 
 /// The steps of the current panel: their vectors `B_q = H_res[t_q] / d_tq` (n_out each),
@@ -381,14 +385,14 @@ struct Panel {
 }
 
 impl Panel {
-    fn new(n: usize, n_out: usize) -> Self {
-        Panel {
+    fn new(n: usize, n_out: usize) -> Result<Self> {
+        Ok(Panel {
             n_out,
             first_step: 0,
             rows: Vec::with_capacity(PANEL_STEPS * n_out),
-            coef: vec![0.0; n * PANEL_STEPS],
-            h_dots: vec![0.0; n * PANEL_STEPS],
-        }
+            coef: allocate(n, PANEL_STEPS, "the panel's coefficients")?,
+            h_dots: allocate(n, PANEL_STEPS, "the panel's products with H")?,
+        })
     }
 
     fn len(&self) -> usize {
@@ -444,14 +448,24 @@ impl Panel {
 /// them for its pick; as two matrix products at the panel's start, those rows are read once
 /// per panel instead of once per step. Stored by blocks of [`ROWS_PER_TASK`] rows, each
 /// column-major, so that a step's thread reads its block's column in one run.
-#[derive(Default)]
 struct Lookahead {
+    n: usize,
     neurons: Vec<usize>,
     gc_res: Vec<f64>,
     h_dots: Vec<f64>,
 }
 
 impl Lookahead {
+    /// Room for `columns` columns over n rows.
+    fn new(n: usize, columns: usize) -> Result<Self> {
+        Ok(Lookahead {
+            n,
+            neurons: Vec::new(),
+            gc_res: allocate(n, columns, "the lookahead's products with G_c")?,
+            h_dots: allocate(n, columns, "the lookahead's products with H")?,
+        })
+    }
+
     /// Computes the products for `neurons` at the start of the panel beginning at `step`.
     #[allow(clippy::too_many_arguments)]
     fn prepare(
@@ -464,7 +478,7 @@ impl Lookahead {
         h_start: &[f64],
         n_out: usize,
     ) {
-        let (n, l) = (stats.col_sums.len(), neurons.len());
+        let (n, l) = (self.n, neurons.len());
         let (s, m) = (&stats.col_sums, stats.samples as f64);
         // <c_j, c_t> over the steps before the panel, and H_start[t], for each lookahead t:
         // step x l and n_out x l, column-major.
@@ -474,12 +488,10 @@ impl Lookahead {
             .iter()
             .map(|&t| contiguous(stats.gram.col(t)))
             .collect();
-        self.gc_res.resize(n * l, 0.0);
-        self.h_dots.resize(n * l, 0.0);
         let block_len = ROWS_PER_TASK * l.max(1);
-        self.gc_res
+        self.gc_res[..n * l]
             .par_chunks_mut(block_len)
-            .zip(self.h_dots.par_chunks_mut(block_len))
+            .zip(self.h_dots[..n * l].par_chunks_mut(block_len))
             .enumerate()
             .for_each(|(block, (gc_res, h_dots))| {
                 let first = block * ROWS_PER_TASK;
@@ -526,7 +538,7 @@ impl Lookahead {
     fn columns(&self, block: usize, a: usize) -> (&[f64], &[f64]) {
         let l = self.neurons.len();
         let start = block * ROWS_PER_TASK * l;
-        let rows = (self.gc_res.len() / l - block * ROWS_PER_TASK).min(ROWS_PER_TASK);
+        let rows = (self.n - block * ROWS_PER_TASK).min(ROWS_PER_TASK);
         let range = start + a * rows..start + (a + 1) * rows;
         (&self.gc_res[range.clone()], &self.h_dots[range])
     }
@@ -725,14 +737,34 @@ pub(super) fn allocate(n: usize, width: usize, what: &str) -> Result<Vec<f64>> {
 /// next layer of `n_out` random outputs.
 #[cfg(test)]
 pub(super) fn test_layer(seed: u64, n: usize, n_out: usize) -> (GramStats, Target) {
+    mixture_layer(seed, n, n, true, n_out, n)
+}
+
+/// A layer of `n` neurons over 300 samples, each a mixture of the same `sources` random
+/// sources plus an offset (rectified when `rectified`; else the centred layer has rank
+/// `sources`), and the target of a next layer of `n_out` random outputs that reads only the
+/// first `read` neurons.
+#[cfg(test)]
+fn mixture_layer(
+    seed: u64,
+    n: usize,
+    sources: usize,
+    rectified: bool,
+    n_out: usize,
+    read: usize,
+) -> (GramStats, Target) {
     use rand::{Rng, SeedableRng};
     let m = 300;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-    let mix = Mat::from_fn(n, n, |_, _| rng.random_range(-1.0..1.0));
-    let raw = Mat::from_fn(m, n, |_, _| rng.random_range(-1.0..1.0));
+    let mix = Mat::from_fn(sources, n, |_, _| rng.random_range(-1.0..1.0));
+    let raw = Mat::from_fn(m, sources, |_, _| rng.random_range(-1.0..1.0));
     let a = Mat::from_fn(m, n, |t, j| {
-        let v: f64 = (0..n).map(|i| raw[(t, i)] * mix[(i, j)]).sum();
-        (v + 0.2).max(0.0)
+        let v: f64 = (0..sources).map(|i| raw[(t, i)] * mix[(i, j)]).sum::<f64>() + 0.2;
+        if rectified {
+            v.max(0.0)
+        } else {
+            v
+        }
     });
     let stats = GramStats {
         gram: a.transpose() * &a,
@@ -740,7 +772,14 @@ pub(super) fn test_layer(seed: u64, n: usize, n_out: usize) -> (GramStats, Targe
         samples: m,
     };
     let weight: Vec<f32> = (0..n_out * n)
-        .map(|_| rng.random_range(-1.0..1.0))
+        .map(|i| {
+            let w = rng.random_range(-1.0..1.0);
+            if i % n < read {
+                w
+            } else {
+                0.0
+            }
+        })
         .collect();
     let next = [NextLayer {
         weight: &weight,
@@ -775,50 +814,61 @@ mod tests {
 
     /// Over several panels and more candidates than the lookahead holds, the picks whose
     /// products came from the panel's matrix products and those read row by row make the
-    /// same selection, and every prefix's energy is the one its set has.
+    /// same selection: on a full-rank layer, and on one whose next layer reads 12 of its
+    /// neurons and whose centred activations have rank 70, so that the gains run out
+    /// (picks by residual variance) and then the rank (the rest in index order). A
+    /// shorter selection is a bit-exact prefix of a longer one (the Cholesky rows are k
+    /// wide, and the products read them), and every prefix's energy is the one its set has.
     #[test]
     fn lookahead_columns_and_row_reads_select_alike() {
-        let (stats, target) = test_layer(5, 160, 9);
-        let k = 110;
-        let run =
-            |columns| greedy_steps(&stats, target.clone(), k, columns, &mut NoProgress).unwrap();
-        let (rows_only, none) = run(0);
-        assert_eq!(none, 0);
-        for columns in [3, LOOKAHEAD] {
-            let (selection, looked_ahead) = run(columns);
-            // Both ways in one selection.
-            assert!(
-                looked_ahead > 0 && looked_ahead < k,
-                "{columns} columns: {looked_ahead} picks of {k} looked ahead"
-            );
-            eprintln!("{columns} columns: {looked_ahead} picks of {k} looked ahead");
-            assert_eq!(selection.order, rows_only.order, "{columns} columns");
-            for (a, b) in selection
-                .residual_energy
-                .iter()
-                .zip(&rows_only.residual_energy)
-            {
-                assert!((a - b).abs() <= 1e-10 * target.centred_energy, "{a} vs {b}");
+        // (layer, k, rank of its centred activations within the k picks)
+        let full_rank = (test_layer(5, 160, 9), 110, 110);
+        let degenerate = (mixture_layer(11, 200, 70, false, 5, 12), 150, 70);
+        for ((stats, target), k, rank) in [full_rank, degenerate] {
+            let n = stats.col_sums.len();
+            let run = |columns, k| {
+                greedy_steps(&stats, target.clone(), k, columns, &mut NoProgress).unwrap()
+            };
+            let (rows_only, none) = run(0, k);
+            assert_eq!(none, 0);
+            for columns in [3, LOOKAHEAD] {
+                let (selection, looked_ahead) = run(columns, k);
+                // Both ways in one selection.
+                assert!(
+                    looked_ahead > 0 && looked_ahead < k,
+                    "n = {n}, {columns} columns: {looked_ahead} picks of {k} looked ahead"
+                );
+                assert_eq!(
+                    selection.order, rows_only.order,
+                    "n = {n}, {columns} columns"
+                );
+                for (a, b) in selection
+                    .residual_energy
+                    .iter()
+                    .zip(&rows_only.residual_energy)
+                {
+                    assert!((a - b).abs() <= 1e-10 * target.centred_energy, "{a} vs {b}");
+                }
             }
-        }
-        // A shorter selection is a prefix of a longer one, to the bit (the Cholesky rows
-        // are k wide, and the products read them).
-        let (short, _) =
-            greedy_steps(&stats, target.clone(), 70, LOOKAHEAD, &mut NoProgress).unwrap();
-        let (long, _) = run(LOOKAHEAD);
-        assert_eq!(short.order, long.order[..70]);
-        let bits = |e: &[f64]| e.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-        assert_eq!(
-            bits(&short.residual_energy),
-            bits(&long.residual_energy[..70])
-        );
-        for kept in [1, 31, 32, 33, 64, 100, k] {
-            let direct = residual_of(&stats, &target, &rows_only.order[..kept]);
-            let predicted = rows_only.residual_energy[kept - 1];
-            assert!(
-                (predicted - direct).abs() <= 1e-9 * target.centred_energy,
-                "{kept} kept: predicted {predicted}, direct {direct}"
+            let (short, _) = run(LOOKAHEAD, 70);
+            let (long, _) = run(LOOKAHEAD, k);
+            assert_eq!(short.order, long.order[..70]);
+            let bits = |e: &[f64]| e.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(
+                bits(&short.residual_energy),
+                bits(&long.residual_energy[..70])
             );
+            // Once the rank is used up, the rest come in index order.
+            let tail = &rows_only.order[rank..];
+            assert!(tail.windows(2).all(|w| w[0] < w[1]), "n = {n}: {tail:?}");
+            for kept in [1, 31, 32, 33, 64, rank] {
+                let direct = residual_of(&stats, &target, &rows_only.order[..kept]);
+                let predicted = rows_only.residual_energy[kept - 1];
+                assert!(
+                    (predicted - direct).abs() <= 1e-9 * target.centred_energy,
+                    "n = {n}, {kept} kept: predicted {predicted}, direct {direct}"
+                );
+            }
         }
     }
 }
